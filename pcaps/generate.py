@@ -1,0 +1,267 @@
+"""Deterministic scapy generator of the project's own captures.
+
+`fixtures/`: one small capture per rule of spec/flow-features.md section 7.3, with
+fixed timestamps, so that tests can state the expected rows from first principles.
+`sample.pcap`: a little mixed traffic (DNS, HTTP, TLS, SSH, NTP, ICMP) that nDPI
+recognises, for `make demo`.
+
+Run `python -m pcaps.generate [OUTDIR]`; the same bytes come out every time.
+"""
+
+from __future__ import annotations
+
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+from scapy.all import (  # noqa: F401 - scapy layers register themselves on import
+    DNS,
+    DNSQR,
+    DNSRR,
+    ICMP,
+    IP,
+    NTP,
+    TCP,
+    UDP,
+    Ether,
+    IPv6,
+    Padding,
+    Raw,
+    wrpcap,
+)
+import struct
+
+BASE = Decimal(1794816000)  # 2026-11-16 08:00:00 UTC, a Monday
+CLIENT, SERVER = "10.1.0.10", "93.184.216.34"
+CMAC, SMAC = "02:00:00:00:00:0a", "02:00:00:00:00:01"
+HERE = Path(__file__).resolve().parent
+
+
+def at(us: int) -> Decimal:
+    """Absolute capture time of an offset in microseconds from BASE."""
+    return BASE + Decimal(us) / Decimal(1_000_000)
+
+
+class Conversation:
+    """A TCP or UDP exchange between two hosts, with sequence numbers kept right."""
+
+    def __init__(self, src=CLIENT, dst=SERVER, sport=40000, dport=443, v6=False) -> None:
+        self.src, self.dst, self.sport, self.dport, self.v6 = src, dst, sport, dport, v6
+        self.seq = {True: 1000, False: 5000}
+        self.packets = []
+
+    def _ip(self, fwd: bool):
+        s, d = (self.src, self.dst) if fwd else (self.dst, self.src)
+        mac = Ether(src=CMAC, dst=SMAC) if fwd else Ether(src=SMAC, dst=CMAC)
+        return mac / (IPv6(src=s, dst=d) if self.v6 else IP(src=s, dst=d, id=1))
+
+    def tcp(self, us: int, fwd: bool, flags: str, payload: bytes = b"", options=None, pad: int = 0, window=8192):
+        sp, dp = (self.sport, self.dport) if fwd else (self.dport, self.sport)
+        seg = TCP(sport=sp, dport=dp, flags=flags, seq=self.seq[fwd], ack=self.seq[not fwd], window=window)
+        if options:
+            seg.options = options
+        pkt = self._ip(fwd) / seg
+        if payload:
+            pkt = pkt / Raw(payload)
+        if pad:
+            pkt = pkt / Padding(load=b"\0" * pad)
+        self.seq[fwd] += len(payload) + (1 if ("S" in flags or "F" in flags) else 0)
+        pkt.time = at(us)
+        self.packets.append(pkt)
+        return self
+
+    def udp(self, us: int, fwd: bool, payload):
+        sp, dp = (self.sport, self.dport) if fwd else (self.dport, self.sport)
+        pkt = self._ip(fwd) / UDP(sport=sp, dport=dp) / payload
+        pkt.time = at(us)
+        self.packets.append(pkt)
+        return self
+
+    def handshake(self, us: int, step: int = 1000):
+        return self.tcp(us, True, "S").tcp(us + step, False, "SA").tcp(us + 2 * step, True, "A")
+
+
+def fixtures() -> dict[str, list]:
+    """Name -> packets; one capture per rule of spec 7.3."""
+    out: dict[str, list] = {}
+    ts_opts = [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (1, 0)), ("NOP", None), ("WScale", 7)]
+    ts_only = [("NOP", None), ("NOP", None), ("Timestamp", (2, 1))]
+    c = Conversation(sport=40001)
+    c.tcp(0, True, "S", options=ts_opts, window=64240)  # H = 20 + 20 option bytes = 40
+    c.tcp(1000, False, "SA", options=ts_opts, window=65160)
+    c.tcp(2000, True, "A", options=ts_only, window=502)  # H = 32
+    c.tcp(3000, True, "PA", b"x" * 100, options=ts_only, window=502)
+    c.tcp(4000, False, "A", options=ts_only, window=509)
+    out["handshake_options"] = c.packets
+
+    c = Conversation(sport=40002)
+    c.handshake(0)
+    c.tcp(3000, True, "PA", b"GET / HTTP/1.1\r\n\r\n")
+    c.tcp(4000, False, "A", pad=6)  # 54-byte frame padded to 60: L = 6 in unicauca
+    c.tcp(5000, True, "A")  # unpadded pure ACK: L = 0
+    out["padding"] = c.packets
+
+    c = Conversation(sport=40003)
+    c.handshake(0)
+    c.tcp(3000, True, "PA", b"a" * 300).tcp(4000, False, "PA", b"b" * 1200).tcp(5000, True, "PA", b"c" * 50)
+    out["psh_both"] = c.packets
+
+    c = Conversation(sport=40004)
+    c.handshake(0)
+    c.tcp(10_000, True, "PA", b"a" * 10)
+    c.tcp(7_010_000, False, "PA", b"b" * 20)  # 7 s after the last packet: Idle = 7 s, Active = 10 ms
+    c.tcp(7_020_000, True, "A")
+    out["idle_pause"] = c.packets
+
+    c = Conversation(sport=40005)
+    c.handshake(0)
+    for i, us in enumerate((10_000, 1_510_000, 3_010_000)):  # gaps of 1.5 s: three subflows
+        c.tcp(us, True, "PA", b"s" * (100 + i))
+        c.tcp(us + 1000, False, "A")
+    out["subflows"] = c.packets
+
+    c = Conversation(sport=40006)
+    c.handshake(0)
+    for i in range(6):  # six back-to-back payload packets: one bulk
+        c.tcp(10_000 + 2000 * i, False, "PA", b"d" * 1000)
+    c.tcp(30_000, True, "A")
+    out["bulk"] = c.packets
+
+    c = Conversation(sport=40007)
+    c.handshake(0)
+    c.tcp(3000, True, "PA", b"q" * 40).tcp(4000, False, "PA", b"r" * 400)
+    c.tcp(5000, True, "FA").tcp(6000, False, "FA").tcp(7000, True, "A")
+    out["fin_appendix"] = c.packets
+
+    c = Conversation(sport=40008, dport=5001)
+    c.handshake(0)
+    for s in range(10, 121, 10):  # data every 10 s for 2 minutes
+        c.tcp(s * 1_000_000, True, "PA", b"k" * 10)
+    c.tcp(125_000_000, False, "PA", b"z" * 30)  # after the 120 s split, the server speaks first
+    c.tcp(126_000_000, True, "A")
+    out["long_flow"] = c.packets
+
+    c = Conversation(sport=40009)
+    c.tcp(0, True, "S")
+    out["single_packet"] = c.packets
+
+    c = Conversation(sport=53000, dst="10.1.0.1", dport=53)
+    c.udp(0, True, DNS(id=7, rd=1, qd=DNSQR(qname="example.com")))
+    c.udp(2500, False, DNS(id=7, qr=1, qd=DNSQR(qname="example.com"), an=DNSRR(rrname="example.com", rdata=SERVER)))
+    out["udp_request_response"] = c.packets
+
+    icmp = []
+    for i, (us, fwd) in enumerate(((0, True), (1500, False), (1_000_000, True), (1_001_700, False))):
+        s, d = (CLIENT, SERVER) if fwd else (SERVER, CLIENT)
+        p = Ether(src=CMAC, dst=SMAC) / IP(src=s, dst=d, id=1) / ICMP(type=8 if fwd else 0, id=1, seq=i // 2) / Raw(b"p" * 56)
+        p.time = at(us)
+        icmp.append(p)
+    out["icmp"] = icmp
+
+    c = Conversation(src="2001:db8::10", dst="2001:db8:1::80", sport=40010, dport=80, v6=True)
+    c.handshake(0)
+    c.tcp(3000, True, "PA", b"GET / HTTP/1.1\r\nHost: v6.example\r\n\r\n").tcp(4000, False, "PA", b"h" * 500)
+    out["ipv6_tcp"] = c.packets
+
+    c = Conversation(sport=40011)
+    c.tcp(0, True, "S").tcp(217, False, "SA").tcp(431, True, "A")  # whole flow in 431 µs
+    out["submillisecond"] = c.packets
+    return out
+
+
+def _tls_record(handshake_type: int, body: bytes) -> bytes:
+    hs = bytes([handshake_type]) + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x01" + struct.pack("!H", len(hs)) + hs
+
+
+def _client_hello(sni: str) -> bytes:
+    """A minimal TLS 1.3 ClientHello with SNI, laid out byte by byte (RFC 8446 4.1.2)."""
+    name = sni.encode()
+    server_name = struct.pack("!HBH", len(name) + 3, 0, len(name)) + name
+    extensions = (
+        struct.pack("!HH", 0, len(server_name)) + server_name
+        + struct.pack("!HHB", 43, 5, 4) + b"\x03\x04\x03\x03"  # supported_versions
+        + struct.pack("!HHH", 10, 4, 2) + b"\x00\x1d"  # supported_groups: x25519
+        + struct.pack("!HHH", 13, 4, 2) + b"\x04\x03"  # signature_algorithms
+    )
+    body = (
+        b"\x03\x03" + bytes(range(32)) + b"\x20" + bytes(range(32, 64))
+        + struct.pack("!H", 6) + b"\x13\x01\x13\x02\x13\x03" + b"\x01\x00"
+        + struct.pack("!H", len(extensions)) + extensions
+    )
+    return _tls_record(1, body)
+
+
+def _server_hello() -> bytes:
+    body = b"\x03\x03" + bytes(range(64, 96)) + b"\x20" + bytes(range(32, 64)) + b"\x13\x01\x00"
+    ext = struct.pack("!HHH", 43, 2, 0x0304)
+    return _tls_record(2, body + struct.pack("!H", len(ext)) + ext)
+
+
+def sample() -> list:
+    """A few flows of each common application, a second apart, for the demo."""
+    pkts: list = []
+    t = 0
+    for i, name in enumerate(("www.google.com", "www.youtube.com", "www.wikipedia.org", "github.com")):
+        c = Conversation(sport=41000 + i, dst="10.1.0.1", dport=53)
+        c.udp(t, True, DNS(id=i, rd=1, qd=DNSQR(qname=name)))
+        c.udp(t + 3000, False, DNS(id=i, qr=1, qd=DNSQR(qname=name), an=DNSRR(rrname=name, rdata=SERVER)))
+        pkts += c.packets
+        t += 100_000
+        c = Conversation(sport=42000 + i, dport=443)
+        c.handshake(t, 20_000)
+        c.tcp(t + 60_000, True, "PA", _client_hello(name))
+        c.tcp(t + 80_000, False, "PA", _server_hello() + b"\x17\x03\x03\x00\x10" + b"e" * 16)
+        for k in range(5):
+            c.tcp(t + 100_000 + k * 5000, False, "PA", b"\x17\x03\x03\x05\x00" + b"v" * 1280)
+            c.tcp(t + 101_000 + k * 5000, True, "A")
+        c.tcp(t + 200_000, True, "FA").tcp(t + 210_000, False, "FA").tcp(t + 220_000, True, "A")
+        pkts += c.packets
+        t += 1_000_000
+    c = Conversation(sport=43000, dport=80)
+    c.handshake(t, 10_000)
+    c.tcp(t + 30_000, True, "PA", b"GET /index.html HTTP/1.1\r\nHost: example.com\r\nUser-Agent: curl/8.5.0\r\n\r\n")
+    c.tcp(t + 50_000, False, "PA", b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 600\r\n\r\n" + b"<p>" * 200)
+    c.tcp(t + 60_000, True, "FA").tcp(t + 70_000, False, "FA").tcp(t + 80_000, True, "A")
+    pkts += c.packets
+    t += 1_000_000
+    c = Conversation(sport=44000, dport=22)
+    c.handshake(t, 10_000)
+    c.tcp(t + 30_000, False, "PA", b"SSH-2.0-OpenSSH_9.6\r\n")
+    c.tcp(t + 40_000, True, "PA", b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")
+    for k in range(6):
+        c.tcp(t + 60_000 + k * 20_000, k % 2 == 0, "PA", b"\0\0\0\x2c" + bytes(44))
+    pkts += c.packets
+    t += 1_000_000
+    c = Conversation(sport=123, dst="10.1.0.2", dport=123)
+    stamps = {"ref": 3972412800, "orig": 3972412800, "recv": 3972412800, "sent": 3972412800}
+    c.udp(t, True, NTP(version=4, mode=3, **stamps)).udp(t + 2000, False, NTP(version=4, mode=4, stratum=2, **stamps))
+    pkts += c.packets
+    t += 1_000_000
+    for k in range(3):
+        for fwd, us in ((True, 0), (False, 900)):
+            s, d = (CLIENT, SERVER) if fwd else (SERVER, CLIENT)
+            mac = Ether(src=CMAC, dst=SMAC) if fwd else Ether(src=SMAC, dst=CMAC)
+            p = mac / IP(src=s, dst=d, id=1) / ICMP(type=8 if fwd else 0, id=9, seq=k) / Raw(b"i" * 48)
+            p.time = at(t + k * 1_000_000 + us)
+            pkts.append(p)
+    return sorted(pkts, key=lambda p: p.time)
+
+
+def write_all(outdir: Path = HERE) -> list[Path]:
+    written = []
+    fixture_dir = outdir / "fixtures"
+    fixture_dir.mkdir(parents=True, exist_ok=True)
+    for name, packets in fixtures().items():
+        path = fixture_dir / f"{name}.pcap"
+        wrpcap(str(path), packets)
+        written.append(path)
+    path = outdir / "sample.pcap"
+    wrpcap(str(path), sample())
+    written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for p in write_all(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE):
+        print(p)

@@ -1,0 +1,3 @@
+"""ntds sensor: everything that runs on the tap host."""
+
+__version__ = "0.1.0"

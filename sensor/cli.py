@@ -1,0 +1,142 @@
+"""`ntds-sensor`: the sensor's command line.
+
+Every error a user can cause ends as one line on stderr and a non-zero exit;
+a traceback means a bug in ntds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sensor import __version__
+from sensor.errors import InputError
+from sensor.profiles import PROFILES
+
+PROG = "ntds-sensor"
+EXIT_INPUT = 2
+EXIT_OUTPUT = 1
+
+
+def _warn(message: str) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return code
+
+
+class _Progress:
+    """A one-line progress report on a terminal; silent when stderr is not one."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.start = self.last = time.monotonic()
+
+    def update(self, flows: int) -> None:
+        now = time.monotonic()
+        if self.enabled and now - self.last >= 0.5:
+            self.last = now
+            print(f"\r{flows} flows, {now - self.start:.0f} s", end="", file=sys.stderr, flush=True)
+
+    def done(self, flows: int) -> None:
+        if self.enabled:
+            print(f"\r{flows} flows in {time.monotonic() - self.start:.1f} s", file=sys.stderr)
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from sensor.meter import FlowMeter
+    from sensor.writers import CsvWriter, ParquetWriter
+
+    try:
+        tz = ZoneInfo(args.tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        return _fail(f"unknown time zone {args.tz!r}", EXIT_INPUT)
+    out = args.output
+    if out is not None and out.suffix not in (".csv", ".parquet"):
+        return _fail(f"{out}: output must end in .csv or .parquet", EXIT_INPUT)
+    meter = FlowMeter(args.profile, n_meters=args.n_meters, tz=tz, on_warning=_warn)
+    try:
+        meter.check(args.pcaps)  # fail before creating any output
+    except InputError as e:
+        return _fail(str(e), EXIT_INPUT)
+    progress = _Progress(sys.stderr.isatty() and not args.quiet)
+    summary: Counter[str] = Counter()
+    writer = None
+    n = 0
+    try:
+        if out is None:
+            writer = CsvWriter(sys.stdout, args.extra)
+        elif out.suffix == ".csv":
+            writer = CsvWriter(open(out, "w", newline="", encoding="utf-8"), args.extra)
+        else:
+            writer = ParquetWriter(out, args.extra)
+        for rec in meter.read(args.pcaps):
+            writer.write(rec)
+            summary[rec.features[-1]] += 1
+            n += 1
+            if not n & 255:
+                progress.update(n)
+        writer.close()
+    except InputError as e:
+        return _fail(str(e), EXIT_INPUT)
+    except OSError as e:
+        where = out if out is not None else "standard output"
+        return _fail(f"{where}: cannot write: {e.strerror or e} ({n} flows written)", EXIT_OUTPUT)
+    progress.done(n)
+    if args.summary:
+        print_summary(summary, n)
+    return 0
+
+
+def print_summary(summary: Counter, total: int) -> None:
+    """Per-application flow counts, most common first (on stderr, next to the data on stdout)."""
+    print(f"{total} flows, {len(summary)} applications", file=sys.stderr)
+    for name, count in summary.most_common():
+        print(f"  {name:<24} {count:>8}  {100 * count / max(total, 1):6.2f}%", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="ntds network threat detection sensor")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    f = sub.add_parser(
+        "features",
+        help="capture files -> the 87 Unicauca/CICFlowMeter flow features",
+        description="Meter capture files (pcap or pcapng, read in order as one stream) into the 87 "
+        "flow-feature columns of the Unicauca '87 apps' data set. Time columns are in microseconds "
+        "at millisecond precision.",
+    )
+    f.add_argument("pcaps", nargs="+", type=Path, metavar="PCAP")
+    f.add_argument("-o", "--output", type=Path, help="write to OUT.csv or OUT.parquet (default: CSV on stdout)")
+    f.add_argument("--profile", choices=sorted(PROFILES), default="unicauca", help="feature profile (default: unicauca)")
+    f.add_argument("--extra", action="store_true", help="append nDPI details, IP version, VLAN, end reason, UTC start")
+    f.add_argument("--tz", default="UTC", help="time zone of the Timestamp column (default: UTC)")
+    f.add_argument("--n-meters", type=int, default=1, help="metering processes (0: one per spare core)")
+    f.add_argument("--summary", action="store_true", help="print flows per application on stderr at the end")
+    f.add_argument("-q", "--quiet", action="store_true", help="no progress line")
+    f.set_defaults(func=cmd_features)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # Reader went away (e.g. `| head`): not an error of ours.
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

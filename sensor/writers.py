@@ -1,0 +1,105 @@
+"""Flow records to CSV or Parquet.
+
+CSV follows the data set: one header row of the column names, `Infinity` and
+`NaN` spelled as Java prints them (Flow.Bytes.s of a zero-duration flow).
+Parquet carries the same columns with explicit types, non-finite floats native.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO
+
+from sensor.columns import COLUMNS, FLOAT_COLUMNS, STRING_COLUMNS
+from sensor.meter import EXTRA_COLUMNS, FlowRecord
+
+EXTRA_STRINGS = frozenset(
+    {
+        "application_name",
+        "application_category",
+        "requested_server_name",
+        "client_fingerprint",
+        "server_fingerprint",
+        "user_agent",
+        "flow_end_reason",
+        "flow_start_utc",
+    }
+)
+
+
+def _csv_value(v):
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "NaN"
+        if math.isinf(v):
+            return "Infinity" if v > 0 else "-Infinity"
+    return v
+
+
+class CsvWriter:
+    def __init__(self, stream: IO[str], extra: bool) -> None:
+        self._w = csv.writer(stream, lineterminator="\n")
+        self._stream = stream
+        self.extra = extra
+        self._w.writerow(COLUMNS + (EXTRA_COLUMNS if extra else ()))
+
+    def write(self, rec: FlowRecord) -> None:
+        values = rec.features + rec.extra if self.extra else rec.features
+        self._w.writerow([_csv_value(v) for v in values])
+
+    def close(self) -> None:
+        self._stream.flush()
+
+
+class ParquetWriter:
+    """Buffers rows and writes row groups, so memory stays bounded on long inputs."""
+
+    BATCH = 65536
+
+    def __init__(self, path: Path, extra: bool) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self._pa = pa
+        names = COLUMNS + (EXTRA_COLUMNS if extra else ())
+        fields = []
+        for name in names:
+            if name in STRING_COLUMNS or name in EXTRA_STRINGS:
+                kind = pa.string()
+            elif name in FLOAT_COLUMNS:
+                kind = pa.float64()
+            else:
+                kind = pa.int64()
+            fields.append(pa.field(name, kind))
+        self.schema = pa.schema(fields)
+        self.extra = extra
+        self._rows: list[tuple] = []
+        self._writer = pq.ParquetWriter(str(path), self.schema)
+
+    def write(self, rec: FlowRecord) -> None:
+        self._rows.append(rec.features + rec.extra if self.extra else rec.features)
+        if len(self._rows) >= self.BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._rows:
+            return
+        columns = list(zip(*self._rows))
+        arrays = [self._pa.array(col, type=f.type) for col, f in zip(columns, self.schema)]
+        self._writer.write_table(self._pa.Table.from_arrays(arrays, schema=self.schema))
+        self._rows.clear()
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+
+
+def write_records(records: Iterable[FlowRecord], writer) -> int:
+    n = 0
+    for rec in records:
+        writer.write(rec)
+        n += 1
+    return n
