@@ -135,7 +135,7 @@ def fixtures() -> dict[str, list]:
 
     c = Conversation(sport=40008, dport=5001)
     c.handshake(0)
-    for s in range(10, 121, 10):  # data every 10 s for 2 minutes
+    for s in range(10, 111, 10):  # data every 10 s, then a pause across the 120 s limit
         c.tcp(s * 1_000_000, True, "PA", b"k" * 10)
     c.tcp(125_000_000, False, "PA", b"z" * 30)  # after the 120 s split, the server speaks first
     c.tcp(126_000_000, True, "A")

@@ -121,6 +121,7 @@ class _FlowState:
         "subflows",
         "fin_f",
         "fin_b",
+        "last_fin_fwd",
         "end",
     )
 
@@ -197,7 +198,7 @@ class CicFeatures(NFPlugin):
         s.b = _Direction()
         s.flags = [0] * 8  # FIN, SYN, RST, PSH, ACK, URG, CWR, ECE packet counts
         s.subflows = 1
-        s.fin_f = s.fin_b = False
+        s.fin_f = s.fin_b = s.last_fin_fwd = False
         s.end = ""
         s.first_flags = (
             packet.fin,
@@ -210,6 +211,8 @@ class CicFeatures(NFPlugin):
             packet.ece,
         )
         s.first_fwd = s.fwd_code != 1
+        if packet.fin:
+            self._fin(s, s.first_fwd)
         flow.udps.cic = s
         length = self._add(s, packet, t, s.first_fwd, True)
         s.first_len = length
@@ -231,12 +234,10 @@ class CicFeatures(NFPlugin):
                 flow.expiration_id = -1
                 return
         else:
-            closing = packet.rst or (s.fin_f and s.fin_b and packet.ack)
+            # RST ends the flow; so does the ACK that answers the last FIN once both sides sent one.
+            closing = packet.rst or (s.fin_f and s.fin_b and packet.ack and fwd != s.last_fin_fwd)
             if packet.fin:
-                if fwd:
-                    s.fin_f = True
-                else:
-                    s.fin_b = True
+                self._fin(s, fwd)
             if closing:
                 self._activity(s, t)
                 self._add(s, packet, t, fwd, False)
@@ -272,6 +273,14 @@ class CicFeatures(NFPlugin):
         flow.udps.cic_end = s.end
 
     # -- per-packet work (the hot path) ----------------------------------------------
+
+    @staticmethod
+    def _fin(s: _FlowState, fwd: bool) -> None:
+        if fwd:
+            s.fin_f = True
+        else:
+            s.fin_b = True
+        s.last_fin_fwd = fwd
 
     @staticmethod
     def _activity(s: _FlowState, t: int) -> None:

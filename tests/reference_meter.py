@@ -382,8 +382,9 @@ class ReferenceMeter:
                     done.append(table.pop(key))
                     continue
             else:
-                seen_fins = {fwd_ for q, fwd_ in zip(fl.packets, fl.forward) if q.flags["fin"]}
-                if p.flags["rst"] or (seen_fins == {True, False} and p.flags["ack"]):
+                fins = [fwd_ for q, fwd_ in zip(fl.packets, fl.forward) if q.flags["fin"]]
+                answers_last_fin = set(fins) == {True, False} and p.flags["ack"] and fwd != fins[-1]
+                if p.flags["rst"] or answers_last_fin:
                     self._add(fl, p, fwd, activity=True)
                     done.append(table.pop(key))
                     continue

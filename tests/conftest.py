@@ -1,0 +1,51 @@
+"""Shared helpers: where the captures are, and the sensor's rows as dicts."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from sensor.columns import COLUMNS
+from sensor.meter import EXTRA_COLUMNS, FlowMeter
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "pcaps" / "fixtures"
+SHARED = ROOT.parent / "shared" / "pcaps"
+
+
+def shared_captures() -> list[Path]:
+    if not SHARED.is_dir():
+        return []
+    return sorted(p for p in SHARED.rglob("*") if p.suffix in (".pcap", ".pcapng"))
+
+
+def fixture_captures() -> list[Path]:
+    return sorted(FIXTURES.glob("*.pcap"))
+
+
+def start_ms(extra: dict) -> int:
+    v = extra["flow_start_utc"]
+    if v.startswith("@"):
+        return int(v[1:-2])
+    return round(datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def sensor_rows(paths, profile: str = "unicauca", warnings: list | None = None) -> list[dict]:
+    meter = FlowMeter(profile, on_warning=(warnings.append if warnings is not None else None))
+    rows = []
+    for rec in meter.read([str(p) for p in paths]):
+        row = dict(zip(COLUMNS, rec.features))
+        extra = dict(zip(EXTRA_COLUMNS, rec.extra))
+        row.update(extra)
+        row["_start_ms"] = start_ms(extra)
+        rows.append(row)
+    return rows
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    if not FIXTURES.is_dir() or not any(FIXTURES.glob("*.pcap")):
+        pytest.fail("pcaps/fixtures is empty: run `python -m pcaps.generate` (make test does)")
+    return FIXTURES
