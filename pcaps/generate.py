@@ -10,6 +10,7 @@ Run `python -m pcaps.generate [OUTDIR]`; the same bytes come out every time.
 
 from __future__ import annotations
 
+import struct
 import sys
 from decimal import Decimal
 from pathlib import Path
@@ -29,7 +30,6 @@ from scapy.all import (  # noqa: F401 - scapy layers register themselves on impo
     Raw,
     wrpcap,
 )
-import struct
 
 BASE = Decimal(1794816000)  # 2026-11-16 08:00:00 UTC, a Monday
 CLIENT, SERVER = "10.1.0.10", "93.184.216.34"
@@ -153,7 +153,12 @@ def fixtures() -> dict[str, list]:
     icmp = []
     for i, (us, fwd) in enumerate(((0, True), (1500, False), (1_000_000, True), (1_001_700, False))):
         s, d = (CLIENT, SERVER) if fwd else (SERVER, CLIENT)
-        p = Ether(src=CMAC, dst=SMAC) / IP(src=s, dst=d, id=1) / ICMP(type=8 if fwd else 0, id=1, seq=i // 2) / Raw(b"p" * 56)
+        p = (
+            Ether(src=CMAC, dst=SMAC)
+            / IP(src=s, dst=d, id=1)
+            / ICMP(type=8 if fwd else 0, id=1, seq=i // 2)
+            / Raw(b"p" * 56)
+        )
         p.time = at(us)
         icmp.append(p)
     out["icmp"] = icmp
@@ -179,15 +184,25 @@ def _client_hello(sni: str) -> bytes:
     name = sni.encode()
     server_name = struct.pack("!HBH", len(name) + 3, 0, len(name)) + name
     extensions = (
-        struct.pack("!HH", 0, len(server_name)) + server_name
-        + struct.pack("!HHB", 43, 5, 4) + b"\x03\x04\x03\x03"  # supported_versions
-        + struct.pack("!HHH", 10, 4, 2) + b"\x00\x1d"  # supported_groups: x25519
-        + struct.pack("!HHH", 13, 4, 2) + b"\x04\x03"  # signature_algorithms
+        struct.pack("!HH", 0, len(server_name))
+        + server_name
+        + struct.pack("!HHB", 43, 5, 4)
+        + b"\x03\x04\x03\x03"  # supported_versions
+        + struct.pack("!HHH", 10, 4, 2)
+        + b"\x00\x1d"  # supported_groups: x25519
+        + struct.pack("!HHH", 13, 4, 2)
+        + b"\x04\x03"  # signature_algorithms
     )
     body = (
-        b"\x03\x03" + bytes(range(32)) + b"\x20" + bytes(range(32, 64))
-        + struct.pack("!H", 6) + b"\x13\x01\x13\x02\x13\x03" + b"\x01\x00"
-        + struct.pack("!H", len(extensions)) + extensions
+        b"\x03\x03"
+        + bytes(range(32))
+        + b"\x20"
+        + bytes(range(32, 64))
+        + struct.pack("!H", 6)
+        + b"\x13\x01\x13\x02\x13\x03"
+        + b"\x01\x00"
+        + struct.pack("!H", len(extensions))
+        + extensions
     )
     return _tls_record(1, body)
 
@@ -221,7 +236,12 @@ def sample() -> list:
     c = Conversation(sport=43000, dport=80)
     c.handshake(t, 10_000)
     c.tcp(t + 30_000, True, "PA", b"GET /index.html HTTP/1.1\r\nHost: example.com\r\nUser-Agent: curl/8.5.0\r\n\r\n")
-    c.tcp(t + 50_000, False, "PA", b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 600\r\n\r\n" + b"<p>" * 200)
+    c.tcp(
+        t + 50_000,
+        False,
+        "PA",
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 600\r\n\r\n" + b"<p>" * 200,
+    )
     c.tcp(t + 60_000, True, "FA").tcp(t + 70_000, False, "FA").tcp(t + 80_000, True, "A")
     pkts += c.packets
     t += 1_000_000

@@ -7,6 +7,7 @@ a traceback means a bug in ntds.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections import Counter
@@ -73,7 +74,7 @@ def cmd_features(args: argparse.Namespace) -> int:
         if out is None:
             writer = CsvWriter(sys.stdout, args.extra)
         elif out.suffix == ".csv":
-            writer = CsvWriter(open(out, "w", newline="", encoding="utf-8"), args.extra)
+            writer = CsvWriter.to_file(out, args.extra)
         else:
             writer = ParquetWriter(out, args.extra)
         for rec in meter.read(args.pcaps):
@@ -85,6 +86,8 @@ def cmd_features(args: argparse.Namespace) -> int:
         writer.close()
     except InputError as e:
         return _fail(str(e), EXIT_INPUT)
+    except BrokenPipeError:
+        raise
     except OSError as e:
         where = out if out is not None else "standard output"
         return _fail(f"{where}: cannot write: {e.strerror or e} ({n} flows written)", EXIT_OUTPUT)
@@ -115,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.add_argument("pcaps", nargs="+", type=Path, metavar="PCAP")
     f.add_argument("-o", "--output", type=Path, help="write to OUT.csv or OUT.parquet (default: CSV on stdout)")
-    f.add_argument("--profile", choices=sorted(PROFILES), default="unicauca", help="feature profile (default: unicauca)")
+    f.add_argument(
+        "--profile", choices=sorted(PROFILES), default="unicauca", help="feature profile (default: unicauca)"
+    )
     f.add_argument("--extra", action="store_true", help="append nDPI details, IP version, VLAN, end reason, UTC start")
     f.add_argument("--tz", default="UTC", help="time zone of the Timestamp column (default: UTC)")
     f.add_argument("--n-meters", type=int, default=1, help="metering processes (0: one per spare core)")
@@ -133,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         print(file=sys.stderr)
         return 130
     except BrokenPipeError:
-        # Reader went away (e.g. `| head`): not an error of ours.
-        sys.stderr.close()
+        # The reader went away (e.g. `| head`): not an error of ours. Point stdout at
+        # /dev/null so the interpreter's final flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import datetime, timezone, tzinfo
+from datetime import UTC, datetime, tzinfo
 from ipaddress import ip_address
 
 from nfstream import NFPlugin
@@ -142,7 +142,7 @@ class CicFeatures(NFPlugin):
     flows of a single packet leave None, as CICFlowMeter never writes them.
     """
 
-    def __init__(self, profile: FeatureProfile, tz: tzinfo = timezone.utc, idle_timeout_ms: int = 120_000) -> None:
+    def __init__(self, profile: FeatureProfile, tz: tzinfo = UTC, idle_timeout_ms: int = 120_000) -> None:
         super().__init__()
         self.profile = profile
         self.tz = tz
@@ -186,7 +186,12 @@ class CicFeatures(NFPlugin):
             before = self._orientation.pop(_tuple_key(flow), None)
             if before is not None and before != (packet.src_ip, packet.src_port) and s.fwd_code == 0:
                 s.fwd_code = 1
-                s.src_ip, s.src_port, s.dst_ip, s.dst_port = packet.dst_ip, packet.dst_port, packet.src_ip, packet.src_port
+                s.src_ip, s.src_port, s.dst_ip, s.dst_port = (
+                    packet.dst_ip,
+                    packet.dst_port,
+                    packet.src_ip,
+                    packet.src_port,
+                )
         t = packet_time_us(packet)
         s.first_t = s.last_t = s.start_active = s.end_active = t
         s.n = 0

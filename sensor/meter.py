@@ -12,7 +12,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone, tzinfo
+from datetime import UTC, datetime, tzinfo
 
 from nfstream import NFStreamer
 
@@ -70,7 +70,7 @@ class FlowMeter:
         n_meters: int = 1,
         bpf_filter: str | None = None,
         snapshot_length: int = 1536,
-        tz: tzinfo = timezone.utc,
+        tz: tzinfo = UTC,
         on_warning: Callable[[str], None] | None = None,
     ) -> None:
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
@@ -96,9 +96,7 @@ class FlowMeter:
             sources = []
             for info in infos:
                 if info.damaged:
-                    self.on_warning(
-                        f"{info.path}: {info.damage}; using the {info.packets} packets before it"
-                    )
+                    self.on_warning(f"{info.path}: {info.damage}; using the {info.packets} packets before it")
                     sources.append(str(readable_prefix(info, scratch)))
                 else:
                     sources.append(str(info.path))
@@ -166,6 +164,6 @@ def records(flows: Iterable, on_warning: Callable[[str], None]) -> Iterator[Flow
 def iso_utc(ms: int) -> str:
     """ISO-8601 UTC time of a millisecond epoch; out-of-range clocks (fuzzed files) as raw ms."""
     try:
-        return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+        return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
     except (ValueError, OverflowError, OSError):
         return f"@{ms}ms"

@@ -40,18 +40,26 @@ def _csv_value(v):
 
 
 class CsvWriter:
-    def __init__(self, stream: IO[str], extra: bool) -> None:
+    def __init__(self, stream: IO[str], extra: bool, owns_stream: bool = False) -> None:
         self._w = csv.writer(stream, lineterminator="\n")
         self._stream = stream
+        self._owns = owns_stream
         self.extra = extra
         self._w.writerow(COLUMNS + (EXTRA_COLUMNS if extra else ()))
+
+    @classmethod
+    def to_file(cls, path: Path, extra: bool) -> CsvWriter:
+        return cls(open(path, "w", newline="", encoding="utf-8"), extra, owns_stream=True)  # noqa: SIM115
 
     def write(self, rec: FlowRecord) -> None:
         values = rec.features + rec.extra if self.extra else rec.features
         self._w.writerow([_csv_value(v) for v in values])
 
     def close(self) -> None:
-        self._stream.flush()
+        if self._owns:
+            self._stream.close()
+        else:
+            self._stream.flush()
 
 
 class ParquetWriter:

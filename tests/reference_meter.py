@@ -430,9 +430,8 @@ class ReferenceMeter:
         r["Destination.IP"], r["Destination.Port"] = dst, fl.dport
         r["Protocol"] = fl.proto
         tm = time.gmtime(T[0] // 1_000_000)
-        r["Timestamp"] = "%02d/%02d/%d%02d:%02d:%02d" % (
-            tm.tm_mday, tm.tm_mon, tm.tm_year, tm.tm_hour % 12 or 12, tm.tm_min, tm.tm_sec
-        )
+        hour = tm.tm_hour % 12 or 12
+        r["Timestamp"] = f"{tm.tm_mday:02d}/{tm.tm_mon:02d}/{tm.tm_year}{hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d}"
         r["Flow.Duration"] = D
         r["Total.Fwd.Packets"], r["Total.Backward.Packets"] = len(F), len(B)
         r["Total.Length.of.Fwd.Packets"], r["Total.Length.of.Bwd.Packets"] = sum(LF), float(sum(LB))
@@ -544,9 +543,7 @@ class ReferenceMeter:
     @staticmethod
     def _bulk(r: dict, P: list, forward: list, L: list) -> None:
         """Spec 3.1, written out from its text."""
-        state = {
-            d: {"cand": [], "count": 0, "pkts": 0, "bytes": 0, "dur": 0} for d in (True, False)
-        }
+        state = {d: {"cand": [], "count": 0, "pkts": 0, "bytes": 0, "dur": 0} for d in (True, False)}
         for q, fwd, length in zip(P, forward, L):
             if length <= 0:
                 continue

@@ -162,7 +162,9 @@ def test_subflows(fixtures_dir):
     (c,) = rows("subflows", "corrected")
     assert_row(u, {"Subflow.Fwd.Packets": 5, "Subflow.Fwd.Bytes": 303, "Subflow.Bwd.Packets": 4})
     # two gaps over 1 s -> three subflows: totals // 3
-    assert_row(c, {"Subflow.Fwd.Packets": 1, "Subflow.Fwd.Bytes": 101, "Subflow.Bwd.Packets": 1, "Subflow.Bwd.Bytes": 0})
+    assert_row(
+        c, {"Subflow.Fwd.Packets": 1, "Subflow.Fwd.Bytes": 101, "Subflow.Bwd.Packets": 1, "Subflow.Bwd.Bytes": 0}
+    )
     # payload packets 1.5 s apart never form a bulk
     assert_row(c, {"Fwd.Avg.Bytes.Bulk": 0, "Fwd.Avg.Packets.Bulk": 0, "Fwd.Avg.Bulk.Rate": 0})
 
@@ -184,7 +186,13 @@ def test_fin_closes_and_appendix_flow(fixtures_dir):
     # the server's FIN-ACK opens an appendix flow in its own direction; the client's ACK is backward
     assert_row(
         appendix,
-        {"Source.IP": S, "Source.Port": 443, "Total.Fwd.Packets": 1, "Total.Backward.Packets": 1, "Flow.Duration": 1000},
+        {
+            "Source.IP": S,
+            "Source.Port": 443,
+            "Total.Fwd.Packets": 1,
+            "Total.Backward.Packets": 1,
+            "Flow.Duration": 1000,
+        },
     )
     # the corrected profile ends the flow on the ACK that answers the second FIN
     (whole,) = rows("fin_appendix", "corrected")
