@@ -1,0 +1,152 @@
+"""Meter speed: `ntds-sensor features` against bare NFStream on the same capture.
+
+Generates (once, under bench/data/) a capture of TCP conversations -- handshake,
+16 data packets, FIN exchange -- 256 of them interleaved at a time, with the
+templates built by scapy and the addresses patched in. Then alternates the two
+commands, each in a fresh process, 5 times, and reports the median packets per
+second, their ratio, and the peak memory of each process tree. Memory is also
+measured on a capture a quarter of the size, to show it does not grow with the
+number of packets.
+
+    python bench/bench_meter.py [--packets 1000000] [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data"
+BIN = Path(sys.executable).parent
+
+BARE = """
+import sys
+from nfstream import NFStreamer
+n = 0
+for flow in NFStreamer(source=sys.argv[1], decode_tunnels=False, idle_timeout=120, active_timeout=120,
+                       accounting_mode=3, n_dissections=20, n_meters=1):
+    n += 1
+print(n)
+"""
+
+PEAK = """
+import resource, subprocess, sys
+subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, check=True)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+def templates() -> list[tuple[bool, bytes]]:
+    from scapy.all import IP, TCP, Ether, Raw
+
+    def pkt(fwd: bool, flags: str, payload: bytes = b"") -> tuple[bool, bytes]:
+        s, d = ("10.0.0.1", "10.200.0.1") if fwd else ("10.200.0.1", "10.0.0.1")
+        sp, dp = (1024, 443) if fwd else (443, 1024)
+        p = (
+            Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+            / IP(src=s, dst=d)
+            / TCP(sport=sp, dport=dp, flags=flags)
+        )
+        return fwd, bytes(p / Raw(payload)) if payload else bytes(p)
+
+    conv = [pkt(True, "S"), pkt(False, "SA"), pkt(True, "A")]
+    for i in range(8):
+        conv.append(pkt(True, "PA", b"q" * (40 + 10 * i)))
+        conv.append(pkt(False, "PA", b"r" * (200 + 60 * i)))
+    conv += [pkt(True, "FA"), pkt(False, "FA"), pkt(True, "A")]
+    return conv
+
+
+def generate(path: Path, packets: int) -> None:
+    """Write `packets` packets of interleaved conversations (fixed timestamps, 20 µs apart)."""
+    conv = templates()
+    per = len(conv)
+    width = 256
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = 1_794_816_000_000_000
+    with open(path, "wb") as out:
+        out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+        written = 0
+        batch = 0
+        while written < packets:
+            for step in range(per):
+                fwd, frame = conv[step]
+                for k in range(width):
+                    if written >= packets:
+                        break
+                    flow = batch * width + k
+                    b = bytearray(frame)
+                    host = 1 + flow // 60000
+                    port = 1024 + flow % 60000
+                    ip_at = 26 if fwd else 30  # client address as source or destination
+                    struct.pack_into("!I", b, ip_at, (10 << 24) | host)
+                    struct.pack_into("!H", b, 34 if fwd else 36, port)
+                    t += 20
+                    out.write(struct.pack("<IIII", t // 1_000_000, t % 1_000_000, len(b), len(b)))
+                    out.write(b)
+                    written += 1
+            batch += 1
+
+
+def timed(cmd: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - start
+
+
+def peak_kib(cmd: list[str]) -> int:
+    out = subprocess.run([sys.executable, "-c", PEAK, *cmd], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--packets", type=int, default=1_000_000)
+    ap.add_argument("--runs", type=int, default=5)
+    args = ap.parse_args()
+    big = DATA / f"conversations-{args.packets}.pcap"
+    small = DATA / f"conversations-{args.packets // 4}.pcap"
+    for path, n in ((big, args.packets), (small, args.packets // 4)):
+        if not path.exists():
+            print(f"generating {path} ({n} packets)", file=sys.stderr)
+            generate(path, n)
+    sensor_cmd = lambda p: [str(BIN / "ntds-sensor"), "features", "-q", str(p)]  # noqa: E731
+    bare_cmd = lambda p: [sys.executable, "-c", BARE, str(p)]  # noqa: E731
+    times: dict[str, list[float]] = {"nfstream": [], "sensor": []}
+    for i in range(args.runs):
+        times["nfstream"].append(timed(bare_cmd(big)))
+        times["sensor"].append(timed(sensor_cmd(big)))
+        print(
+            f"run {i + 1}: nfstream {times['nfstream'][-1]:.2f} s, sensor {times['sensor'][-1]:.2f} s", file=sys.stderr
+        )
+    med = {k: statistics.median(v) for k, v in times.items()}
+    pps = {k: args.packets / v for k, v in med.items()}
+    memory = {
+        "sensor_small_kib": peak_kib(sensor_cmd(small)),
+        "sensor_big_kib": peak_kib(sensor_cmd(big)),
+        "nfstream_big_kib": peak_kib(bare_cmd(big)),
+    }
+    result = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "packets": args.packets,
+        "runs": args.runs,
+        "median_s": med,
+        "packets_per_s": pps,
+        "ratio_sensor_to_nfstream": pps["sensor"] / pps["nfstream"],
+        "peak_memory": memory,
+    }
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
