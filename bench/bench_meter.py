@@ -38,6 +38,19 @@ for flow in NFStreamer(source=sys.argv[1], decode_tunnels=False, idle_timeout=12
 print(n)
 """
 
+EMPTY_PLUGIN = """
+import sys
+from nfstream import NFPlugin, NFStreamer
+class Nothing(NFPlugin):
+    def on_init(self, packet, flow): pass
+    def on_update(self, packet, flow): pass
+n = 0
+for flow in NFStreamer(source=sys.argv[1], decode_tunnels=False, idle_timeout=120, active_timeout=120,
+                       accounting_mode=3, n_dissections=20, n_meters=1, udps=[Nothing()]):
+    n += 1
+print(n)
+"""
+
 PEAK = """
 import resource, subprocess, sys
 subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, check=True)
@@ -67,7 +80,10 @@ def templates() -> list[tuple[bool, bytes]]:
 
 
 def generate(path: Path, packets: int) -> None:
-    """Write `packets` packets of interleaved conversations (fixed timestamps, 20 µs apart)."""
+    """Write `packets` packets of interleaved conversations, 500 µs apart.
+
+    At 2,000 packets/s the capture spans well over the 120 s flow timeout, so the
+    flow table reaches its steady state and memory can be compared across sizes."""
     conv = templates()
     per = len(conv)
     width = 256
@@ -90,7 +106,7 @@ def generate(path: Path, packets: int) -> None:
                     ip_at = 26 if fwd else 30  # client address as source or destination
                     struct.pack_into("!I", b, ip_at, (10 << 24) | host)
                     struct.pack_into("!H", b, 34 if fwd else 36, port)
-                    t += 20
+                    t += 500
                     out.write(struct.pack("<IIII", t // 1_000_000, t % 1_000_000, len(b), len(b)))
                     out.write(b)
                     written += 1
@@ -113,21 +129,21 @@ def main() -> int:
     ap.add_argument("--packets", type=int, default=1_000_000)
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
-    big = DATA / f"conversations-{args.packets}.pcap"
-    small = DATA / f"conversations-{args.packets // 4}.pcap"
+    big = DATA / f"spread-{args.packets}.pcap"
+    small = DATA / f"spread-{args.packets // 4}.pcap"
     for path, n in ((big, args.packets), (small, args.packets // 4)):
         if not path.exists():
             print(f"generating {path} ({n} packets)", file=sys.stderr)
             generate(path, n)
     sensor_cmd = lambda p: [str(BIN / "ntds-sensor"), "features", "-q", str(p)]  # noqa: E731
     bare_cmd = lambda p: [sys.executable, "-c", BARE, str(p)]  # noqa: E731
-    times: dict[str, list[float]] = {"nfstream": [], "sensor": []}
+    empty_cmd = lambda p: [sys.executable, "-c", EMPTY_PLUGIN, str(p)]  # noqa: E731
+    commands = {"nfstream": bare_cmd, "nfstream_empty_plugin": empty_cmd, "sensor": sensor_cmd}
+    times: dict[str, list[float]] = {k: [] for k in commands}
     for i in range(args.runs):
-        times["nfstream"].append(timed(bare_cmd(big)))
-        times["sensor"].append(timed(sensor_cmd(big)))
-        print(
-            f"run {i + 1}: nfstream {times['nfstream'][-1]:.2f} s, sensor {times['sensor'][-1]:.2f} s", file=sys.stderr
-        )
+        for name, cmd in commands.items():
+            times[name].append(timed(cmd(big)))
+        print(f"run {i + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), file=sys.stderr)
     med = {k: statistics.median(v) for k, v in times.items()}
     pps = {k: args.packets / v for k, v in med.items()}
     memory = {
@@ -142,6 +158,7 @@ def main() -> int:
         "median_s": med,
         "packets_per_s": pps,
         "ratio_sensor_to_nfstream": pps["sensor"] / pps["nfstream"],
+        "ratio_empty_plugin_to_nfstream": pps["nfstream_empty_plugin"] / pps["nfstream"],
         "peak_memory": memory,
     }
     print(json.dumps(result, indent=2))

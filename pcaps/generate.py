@@ -80,6 +80,10 @@ class Conversation:
     def handshake(self, us: int, step: int = 1000):
         return self.tcp(us, True, "S").tcp(us + step, False, "SA").tcp(us + 2 * step, True, "A")
 
+    def close(self, us: int, step: int = 1000):
+        """Client FIN, server FIN, client's last ACK."""
+        return self.tcp(us, True, "FA").tcp(us + step, False, "FA").tcp(us + 2 * step, True, "A")
+
 
 def fixtures() -> dict[str, list]:
     """Name -> packets; one capture per rule of spec 7.3."""
@@ -130,7 +134,7 @@ def fixtures() -> dict[str, list]:
     c = Conversation(sport=40007)
     c.handshake(0)
     c.tcp(3000, True, "PA", b"q" * 40).tcp(4000, False, "PA", b"r" * 400)
-    c.tcp(5000, True, "FA").tcp(6000, False, "FA").tcp(7000, True, "A")
+    c.close(5000)
     out["fin_appendix"] = c.packets
 
     c = Conversation(sport=40008, dport=5001)
@@ -230,7 +234,7 @@ def sample() -> list:
         for k in range(5):
             c.tcp(t + 100_000 + k * 5000, False, "PA", b"\x17\x03\x03\x05\x00" + b"v" * 1280)
             c.tcp(t + 101_000 + k * 5000, True, "A")
-        c.tcp(t + 200_000, True, "FA").tcp(t + 210_000, False, "FA").tcp(t + 220_000, True, "A")
+        c.close(t + 200_000, 10_000)
         pkts += c.packets
         t += 1_000_000
     c = Conversation(sport=43000, dport=80)
@@ -242,7 +246,7 @@ def sample() -> list:
         "PA",
         b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 600\r\n\r\n" + b"<p>" * 200,
     )
-    c.tcp(t + 60_000, True, "FA").tcp(t + 70_000, False, "FA").tcp(t + 80_000, True, "A")
+    c.close(t + 60_000, 10_000)
     pkts += c.packets
     t += 1_000_000
     c = Conversation(sport=44000, dport=22)

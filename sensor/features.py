@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import time
 from datetime import UTC, datetime, tzinfo
+from functools import lru_cache
 from ipaddress import ip_address
 
 from nfstream import NFPlugin
@@ -293,23 +294,8 @@ class CicFeatures(NFPlugin):
         if t - s.end_active > ACTIVITY_TIMEOUT_US:
             span = s.end_active - s.start_active
             if span > 0:
-                a = s.active
-                a[0] += 1
-                a[1] += span
-                a[2] += span * span
-                if span < a[3]:
-                    a[3] = span
-                if span > a[4]:
-                    a[4] = span
-            gap = t - s.end_active
-            i = s.idle
-            i[0] += 1
-            i[1] += gap
-            i[2] += gap * gap
-            if gap < i[3]:
-                i[3] = gap
-            if gap > i[4]:
-                i[4] = gap
+                _accumulate(s.active, span)
+            _accumulate(s.idle, t - s.end_active)
             s.start_active = s.end_active = t
         else:
             s.end_active = t
@@ -391,6 +377,17 @@ class CicFeatures(NFPlugin):
         return length
 
 
+def _accumulate(acc: list, value: int) -> None:
+    """Add a value to an accumulator [count, sum, sum of squares, min, max]."""
+    acc[0] += 1
+    acc[1] += value
+    acc[2] += value * value
+    if value < acc[3]:
+        acc[3] = value
+    if value > acc[4]:
+        acc[4] = value
+
+
 def _bulk(d: _Direction, other: _Direction, t: int, length: int) -> None:
     """Bulk state machine of spec 3.1 for one payload packet of direction d."""
     other.cand_n = 0
@@ -462,26 +459,33 @@ def _rate(count: int, duration_us: int) -> float:
     return count / (duration_us / 1e6)
 
 
-def _signed(octets: bytes) -> tuple[int, ...]:
-    return tuple(o - 256 if o >= 128 else o for o in octets)
+@lru_cache(maxsize=65536)
+def _signed(address: str) -> tuple[int, ...]:
+    """An address's octets as Java's signed bytes (cached: addresses repeat across flows)."""
+    return tuple(o - 256 if o >= 128 else o for o in ip_address(address).packed)
 
 
 def flow_id(src_ip: str, src_port: int, dst_ip: str, dst_port: int, protocol: int) -> str:
     """CICFlowMeter's Flow.ID: the two ends ordered by their addresses read as signed bytes."""
-    if _signed(ip_address(src_ip).packed) <= _signed(ip_address(dst_ip).packed):
+    if _signed(src_ip) <= _signed(dst_ip):
         return f"{src_ip}-{dst_ip}-{src_port}-{dst_port}-{protocol}"
     return f"{dst_ip}-{src_ip}-{dst_port}-{src_port}-{protocol}"
 
 
 def format_timestamp(t_us: int, tz: tzinfo) -> str:
+    return _format_second(t_us // 1_000_000, tz)
+
+
+@lru_cache(maxsize=4096)
+def _format_second(second: int, tz: tzinfo) -> str:
     """Java `dd/MM/yyyy hh:mm:ss` (12-hour clock, no AM/PM) without the space, as in the file.
 
     Captures with absurd clocks (year > 9999, seen in fuzzed files) are written in UTC
     from the calendar fields, since datetime cannot hold them."""
     try:
-        return datetime.fromtimestamp(t_us // 1_000_000, tz).strftime("%d/%m/%Y%I:%M:%S")
+        return datetime.fromtimestamp(second, tz).strftime("%d/%m/%Y%I:%M:%S")
     except (ValueError, OverflowError, OSError):
-        tm = time.gmtime(t_us // 1_000_000)
+        tm = time.gmtime(second)
         hour = tm.tm_hour % 12 or 12
         return f"{tm.tm_mday:02d}/{tm.tm_mon:02d}/{tm.tm_year}{hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d}"
 
