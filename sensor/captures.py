@@ -10,7 +10,6 @@ reads only headers and runs at disk speed.
 
 from __future__ import annotations
 
-import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -76,12 +75,13 @@ def inspect_capture(path: str | os.PathLike) -> CaptureInfo:
     if st.st_size == 0:
         raise InputError(f"{p}: empty file, not a capture")
     try:
-        with open(p, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            head = mm[:4]
+        with open(p, "rb", buffering=0) as fh:
+            window = _Window(fh, st.st_size)
+            head = window.get(0, 4)
             if head in PCAP_MAGICS:
-                info = _walk_pcap(p, mm, PCAP_MAGICS[head])
+                info = _walk_pcap(p, window, PCAP_MAGICS[head])
             elif head == PCAPNG_SHB:
-                info = _walk_pcapng(p, mm)
+                info = _walk_pcapng(p, window)
             else:
                 raise InputError(f"{p}: not a pcap or pcapng capture (starts with bytes {head.hex()})")
     except PermissionError:
@@ -96,20 +96,44 @@ def inspect_capture(path: str | os.PathLike) -> CaptureInfo:
     return info
 
 
-def _walk_pcap(p: Path, mm: mmap.mmap, endian: str) -> CaptureInfo:
-    size = len(mm)
+class _Window:
+    """Reads a file in 1 MiB chunks: the walk's memory stays small whatever the capture size
+    (a memory map would make every page of the file count in the process's RSS)."""
+
+    CHUNK = 1 << 20
+
+    def __init__(self, fh, size: int) -> None:
+        self.fh, self.size = fh, size
+        self.buf, self.start = b"", 0
+
+    def span(self, off: int, n: int) -> tuple[bytes, int]:
+        """(buffer, index) such that buffer[index:index + n] are the file's bytes at off."""
+        rel = off - self.start
+        if rel < 0 or rel + n > len(self.buf):
+            self.fh.seek(off)
+            self.buf = self.fh.read(max(n, self.CHUNK))
+            self.start, rel = off, 0
+        return self.buf, rel
+
+    def get(self, off: int, n: int) -> bytes:
+        buf, rel = self.span(off, n)
+        return buf[rel : rel + n]
+
+
+def _walk_pcap(p: Path, w: _Window, endian: str) -> CaptureInfo:
+    size = w.size
     if size < 24:
         raise InputError(f"{p}: truncated pcap header ({size} of 24 bytes)")
-    link_type = struct.unpack_from(endian + "I", mm, 20)[0] & 0x0FFFFFFF
-    rec = struct.Struct(endian + "8xI4x")
-    unpack = rec.unpack_from
+    link_type = struct.unpack(endian + "I", w.get(20, 4))[0] & 0x0FFFFFFF
+    unpack = struct.Struct(endian + "8xI4x").unpack_from
     off, n = 24, 0
     damage = None
     while off < size:
         if off + 16 > size:
             damage = f"record header cut short at byte {off}"
             break
-        (caplen,) = unpack(mm, off)
+        buf, rel = w.span(off, 16)
+        (caplen,) = unpack(buf, rel)
         if caplen > MAX_RECORD:
             damage = f"corrupt record at byte {off} (captured length {caplen})"
             break
@@ -122,8 +146,8 @@ def _walk_pcap(p: Path, mm: mmap.mmap, endian: str) -> CaptureInfo:
     return CaptureInfo(p, "pcap", link_type, n, off, damage)
 
 
-def _walk_pcapng(p: Path, mm: mmap.mmap) -> CaptureInfo:
-    size = len(mm)
+def _walk_pcapng(p: Path, w: _Window) -> CaptureInfo:
+    size = w.size
     off, n = 0, 0
     endian = "<"
     link_type = None
@@ -132,9 +156,9 @@ def _walk_pcapng(p: Path, mm: mmap.mmap) -> CaptureInfo:
         if off + 12 > size:
             damage = f"block header cut short at byte {off}"
             break
-        btype = mm[off : off + 4]
-        if btype == PCAPNG_SHB:
-            bom = mm[off + 8 : off + 12]
+        head = w.get(off, 12)
+        if head[:4] == PCAPNG_SHB:
+            bom = head[8:12]
             if bom == b"\x4d\x3c\x2b\x1a":
                 endian = "<"
             elif bom == b"\x1a\x2b\x3c\x4d":
@@ -142,18 +166,18 @@ def _walk_pcapng(p: Path, mm: mmap.mmap) -> CaptureInfo:
             else:
                 damage = f"corrupt section header at byte {off}"
                 break
-        btype_n, blen = struct.unpack_from(endian + "II", mm, off)
+        btype_n, blen = struct.unpack_from(endian + "II", head)
         if blen < 12 or blen % 4:
             damage = f"corrupt block at byte {off} (length {blen})"
             break
         if off + blen > size:
             damage = f"block cut short at byte {off} ({size - off} of {blen} bytes)"
             break
-        if struct.unpack_from(endian + "I", mm, off + blen - 4)[0] != blen:
+        if struct.unpack(endian + "I", w.get(off + blen - 4, 4))[0] != blen:
             damage = f"corrupt block at byte {off} (trailing length mismatch)"
             break
         if btype_n == 1:  # interface description
-            lt = struct.unpack_from(endian + "H", mm, off + 8)[0]
+            lt = struct.unpack_from(endian + "H", head, 8)[0]
             if link_type is None:
                 link_type = lt
             elif lt != link_type:

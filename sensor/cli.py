@@ -63,7 +63,7 @@ def cmd_features(args: argparse.Namespace) -> int:
         return _fail(f"{out}: output must end in .csv or .parquet", EXIT_INPUT)
     meter = FlowMeter(args.profile, n_meters=args.n_meters, tz=tz, on_warning=_warn)
     try:
-        meter.check(args.pcaps)  # fail before creating any output
+        infos = meter.check(args.pcaps)  # fail before creating any output
     except InputError as e:
         return _fail(str(e), EXIT_INPUT)
     progress = _Progress(sys.stderr.isatty() and not args.quiet)
@@ -77,7 +77,7 @@ def cmd_features(args: argparse.Namespace) -> int:
             writer = CsvWriter.to_file(out, args.extra)
         else:
             writer = ParquetWriter(out, args.extra)
-        for rec in meter.read(args.pcaps):
+        for rec in meter.read_checked(infos):
             writer.write(rec)
             summary[rec.features[-1]] += 1
             n += 1

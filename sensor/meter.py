@@ -91,7 +91,10 @@ class FlowMeter:
 
     def read(self, paths: Sequence[str | os.PathLike]) -> Iterator[FlowRecord]:
         """Meter the files in order as one stream: a flow may continue from one file into the next."""
-        infos = self.check(paths)
+        return self.read_checked(self.check(paths))
+
+    def read_checked(self, infos: Sequence[CaptureInfo]) -> Iterator[FlowRecord]:
+        """Meter files already inspected by `check` (damaged ones up to the damage)."""
         with tempfile.TemporaryDirectory(prefix="ntds-meter-") as scratch:
             sources = []
             for info in infos:
