@@ -97,6 +97,19 @@ def cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    from sensor.alerts import score_command
+
+    try:
+        return score_command(args)
+    except InputError as e:
+        return _fail(str(e), EXIT_INPUT)
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        return _fail(f"{args.output or 'standard output'}: cannot write: {e.strerror or e}", EXIT_OUTPUT)
+
+
 def print_summary(summary: Counter, total: int) -> None:
     """Per-application flow counts, most common first (on stderr, next to the data on stdout)."""
     print(f"{total} flows, {len(summary)} applications", file=sys.stderr)
@@ -127,6 +140,22 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--summary", action="store_true", help="print flows per application on stderr at the end")
     f.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     f.set_defaults(func=cmd_features)
+
+    s = sub.add_parser(
+        "score",
+        help="score flows against a baseline and print alerts",
+        description="Score every flow of the inputs (captures, metered first, or CSV/Parquet files of the 87 "
+        "columns) against a baseline; write alerts at or above --min-tier as JSON lines.",
+    )
+    s.add_argument("inputs", nargs="+", type=Path, metavar="INPUT")
+    s.add_argument("--baseline", required=True, type=Path, help="baseline file (from ntds-aggregator baseline build)")
+    s.add_argument("--min-tier", type=int, default=3, choices=range(0, 6), help="lowest tier written (default: 3)")
+    s.add_argument("--all", action="store_true", help="write every flow's score and tier (overrides --min-tier)")
+    s.add_argument("-o", "--output", type=Path, help="write JSON lines here (default: stdout)")
+    s.add_argument(
+        "--profile", choices=sorted(PROFILES), default="unicauca", help="feature profile (default: unicauca)"
+    )
+    s.set_defaults(func=cmd_score)
     return parser
 
 

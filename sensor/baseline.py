@@ -1,0 +1,263 @@
+"""The per-application baseline: what normal looks like, in one versioned JSON file.
+
+Built by `ntds-aggregator baseline build` from flow records, read by the sensor
+to score every flow locally. The file holds, per application (ProtocolName):
+the notebook's nine population metrics (count, mode, median, mean, std), the
+fitted scorer's parameters and the five tier thresholds learned from the
+application's own flows; plus the application ranking and an all-traffic entry
+(`ALL_TRAFFIC`) for applications too rare or never seen. JSON, not pickle: it
+is read on every sensor and must be safe to load and easy to review.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from sensor.clock import TIME_PRECISION_US
+from sensor.columns import INDEX
+from sensor.errors import InputError
+from sensor.scoring import AXES, TIER_LABELS, make_scorer, tier_of, tier_thresholds
+
+FORMAT = "ntds-baseline"
+VERSION = 1
+ALL_TRAFFIC = "*all-traffic*"
+
+METRICS: dict[str, str | tuple[str, ...]] = {
+    "flowrate": "Flow.Bytes.s",
+    "duration": "Flow.Duration",
+    "volume": ("Total.Length.of.Fwd.Packets", "Total.Length.of.Bwd.Packets"),
+    "avpktsz": "Average.Packet.Size",
+    "dnuprat": "Down.Up.Ratio",
+    "pktlenvar": "Packet.Length.Variance",
+    "fwdpktlen": "Fwd.Packet.Length.Mean",
+    "bwdpktlen": "Bwd.Packet.Length.Mean",
+    "actmean": "Active.Mean",
+}
+"""The notebook's nine population metrics and the columns they come from. Volume is the
+flow's bytes (the notebook's flowrate x duration, without its unit slip and its
+Infinity for zero-duration flows)."""
+
+METRIC_COLUMNS: tuple[str, ...] = tuple(
+    dict.fromkeys(c for v in METRICS.values() for c in (v if isinstance(v, tuple) else (v,)))
+)
+AXIS_INDEX = [list(METRICS).index(a) for a in AXES]
+
+
+def metrics_matrix(columns: dict[str, np.ndarray]) -> np.ndarray:
+    """(n, 9) float array of the nine metrics from column arrays named as the data set's."""
+    out = []
+    for source in METRICS.values():
+        if isinstance(source, tuple):
+            out.append(sum(np.asarray(columns[c], dtype=float) for c in source))
+        else:
+            out.append(np.asarray(columns[source], dtype=float))
+    return np.column_stack(out) if out else np.empty((0, len(METRICS)))
+
+
+def metrics_of_row(features: tuple) -> np.ndarray:
+    """The nine metrics of one 87-column row."""
+    return metrics_matrix({c: np.array([features[INDEX[c]]]) for c in METRIC_COLUMNS})[0]
+
+
+def _stats(values: np.ndarray) -> dict:
+    finite = values[np.isfinite(values)]
+    if len(finite) == 0:
+        return {"count": 0, "non_finite": int(len(values)), "mode": None, "median": None, "mean": None, "std": None}
+    uniq, counts = np.unique(finite, return_counts=True)
+    return {
+        "count": int(len(finite)),
+        "non_finite": int(len(values) - len(finite)),
+        "mode": float(uniq[np.argmax(counts)]),
+        "median": float(np.median(finite)),
+        "mean": float(np.mean(finite)),
+        "std": float(np.std(finite)),
+    }
+
+
+def ranking(counts: dict[str, int]) -> list[dict]:
+    """The notebook's application ranking: share %, 1/likelihood, cumulative %, count."""
+    total = sum(counts.values())
+    rows, cumulative = [], 0.0
+    for name, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        share = 100.0 * n / total
+        cumulative += share
+        rows.append(
+            {
+                "application": name,
+                "share_pct": share,
+                "inv_likelihood": int(100.0 / share + 0.5),
+                "cumulative_pct": cumulative,
+                "count": n,
+            }
+        )
+    return rows
+
+
+def build(
+    apps: np.ndarray,
+    metrics: np.ndarray,
+    *,
+    method: str = "robust",
+    combine: str | None = None,
+    min_count: int = 100,
+    feature_profile: str = "unicauca",
+    inputs: list[str] | None = None,
+    extra_meta: dict | None = None,
+) -> dict:
+    """The baseline document from per-flow application names and (n, 9) metrics."""
+    apps = np.asarray(apps).astype(str)
+    if len(apps) == 0:
+        raise InputError("no flows to build a baseline from")
+    names, counts = np.unique(apps, return_counts=True)
+    entries: dict[str, dict] = {}
+    combine_used = None
+
+    def entry(mask: np.ndarray) -> dict:
+        nonlocal combine_used
+        M = metrics[mask]
+        X = M[:, AXIS_INDEX]
+        scorer = make_scorer(method, combine).fit(X)
+        combine_used = scorer.combine
+        scores, _ = scorer.score_many(X)
+        return {
+            "count": int(mask.sum()),
+            "metrics": {name: _stats(M[:, i]) for i, name in enumerate(METRICS)},
+            "model": scorer.params(),
+            "tiers": tier_thresholds(scores),
+        }
+
+    for name, n in zip(names, counts):
+        if n >= min_count:
+            entries[str(name)] = entry(apps == name)
+    entries[ALL_TRAFFIC] = entry(np.ones(len(apps), dtype=bool))
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "feature_profile": feature_profile,
+        "time_precision_us": TIME_PRECISION_US,
+        "built": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "inputs": inputs or [],
+        "method": method,
+        "combine": combine_used,
+        "axes": list(AXES),
+        "min_count": min_count,
+        "counts": {"flows": int(len(apps)), "applications": int(len(names)), "modelled": len(entries) - 1},
+    }
+    meta.update(extra_meta or {})
+    return {**meta, "ranking": ranking({str(k): int(v) for k, v in zip(names, counts)}), "applications": entries}
+
+
+def save(doc: dict, path: Path) -> None:
+    """Write atomically (temp file + rename): a sensor never reads half a baseline."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+@dataclass
+class ScoredFlows:
+    """Scores of a batch: combined score, tier, per-axis scores, and which baseline entry was used."""
+
+    score: np.ndarray
+    tier: np.ndarray
+    per_axis: np.ndarray
+    entry: list[str]
+
+
+class Baseline:
+    """A loaded baseline: scores batches of flows against their application's entry."""
+
+    def __init__(self, doc: dict, source: str = "baseline") -> None:
+        self.doc = doc
+        self.source = source
+        self.method = doc["method"]
+        self.profile = doc["feature_profile"]
+        self.scorers = {}
+        self.tiers = {}
+        for name, e in doc["applications"].items():
+            scorer = make_scorer(self.method, doc["combine"]).load(e["model"])
+            self.scorers[name] = scorer
+            self.tiers[name] = e["tiers"]
+
+    @classmethod
+    def load(cls, path: str | Path, feature_profile: str | None = None) -> Baseline:
+        """Read and validate a baseline file; any problem is one InputError line."""
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise InputError(f"{p}: no such baseline file") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"{p}: cannot read baseline: {e}") from None
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{p}: not a baseline (invalid JSON at line {e.lineno})") from None
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise InputError(f"{p}: not an ntds baseline file")
+        if doc.get("version") != VERSION:
+            raise InputError(
+                f"{p}: baseline format version {doc.get('version')!r}, this sensor reads version {VERSION}"
+            )
+        if feature_profile is not None and doc.get("feature_profile") != feature_profile:
+            raise InputError(
+                f"{p}: baseline built for feature profile {doc.get('feature_profile')!r}, "
+                f"the sensor runs {feature_profile!r}"
+            )
+        try:
+            baseline = cls(doc, str(p))
+            _validate(baseline)
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputError(f"{p}: corrupt baseline ({type(e).__name__}: {e})") from None
+        return baseline
+
+    def score(self, apps, metrics: np.ndarray) -> ScoredFlows:
+        """Score a batch: each flow against its application's entry, else the all-traffic one."""
+        apps = np.asarray(apps).astype(str)
+        n = len(apps)
+        X = np.asarray(metrics, dtype=float)[:, AXIS_INDEX]
+        score = np.zeros(n)
+        tier = np.zeros(n, dtype=int)
+        per_axis = np.zeros((n, len(AXES)))
+        entry = [ALL_TRAFFIC] * n
+        for name in np.unique(apps):
+            mask = apps == name
+            key = name if name in self.scorers else ALL_TRAFFIC
+            s, pa = self.scorers[key].score_many(X[mask])
+            score[mask], per_axis[mask] = s, pa
+            tier[mask] = tier_of(s, self.tiers[key])
+            if key != ALL_TRAFFIC:
+                for i in np.flatnonzero(mask):
+                    entry[i] = key
+        return ScoredFlows(score, tier, per_axis, entry)
+
+    def explain(self, entry: str, x_axes: np.ndarray, per_axis: np.ndarray, top: int = 3) -> list[dict]:
+        """The axes that contributed most: the flow's value, the baseline's typical value, the axis score."""
+        typical = self.scorers[entry].typical()
+        order = np.argsort(-per_axis, kind="stable")[:top]
+        return [
+            {
+                "axis": AXES[j],
+                "value": float(x_axes[j]),
+                "typical": float(typical[j]),
+                "score": round(float(per_axis[j]), 4),
+            }
+            for j in order
+        ]
+
+
+def _validate(b: Baseline) -> None:
+    if ALL_TRAFFIC not in b.scorers:
+        raise ValueError("no all-traffic entry")
+    for name, t in b.tiers.items():
+        if len(t) != 5 or any(not math.isfinite(v) for v in t) or any(t[i] > t[i + 1] for i in range(4)):
+            raise ValueError(f"bad tier thresholds for {name}")
+
+
+__all__ = ["ALL_TRAFFIC", "Baseline", "METRICS", "TIER_LABELS", "build", "metrics_matrix", "save"]

@@ -1,0 +1,85 @@
+"""Reading flow records back: CSV or Parquet files of the 87 columns, or captures metered on the fly.
+
+Both the sensor (`score`) and the aggregator (`baseline build`) read flows this way,
+in chunks, so a 3.6-million-row data set never has to fit in memory at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from sensor.columns import COLUMNS
+from sensor.errors import InputError
+
+CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap")
+CHUNK_ROWS = 200_000
+
+
+def kind_of(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in CAPTURE_SUFFIXES:
+        return "capture"
+    if suffix == ".csv":
+        return "csv"
+    if suffix == ".parquet":
+        return "parquet"
+    raise InputError(f"{path}: unknown input type (expected .pcap/.pcapng, .csv or .parquet)")
+
+
+def read_flow_table(
+    path: Path, columns: list[str], progress: Callable[[int], None] | None = None
+) -> Iterator[dict[str, np.ndarray]]:
+    """Chunks of the named columns as numpy arrays; progress(bytes_read) after each chunk."""
+    import pandas as pd
+
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory")
+    kind = kind_of(path)
+    try:
+        if kind == "csv":
+            with open(path, "rb") as fh:
+                header = fh.readline().decode("utf-8", "replace").strip().split(",")
+                missing = [c for c in columns if c not in header]
+                if missing:
+                    raise InputError(f"{path}: not a flow file of the 87 columns (missing {', '.join(missing[:3])})")
+                fh.seek(0)
+                dtypes = {c: str for c in columns if c in ("ProtocolName", "Source.IP", "Destination.IP")}
+                reader = pd.read_csv(fh, usecols=columns, chunksize=CHUNK_ROWS, dtype=dtypes, na_filter=True)
+                for chunk in reader:
+                    yield {c: chunk[c].to_numpy() for c in columns}
+                    if progress:
+                        progress(fh.tell())
+        else:
+            import pyarrow.parquet as pq
+
+            pf = pq.ParquetFile(path)
+            missing = [c for c in columns if c not in pf.schema_arrow.names]
+            if missing:
+                raise InputError(f"{path}: not a flow file of the 87 columns (missing {', '.join(missing[:3])})")
+            done = 0
+            for batch in pf.iter_batches(batch_size=CHUNK_ROWS, columns=columns):
+                yield {c: batch.column(c).to_numpy(zero_copy_only=False) for c in columns}
+                done += batch.nbytes
+                if progress:
+                    progress(done)
+    except InputError:
+        raise
+    except (ValueError, OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read flows: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # pyarrow and pandas parser errors have many types
+        raise InputError(f"{path}: cannot read flows: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+
+
+def records_to_columns(records, columns: list[str]) -> dict[str, np.ndarray]:
+    """FlowRecords (from the meter) -> the same column arrays a flow file gives."""
+    idx = [COLUMNS.index(c) for c in columns]
+    rows = [r.features for r in records]
+    return {c: np.array([row[i] for row in rows], dtype=object if c in _TEXT else float) for c, i in zip(columns, idx)}
+
+
+_TEXT = {"Flow.ID", "Source.IP", "Destination.IP", "Timestamp", "Label", "ProtocolName"}

@@ -1,0 +1,226 @@
+"""Anomaly scorers for one application's flows: small estimators with uniform verbs.
+
+A scorer sees a flow as its seven radar axes (the notebook's
+`display_proto_radar`): duration, volume, avpktsz, dnuprat, pktlenvar,
+fwdpktlen, bwdpktlen. `fit` / `learn_one` learn the population, `score_many` /
+`score_one` return the combined score and the per-axis scores that explain it.
+Parameters are plain floats so they round-trip through the JSON baseline file.
+
+- `PseudoSigma`: the notebook's method, kept faithful. A "pseudo-sigma" per axis
+  from the distance of the population's min and max to its mode, divided by
+  (pseudo_sigmae + 1); axis score |x - mode| / pseudo-sigma; axes combined by
+  mean (the notebook's default) or max.
+- `RobustLog`: the default. Volumes and durations span orders of magnitude, so
+  each axis is compared on log1p scale against its median, in units of a robust
+  spread (1.4826 x MAD, falling back to IQR/1.349 and a floor); combined by max,
+  so one wildly unusual axis is enough. Unlike min/max, median and MAD do not
+  move when the population holds one extreme flow, which keeps the score's
+  distribution stable between the training and the scored traffic.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+AXES: tuple[str, ...] = ("duration", "volume", "avpktsz", "dnuprat", "pktlenvar", "fwdpktlen", "bwdpktlen")
+
+
+def _combine(per_axis: np.ndarray, how: str) -> np.ndarray:
+    return per_axis.max(axis=1) if how == "max" else per_axis.mean(axis=1)
+
+
+class _Scorer:
+    """Shared verbs: learn_one buffers, fit learns from a batch, score_one wraps score_many."""
+
+    name = ""
+
+    def __init__(self, combine: str) -> None:
+        if combine not in ("mean", "max"):
+            raise ValueError(f"combine must be 'mean' or 'max', not {combine!r}")
+        self.combine = combine
+        self._pending: list[np.ndarray] = []
+        self.fitted = False
+
+    def learn_one(self, x) -> _Scorer:
+        """Add one flow (7 axis values); parameters are refit on the next score."""
+        self._pending.append(np.asarray(x, dtype=float).reshape(1, len(AXES)))
+        return self
+
+    def _ready(self) -> None:
+        if self._pending:
+            batch = np.vstack(self._pending)
+            self._pending.clear()
+            self.fit(np.vstack([self._seen, batch]) if self.fitted else batch)
+        if not self.fitted:
+            raise ValueError("scorer has learned nothing yet")
+
+    def fit(self, X) -> _Scorer:
+        X = np.asarray(X, dtype=float)
+        if X.ndim != 2 or X.shape[1] != len(AXES) or len(X) == 0:
+            raise ValueError(f"expected an (n, {len(AXES)}) array with n > 0, got {X.shape}")
+        self._seen = X
+        self._fit(X)
+        self.fitted = True
+        return self
+
+    def score_many(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """(combined scores, per-axis scores) for an (n, 7) batch."""
+        self._ready()
+        per_axis = self._per_axis(np.asarray(X, dtype=float))
+        return _combine(per_axis, self.combine), per_axis
+
+    def score_one(self, x) -> tuple[float, np.ndarray]:
+        combined, per_axis = self.score_many(np.asarray(x, dtype=float).reshape(1, len(AXES)))
+        return float(combined[0]), per_axis[0]
+
+    def _fit(self, X: np.ndarray) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _per_axis(self, X: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def typical(self) -> np.ndarray:  # pragma: no cover - abstract
+        """The value each axis is compared with, for explanations."""
+        raise NotImplementedError
+
+
+def mode(values: np.ndarray) -> float:
+    """Most frequent value; the smallest of equally frequent ones (as scipy.stats.mode)."""
+    uniq, counts = np.unique(values, return_counts=True)
+    return float(uniq[np.argmax(counts)])
+
+
+class PseudoSigma(_Scorer):
+    name = "pseudo-sigma"
+
+    def __init__(self, combine: str = "mean", pseudo_sigmae: int = 5) -> None:
+        super().__init__(combine)
+        self.pseudo_sigmae = pseudo_sigmae
+
+    def _fit(self, X: np.ndarray) -> None:
+        self.mode_ = np.array([mode(X[:, j]) for j in range(X.shape[1])])
+        pos = np.abs(X.max(axis=0) - self.mode_)
+        neg = np.abs(self.mode_ - X.min(axis=0))
+        both = (pos > 0) & (neg > 0)
+        spread = np.where(both, (pos + neg) / 2, np.maximum(pos, neg))
+        # An axis where every flow had the same value has no spread: 0 marks it.
+        self.sigma_ = spread / (self.pseudo_sigmae + 1)
+
+    def _per_axis(self, X: np.ndarray) -> np.ndarray:
+        dist = np.abs(X - self.mode_)
+        constant = self.sigma_ == 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            score = dist / np.where(constant, 1.0, self.sigma_)
+        # On a constant axis any other value is as far out as the population's edge.
+        return np.where(constant, np.where(dist > 0, self.pseudo_sigmae + 1.0, 0.0), score)
+
+    def typical(self) -> np.ndarray:
+        return self.mode_
+
+    def params(self) -> dict:
+        return {"mode": self.mode_.tolist(), "pseudo_sigma": self.sigma_.tolist(), "pseudo_sigmae": self.pseudo_sigmae}
+
+    def load(self, params: dict) -> PseudoSigma:
+        self.mode_ = np.array(params["mode"], dtype=float)
+        self.sigma_ = np.array(params["pseudo_sigma"], dtype=float)
+        self.pseudo_sigmae = int(params["pseudo_sigmae"])
+        self.fitted = True
+        self._seen = np.empty((0, len(AXES)))
+        return self
+
+
+class RobustLog(_Scorer):
+    name = "robust"
+    MIN_SCALE = 0.1
+    """Smallest spread on log1p scale (about a 10% change counts as one unit)."""
+
+    def __init__(self, combine: str = "max") -> None:
+        super().__init__(combine)
+
+    def _fit(self, X: np.ndarray) -> None:
+        L = np.log1p(np.clip(X, 0, None))
+        self.median_ = np.median(L, axis=0)
+        mad = 1.4826 * np.median(np.abs(L - self.median_), axis=0)
+        q75, q25 = np.percentile(L, [75, 25], axis=0)
+        self.scale_ = np.maximum(np.where(mad > 0, mad, (q75 - q25) / 1.349), self.MIN_SCALE)
+
+    def _per_axis(self, X: np.ndarray) -> np.ndarray:
+        return np.abs(np.log1p(np.clip(X, 0, None)) - self.median_) / self.scale_
+
+    def typical(self) -> np.ndarray:
+        return np.expm1(self.median_)
+
+    def params(self) -> dict:
+        return {"log_median": self.median_.tolist(), "log_scale": self.scale_.tolist()}
+
+    def load(self, params: dict) -> RobustLog:
+        self.median_ = np.array(params["log_median"], dtype=float)
+        self.scale_ = np.array(params["log_scale"], dtype=float)
+        self.fitted = True
+        self._seen = np.empty((0, len(AXES)))
+        return self
+
+
+METHODS = {"robust": RobustLog, "pseudo-sigma": PseudoSigma}
+DEFAULT_COMBINE = {"robust": "max", "pseudo-sigma": "mean"}
+
+
+def make_scorer(method: str, combine: str | None = None):
+    try:
+        cls = METHODS[method]
+    except KeyError:
+        raise ValueError(f"unknown scoring method {method!r} (choose from {', '.join(METHODS)})") from None
+    return cls(combine=combine or DEFAULT_COMBINE[method])
+
+
+# -- rarity tiers ------------------------------------------------------------------------
+
+TIER_LABELS = (
+    "common event",
+    "1 in 10 event",
+    "1 in 100 event",
+    "1 in 1000 event",
+    "1 in 10000 event",
+    "1 in 100000 event",
+)
+MIN_EXCEEDANCES = 5
+"""A tier's threshold is read off the population only where at least this many flows exceed it."""
+
+
+def tier_thresholds(scores: np.ndarray) -> list[float]:
+    """Score thresholds so that about 1 flow in 10**k of this population scores above tier k.
+
+    Where the population is too small to see 10**-k directly (fewer than
+    MIN_EXCEEDANCES flows above), the tail is extrapolated: scores beyond the 90th
+    percentile are fitted as linear in log10(1/p) (an exponential tail) and read
+    off at p = 10**-k. Thresholds never decrease with k.
+    """
+    s = np.sort(np.asarray(scores, dtype=float))
+    n = len(s)
+    if n == 0:
+        raise ValueError("no scores to calibrate tiers on")
+    out: list[float] = []
+    # empirical survival: P(score > s[i]) ~ (n - 1 - i) / n
+    ranks = np.arange(n)
+    p_emp = (n - ranks) / n
+    tail = p_emp <= 0.1
+    fit = None
+    if tail.sum() >= 3 and np.ptp(s[tail]) > 0:
+        slope, intercept = np.polyfit(np.log10(1 / p_emp[tail]), s[tail], 1)
+        fit = (max(slope, 0.0), intercept)
+    for k in range(1, 6):
+        p = 10.0**-k
+        if n * p >= MIN_EXCEEDANCES:
+            t = float(np.quantile(s, 1 - p, method="higher"))
+        elif fit is not None:
+            t = float(fit[0] * k + fit[1])
+        else:
+            t = float(s[-1])
+        out.append(max(t, out[-1]) if out else t)
+    return out
+
+
+def tier_of(scores: np.ndarray, thresholds: list[float]) -> np.ndarray:
+    """Tier 0..5 of each score: the highest k whose threshold it exceeds (strictly)."""
+    t = np.asarray(thresholds, dtype=float)
+    return (np.asarray(scores, dtype=float)[:, None] > t[None, :]).sum(axis=1)
