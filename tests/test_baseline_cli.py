@@ -1,0 +1,100 @@
+"""`ntds-aggregator baseline build` and `ntds-sensor score` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import FIXTURES
+
+BIN = Path(sys.executable).parent
+
+
+def run(tool: str, *args) -> subprocess.CompletedProcess:
+    exe = BIN / tool
+    cmd = (
+        [str(exe)]
+        if exe.exists()
+        else [sys.executable, "-m", "sensor.cli" if tool == "ntds-sensor" else "aggregator.cli"]
+    )
+    return subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+SAMPLE = FIXTURES.parent / "sample.pcap"
+
+
+def test_build_from_csv_equals_build_from_capture(tmp_path, fixtures_dir):
+    csv = tmp_path / "flows.csv"
+    assert run("ntds-sensor", "features", SAMPLE, "-o", csv).returncode == 0
+    a, b = tmp_path / "from-csv.json", tmp_path / "from-pcap.json"
+    pa = run("ntds-aggregator", "baseline", "build", csv, "-o", a, "--min-count", "2")
+    pb = run("ntds-aggregator", "baseline", "build", SAMPLE, "-o", b, "--min-count", "2")
+    assert pa.returncode == 0 and pb.returncode == 0, pa.stderr + pb.stderr
+    da, db = json.loads(a.read_text()), json.loads(b.read_text())
+    assert da["applications"] == db["applications"]
+    assert da["ranking"] == db["ranking"]
+    assert da["counts"]["flows"] == 17 and da["format"] == "ntds-baseline"
+
+
+def test_score_a_capture_and_its_csv_alike(tmp_path, fixtures_dir):
+    csv = tmp_path / "flows.csv"
+    run("ntds-sensor", "features", SAMPLE, "-o", csv)
+    base = tmp_path / "b.json"
+    run("ntds-aggregator", "baseline", "build", csv, "-o", base, "--min-count", "2", "--method", "pseudo-sigma")
+    from_pcap = run("ntds-sensor", "score", SAMPLE, "--baseline", base, "--all")
+    from_csv = run("ntds-sensor", "score", csv, "--baseline", base, "--all")
+    assert from_pcap.returncode == 0 and from_csv.returncode == 0, from_pcap.stderr + from_csv.stderr
+    pa = [json.loads(line) for line in from_pcap.stdout.splitlines()]
+    pb = [json.loads(line) for line in from_csv.stdout.splitlines()]
+    assert len(pa) == len(pb) == 17
+    for x, y in zip(pa, pb):
+        x.pop("time"), y.pop("time")
+        assert x == y
+    assert {a["baseline"] for a in pa} == {"application", "all-traffic"}
+    assert all(0 <= a["tier"] <= 5 and a["explanation"] for a in pa)
+
+
+def test_min_tier_filters_alerts(tmp_path, fixtures_dir):
+    base = tmp_path / "b.json"
+    run("ntds-aggregator", "baseline", "build", SAMPLE, "-o", base, "--min-count", "2")
+    every = [
+        json.loads(x) for x in run("ntds-sensor", "score", SAMPLE, "--baseline", base, "--all").stdout.splitlines()
+    ]
+    out = tmp_path / "alerts.jsonl"
+    assert run("ntds-sensor", "score", SAMPLE, "--baseline", base, "--min-tier", "1", "-o", out).returncode == 0
+    kept = [json.loads(x) for x in out.read_text().splitlines()]
+    assert kept == [a for a in every if a["tier"] >= 1]
+
+
+def test_offsite_only_keeps_flows_with_one_local_end(tmp_path, fixtures_dir):
+    base = tmp_path / "b.json"
+    # the sample's DNS and NTP servers are local (10.1.0.x); web, SSH and ICMP go to 93.184.216.34
+    p = run("ntds-aggregator", "baseline", "build", SAMPLE, "-o", base, "--min-count", "1", "--offsite-only")
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(base.read_text())
+    assert doc["counts"]["flows"] == 12 and doc["flows_read"] == 17
+    assert "NTP" not in doc["applications"]
+
+
+def test_errors_are_one_line(tmp_path, fixtures_dir):
+    (tmp_path / "bad.json").write_text("{")
+    for tool, args, words in (
+        ("ntds-sensor", ["score", SAMPLE, "--baseline", tmp_path / "bad.json"], ["invalid JSON"]),
+        ("ntds-sensor", ["score", SAMPLE, "--baseline", tmp_path / "none.json"], ["no such baseline"]),
+        ("ntds-aggregator", ["baseline", "build", tmp_path / "x.csv", "-o", tmp_path / "o.json"], ["no such file"]),
+        ("ntds-aggregator", ["baseline", "build", tmp_path / "x.txt", "-o", tmp_path / "o.json"], ["unknown input"]),
+        ("ntds-aggregator", ["baseline", "build", SAMPLE, "-o", tmp_path / "o.json", "--local-net", "nope"], ["CIDR"]),
+    ):
+        p = run(tool, *args)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+        assert all(w in lines[0] for w in words), lines[0]
+
+
+def test_csv_of_other_columns_is_refused(tmp_path):
+    f = tmp_path / "other.csv"
+    f.write_text("a,b\n1,2\n")
+    p = run("ntds-aggregator", "baseline", "build", f, "-o", tmp_path / "o.json")
+    assert p.returncode == 2 and "not a flow file of the 87 columns" in p.stderr

@@ -1,0 +1,163 @@
+"""Scorers, tiers and the baseline file, checked against hand computations."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from sensor.baseline import ALL_TRAFFIC, AXIS_INDEX, METRICS, Baseline, build, save
+from sensor.errors import InputError
+from sensor.scoring import AXES, PseudoSigma, RobustLog, tier_of, tier_thresholds
+
+
+def test_pseudo_sigma_by_hand():
+    # axis 0: values 1,1,1,4,10 -> mode 1, max-mode 9, mode-min 0 -> pseudo-sigma 9/6 = 1.5
+    # axis 1: values 5,2,5,8,5 -> mode 5, pos 3, neg 3 -> mean 3 / 6 = 0.5
+    # axes 2..6: constant 7 -> no spread
+    X = np.full((5, 7), 7.0)
+    X[:, 0] = [1, 1, 1, 4, 10]
+    X[:, 1] = [5, 2, 5, 8, 5]
+    ps = PseudoSigma(combine="mean").fit(X)
+    assert ps.mode_[:2].tolist() == [1.0, 5.0]
+    assert ps.sigma_[:2].tolist() == [1.5, 0.5]
+    x = np.array([4.0, 6.0, 7, 7, 7, 7, 9])
+    combined, per_axis = ps.score_one(x)
+    # |4-1|/1.5 = 2, |6-5|/0.5 = 2, constant axes 0, a new value on a constant axis = 5 + 1
+    assert per_axis.tolist() == [2.0, 2.0, 0.0, 0.0, 0.0, 0.0, 6.0]
+    assert combined == pytest.approx((2 + 2 + 6) / 7)
+    assert PseudoSigma(combine="max").fit(X).score_one(x)[0] == 6.0
+
+
+def test_pseudo_sigma_mode_ties_take_the_smallest():
+    X = np.tile(np.array([[3.0, 1, 1, 1, 1, 1, 1]]), (4, 1))
+    X[:2, 0] = 2.0  # 2 and 3 twice each
+    assert PseudoSigma().fit(X).mode_[0] == 2.0
+
+
+def test_robust_by_hand():
+    X = np.zeros((5, 7))
+    X[:, 1] = [0, 1, 3, 7, 15]  # log1p: 0, ln2, ln4, ln8, ln16 -> median ln4, |dev| = ln4, ln2, 0, ln2, ln4
+    r = RobustLog().fit(X)
+    assert r.median_[1] == pytest.approx(math.log(4))
+    assert r.scale_[1] == pytest.approx(1.4826 * math.log(2))
+    assert r.scale_[0] == RobustLog.MIN_SCALE  # constant axis: the floor
+    _, per_axis = r.score_one([0, 63, 0, 0, 0, 0, 0])  # log1p(63) = ln 64 = 3 ln 4... deviation ln16
+    assert per_axis[1] == pytest.approx(math.log(16) / (1.4826 * math.log(2)))
+    assert r.typical()[1] == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("cls", [PseudoSigma, RobustLog])
+def test_batch_equals_one_by_one_and_learn_one_equals_fit(cls):
+    rng = np.random.default_rng(7)
+    X = rng.lognormal(3, 1, size=(300, 7)).round(1)
+    batch = cls().fit(X)
+    scores, per_axis = batch.score_many(X[:50])
+    for i in range(50):
+        s, pa = batch.score_one(X[i])
+        assert s == scores[i] and (pa == per_axis[i]).all()
+    streamed = cls()
+    for row in X:
+        streamed.learn_one(row)
+    assert (streamed.score_many(X[:50])[0] == scores).all()
+
+
+def test_tier_thresholds_calibrated_on_a_large_population():
+    rng = np.random.default_rng(1)
+    scores = rng.exponential(1.0, 1_000_000)
+    t = tier_thresholds(scores)
+    fresh = rng.exponential(1.0, 1_000_000)
+    tiers = tier_of(fresh, t)
+    for k in range(1, 5):
+        share = (tiers >= k).mean()
+        assert 0.5 * 10**-k <= share <= 2 * 10**-k, (k, share)
+    # k = 5 rests on the 10 largest of a million: close to the exponential quantile -ln(1e-5)
+    assert t[4] == pytest.approx(-math.log(1e-5), rel=0.15)
+
+
+def test_tiers_are_monotone_in_score():
+    rng = np.random.default_rng(3)
+    t = tier_thresholds(rng.lognormal(0, 1, 5000))
+    assert all(t[i] <= t[i + 1] for i in range(4))
+    s = np.sort(rng.lognormal(0, 1.5, 10000))
+    tiers = tier_of(s, t)
+    assert (np.diff(tiers) >= 0).all()
+    assert tiers[0] == 0 and tiers[-1] >= 3
+
+
+def _doc(method="robust", profile="unicauca"):
+    rng = np.random.default_rng(11)
+    n = 4000
+    apps = np.array(["WEB"] * 3000 + ["DNS"] * 990 + ["RARE"] * 10)
+    M = rng.lognormal(5, 1, size=(n, len(METRICS)))
+    return build(apps, M, method=method, min_count=100, feature_profile=profile)
+
+
+def test_unseen_and_rare_applications_use_all_traffic(tmp_path):
+    doc = _doc()
+    assert set(doc["applications"]) == {"WEB", "DNS", ALL_TRAFFIC}
+    assert [r["application"] for r in doc["ranking"]] == ["WEB", "DNS", "RARE"]
+    assert doc["ranking"][0]["share_pct"] == 75.0 and doc["ranking"][0]["inv_likelihood"] == 1
+    assert doc["ranking"][-1]["cumulative_pct"] == pytest.approx(100.0)
+    save(doc, tmp_path / "b.json")
+    b = Baseline.load(tmp_path / "b.json", "unicauca")
+    M = np.full((3, len(METRICS)), 150.0)
+    scored = b.score(["WEB", "RARE", "NEVER-SEEN"], M)
+    assert scored.entry == ["WEB", ALL_TRAFFIC, ALL_TRAFFIC]
+    # the same flow scores the same against the all-traffic entry whatever its name
+    assert scored.score[1] == scored.score[2]
+
+
+def test_explanation_names_the_most_unusual_axis(tmp_path):
+    save(_doc(), tmp_path / "b.json")
+    b = Baseline.load(tmp_path / "b.json")
+    x = np.exp(np.full(len(METRICS), 5.0))
+    x[list(METRICS).index("duration")] = 1e9  # far beyond anything seen
+    scored = b.score(["WEB"], x[None, :])
+    expl = b.explain("WEB", x[AXIS_INDEX], scored.per_axis[0])
+    assert expl[0]["axis"] == "duration" and expl[0]["value"] == 1e9
+    assert expl[0]["score"] == pytest.approx(scored.per_axis[0][AXES.index("duration")], abs=1e-4)
+    assert scored.tier[0] == 5
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: "not json {", "invalid JSON"),
+        (lambda d: json.dumps({"format": "something-else"}), "not an ntds baseline"),
+        (lambda d: json.dumps({**d, "version": 99}), "version 99"),
+        (lambda d: json.dumps({**d, "feature_profile": "corrected"}), "feature profile 'corrected'"),
+        (lambda d: json.dumps({**d, "applications": {"WEB": d["applications"]["WEB"]}}), "corrupt baseline"),
+        (
+            lambda d: json.dumps(
+                {
+                    **d,
+                    "applications": {
+                        **d["applications"],
+                        "WEB": {**d["applications"]["WEB"], "tiers": [3, 2, 1, 0, 0]},
+                    },
+                }
+            ),
+            "corrupt baseline",
+        ),
+    ],
+)
+def test_bad_baselines_are_refused_with_one_line(tmp_path, mutate, message):
+    p = tmp_path / "bad.json"
+    p.write_text(mutate(_doc()))
+    with pytest.raises(InputError) as e:
+        Baseline.load(p, feature_profile="unicauca")
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_baseline_file_is_plain_json_without_nan(tmp_path):
+    rng = np.random.default_rng(5)
+    M = rng.lognormal(5, 1, size=(500, len(METRICS)))
+    M[:10, 0] = np.inf  # zero-duration flows: Flow.Bytes.s is Infinity
+    doc = build(np.array(["A"] * 500), M, min_count=10)
+    save(doc, tmp_path / "b.json")
+    text = (tmp_path / "b.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text)["applications"]["A"]["metrics"]["flowrate"]["non_finite"] == 10
