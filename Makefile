@@ -30,6 +30,7 @@ test: lint fixtures
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_meter.py
+	$(BIN)/python bench/bench_scoring.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache
