@@ -40,7 +40,49 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--offsite-only", action="store_true", help="keep only flows with one local and one external end")
     b.add_argument("--profile", choices=sorted(PROFILES), default="unicauca", help="feature profile of the inputs")
     b.set_defaults(func=_baseline_build)
+
+    pl = bsub.add_parser(
+        "plots",
+        help="histograms, radar plots and the metrics table of a baseline (or of flows)",
+        description="Draw the notebook's figures: per application the 3x3 log-count histograms of the nine "
+        "metrics and the radar plot of per-axis scores coloured by tier, plus metrics.txt (medians). INPUT is a "
+        "baseline file, or flow records / captures from which a baseline is built first.",
+    )
+    pl.add_argument("inputs", nargs="+", metavar="INPUT")
+    pl.add_argument("-o", "--output", required=True, help="folder for the PNG files and metrics.txt")
+    pl.add_argument("--method", choices=sorted(METHODS), default="robust", help="when INPUT is flows (default: robust)")
+    pl.add_argument("--min-count", type=int, default=100, help="when INPUT is flows")
+    pl.add_argument("--profile", choices=sorted(PROFILES), default="unicauca", help="when INPUT is flows")
+    pl.set_defaults(func=_baseline_plots)
     return parser
+
+
+def _baseline_plots(args) -> int:
+    import json
+    from pathlib import Path
+
+    from aggregator.plots import plot_all
+    from sensor.baseline import Baseline
+
+    first = Path(args.inputs[0])
+    if len(args.inputs) == 1 and first.suffix.lower() == ".json":
+        doc = Baseline.load(first).doc
+    else:
+        from aggregator.baseline_build import DEFAULT_LOCAL_NETS, collect, parse_nets
+        from sensor.baseline import build
+
+        paths = [Path(p) for p in args.inputs]
+        apps, metrics, _ = collect(
+            paths, args.profile, parse_nets(list(DEFAULT_LOCAL_NETS)), False, sys.stderr.isatty()
+        )
+        doc = build(apps, metrics, method=args.method, min_count=args.min_count, feature_profile=args.profile)
+        json.dumps(doc)  # the same document a saved baseline would hold
+    try:
+        written = plot_all(doc, Path(args.output))
+    except OSError as e:
+        raise InputError(f"{args.output}: cannot write: {e.strerror or e}") from None
+    print(f"{args.output}: {len(written)} files", file=sys.stderr)
+    return 0
 
 
 def _baseline_build(args) -> int:

@@ -80,6 +80,30 @@ def _stats(values: np.ndarray) -> dict:
     }
 
 
+HISTOGRAM_EDGES = np.linspace(0.0, 12.0, 49)
+"""Bins of log10(1 + value): 48 bins a quarter-decade wide, from 0 to 10**12."""
+RADAR_SAMPLE = 400
+
+
+def _histogram(values: np.ndarray) -> list[int]:
+    """Counts of log10(1 + value) over HISTOGRAM_EDGES (finite, non-negative values; the rest clipped)."""
+    finite = values[np.isfinite(values)]
+    counts, _ = np.histogram(np.clip(np.log10(1 + np.clip(finite, 0, None)), 0, 11.999), bins=HISTOGRAM_EDGES)
+    return counts.astype(int).tolist()
+
+
+def _radar_sample(per_axis: np.ndarray, tiers: np.ndarray) -> list[list[float]]:
+    """Per-axis scores of up to RADAR_SAMPLE flows for the radar figure: the rarest first, then an even spread.
+
+    Each row is the seven axis scores followed by the flow's tier."""
+    order = np.argsort(-per_axis.max(axis=1), kind="stable")
+    rare = order[: RADAR_SAMPLE // 4]
+    rest = order[RADAR_SAMPLE // 4 :]
+    step = max(1, len(rest) // (RADAR_SAMPLE - len(rare)))
+    picked = np.concatenate([rare, rest[::step][: RADAR_SAMPLE - len(rare)]])
+    return [[round(float(v), 4) for v in per_axis[i]] + [int(tiers[i])] for i in picked]
+
+
 def ranking(counts: dict[str, int]) -> list[dict]:
     """The notebook's application ranking: share %, 1/likelihood, cumulative %, count."""
     total = sum(counts.values())
@@ -124,12 +148,14 @@ def build(
         X = M[:, AXIS_INDEX]
         scorer = make_scorer(method, combine).fit(X)
         combine_used = scorer.combine
-        scores, _ = scorer.score_many(X)
+        scores, per_axis = scorer.score_many(X)
+        tiers = tier_thresholds(scores)
         return {
             "count": int(mask.sum()),
-            "metrics": {name: _stats(M[:, i]) for i, name in enumerate(METRICS)},
+            "metrics": {name: {**_stats(M[:, i]), "histogram": _histogram(M[:, i])} for i, name in enumerate(METRICS)},
             "model": scorer.params(),
-            "tiers": tier_thresholds(scores),
+            "tiers": tiers,
+            "radar_sample": _radar_sample(per_axis, tier_of(scores, tiers)),
         }
 
     for name, n in zip(names, counts):
