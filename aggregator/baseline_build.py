@@ -66,17 +66,23 @@ class _Bar:
 
 
 def collect(paths: list[Path], profile: str, local_nets: list, offsite_only: bool, progress: bool):
-    """(applications, (n, 9) metrics, flows read) over every input, filtered as asked."""
+    """(applications, (n, 9) metrics, flows read) over every input, filtered as asked.
+
+    Application names are kept as integer codes while reading (a 3.6-million-row
+    data set would otherwise hold 3.6 million strings), then turned back into names.
+    """
     is_local = is_local_fn(local_nets)
-    apps_parts, metric_parts = [], []
+    names: dict[str, int] = {}
+    code_parts, metric_parts = [], []
     read = 0
     for path in paths:
         kind = kind_of(path)
         if kind == "capture":
             meter = FlowMeter(profile, on_warning=lambda m: print(f"ntds-aggregator: warning: {m}", file=sys.stderr))
             chunks = [records_to_columns(list(meter.read([path])), COLUMNS)]
+            bar = None
         else:
-            bar = _Bar(path.stat().st_size if path.exists() else 0, path.name, progress)
+            bar = _Bar(path.stat().st_size, path.name, progress)
             chunks = read_flow_table(path, COLUMNS, bar)
         for cols in chunks:
             n = len(cols["ProtocolName"])
@@ -86,13 +92,17 @@ def collect(paths: list[Path], profile: str, local_nets: list, offsite_only: boo
                 src = np.fromiter((is_local(a) for a in cols["Source.IP"].astype(str)), bool, n)
                 dst = np.fromiter((is_local(a) for a in cols["Destination.IP"].astype(str)), bool, n)
                 keep = src != dst
-            apps_parts.append(cols["ProtocolName"].astype(str)[keep])
-            metric_parts.append(bl.metrics_matrix(cols)[keep])
-        if kind != "capture":
+            apps = cols["ProtocolName"][keep]
+            uniq, inverse = np.unique(apps.astype(str), return_inverse=True)
+            lookup = np.array([names.setdefault(str(u), len(names)) for u in uniq], dtype=np.int32)
+            code_parts.append(lookup[inverse] if len(uniq) else np.empty(0, np.int32))
+            metric_parts.append(bl.metrics_matrix({c: cols[c][keep] for c in bl.METRIC_COLUMNS}))
+        if bar is not None:
             bar.close()
-    if not apps_parts:
+    if not code_parts:
         return np.array([], dtype=str), np.empty((0, len(bl.METRICS))), read
-    return np.concatenate(apps_parts), np.vstack(metric_parts), read
+    by_code = np.array(list(names), dtype=object)
+    return by_code[np.concatenate(code_parts)], np.vstack(metric_parts), read
 
 
 def build_command(args) -> int:
