@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench fixtures clean
+.PHONY: demo test lint bench fixtures baseline clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,13 @@ fixtures: $(STAMP)
 demo: fixtures
 	mkdir -p build/demo
 	$(BIN)/ntds-sensor features pcaps/sample.pcap -o build/demo/sample-flows.csv --summary
-	@echo "flows written to build/demo/sample-flows.csv"
+	$(BIN)/ntds-sensor score pcaps/sample.pcap --baseline config/baseline.json --all -o build/demo/scores.jsonl --summary
+	@echo "flows in build/demo/sample-flows.csv, scores in build/demo/scores.jsonl"
+
+# The starter baseline shipped in config/: rebuilt from the project's own generated traffic.
+baseline: $(STAMP)
+	$(BIN)/python -m pcaps.generate --site-traffic build/site-traffic.pcap
+	$(BIN)/ntds-aggregator baseline build build/site-traffic.pcap -o config/baseline.json --min-count 50
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -31,6 +37,7 @@ test: lint fixtures
 bench: $(STAMP)
 	$(BIN)/python bench/bench_meter.py
 	$(BIN)/python bench/bench_scoring.py
+	$(BIN)/python bench/bench_baseline_build.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

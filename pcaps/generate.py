@@ -3,9 +3,11 @@
 `fixtures/`: one small capture per rule of spec/flow-features.md section 7.3, with
 fixed timestamps, so that tests can state the expected rows from first principles.
 `sample.pcap`: a little mixed traffic (DNS, HTTP, TLS, SSH, NTP, ICMP) that nDPI
-recognises, for `make demo`.
+recognises, for `make demo`. `--site-traffic FILE`: a larger seeded capture of the
+same applications, the input of the starter baseline in config/.
 
-Run `python -m pcaps.generate [OUTDIR]`; the same bytes come out every time.
+Run `python -m pcaps.generate [OUTDIR]` or `python -m pcaps.generate --site-traffic FILE`;
+the same bytes come out every time.
 """
 
 from __future__ import annotations
@@ -272,6 +274,76 @@ def sample() -> list:
     return sorted(pkts, key=lambda p: p.time)
 
 
+def site_traffic(sessions: int = 2400, seed: int = 7) -> list:
+    """A few hours of varied, ordinary traffic from 20 hosts, for the starter baseline.
+
+    Seeded, so the same packets come out every time: DNS lookups, TLS sessions to
+    well-known names, plain HTTP, SSH, NTP and pings, with sizes and timings drawn
+    per session."""
+    import random
+
+    rng = random.Random(seed)
+    names = ("www.google.com", "www.youtube.com", "www.wikipedia.org", "github.com")
+    pkts: list = []
+    t = 0
+    for i in range(sessions):
+        host = f"10.1.{1 + i % 4}.{10 + i % 20}"
+        kind = rng.choices(("dns", "tls", "http", "ssh", "ntp", "icmp"), weights=(40, 35, 10, 5, 5, 5))[0]
+        sport = 20000 + i
+        if kind == "dns":
+            name = rng.choice(names)
+            c = Conversation(src=host, dst="10.1.0.1", sport=sport, dport=53)
+            c.udp(t, True, DNS(id=i % 65536, rd=1, qd=DNSQR(qname=name)))
+            answers = DNSRR(rrname=name, rdata=SERVER) / DNSRR(rrname=name, rdata="93.184.216.35")
+            c.udp(t + rng.randint(800, 30_000), False, DNS(id=i % 65536, qr=1, qd=DNSQR(qname=name), an=answers))
+        elif kind == "tls":
+            c = Conversation(src=host, sport=sport, dport=443)
+            rtt = rng.randint(5_000, 60_000)
+            c.handshake(t, rtt)
+            c.tcp(t + 3 * rtt, True, "PA", _client_hello(rng.choice(names)))
+            c.tcp(t + 4 * rtt, False, "PA", _server_hello() + b"\x17\x03\x03\x00\x10" + b"e" * 16)
+            u = t + 5 * rtt
+            for _ in range(rng.randint(2, 14)):
+                u += rng.randint(1_000, 400_000)
+                c.tcp(u, False, "PA", b"\x17\x03\x03\x05\x00" + b"v" * rng.randint(200, 1400))
+                c.tcp(u + 500, True, "A")
+            c.close(u + rng.randint(10_000, 2_000_000), rtt)
+        elif kind == "http":
+            c = Conversation(src=host, sport=sport, dport=80)
+            rtt = rng.randint(5_000, 40_000)
+            c.handshake(t, rtt)
+            c.tcp(t + 3 * rtt, True, "PA", b"GET /a HTTP/1.1\r\nHost: example.com\r\nUser-Agent: curl/8.5.0\r\n\r\n")
+            body = b"<p>" * rng.randint(50, 400)
+            c.tcp(t + 4 * rtt, False, "PA", b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n" + body)
+            c.close(t + 5 * rtt, rtt)
+        elif kind == "ssh":
+            c = Conversation(src=host, sport=sport, dport=22)
+            c.handshake(t, 10_000)
+            c.tcp(t + 30_000, False, "PA", b"SSH-2.0-OpenSSH_9.6\r\n")
+            c.tcp(t + 40_000, True, "PA", b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")
+            u = t + 60_000
+            for k in range(rng.randint(4, 30)):
+                u += rng.randint(20_000, 900_000)
+                c.tcp(u, k % 2 == 0, "PA", b"\0\0\0\x2c" + bytes(rng.choice((36, 44, 52, 108))))
+        elif kind == "ntp":
+            stamps = {"ref": 3972412800, "orig": 3972412800, "recv": 3972412800, "sent": 3972412800}
+            c = Conversation(src=host, sport=123, dst="10.1.0.2", dport=123)
+            c.udp(t, True, NTP(version=4, mode=3, **stamps))
+            c.udp(t + rng.randint(300, 3000), False, NTP(version=4, mode=4, stratum=2, **stamps))
+        else:
+            c = Conversation(src=host, sport=0, dport=0)
+            for k in range(rng.randint(2, 6)):
+                for fwd, us in ((True, 0), (False, rng.randint(500, 40_000))):
+                    s, d = (host, SERVER) if fwd else (SERVER, host)
+                    mac = Ether(src=CMAC, dst=SMAC) if fwd else Ether(src=SMAC, dst=CMAC)
+                    p = mac / IP(src=s, dst=d, id=1) / ICMP(type=8 if fwd else 0, id=i % 65536, seq=k) / Raw(b"i" * 48)
+                    p.time = at(t + k * 1_000_000 + us)
+                    c.packets.append(p)
+        pkts += c.packets
+        t += rng.randint(100_000, 3_000_000)
+    return sorted(pkts, key=lambda p: p.time)
+
+
 def write_all(outdir: Path = HERE) -> list[Path]:
     written = []
     fixture_dir = outdir / "fixtures"
@@ -287,5 +359,12 @@ def write_all(outdir: Path = HERE) -> list[Path]:
 
 
 if __name__ == "__main__":
-    for p in write_all(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE):
-        print(p)
+    if len(sys.argv) > 2 and sys.argv[1] == "--site-traffic":
+        # the larger capture the starter baseline is built from (not committed)
+        target = Path(sys.argv[2])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        wrpcap(str(target), site_traffic())
+        print(target)
+    else:
+        for p in write_all(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE):
+            print(p)

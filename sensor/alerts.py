@@ -8,6 +8,7 @@ model) and the axes that made it unusual.
 
 from __future__ import annotations
 
+import heapq
 import json
 import sys
 from collections.abc import Iterator
@@ -75,13 +76,38 @@ def score_command(args) -> int:
             raise InputError(f"{p}: no such file")
     baseline = Baseline.load(args.baseline, feature_profile=args.profile)
     min_tier = 0 if args.all else args.min_tier
+    tiers = [0] * len(TIER_LABELS)
+    top: list[tuple[float, int, dict]] = []
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
     try:
         for path in args.inputs:
             for cols, times in _chunks(path, args.profile):
-                for alert in alerts(baseline, cols, times, min_tier):
-                    out.write(json.dumps(alert, allow_nan=False) + "\n")
+                for alert in alerts(baseline, cols, times, 0 if args.summary else min_tier):
+                    tiers[alert["tier"]] += 1
+                    if args.summary:
+                        heapq.heappush(top, (alert["score"], sum(tiers), alert))
+                        if len(top) > 5:
+                            heapq.heappop(top)
+                    if alert["tier"] >= min_tier:
+                        out.write(json.dumps(alert, allow_nan=False) + "\n")
     finally:
         if out is not sys.stdout:
             out.close()
+    if args.summary:
+        print_summary(tiers, [a for _, _, a in sorted(top, key=lambda x: (-x[0], x[1]))])
     return 0
+
+
+def print_summary(tiers: list[int], top: list[dict]) -> None:
+    """Flows per tier and the rarest flows with their explanations, on stderr."""
+    print(f"{sum(tiers)} flows scored", file=sys.stderr)
+    for k, n in enumerate(tiers):
+        print(f"  tier {k} ({TIER_LABELS[k]}): {n}", file=sys.stderr)
+    print("rarest flows:", file=sys.stderr)
+    for a in top:
+        why = ", ".join(f"{e['axis']} {e['value']:.4g} (typical {e['typical']:.4g})" for e in a["explanation"][:2])
+        print(
+            f"  tier {a['tier']} score {a['score']:.2f} {a['application']} {a['src_ip']}:{a['src_port']} -> "
+            f"{a['dst_ip']}:{a['dst_port']} [{a['baseline']}] {why}",
+            file=sys.stderr,
+        )

@@ -155,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--profile", choices=sorted(PROFILES), default="unicauca", help="feature profile (default: unicauca)"
     )
+    s.add_argument("--summary", action="store_true", help="print flows per tier and the 5 rarest flows on stderr")
     s.set_defaults(func=cmd_score)
     return parser
 

@@ -98,3 +98,21 @@ def test_csv_of_other_columns_is_refused(tmp_path):
     f.write_text("a,b\n1,2\n")
     p = run("ntds-aggregator", "baseline", "build", f, "-o", tmp_path / "o.json")
     assert p.returncode == 2 and "not a flow file of the 87 columns" in p.stderr
+
+
+def test_score_summary_counts_tiers_and_lists_the_rarest(tmp_path, fixtures_dir):
+    base = tmp_path / "b.json"
+    run("ntds-aggregator", "baseline", "build", SAMPLE, "-o", base, "--min-count", "2")
+    p = run("ntds-sensor", "score", SAMPLE, "--baseline", base, "--summary", "--min-tier", "5")
+    assert p.returncode == 0, p.stderr
+    every = [
+        json.loads(x) for x in run("ntds-sensor", "score", SAMPLE, "--baseline", base, "--all").stdout.splitlines()
+    ]
+    lines = p.stderr.splitlines()
+    assert lines[0] == f"{len(every)} flows scored"
+    for k in range(6):
+        assert f"tier {k} (" in lines[1 + k] and lines[1 + k].endswith(f": {sum(a['tier'] == k for a in every)}")
+    rarest = [line for line in lines[lines.index("rarest flows:") + 1 :]]
+    best = max(every, key=lambda a: a["score"])
+    assert f"score {best['score']:.2f} {best['application']}" in rarest[0]
+    assert p.stdout == "".join(json.dumps(a) + "\n" for a in every if a["tier"] >= 5)
