@@ -112,9 +112,12 @@ def build_command(args) -> int:
         if not p.exists():
             raise InputError(f"{p}: no such file")
     nets = parse_nets(args.local_net or list(DEFAULT_LOCAL_NETS))
-    apps, metrics, read = collect(paths, args.profile, nets, args.offsite_only, sys.stderr.isatty())
+    terminal = sys.stderr.isatty()
+    apps, metrics, read = collect(paths, args.profile, nets, args.offsite_only, terminal)
     if len(apps) == 0:
         raise InputError("no flows left to build a baseline from" + (" (--offsite-only)" if args.offsite_only else ""))
+    if terminal:
+        print(f"fitting {len(np.unique(apps))} applications on {len(apps)} flows", file=sys.stderr)
     doc = bl.build(
         apps,
         metrics,
