@@ -75,44 +75,54 @@ def metrics(fwd, bwd, fsize, bsize, duration, rng) -> np.ndarray:
     return np.column_stack([cols[m] for m in METRICS])
 
 
-def anomalies(rng, n: int) -> dict[str, tuple[str, np.ndarray]]:
+def anomalies(rng, n: int, strength: str = "strong") -> dict[str, tuple[str, np.ndarray]]:
+    """Injected flows of four kinds; "moderate" ones are 10-50x smaller and harder to tell apart."""
     one = np.ones(n)
+    m = strength == "moderate"
+    ints = rng.integers
     return {
-        # 200 MB pushed out over TLS: many large forward packets, tiny replies
+        # data pushed out over TLS: many large forward packets, few replies (200 MB; moderate 3-8 MB)
         "bulk upload over TLS": (
             "SSL",
             metrics(
-                rng.integers(100_000, 200_000, n),
-                rng.integers(2_000, 4_000, n),
+                ints(2_000, 6_000, n) if m else ints(100_000, 200_000, n),
+                ints(40, 120, n) if m else ints(2_000, 4_000, n),
                 1400 * one,
                 60 * one,
-                rng.uniform(60e6, 110e6, n).round(-3),
+                rng.uniform(10e6, 60e6, n).round(-3) if m else rng.uniform(60e6, 110e6, n).round(-3),
                 rng,
             ),
         ),
-        # DNS tunnel: long run of near-full-size queries and answers on one 5-tuple
+        # DNS tunnel: a run of near-full-size queries and answers on one 5-tuple (moderate: 20-60 pairs)
         "DNS tunnelling": (
             "DNS",
             metrics(
-                rng.integers(300, 900, n),
-                rng.integers(300, 900, n),
+                ints(20, 60, n) if m else ints(300, 900, n),
+                ints(20, 60, n) if m else ints(300, 900, n),
                 230 * one,
                 250 * one,
-                rng.uniform(30e6, 110e6, n).round(-3),
+                rng.uniform(5e6, 30e6, n).round(-3) if m else rng.uniform(30e6, 110e6, n).round(-3),
                 rng,
             ),
         ),
-        # a connection held open for its whole 120 s window with a trickle of data
+        # a connection held open with a trickle of data (119 s; moderate 30-60 s)
         "very long-lived flow": (
             "HTTP",
-            metrics(rng.integers(20, 40, n), rng.integers(20, 40, n), 80 * one, 90 * one, 119_000_000 * one, rng),
+            metrics(
+                ints(20, 40, n),
+                ints(20, 40, n),
+                80 * one,
+                90 * one,
+                rng.uniform(30e6, 60e6, n).round(-3) if m else 119_000_000 * one,
+                rng,
+            ),
         ),
-        # one small query, a burst of large answers: amplification
+        # one small query, a burst of large answers (200-600; moderate 10-30)
         "SSDP/UDP amplification burst": (
             "SSDP",
             metrics(
                 one.astype(int),
-                rng.integers(200, 600, n),
+                ints(10, 30, n) if m else ints(200, 600, n),
                 90 * one,
                 1400 * one,
                 rng.uniform(0.5e6, 3e6, n).round(-3),
@@ -128,9 +138,10 @@ def run(method: str, train_apps, train_M, test_apps, test_M, injected) -> dict:
     scored = b.score(test_apps, test_M)
     shares = {f"tier>={k}": float((scored.tier >= k).mean()) for k in range(1, 6)}
     detection = {}
-    for name, (app, M) in injected.items():
-        t = b.score(np.array([app] * len(M)), M).tier
-        detection[name] = float((t >= 3).mean())
+    for strength, kinds in injected.items():
+        for name, (app, M) in kinds.items():
+            t = b.score(np.array([app] * len(M)), M).tier
+            detection[f"{name} ({strength})"] = float((t >= 3).mean())
     # speed: one at a time and a batch of 100,000
     X = np.tile(test_M, (max(1, 100_000 // len(test_M) + 1), 1))[:100_000]
     A = np.tile(test_apps, max(1, 100_000 // len(test_apps) + 1))[:100_000]
@@ -163,7 +174,7 @@ def main() -> int:
     order = rng.permutation(len(apps))
     cut = int(0.6 * len(apps))
     train, test = order[:cut], order[cut:]
-    injected = anomalies(rng, args.anomalies)
+    injected = {k: anomalies(rng, args.anomalies, k) for k in ("strong", "moderate")}
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "train_flows": int(cut),

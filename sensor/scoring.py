@@ -12,10 +12,13 @@ Parameters are plain floats so they round-trip through the JSON baseline file.
   mean (the notebook's default) or max.
 - `RobustLog`: the default. Volumes and durations span orders of magnitude, so
   each axis is compared on log1p scale against its median, in units of a robust
-  spread (1.4826 x MAD, falling back to IQR/1.349 and a floor); combined by max,
-  so one wildly unusual axis is enough. Unlike min/max, median and MAD do not
-  move when the population holds one extreme flow, which keeps the score's
-  distribution stable between the training and the scored traffic.
+  spread (1.4826 x MAD, falling back to IQR/1.349 and a floor); axes combined by
+  mean. Unlike min/max, median and MAD do not move when the population holds
+  one extreme flow, which keeps the score's distribution stable between the
+  training and the scored traffic. The mean (rather than the max) keeps one
+  noisy, discrete axis (Down.Up.Ratio) from making ordinary flows rare: with max
+  the far tiers fired 4-40x too often and moderate anomalies were missed
+  (bench/bench_scoring.py, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -131,10 +134,10 @@ class PseudoSigma(_Scorer):
 
 class RobustLog(_Scorer):
     name = "robust"
-    MIN_SCALE = 0.1
-    """Smallest spread on log1p scale (about a 10% change counts as one unit)."""
+    MIN_SCALE = 0.3
+    """Smallest spread on log1p scale (about a 35% change counts as one unit)."""
 
-    def __init__(self, combine: str = "max") -> None:
+    def __init__(self, combine: str = "mean") -> None:
         super().__init__(combine)
 
     def _fit(self, X: np.ndarray) -> None:
@@ -162,7 +165,7 @@ class RobustLog(_Scorer):
 
 
 METHODS = {"robust": RobustLog, "pseudo-sigma": PseudoSigma}
-DEFAULT_COMBINE = {"robust": "max", "pseudo-sigma": "mean"}
+DEFAULT_COMBINE = {"robust": "mean", "pseudo-sigma": "mean"}
 
 
 def make_scorer(method: str, combine: str | None = None):
