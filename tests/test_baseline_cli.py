@@ -116,3 +116,13 @@ def test_score_summary_counts_tiers_and_lists_the_rarest(tmp_path, fixtures_dir)
     best = max(every, key=lambda a: a["score"])
     assert f"score {best['score']:.2f} {best['application']}" in rarest[0]
     assert p.stdout == "".join(json.dumps(a) + "\n" for a in every if a["tier"] >= 5)
+
+
+def test_score_output_is_a_valid_wire_alert_body(tmp_path, fixtures_dir):
+    from sensor.wire import Message, decode, encode, now_iso
+
+    base = tmp_path / "b.json"
+    run("ntds-aggregator", "baseline", "build", SAMPLE, "-o", base, "--min-count", "2")
+    for line in run("ntds-sensor", "score", SAMPLE, "--baseline", base, "--all").stdout.splitlines():
+        body = json.loads(line)
+        assert decode(encode(Message("alert", "tap-01", 1, now_iso(), body))).body == body

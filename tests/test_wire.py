@@ -1,0 +1,129 @@
+"""The wire schema: every type round-trips, bad frames are refused, and nothing crashes the decoder."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sensor import wire
+from sensor.wire import Message, WireError, decode, encode
+
+EXAMPLES = {
+    "hello": {"software": "0.1.0", "baseline_id": "2026-11-23T02:00:00Z robust", "feature_profile": "unicauca"},
+    "alert": {
+        "time": "2026-11-16T08:00:00.100000Z",
+        "flow_id": "10.1.0.10-93.184.216.34-42000-443-6",
+        "src_ip": "10.1.0.10",
+        "src_port": 42000,
+        "dst_ip": "93.184.216.34",
+        "dst_port": 443,
+        "protocol": 6,
+        "application": "GOOGLE",
+        "baseline": "application",
+        "score": 3.25,
+        "tier": 3,
+        "tier_label": "1 in 1000 event",
+        "explanation": [{"axis": "volume", "value": 9.9e7, "typical": 6000.0, "score": 8.1}],
+    },
+    "summary": {"interval_start": "2026-11-16T08:00:00Z", "interval_s": 60, "flows": 10, "packets": 99, "bytes": 5000},
+    "health": {
+        "packets_seen": 1,
+        "packets_dropped": 0,
+        "flows_active": 3,
+        "spool_messages": 0,
+        "spool_bytes": 0,
+        "spool_dropped": {"health": 0, "summary": 0, "hello": 0, "alert": 0},
+    },
+    "ack": {"seqs": [1, 2, 3]},
+}
+
+
+@pytest.mark.parametrize("kind", wire.TYPES)
+def test_every_type_round_trips(kind):
+    m = Message(kind, "tap-01", 7, wire.now_iso(), EXAMPLES[kind])
+    assert decode(encode(m)) == m
+
+
+def frame(**changes) -> bytes:
+    obj = {"v": 1, "type": "summary", "sensor": "tap-01", "seq": 1, "created": "x", "body": EXAMPLES["summary"]}
+    obj.update(changes)
+    return json.dumps(obj).encode()
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (b"\xff\xfe", "not a JSON message"),
+        (b"[1, 2]", "not a JSON object"),
+        (frame(v=2), "schema version 2"),
+        (frame(v=True), "schema version True"),
+        (frame(type="exploit"), "unknown message type"),
+        (frame(seq="1"), "wrong type"),
+        (frame(seq=-1), "seq must be"),
+        (frame(sensor=""), "sensor non-empty"),
+        (frame(body={**EXAMPLES["summary"], "extra": 1}), "unknown field"),
+        (frame(body={"flows": 1}), "missing field"),
+        (frame(extra=1), "unknown field"),
+        (b'{"v": 1, "n": NaN}', "non-finite"),
+        (b" " * (wire.MAX_FRAME + 1), "exceeds"),
+        (b"[" * 60000, "not a JSON message"),  # nesting deeper than the parser allows
+    ],
+)
+def test_bad_frames_are_refused(data, why):
+    with pytest.raises(WireError, match=why):
+        decode(data)
+
+
+def test_encode_refuses_what_the_receiver_would_refuse():
+    with pytest.raises(WireError):
+        encode(Message("alert", "tap-01", 1, wire.now_iso(), {"tier": 3}))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=4096))
+def test_arbitrary_bytes_never_crash_the_decoder(data):
+    with contextlib.suppress(WireError):
+        decode(data)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "v": st.sampled_from([1, 1, 2, "1", True]),
+            "type": st.sampled_from([*wire.TYPES, "x"]),
+            "sensor": st.text(max_size=8),
+            "seq": st.integers(-2, 2**70),
+            "created": st.text(max_size=8),
+            "body": json_values,
+        },
+    )
+)
+def test_arbitrary_envelopes_are_messages_or_wire_errors(obj):
+    try:
+        m = decode(json.dumps(obj).encode())
+    except WireError:
+        return
+    assert m.type in wire.TYPES and m.seq >= 0
+
+
+def test_every_example_in_the_wire_doc_decodes():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "wire.md").read_text()
+    blocks = re.findall(r"```json\n(.*?)\n```", text, re.S)
+    kinds = [decode(json.dumps(json.loads(b)).encode()).type for b in blocks]
+    assert sorted(kinds) == sorted(wire.TYPES)
