@@ -54,7 +54,96 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--min-count", type=int, default=100, help="when INPUT is flows")
     pl.add_argument("--profile", choices=sorted(PROFILES), default="unicauca", help="when INPUT is flows")
     pl.set_defaults(func=_baseline_plots)
+
+    k = sub.add_parser("keygen", help="write the aggregator's CURVE key pair (secret file mode 0600)")
+    k.add_argument("--out", required=True, help="folder for NAME.key and NAME.key_secret")
+    k.add_argument("--name", default="server", help="key name (default: server)")
+    k.set_defaults(func=_keygen)
+
+    sv = sub.add_parser("serve", help="receive, store and acknowledge what sensors send")
+    sv.add_argument("--config", required=True, help="aggregator.yaml")
+    sv.add_argument("--insecure", action="store_true", help="plain text, no keys (tests on loopback only)")
+    sv.set_defaults(func=_serve)
+
+    se = sub.add_parser("sensors", help="list sensors: status, last seen, backlog, drops")
+    se.add_argument("--config", required=True, help="aggregator.yaml")
+    se.add_argument("--json", action="store_true", help="one JSON object per sensor")
+    se.set_defaults(func=_sensors)
     return parser
+
+
+def _keygen(args) -> int:
+    from sensor.keys import generate
+
+    public, secret = generate(args.out, args.name)
+    print(f"wrote {public} (give it to the sensors) and {secret} (mode 600, keep it here)", file=sys.stderr)
+    return 0
+
+
+def _serve(args) -> int:
+    import logging
+    import signal
+
+    from aggregator.config import load
+    from aggregator.receiver import Receiver
+    from aggregator.store import Store
+    from sensor.keys import load_pair
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = load(args.config, insecure=args.insecure)
+    insecure = args.insecure
+    if insecure:
+        print(f"{PROG}: warning: --insecure: no encryption, no authentication", file=sys.stderr)
+    secret = None if insecure else load_pair(cfg.server_key)
+    store = Store(cfg.store)
+    try:
+        receiver = Receiver(
+            cfg.endpoint, store, server_secret=secret, allow_folder=None if insecure else cfg.allow_list
+        )
+    except Exception as e:  # zmq errors on bind name the endpoint problem
+        raise InputError(f"{cfg.endpoint}: cannot listen: {e}") from None
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
+    logging.getLogger("ntds.aggregator").info(
+        "listening on %s (%s)", receiver.endpoint, "plain" if insecure else "CURVE"
+    )
+    try:
+        receiver.serve(lambda: bool(stopping))
+    finally:
+        receiver.close()
+        store.close()
+    return 0
+
+
+def _sensors(args) -> int:
+    import json
+    import time
+
+    from aggregator.config import load
+    from aggregator.store import Store
+
+    cfg = load(args.config)
+    if not cfg.store.exists():
+        raise InputError(f"{cfg.store}: no store yet (has serve run?)")
+    rows = Store(cfg.store).sensors()
+    now = time.time()
+    for r in rows:
+        health = r["health"] or {}
+        r["status"] = "online" if now - r["last_seen"] < 180 else "silent"
+        r["backlog"] = health.get("spool_messages")
+        r["drops"] = sum((health.get("spool_dropped") or {}).values()) if health else None
+    if args.json:
+        for r in rows:
+            print(json.dumps({k: r[k] for k in ("sensor", "status", "last_seen", "backlog", "drops")}))
+        return 0
+    print(f"{'sensor':<16}{'status':<8}{'last seen (UTC)':<22}{'backlog':>9}{'drops':>8}")
+    for r in rows:
+        seen = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["last_seen"]))
+        backlog = "-" if r["backlog"] is None else r["backlog"]
+        drops = "-" if r["drops"] is None else r["drops"]
+        print(f"{r['sensor']:<16}{r['status']:<8}{seen:<22}{backlog:>9}{drops:>8}")
+    return 0
 
 
 def _baseline_plots(args) -> int:

@@ -157,7 +157,53 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--summary", action="store_true", help="print flows per tier and the 5 rarest flows on stderr")
     s.set_defaults(func=cmd_score)
+
+    k = sub.add_parser("keygen", help="write this sensor's CURVE key pair (secret file mode 0600)")
+    k.add_argument("--out", required=True, type=Path, help="folder for NAME.key and NAME.key_secret")
+    k.add_argument("--name", required=True, help="the sensor id (the aggregator binds the key to it)")
+    k.set_defaults(func=cmd_keygen)
+
+    pb = sub.add_parser(
+        "publish",
+        help="score inputs and deliver the alerts to the aggregator (durably spooled, acknowledged)",
+        description="Score captures or flow files against a baseline and send the alerts to the aggregator "
+        "through the durable spool. Exit 0 when all is acknowledged; 3 when messages remain spooled after --wait. "
+        "With no INPUT, only drain the spool.",
+    )
+    pb.add_argument("inputs", nargs="*", type=Path, metavar="INPUT")
+    pb.add_argument("--baseline", type=Path, help="baseline file")
+    pb.add_argument("--sensor-id", required=True, help="this sensor's id (must match its key name)")
+    pb.add_argument("--spool", required=True, type=Path, help="spool database file")
+    pb.add_argument("--spool-limit-mb", type=int, default=256, help="spool size limit (default: 256 MB)")
+    pb.add_argument("--aggregator", default="tcp://127.0.0.1:5555", help="aggregator endpoint")
+    pb.add_argument("--key", type=Path, help="this sensor's .key_secret file")
+    pb.add_argument("--server-key", type=Path, help="the aggregator's public .key file")
+    pb.add_argument("--insecure", action="store_true", help="plain text, no keys (tests on loopback only)")
+    pb.add_argument("--min-tier", type=int, default=3, choices=range(0, 6), help="lowest tier sent (default: 3)")
+    pb.add_argument("--wait", type=float, default=60.0, help="seconds to wait for acknowledgements (default: 60)")
+    pb.add_argument("--profile", choices=sorted(PROFILES), default="unicauca", help="feature profile")
+    pb.set_defaults(func=cmd_publish)
     return parser
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from sensor.keys import generate
+
+    try:
+        public, secret = generate(args.out, args.name)
+    except InputError as e:
+        return _fail(str(e), EXIT_INPUT)
+    print(f"wrote {public} (copy it to the aggregator's allow-list) and {secret} (mode 600)", file=sys.stderr)
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from sensor.publish import publish_command
+
+    try:
+        return publish_command(args)
+    except InputError as e:
+        return _fail(str(e), EXIT_INPUT)
 
 
 def main(argv: list[str] | None = None) -> int:

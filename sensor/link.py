@@ -1,0 +1,110 @@
+"""The sensor's side of the link: send what the spool holds, forget it when acknowledged.
+
+A DEALER socket (CURVE by default) connects to the aggregator. Messages go out
+in sequence order, at most `window` unacknowledged at a time; a message not
+acknowledged within `resend_after` seconds is sent again (after a reconnect the
+aggregator's store makes the duplicate harmless). ZeroMQ reconnects by itself
+and heartbeats detect a dead peer.
+"""
+
+from __future__ import annotations
+
+import time
+
+import zmq
+
+from sensor.spool import Spool
+from sensor.wire import WireError, decode
+
+HEARTBEAT_MS = 5000
+
+
+class Link:
+    def __init__(
+        self,
+        spool: Spool,
+        endpoint: str,
+        *,
+        client_keys: tuple[bytes, bytes] | None = None,
+        server_public: bytes | None = None,
+        window: int = 1000,
+        resend_after: float = 5.0,
+    ) -> None:
+        self.spool = spool
+        self.window = window
+        self.resend_after = resend_after
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.linger = 0
+        self.socket.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_MS)
+        self.socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * HEARTBEAT_MS)
+        self.socket.setsockopt(zmq.RECONNECT_IVL, 100)
+        self.socket.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        self.socket.setsockopt(zmq.SNDHWM, 2 * window)
+        if client_keys is not None:
+            public, secret = client_keys
+            self.socket.curve_publickey = public
+            self.socket.curve_secretkey = secret
+            self.socket.curve_serverkey = server_public
+        self.socket.connect(endpoint)
+        self.in_flight: dict[int, float] = {}
+        self.sent = 0
+        self.acked = 0
+        self.bad_acks = 0
+
+    def close(self) -> None:
+        self.socket.close()
+        self.context.term()
+
+    def pump(self, timeout_ms: int = 100) -> None:
+        """Send what the window allows, resend what is overdue, take in acknowledgements."""
+        now = time.monotonic()
+        overdue = [s for s, t in self.in_flight.items() if now - t > self.resend_after]
+        if overdue:
+            frames = dict(self.spool.pending(limit=len(overdue) + self.window, after=min(overdue) - 1))
+            for s in overdue:
+                if s in frames:
+                    self._send(s, frames[s], now)
+                else:
+                    del self.in_flight[s]  # acknowledged meanwhile or dropped at the size limit
+        room = self.window - len(self.in_flight)
+        if room > 0:
+            after = max(self.in_flight, default=0)
+            for s, frame in self.spool.pending(limit=room, after=after):
+                self._send(s, frame, now)
+        if self.socket.poll(timeout_ms):
+            while True:
+                try:
+                    reply = self.socket.recv(flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                try:
+                    msg = decode(reply)
+                except WireError:
+                    self.bad_acks += 1
+                    continue
+                if msg.type != "ack":
+                    self.bad_acks += 1
+                    continue
+                seqs = msg.body["seqs"]
+                self.spool.ack(seqs)
+                for s in seqs:
+                    if self.in_flight.pop(s, None) is not None:
+                        self.acked += 1
+
+    def _send(self, seq: int, frame: bytes, now: float) -> None:
+        try:
+            self.socket.send(frame, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return  # not connected yet or queue full: stays pending, tried again later
+        self.in_flight[seq] = now
+        self.sent += 1
+
+    def drain(self, timeout: float) -> bool:
+        """Pump until the spool is empty or timeout seconds pass; True if everything was acknowledged."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            self.pump()
+            if self.spool.stats().messages == 0:
+                return True
+        return self.spool.stats().messages == 0

@@ -1,0 +1,242 @@
+"""Sensor -> aggregator over ZeroMQ on 127.0.0.1, with real processes: nothing lost, nothing twice, no intruder."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+from conftest import FIXTURES
+
+BIN = Path(sys.executable).parent
+SAMPLE = FIXTURES.parent / "sample.pcap"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait(condition, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def count(db: Path, sql: str = "SELECT COUNT(*) FROM messages") -> int:
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as c:
+            return c.execute(sql).fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+class Site:
+    """Keys, allow-list, config, a flow file of many alerts, and the processes of one test."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.endpoint = f"tcp://127.0.0.1:{self.port}"
+        run("ntds-aggregator", "keygen", "--out", root / "agg", check=True)
+        run("ntds-sensor", "keygen", "--out", root / "tap", "--name", "tap-01", check=True)
+        (root / "allow").mkdir()
+        shutil.copy(root / "tap" / "tap-01.key", root / "allow" / "tap-01.key")
+        self.store = root / "store.db"
+        self.config = root / "aggregator.yaml"
+        self.config.write_text(
+            f"endpoint: {self.endpoint}\nserver_key: agg/server.key_secret\nallow_list: allow\nstore: store.db\n"
+        )
+        self.procs: list[subprocess.Popen] = []
+
+    def aggregator(self) -> subprocess.Popen:
+        p = subprocess.Popen(
+            [str(BIN / "ntds-aggregator"), "serve", "--config", str(self.config)],
+            stderr=open(self.root / "aggregator.log", "a"),  # noqa: SIM115
+        )
+        self.procs.append(p)
+        wait(lambda: f"listening on {self.endpoint}" in (self.root / "aggregator.log").read_text(), 30, "aggregator")
+        return p
+
+    def publish(self, *inputs, key: str = "tap", sensor: str = "tap-01", spool: str = "spool.db", wait_s: float = 120):
+        args = [str(BIN / "ntds-sensor"), "publish", *map(str, inputs), "--sensor-id", sensor]
+        args += ["--spool", str(self.root / spool), "--aggregator", self.endpoint, "--wait", str(wait_s)]
+        args += [
+            "--key",
+            str(self.root / key / "tap-01.key_secret"),
+            "--server-key",
+            str(self.root / "agg" / "server.key"),
+        ]
+        if inputs:
+            args += ["--baseline", str(self.baseline), "--min-tier", "0"]
+        p = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+        self.procs.append(p)
+        return p
+
+    def flows(self, copies: int) -> Path:
+        """A flow file of the sample's flows, repeated with distinct source ports: every row is an alert."""
+        csv_path = self.root / "sample.csv"
+        run("ntds-sensor", "features", SAMPLE, "-o", csv_path, check=True)
+        self.baseline = self.root / "baseline.json"
+        run("ntds-aggregator", "baseline", "build", csv_path, "-o", self.baseline, "--min-count", "2", check=True)
+        rows = list(csv.reader(csv_path.open()))
+        out = self.root / f"flows-{copies}.csv"
+        with out.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(rows[0])
+            for i in range(copies):
+                for r in rows[1:]:
+                    r = list(r)
+                    r[2] = str(10000 + i)  # Source.Port
+                    w.writerow(r)
+        return out
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def run(tool, *args, check=False):
+    p = subprocess.run([str(BIN / tool), *map(str, args)], capture_output=True, text=True, timeout=300)
+    if check:
+        assert p.returncode == 0, p.stderr
+    return p
+
+
+@pytest.fixture
+def site(tmp_path):
+    s = Site(tmp_path)
+    yield s
+    s.stop()
+
+
+def exactly_once(store: Path, n: int) -> None:
+    assert count(store, "SELECT COUNT(*) FROM messages WHERE sensor='tap-01'") == n
+    assert count(store, "SELECT COUNT(DISTINCT seq) FROM messages WHERE sensor='tap-01'") == n
+    assert count(store, "SELECT MIN(seq) FROM messages") == 1 and count(store, "SELECT MAX(seq) FROM messages") == n
+
+
+def test_aggregator_killed_mid_stream_stores_every_alert_once(site):
+    flows = site.flows(600)  # 17 x 600 = 10,200 alerts
+    agg = site.aggregator()
+    pub = site.publish(flows)
+    wait(lambda: count(site.store) > 2000, 120, "the first 2000 messages")
+    os.kill(agg.pid, signal.SIGKILL)
+    agg.wait()
+    stored_before = count(site.store)
+    assert stored_before < 10_202, "the stream finished before the kill; the test proves nothing"
+    time.sleep(1.0)
+    site.aggregator()
+    assert pub.wait(timeout=180) == 0, pub.stderr.read()
+    exactly_once(site.store, 10_200 + 2)  # hello + alerts + health
+    assert count(site.store, "SELECT COUNT(*) FROM messages WHERE type='alert'") == 10_200
+
+
+def test_sensor_killed_mid_stream_resumes_from_its_spool(site):
+    flows = site.flows(600)
+    pub = site.publish(flows, wait_s=60)  # no aggregator yet: everything stays spooled
+    spool = site.root / "spool.db"
+    wait(lambda: count(spool, "SELECT COUNT(*) FROM outbox") > 3000, 120, "3000 spooled messages")
+    os.kill(pub.pid, signal.SIGKILL)
+    pub.wait()
+    spooled = count(spool, "SELECT COUNT(*) FROM outbox")
+    assert 3000 < spooled < 10_202
+    site.aggregator()
+    drain = site.publish()  # no inputs: deliver what the spool holds
+    assert drain.wait(timeout=120) == 0, drain.stderr.read()
+    exactly_once(site.store, spooled)
+    again = site.publish(site.flows(1))  # a new run continues the sequence numbers
+    assert again.wait(timeout=120) == 0, again.stderr.read()
+    assert (
+        count(site.store, "SELECT MIN(seq) FROM messages WHERE received > 0 AND seq > ?".replace("?", str(spooled)))
+        == spooled + 1
+    )
+    exactly_once(site.store, spooled + 17 + 2)
+
+
+def test_intruders_are_refused_and_the_sensor_is_unaffected(site):
+    flows = site.flows(30)
+    site.aggregator()
+    # a key that is not in the allow-list, claiming the legitimate sensor's name
+    run("ntds-sensor", "keygen", "--out", site.root / "evil", "--name", "tap-01", check=True)
+    intruder = site.publish(flows, key="evil", spool="evil.db", wait_s=3)
+    # raw garbage on the TCP port
+    with socket.create_connection(("127.0.0.1", site.port)) as s:
+        s.sendall(os.urandom(4096))
+    # a legitimate key sending garbage frames
+    ctx = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    from sensor.keys import load_pair, load_public
+
+    dealer.curve_publickey, dealer.curve_secretkey = load_pair(site.root / "tap" / "tap-01.key_secret")
+    dealer.curve_serverkey = load_public(site.root / "agg" / "server.key")
+    dealer.connect(site.endpoint)
+    for junk in (b"garbage", b'{"v": 2}', b"[" * 50, b"x" * 70000):
+        dealer.send(junk)
+    legit = site.publish(flows)
+    assert legit.wait(timeout=120) == 0, legit.stderr.read()
+    assert intruder.wait(timeout=60) == 3  # nothing acknowledged: all still spooled
+    exactly_once(site.store, 30 * 17 + 2)
+    wait(lambda: count(site.store, "SELECT COALESCE(SUM(count), 0) FROM rejections") >= 4, 10, "rejections")
+    reasons = dict(sqlite3.connect(site.store).execute("SELECT reason, count FROM rejections"))
+    assert reasons.get("malformed", 0) >= 2 and reasons.get("version") == 1 and reasons.get("oversized") == 1
+    log = (site.root / "aggregator.log").read_text()
+    assert "refused CURVE peer 127.0.0.1" in log
+    dealer.close(linger=0)
+    ctx.term()
+    listing = run("ntds-aggregator", "sensors", "--config", site.config, check=True).stdout.splitlines()
+    assert listing[1].split()[:2] == ["tap-01", "online"] and listing[1].split()[-2:] == ["0", "0"]
+
+
+def test_insecure_mode_warns(site, tmp_path):
+    cfg = tmp_path / "plain.yaml"
+    cfg.write_text(f"endpoint: tcp://127.0.0.1:{free_port()}\nstore: plain.db\n")
+    cmd = [str(BIN / "ntds-aggregator"), "serve", "--config", str(cfg), "--insecure"]
+    p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    site.procs.append(p)
+    time.sleep(1.0)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=10) == 0
+    assert "warning: --insecure" in p.stderr.read()
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("endpoint: [1, 2\n", "not valid YAML"),
+        ("colour: blue\n", "unknown setting 'colour'"),
+        ("insecure: true\n", "unknown setting 'insecure'"),
+        ("endpoint: 5\n", "setting 'endpoint' must be a non-empty string"),
+        ("server_key: nope.key_secret\n", "does not exist"),
+    ],
+)
+def test_bad_aggregator_config_is_one_line(tmp_path, text, words):
+    cfg = tmp_path / "a.yaml"
+    cfg.write_text(text)
+    p = run("ntds-aggregator", "serve", "--config", cfg)
+    assert p.returncode == 2 and words in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_keygen_writes_a_private_secret(tmp_path):
+    run("ntds-sensor", "keygen", "--out", tmp_path / "k", "--name", "tap-09", check=True)
+    assert (tmp_path / "k" / "tap-09.key_secret").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "k").stat().st_mode & 0o777 == 0o700
+    again = run("ntds-sensor", "keygen", "--out", tmp_path / "k", "--name", "tap-09")
+    assert again.returncode == 2 and "exists already" in again.stderr
