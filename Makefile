@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_meter.py
 	$(BIN)/python bench/bench_scoring.py
 	$(BIN)/python bench/bench_baseline_build.py
+	$(BIN)/python bench/bench_transport.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache
