@@ -147,7 +147,6 @@ def _sensors(args) -> int:
 
 
 def _baseline_plots(args) -> int:
-    import json
     from pathlib import Path
 
     from aggregator.plots import plot_all
@@ -165,7 +164,6 @@ def _baseline_plots(args) -> int:
             paths, args.profile, parse_nets(list(DEFAULT_LOCAL_NETS)), False, sys.stderr.isatty()
         )
         doc = build(apps, metrics, method=args.method, min_count=args.min_count, feature_profile=args.profile)
-        json.dumps(doc)  # the same document a saved baseline would hold
     try:
         written = plot_all(doc, Path(args.output))
     except OSError as e:

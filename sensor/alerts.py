@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sensor.baseline import ALL_TRAFFIC, METRIC_COLUMNS, Baseline, metrics_matrix
+from sensor.baseline import ALL_TRAFFIC, AXIS_INDEX, METRIC_COLUMNS, Baseline, metrics_matrix
 from sensor.errors import InputError
 from sensor.flowfiles import kind_of, read_flow_table, records_to_columns
 from sensor.meter import EXTRA_COLUMNS, FlowMeter
-from sensor.scoring import AXES, TIER_LABELS
+from sensor.scoring import TIER_LABELS
 
 IDENTITY = ["Flow.ID", "Source.IP", "Source.Port", "Destination.IP", "Destination.Port", "Protocol", "Timestamp"]
 COLUMNS = [*IDENTITY, "ProtocolName", *METRIC_COLUMNS]
@@ -43,7 +43,7 @@ def alerts(baseline: Baseline, cols: dict, times: list[str], min_tier: int) -> I
     apps = cols["ProtocolName"].astype(str)
     M = metrics_matrix(cols)
     scored = baseline.score(apps, M)
-    axes = M[:, [list(baseline_metrics()).index(a) for a in AXES]]
+    axes = M[:, AXIS_INDEX]
     for i in np.flatnonzero(scored.tier >= min_tier):
         entry = scored.entry[i]
         yield {
@@ -61,12 +61,6 @@ def alerts(baseline: Baseline, cols: dict, times: list[str], min_tier: int) -> I
             "tier_label": TIER_LABELS[int(scored.tier[i])],
             "explanation": baseline.explain(entry, axes[i], scored.per_axis[i]),
         }
-
-
-def baseline_metrics():
-    from sensor.baseline import METRICS
-
-    return METRICS
 
 
 def score_command(args) -> int:
