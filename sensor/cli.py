@@ -102,8 +102,6 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     try:
         return score_command(args)
-    except InputError as e:
-        return _fail(str(e), EXIT_INPUT)
     except BrokenPipeError:
         raise
     except OSError as e:
@@ -189,10 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_keygen(args: argparse.Namespace) -> int:
     from sensor.keys import generate
 
-    try:
-        public, secret = generate(args.out, args.name)
-    except InputError as e:
-        return _fail(str(e), EXIT_INPUT)
+    public, secret = generate(args.out, args.name)
     print(f"wrote {public} (copy it to the aggregator's allow-list) and {secret} (mode 600)", file=sys.stderr)
     return 0
 
@@ -200,16 +195,15 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def cmd_publish(args: argparse.Namespace) -> int:
     from sensor.publish import publish_command
 
-    try:
-        return publish_command(args)
-    except InputError as e:
-        return _fail(str(e), EXIT_INPUT)
+    return publish_command(args)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except InputError as e:
+        return _fail(str(e), EXIT_INPUT)
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
