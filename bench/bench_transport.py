@@ -36,27 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sensor.keys import generate, load_pair, load_public  # noqa: E402
 from sensor.link import Link  # noqa: E402
 from sensor.spool import Spool  # noqa: E402
+from sensor.wire import EXAMPLES  # noqa: E402
 
 BIN = Path(sys.executable).parent
-ALERT = {
-    "time": "2026-11-16T08:00:00.100000Z",
-    "flow_id": "10.1.0.10-93.184.216.34-42000-443-6",
-    "src_ip": "10.1.0.10",
-    "src_port": 42000,
-    "dst_ip": "93.184.216.34",
-    "dst_port": 443,
-    "protocol": 6,
-    "application": "GOOGLE",
-    "baseline": "application",
-    "score": 4.2,
-    "tier": 3,
-    "tier_label": "1 in 1000 event",
-    "explanation": [
-        {"axis": "volume", "value": 99000000.0, "typical": 6000.0, "score": 8.1},
-        {"axis": "duration", "value": 1200000.0, "typical": 33000.0, "score": 3.2},
-        {"axis": "avpktsz", "value": 1400.0, "typical": 400.0, "score": 1.9},
-    ],
-}
+ALERT = EXAMPLES["alert"]
 
 
 def free_port() -> int:

@@ -105,6 +105,6 @@ class Link:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             self.pump()
-            if self.spool.stats().messages == 0:
+            if self.spool.empty():
                 return True
-        return self.spool.stats().messages == 0
+        return self.spool.empty()

@@ -85,6 +85,9 @@ class Spool:
             cur = self.db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
         return cur.rowcount
 
+    def empty(self) -> bool:
+        return self.db.execute("SELECT 1 FROM outbox LIMIT 1").fetchone() is None
+
     def stats(self) -> SpoolStats:
         n, size = self.db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox").fetchone()
         meta = dict(self.db.execute("SELECT key, value FROM meta"))

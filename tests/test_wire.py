@@ -10,36 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sensor import wire
-from sensor.wire import Message, WireError, decode, encode
-
-EXAMPLES = {
-    "hello": {"software": "0.1.0", "baseline_id": "2026-11-23T02:00:00Z robust", "feature_profile": "unicauca"},
-    "alert": {
-        "time": "2026-11-16T08:00:00.100000Z",
-        "flow_id": "10.1.0.10-93.184.216.34-42000-443-6",
-        "src_ip": "10.1.0.10",
-        "src_port": 42000,
-        "dst_ip": "93.184.216.34",
-        "dst_port": 443,
-        "protocol": 6,
-        "application": "GOOGLE",
-        "baseline": "application",
-        "score": 3.25,
-        "tier": 3,
-        "tier_label": "1 in 1000 event",
-        "explanation": [{"axis": "volume", "value": 9.9e7, "typical": 6000.0, "score": 8.1}],
-    },
-    "summary": {"interval_start": "2026-11-16T08:00:00Z", "interval_s": 60, "flows": 10, "packets": 99, "bytes": 5000},
-    "health": {
-        "packets_seen": 1,
-        "packets_dropped": 0,
-        "flows_active": 3,
-        "spool_messages": 0,
-        "spool_bytes": 0,
-        "spool_dropped": {"health": 0, "summary": 0, "hello": 0, "alert": 0},
-    },
-    "ack": {"seqs": [1, 2, 3]},
-}
+from sensor.wire import EXAMPLES, Message, WireError, decode, encode
 
 
 @pytest.mark.parametrize("kind", wire.TYPES)
