@@ -12,6 +12,7 @@ import heapq
 import json
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,24 @@ def _chunks(path: Path, profile: str) -> Iterator[tuple[dict, list[str]]]:
         yield records_to_columns(records, COLUMNS), [r.extra[start] for r in records]
     else:
         for cols in read_flow_table(path, COLUMNS):
-            yield cols, [str(t) for t in cols["Timestamp"]]
+            yield cols, [table_time(t) for t in cols["Timestamp"]]
+
+
+def table_time(text) -> str:
+    """A flow file's Timestamp as the ISO-8601 UTC time alerts carry.
+
+    Unicauca timestamps (dd/MM/yyyyhh:mm:ss) have a 12-hour clock without AM/PM
+    and no zone: the hour is taken as written and the zone as UTC, so a time
+    from a flow file can be 12 hours early. Captures do not have this problem.
+    """
+    text = str(text)
+    try:
+        t = datetime.strptime(text, "%d/%m/%Y%H:%M:%S") if "/" in text else datetime.fromisoformat(text)
+    except ValueError:
+        raise InputError(f"unreadable Timestamp {text[:40]!r} in a flow file") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return t.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def alerts(baseline: Baseline, cols: dict, times: list[str], min_tier: int) -> Iterator[dict]:

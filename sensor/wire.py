@@ -8,86 +8,200 @@ Every message is one ZeroMQ frame holding one UTF-8 JSON object, the envelope:
 `seq` is the sensor's own sequence number: it starts at 1, grows by one per
 message and survives restarts (the spool keeps it), so (sensor, seq) names a
 message exactly once however often it is resent. The aggregator answers with an
-`ack` whose body lists the sequence numbers it has stored. docs/wire.md shows
-one example of each type; `SCHEMA` below is the authority.
+`ack` whose body lists the sequence numbers it has stored. docs/wire.md is
+generated from `SCHEMA` and `EXAMPLES` (`python -m sensor.wire > docs/wire.md`;
+a test keeps it current).
 
-Decoding is strict: wrong JSON, wrong version, unknown type, missing or
-unknown fields, wrong types and oversized frames all raise WireError, and
-nothing else (a property test feeds the decoder arbitrary bytes).
+Decoding is strict all the way down: wrong JSON, wrong version, unknown type,
+missing or unknown fields at any depth, wrong types, times that do not parse,
+integers outside 0..2^63-1 and oversized frames all raise WireError, and
+nothing else (a property test feeds the decoder arbitrary bytes). The archive
+relies on this: a decoded message always converts to Parquet rows.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 VERSION = 1
 MAX_FRAME = 65536
-"""Largest accepted frame in bytes; an alert with its explanation is about 1 KB."""
+"""Largest accepted frame in bytes; an alert is about 1 KB, a busy summary about 30 KB."""
+INT_MAX = 2**63 - 1
+TIERS = 6
+"""Rarity tiers 0 (common event) .. 5 (1 in 100000 event)."""
+TRAFFIC_CLASSES = ("external", "local_service", "peer_to_peer", "other")
+UNANSWERED_KINDS = ("ssdp_no_answer", "p2p_one_way", "unanswered")
 
 
 class WireError(ValueError):
     """A frame that is not a valid message of this schema version."""
 
 
-# field name -> (accepted Python types, required?, meaning). Kept as data so that the
-# decoder, the docs and the tests all read the same definition.
-Field = tuple[tuple[type, ...], bool, str]
-INT = (int,)
-NUM = (int, float)
-STR = (str,)
+@dataclass(frozen=True)
+class F:
+    """One field: its kind, what it means, and for objects and lists their own fields.
 
-ENVELOPE: dict[str, Field] = {
-    "v": (INT, True, "schema version (1)"),
-    "type": (STR, True, "hello, alert, summary, health or ack"),
-    "sensor": (STR, True, "the sensor's id; the aggregator only accepts the id bound to the sender's key"),
-    "seq": (INT, True, "the sensor's message sequence number, from 1, never reused"),
-    "created": (STR, True, "when the sensor created the message, ISO-8601 UTC"),
-    "body": ((dict,), True, "the type's fields below"),
+    kinds: int (0..2^63-1), num (finite), str, time (ISO-8601 with a zone), obj
+    (exactly `fields`), objs (a list of such objects, at most `max_items`), ints
+    (a list of ints, of `length` items when set).
+    """
+
+    kind: str
+    meaning: str
+    fields: dict[str, F] = field(default_factory=dict)
+    length: int | None = None
+    max_items: int = 10_000
+    top: int = INT_MAX
+
+
+def _counts(*names: str, what: str) -> dict[str, F]:
+    return {n: F("int", f"{n.replace('_', ' ')} {what}") for n in names}
+
+
+DIRECTIONAL = {
+    "flows": F("int", "flows started in the interval"),
+    "packets_up": F("int", "packets from the local client side (see traffic classes)"),
+    "packets_down": F("int", "packets towards the local client side"),
+    "bytes_up": F("int", "IP bytes from the local client side"),
+    "bytes_down": F("int", "IP bytes towards the local client side"),
+}
+FLOWS_BYTES = {"flows": F("int", "flows of this kind"), "bytes": F("int", "their IP bytes, both directions")}
+
+ENVELOPE: dict[str, F] = {
+    "v": F("int", "schema version (1)"),
+    "type": F("str", "hello, alert, summary, health or ack"),
+    "sensor": F("str", "the sensor's id; the aggregator only accepts the id bound to the sender's key"),
+    "seq": F("int", "the sensor's message sequence number, from 1, never reused"),
+    "created": F("time", "when the sensor created the message, ISO-8601 UTC"),
+    "body": F("obj", "the type's fields below"),
 }
 
-SCHEMA: dict[str, dict[str, Field]] = {
+SCHEMA: dict[str, dict[str, F]] = {
     "hello": {
-        "software": (STR, True, "ntds version of the sensor"),
-        "baseline_id": (STR, True, "identifies the baseline the sensor scores with (its build time and method)"),
-        "feature_profile": (STR, True, "unicauca or corrected"),
+        "software": F("str", "ntds version of the sensor"),
+        "baseline_id": F("str", "identifies the baseline the sensor scores with (its build time and method)"),
+        "feature_profile": F("str", "unicauca or corrected"),
     },
     "alert": {
-        "time": (STR, True, "flow start, ISO-8601 UTC"),
-        "flow_id": (STR, True, "CICFlowMeter Flow.ID"),
-        "src_ip": (STR, True, "Source.IP"),
-        "src_port": (INT, True, "Source.Port"),
-        "dst_ip": (STR, True, "Destination.IP"),
-        "dst_port": (INT, True, "Destination.Port"),
-        "protocol": (INT, True, "Protocol as in the flow record"),
-        "application": (STR, True, "ProtocolName"),
-        "baseline": (STR, True, "application or all-traffic: which baseline entry judged the flow"),
-        "score": (NUM, True, "anomaly score"),
-        "tier": (INT, True, "rarity tier 0..5"),
-        "tier_label": (STR, True, "common event .. 1 in 100000 event"),
-        "explanation": ((list,), True, "axes that contributed most: axis, value, typical, score"),
+        "time": F("time", "flow start, ISO-8601 UTC"),
+        "flow_id": F("str", "CICFlowMeter Flow.ID"),
+        "src_ip": F("str", "Source.IP"),
+        "src_port": F("int", "Source.Port"),
+        "dst_ip": F("str", "Destination.IP"),
+        "dst_port": F("int", "Destination.Port"),
+        "protocol": F("int", "Protocol as in the flow record"),
+        "application": F("str", "ProtocolName"),
+        "baseline": F("str", "application or all-traffic: which baseline entry judged the flow"),
+        "score": F("num", "anomaly score"),
+        "tier": F("int", "rarity tier 0..5", top=TIERS - 1),
+        "tier_label": F("str", "common event .. 1 in 100000 event"),
+        "explanation": F(
+            "objs",
+            "the radar axes that contributed most, largest first",
+            {
+                "axis": F("str", "radar axis name"),
+                "value": F("num", "the flow's value on that axis"),
+                "typical": F("num", "the baseline's typical value"),
+                "score": F("num", "the axis score"),
+            },
+            max_items=16,
+        ),
     },
     "summary": {
-        "interval_start": (STR, True, "start of the interval, ISO-8601 UTC"),
-        "interval_s": (INT, True, "length of the interval in seconds"),
-        "flows": (INT, True, "flows finished in the interval"),
-        "packets": (INT, True, "packets of those flows"),
-        "bytes": (INT, True, "payload bytes of those flows"),
+        "interval_start": F("time", "interval start, ISO-8601 UTC; a flow belongs to the interval it started in"),
+        "interval_s": F("int", "length of the interval in seconds"),
+        "flows": F("int", "flows started in the interval, single-packet flows included"),
+        "packets": F("int", "their packets"),
+        "bytes": F("int", "their IP bytes (IP header and payload, both directions)"),
+        "traffic": F(
+            "obj",
+            "per traffic class: external (a local host and a host outside local_networks), local_service "
+            "(a local host and a local server), peer_to_peer (two local hosts, neither a server), other "
+            "(multicast, broadcast, or no local host); up is from the local client side",
+            {c: F("obj", f"{c.replace('_', ' ')} traffic", DIRECTIONAL) for c in TRAFFIC_CLASSES},
+        ),
+        "applications": F(
+            "objs",
+            "per application; beyond 64 the smallest are folded into one entry named (other)",
+            {
+                "application": F("str", "ProtocolName"),
+                "flows": F("int", "flows"),
+                "bytes_up": F("int", "IP bytes from the local client side"),
+                "bytes_down": F("int", "IP bytes towards the local client side"),
+                "tiers": F("ints", "scored flows per rarity tier 0..5 (single-packet flows are not scored)", length=6),
+            },
+            max_items=65,
+        ),
+        "unanswered": F(
+            "obj",
+            "flows that got no packet back, by kind (each flow counts once, in the first kind that fits): "
+            "ssdp_no_answer (UDP to port 1900), p2p_one_way (peer-to-peer), unanswered (the rest)",
+            {k: F("obj", k.replace("_", " "), FLOWS_BYTES) for k in UNANSWERED_KINDS},
+        ),
+        "peer_pairs": F(
+            "objs",
+            "peer-to-peer host pairs, largest 128 by bytes",
+            {
+                "a": F("str", "the lower address of the pair"),
+                "b": F("str", "the higher address"),
+                "flows": F("int", "flows between them"),
+                "two_way": F("int", "of which got packets both ways"),
+                "one_way": F("int", "of which got none back"),
+                "bytes_ab": F("int", "IP bytes from a to b"),
+                "bytes_ba": F("int", "IP bytes from b to a"),
+            },
+            max_items=128,
+        ),
+        "peer_pairs_omitted": F(
+            "obj", "pairs beyond the 128 listed", _counts("pairs", "flows", "bytes", what="not listed")
+        ),
+        "countries": F(
+            "objs",
+            "external traffic by the remote host's country (offline GeoIP; ZZ unknown); beyond 64 folded into (other)",
+            {
+                "country": F("str", "ISO 3166-1 alpha-2 code"),
+                "flows": F("int", "flows"),
+                "bytes_in": F("int", "IP bytes from the remote host"),
+                "bytes_out": F("int", "IP bytes to the remote host"),
+                "max_tier": F("int", "highest rarity tier among the scored flows (0 if none)", top=TIERS - 1),
+            },
+            max_items=65,
+        ),
+        "capture": F(
+            "obj",
+            "capture health since the previous summary",
+            {
+                "packets_seen": F("int", "packets the capture delivered"),
+                "packets_dropped": F("int", "packets the kernel or interface dropped"),
+                "flows_active": F("int", "flows open in the meter when the summary was made"),
+            },
+        ),
     },
     "health": {
-        "packets_seen": (INT, True, "packets the capture delivered since start"),
-        "packets_dropped": (INT, True, "packets the kernel or interface dropped since start"),
-        "flows_active": (INT, True, "flows open in the meter now"),
-        "spool_messages": (INT, True, "messages waiting in the spool for an acknowledgement"),
-        "spool_bytes": (INT, True, "their size"),
-        "spool_dropped": ((dict,), True, "messages dropped at the spool's size limit, per type"),
+        "packets_seen": F("int", "packets the capture delivered since start"),
+        "packets_dropped": F("int", "packets the kernel or interface dropped since start"),
+        "flows_active": F("int", "flows open in the meter now"),
+        "spool_messages": F("int", "messages waiting in the spool for an acknowledgement"),
+        "spool_bytes": F("int", "their size"),
+        "spool_dropped": F(
+            "obj",
+            "messages dropped at the spool's size limit since the spool was created, per type",
+            _counts("hello", "alert", "summary", "health", what="messages dropped"),
+        ),
     },
     "ack": {
-        "seqs": ((list,), True, "sequence numbers of the sensor's messages now durably stored"),
+        "seqs": F("ints", "sequence numbers of the sensor's messages now durably stored"),
     },
 }
 TYPES = tuple(SCHEMA)
+
+
+def _zero_directional() -> dict:
+    return dict.fromkeys(DIRECTIONAL, 0)
+
 
 # One realistic body per type: docs/wire.md shows them, tests and benchmarks send them.
 EXAMPLES = {
@@ -107,14 +221,50 @@ EXAMPLES = {
         "tier_label": "1 in 1000 event",
         "explanation": [{"axis": "volume", "value": 9.9e7, "typical": 6000.0, "score": 8.1}],
     },
-    "summary": {"interval_start": "2026-11-16T08:00:00Z", "interval_s": 60, "flows": 10, "packets": 99, "bytes": 5000},
+    "summary": {
+        "interval_start": "2026-11-16T08:00:00Z",
+        "interval_s": 60,
+        "flows": 12,
+        "packets": 104,
+        "bytes": 52000,
+        "traffic": {
+            "external": {"flows": 9, "packets_up": 40, "packets_down": 52, "bytes_up": 6000, "bytes_down": 45000},
+            "local_service": _zero_directional(),
+            "peer_to_peer": {"flows": 2, "packets_up": 5, "packets_down": 6, "bytes_up": 400, "bytes_down": 440},
+            "other": {"flows": 1, "packets_up": 1, "packets_down": 0, "bytes_up": 160, "bytes_down": 0},
+        },
+        "applications": [
+            {"application": "SSL", "flows": 9, "bytes_up": 6000, "bytes_down": 45000, "tiers": [8, 1, 0, 0, 0, 0]},
+            {"application": "SSDP", "flows": 1, "bytes_up": 160, "bytes_down": 0, "tiers": [0, 0, 0, 0, 0, 0]},
+            {"application": "SMB", "flows": 2, "bytes_up": 400, "bytes_down": 440, "tiers": [1, 0, 0, 0, 0, 0]},
+        ],
+        "unanswered": {
+            "ssdp_no_answer": {"flows": 1, "bytes": 160},
+            "p2p_one_way": {"flows": 1, "bytes": 60},
+            "unanswered": {"flows": 0, "bytes": 0},
+        },
+        "peer_pairs": [
+            {
+                "a": "10.1.0.10",
+                "b": "10.1.0.23",
+                "flows": 2,
+                "two_way": 1,
+                "one_way": 1,
+                "bytes_ab": 400,
+                "bytes_ba": 440,
+            }
+        ],
+        "peer_pairs_omitted": {"pairs": 0, "flows": 0, "bytes": 0},
+        "countries": [{"country": "US", "flows": 9, "bytes_in": 45000, "bytes_out": 6000, "max_tier": 1}],
+        "capture": {"packets_seen": 104, "packets_dropped": 0, "flows_active": 3},
+    },
     "health": {
         "packets_seen": 1,
         "packets_dropped": 0,
         "flows_active": 3,
         "spool_messages": 0,
         "spool_bytes": 0,
-        "spool_dropped": {"health": 0, "summary": 0, "hello": 0, "alert": 0},
+        "spool_dropped": {"hello": 0, "alert": 0, "summary": 0, "health": 0},
     },
     "ack": {"seqs": [1, 2, 3]},
 }
@@ -133,15 +283,54 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def _check(fields: dict[str, Field], obj: dict, where: str) -> None:
-    for name, (types, required, _) in fields.items():
+def parse_time(text: str) -> datetime:
+    """A wire time as an aware UTC datetime; ValueError if it is not ISO-8601 with a zone."""
+    t = datetime.fromisoformat(text)
+    if t.tzinfo is None:
+        raise ValueError("no time zone")
+    return t.astimezone(UTC)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _value(f: F, v, where: str) -> None:
+    ok = True
+    if f.kind == "int":
+        ok = _is_int(v) and 0 <= v <= f.top
+    elif f.kind == "num":
+        ok = (_is_int(v) and abs(v) <= INT_MAX) or isinstance(v, float)
+    elif f.kind == "str":
+        ok = isinstance(v, str)
+    elif f.kind == "time":
+        try:
+            parse_time(v)
+        except (TypeError, ValueError):
+            ok = False
+    elif f.kind == "obj":
+        ok = isinstance(v, dict)
+        if ok and f.fields:
+            _check(f.fields, v, where)
+    elif f.kind == "objs":
+        ok = isinstance(v, list) and len(v) <= f.max_items
+        if ok:
+            for i, item in enumerate(v):
+                if not isinstance(item, dict):
+                    raise WireError(f"{where}[{i}]: not an object")
+                _check(f.fields, item, f"{where}[{i}]")
+    elif f.kind == "ints":
+        ok = isinstance(v, list) and all(_is_int(x) and 0 <= x <= INT_MAX for x in v)
+        ok = ok and (f.length is None or len(v) == f.length)
+    if not ok:
+        raise WireError(f"{where}: wrong type or value")
+
+
+def _check(fields: dict[str, F], obj: dict, where: str) -> None:
+    for name, f in fields.items():
         if name not in obj:
-            if required:
-                raise WireError(f"{where}: missing field {name!r}")
-            continue
-        value = obj[name]
-        if isinstance(value, bool) or not isinstance(value, types):
-            raise WireError(f"{where}: field {name!r} has the wrong type")
+            raise WireError(f"{where}: missing field {name!r}")
+        _value(f, obj[name], f"{where}.{name}")
     unknown = set(obj) - set(fields)
     if unknown:
         raise WireError(f"{where}: unknown field {sorted(unknown)[0]!r}")
@@ -180,8 +369,8 @@ def decode(frame: bytes) -> Message:
     kind = obj["type"]
     if kind not in SCHEMA:
         raise WireError(f"unknown message type {kind!r}")
-    if obj["seq"] < 0 or not obj["sensor"]:
-        raise WireError("envelope: seq must be >= 0 and sensor non-empty")
+    if not obj["sensor"]:
+        raise WireError("envelope: sensor must be non-empty")
     _check(SCHEMA[kind], obj["body"], kind)
     return Message(kind, obj["sensor"], obj["seq"], obj["created"], obj["body"])
 
@@ -193,3 +382,58 @@ def _no_constants(name: str):
 def ack(sensor: str, seqs: list[int], seq: int = 0) -> Message:
     """The aggregator's acknowledgement of stored messages (its own seq is 0: acks are not stored)."""
     return Message("ack", sensor, seq, now_iso(), {"seqs": list(seqs)})
+
+
+def _table(fields: dict[str, F], prefix: str = "") -> list[str]:
+    rows = []
+    for name, f in fields.items():
+        kind = {"objs": f"list of objects (at most {f.max_items})", "ints": f"ints[{f.length}]"}.get(f.kind, f.kind)
+        if f.kind == "ints" and f.length is None:
+            kind = "list of int"
+        rows.append(f"| `{prefix}{name}` | {kind} | {f.meaning} |")
+        subs = list(f.fields.values())
+        if len(subs) > 1 and all(x.fields and x.fields is subs[0].fields for x in subs):
+            # the same fields under every key (traffic classes, unanswered kinds): named once
+            rows += _table(subs[0].fields, f"{prefix}{name}.<{'/'.join(f.fields)}>.")
+        elif subs:
+            rows += _table(f.fields, f"{prefix}{name}[]." if f.kind == "objs" else f"{prefix}{name}.")
+    return rows
+
+
+def markdown() -> str:
+    """docs/wire.md: every field's table and one example per type, from the definitions above."""
+    out = [
+        f"# Wire format (schema version {VERSION})",
+        "",
+        "Sensors and the aggregator exchange single-frame ZeroMQ messages, each one UTF-8",
+        "JSON object. `sensor/wire.py` defines every field and is imported by both sides;",
+        "this page is generated from it (`python -m sensor.wire > docs/wire.md`) and the",
+        "tests check that it is current and that every example decodes.",
+        "",
+        "Kinds: `int` is a whole number from 0 to 2^63-1, `num` a finite number, `time`",
+        "an ISO-8601 time with a zone (sensors write UTC with `Z`), `obj` an object with",
+        "exactly the fields listed under it, `ints[n]` a list of n ints.",
+        "",
+        "## Envelope",
+        "",
+        "| field | kind | meaning |",
+        "|---|---|---|",
+        *_table(ENVELOPE),
+        "",
+        f"Rules: the decoder refuses frames over {MAX_FRAME:,} bytes, other schema versions,",
+        "unknown types, missing or unknown fields at any depth, fields of the wrong kind,",
+        "out-of-range integers and non-finite numbers. `(sensor, seq)` names a message",
+        "once: the aggregator stores it once and acknowledges it however often it",
+        "arrives. Acknowledgements travel back as `ack` messages that are not stored",
+        "(their own `seq` is 0).",
+    ]
+    for kind, fields in SCHEMA.items():
+        example = {"v": VERSION, "type": kind, "sensor": "tap-01", "seq": 0 if kind == "ack" else 42}
+        example |= {"created": "2026-11-23T08:00:00.123456Z", "body": EXAMPLES[kind]}
+        out += ["", f"## `{kind}`", "", "| field | kind | meaning |", "|---|---|---|", *_table(fields), ""]
+        out += ["```json", json.dumps(example, indent=2), "```"]
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown())

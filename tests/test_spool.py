@@ -34,17 +34,20 @@ def test_sequence_numbers_continue_after_a_restart(tmp_path):
 
 
 def test_size_limit_drops_health_then_summaries_and_alerts_last(tmp_path):
-    s = Spool(tmp_path / "spool.db", "tap-01", max_bytes=10_000)
+    limit = 29_000  # room for the 5 alerts, the 20 summaries and a few health messages
+    s = Spool(tmp_path / "spool.db", "tap-01", max_bytes=limit)
     s.append([("alert", EXAMPLES["alert"])] * 5)
     s.append([("summary", EXAMPLES["summary"])] * 20)
     s.append([("health", EXAMPLES["health"])] * 20)
     st = s.stats()
-    assert st.bytes <= 10_000
+    assert st.bytes <= limit
+    assert st.dropped == {"health": st.dropped["health"], "summary": 0, "hello": 0, "alert": 0}
+    assert 0 < st.dropped["health"] < 20  # the oldest health went first, the newest stayed
+    s.append([("summary", EXAMPLES["summary"])] * 5)  # more summaries: every health message goes first
+    st = s.stats()
     kinds = [decode(f).type for _, f in s.pending(10_000)]
-    assert kinds.count("alert") == 5  # every alert kept
-    assert st.dropped["alert"] == 0 and st.dropped["health"] > 0
-    if st.dropped["summary"]:
-        assert "health" not in kinds  # summaries go only once every health message has gone
+    assert st.bytes <= limit and "health" not in kinds and st.dropped["health"] == 20
+    assert st.dropped["summary"] > 0 and kinds.count("alert") == 5 and st.dropped["alert"] == 0
     s.close()
     assert Spool(tmp_path / "spool.db", "tap-01").stats().dropped == st.dropped  # counts survive restarts
 

@@ -19,8 +19,19 @@ def test_every_type_round_trips(kind):
     assert decode(encode(m)) == m
 
 
+SUMMARY = EXAMPLES["summary"]
+APP = SUMMARY["applications"][0]
+
+
 def frame(**changes) -> bytes:
-    obj = {"v": 1, "type": "summary", "sensor": "tap-01", "seq": 1, "created": "x", "body": EXAMPLES["summary"]}
+    obj = {
+        "v": 1,
+        "type": "summary",
+        "sensor": "tap-01",
+        "seq": 1,
+        "created": "2026-11-16T08:00:00Z",
+        "body": EXAMPLES["summary"],
+    }
     obj.update(changes)
     return json.dumps(obj).encode()
 
@@ -34,8 +45,21 @@ def frame(**changes) -> bytes:
         (frame(v=True), "schema version True"),
         (frame(type="exploit"), "unknown message type"),
         (frame(seq="1"), "wrong type"),
-        (frame(seq=-1), "seq must be"),
-        (frame(sensor=""), "sensor non-empty"),
+        (frame(seq=-1), "envelope.seq: wrong type or value"),
+        (frame(seq=2**63), "envelope.seq: wrong type or value"),
+        (frame(created="yesterday"), "envelope.created"),
+        (frame(created="2026-11-16T08:00:00"), "envelope.created"),  # no zone
+        (frame(sensor=""), "sensor must be non-empty"),
+        (frame(body={**SUMMARY, "interval_start": "x"}), "summary.interval_start"),
+        (frame(body={**SUMMARY, "applications": [{**APP, "tiers": [1, 2]}]}), r"applications\[0\]\.tiers"),
+        (frame(body={**SUMMARY, "applications": [{**APP, "flows": -1}]}), r"applications\[0\]\.flows"),
+        (frame(body={**SUMMARY, "applications": [{**APP, "x": 1}]}), "unknown field 'x'"),
+        (frame(body={**SUMMARY, "applications": [APP] * 66}), "summary.applications"),
+        (frame(body={**SUMMARY, "applications": [1]}), "not an object"),
+        (frame(body={**SUMMARY, "traffic": {**SUMMARY["traffic"], "other": {}}}), "missing field 'flows'"),
+        (frame(type="alert", body={**EXAMPLES["alert"], "tier": 6}), "alert.tier"),
+        (frame(type="alert", body={**EXAMPLES["alert"], "explanation": [{"axis": 1}]}), "explanation"),
+        (frame(type="ack", body={"seqs": [1, "2"]}), "ack.seqs"),
         (frame(body={**EXAMPLES["summary"], "extra": 1}), "unknown field"),
         (frame(body={"flows": 1}), "missing field"),
         (frame(extra=1), "unknown field"),
@@ -98,3 +122,13 @@ def test_every_example_in_the_wire_doc_decodes():
     blocks = re.findall(r"```json\n(.*?)\n```", text, re.S)
     kinds = [decode(json.dumps(json.loads(b)).encode()).type for b in blocks]
     assert sorted(kinds) == sorted(wire.TYPES)
+
+
+def test_the_wire_doc_is_generated_from_the_schema():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "wire.md").read_text()
+    assert text == wire.markdown(), "run: python -m sensor.wire > docs/wire.md"
+    for kind, fields in wire.SCHEMA.items():
+        for name in fields:
+            assert f"`{name}`" in text, (kind, name)
