@@ -56,29 +56,38 @@ def table_time(text) -> str:
     return t.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def alerts(baseline: Baseline, cols: dict, times: list[str], min_tier: int) -> Iterator[dict]:
-    """Score one chunk; yield the alert objects at or above min_tier."""
+def scored_alerts(baseline: Baseline, cols: dict, times: list[str], min_tier: int) -> tuple[np.ndarray, list[dict]]:
+    """Score one chunk: every flow's tier, and the alert objects at or above min_tier."""
     apps = cols["ProtocolName"].astype(str)
     M = metrics_matrix(cols)
     scored = baseline.score(apps, M)
     axes = M[:, AXIS_INDEX]
+    out = []
     for i in np.flatnonzero(scored.tier >= min_tier):
         entry = scored.entry[i]
-        yield {
-            "time": times[i],
-            "flow_id": str(cols["Flow.ID"][i]),
-            "src_ip": str(cols["Source.IP"][i]),
-            "src_port": int(cols["Source.Port"][i]),
-            "dst_ip": str(cols["Destination.IP"][i]),
-            "dst_port": int(cols["Destination.Port"][i]),
-            "protocol": int(cols["Protocol"][i]),
-            "application": str(apps[i]),
-            "baseline": "all-traffic" if entry == ALL_TRAFFIC else "application",
-            "score": round(float(scored.score[i]), 6),
-            "tier": int(scored.tier[i]),
-            "tier_label": TIER_LABELS[int(scored.tier[i])],
-            "explanation": baseline.explain(entry, axes[i], scored.per_axis[i]),
-        }
+        out.append(
+            {
+                "time": times[i],
+                "flow_id": str(cols["Flow.ID"][i]),
+                "src_ip": str(cols["Source.IP"][i]),
+                "src_port": int(cols["Source.Port"][i]),
+                "dst_ip": str(cols["Destination.IP"][i]),
+                "dst_port": int(cols["Destination.Port"][i]),
+                "protocol": int(cols["Protocol"][i]),
+                "application": str(apps[i]),
+                "baseline": "all-traffic" if entry == ALL_TRAFFIC else "application",
+                "score": round(float(scored.score[i]), 6),
+                "tier": int(scored.tier[i]),
+                "tier_label": TIER_LABELS[int(scored.tier[i])],
+                "explanation": baseline.explain(entry, axes[i], scored.per_axis[i]),
+            }
+        )
+    return scored.tier, out
+
+
+def alerts(baseline: Baseline, cols: dict, times: list[str], min_tier: int) -> Iterator[dict]:
+    """Score one chunk; yield the alert objects at or above min_tier."""
+    yield from scored_alerts(baseline, cols, times, min_tier)[1]
 
 
 def score_command(args) -> int:

@@ -180,6 +180,17 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--min-tier", type=int, default=3, choices=range(0, 6), help="lowest tier sent (default: 3)")
     pb.add_argument("--wait", type=float, default=60.0, help="seconds to wait for acknowledgements (default: 60)")
     pb.add_argument("--profile", choices=sorted(PROFILES), default="unicauca", help="feature profile")
+    pb.add_argument(
+        "--local-net",
+        action="append",
+        metavar="CIDR",
+        help="a local network (repeat; default: RFC 1918, ULA, link-local)",
+    )
+    pb.add_argument(
+        "--local-server", action="append", default=[], metavar="ADDR", help="a local server address or network (repeat)"
+    )
+    pb.add_argument("--interval", type=int, default=60, help="summary interval in seconds (default: 60)")
+    pb.add_argument("--geoip", type=Path, help="GeoIP CSV (first,last,CC); default: the built-in RIR database")
     pb.set_defaults(func=cmd_publish)
     return parser
 

@@ -220,6 +220,9 @@ class CicFeatures(NFPlugin):
         if packet.fin:
             self._fin(s, s.first_fwd)
         flow.udps.cic = s
+        # Does this flow start a conversation (for "unanswered" in the summaries)? A TCP
+        # flow only if it begins with a bare SYN: FIN/ACK leftovers of a split flow do not.
+        flow.udps.cic_opens = not s.tcp or (packet.syn and not packet.ack)
         length = self._add(s, packet, t, s.first_fwd, True)
         s.first_len = length
         self._now_ms = packet.time

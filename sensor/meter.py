@@ -21,6 +21,7 @@ from sensor.errors import InputError
 from sensor.features import CicFeatures
 from sensor.labels import dataset_label
 from sensor.profiles import FLOW_TIMEOUT_US, FeatureProfile, get_profile
+from sensor.traffic import FlowTraffic
 
 EXTRA_COLUMNS: tuple[str, ...] = (
     "application_name",
@@ -42,10 +43,13 @@ end reason is one of fin, rst, closed, active-timeout, idle-timeout, end-of-capt
 
 @dataclass(slots=True)
 class FlowRecord:
-    """One finished flow: the 87 columns (in `COLUMNS` order) and the extra fields."""
+    """One finished flow: the 87 columns (in `COLUMNS` order), the extra fields, and
+    its traffic for the summaries. Single-packet flows, when asked for, have no
+    columns (features and extra are None): CICFlowMeter does not record them."""
 
-    features: tuple
-    extra: tuple
+    features: tuple | None
+    extra: tuple | None
+    traffic: FlowTraffic
 
 
 def _cpu_count() -> int:
@@ -72,6 +76,7 @@ class FlowMeter:
         snapshot_length: int = 1536,
         tz: tzinfo = UTC,
         on_warning: Callable[[str], None] | None = None,
+        single_packet_flows: bool = False,
     ) -> None:
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
         spare = max(1, _cpu_count() - 1)
@@ -82,6 +87,7 @@ class FlowMeter:
         self.snapshot_length = snapshot_length
         self.tz = tz
         self.on_warning = on_warning or (lambda message: None)
+        self.single_packet_flows = single_packet_flows
 
     def check(self, paths: Sequence[str | os.PathLike]) -> list[CaptureInfo]:
         """Inspect every input before any is read, so a bad last file fails fast."""
@@ -114,7 +120,7 @@ class FlowMeter:
             snapshot_length=self.snapshot_length,
             idle_timeout=FLOW_TIMEOUT_US // 1_000_000,
             active_timeout=FLOW_TIMEOUT_US // 1_000_000,
-            accounting_mode=3,
+            accounting_mode=1,  # IP-layer bytes for the summaries; the 87 columns count their own
             udps=[CicFeatures(self.profile, self.tz, idle_timeout_ms=FLOW_TIMEOUT_US // 1000)],
             n_dissections=20,
             statistical_analysis=False,
@@ -129,22 +135,26 @@ class FlowMeter:
         source: str | list[str] = sources[0] if len(sources) == 1 else sources
         try:
             streamer = self._streamer(source)
-            yield from records(streamer, self.on_warning)
+            yield from records(streamer, self.on_warning, self.single_packet_flows)
         except ValueError as e:
             # NFStream reports libpcap's open errors (and bad BPF filters) as ValueError.
             raise InputError(f"{', '.join(sources)}: {e}") from None
 
 
-def records(flows: Iterable, on_warning: Callable[[str], None]) -> Iterator[FlowRecord]:
+def records(
+    flows: Iterable, on_warning: Callable[[str], None], single_packet_flows: bool = False
+) -> Iterator[FlowRecord]:
     """NFStream flows carrying the plugin's row -> FlowRecords (adds the two label columns)."""
     for flow in flows:
         row = flow.udps.cic
+        name, l7 = dataset_label(flow.application_name)
         if row is None:
             error = getattr(flow.udps, "cic_error", None)
             if error:
                 on_warning(f"flow {flow.src_ip}:{flow.src_port} -> {flow.dst_ip}:{flow.dst_port} skipped: {error}")
+            elif single_packet_flows:
+                yield FlowRecord(None, None, _traffic(flow, name))
             continue
-        name, l7 = dataset_label(flow.application_name)
         yield FlowRecord(
             row + (l7, name),
             (
@@ -161,7 +171,25 @@ def records(flows: Iterable, on_warning: Callable[[str], None]) -> Iterator[Flow
                 flow.udps.cic_end,
                 iso_utc(flow.bidirectional_first_seen_ms),
             ),
+            _traffic(flow, name),
         )
+
+
+def _traffic(flow, application: str) -> FlowTraffic:
+    return FlowTraffic(
+        flow.bidirectional_first_seen_ms,
+        flow.src_ip,
+        flow.dst_ip,
+        flow.src_port,
+        flow.dst_port,
+        flow.protocol,
+        flow.src2dst_packets,
+        flow.src2dst_bytes,
+        flow.dst2src_packets,
+        flow.dst2src_bytes,
+        application,
+        bool(getattr(flow.udps, "cic_opens", True)),
+    )
 
 
 def iso_utc(ms: int) -> str:

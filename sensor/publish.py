@@ -12,13 +12,17 @@ import sys
 import time
 
 from sensor import __version__
-from sensor.alerts import _chunks, alerts
+from sensor.alerts import COLUMNS, _chunks, scored_alerts
 from sensor.baseline import Baseline
 from sensor.errors import InputError
-from sensor.flowfiles import kind_of
+from sensor.flowfiles import kind_of, records_to_columns
+from sensor.geo import GeoIP
 from sensor.keys import load_pair, load_public
 from sensor.link import Link
+from sensor.meter import EXTRA_COLUMNS, FlowMeter
 from sensor.spool import Spool
+from sensor.summaries import Summariser
+from sensor.traffic_classes import DEFAULT_LOCAL_NETWORKS, TrafficClasses
 
 EXIT_SPOOLED = 3
 
@@ -33,6 +37,28 @@ def health_body(spool: Spool) -> dict:
         "spool_bytes": st.bytes,
         "spool_dropped": st.dropped,
     }
+
+
+def _scored(path, profile: str, baseline: Baseline, min_tier: int, summariser: Summariser):
+    """Alerts per chunk of one input; captures also feed the summaries (flow files cannot:
+    they lack single-packet flows and IP byte counts)."""
+    if kind_of(path) != "capture":
+        for cols, times in _chunks(path, profile):
+            yield scored_alerts(baseline, cols, times, min_tier)[1]
+        return
+    meter = FlowMeter(
+        profile, single_packet_flows=True, on_warning=lambda m: print(f"ntds-sensor: warning: {m}", file=sys.stderr)
+    )
+    records = list(meter.read([path]))
+    recorded = [r for r in records if r.features is not None]
+    start = EXTRA_COLUMNS.index("flow_start_utc")
+    tiers, found = scored_alerts(
+        baseline, records_to_columns(recorded, COLUMNS), [r.extra[start] for r in recorded], min_tier
+    )
+    scored = iter(tiers.tolist())
+    for r in records:
+        summariser.add(r.traffic, None if r.features is None else next(scored))
+    yield found
 
 
 def publish_command(args) -> int:
@@ -60,12 +86,18 @@ def publish_command(args) -> int:
                 "feature_profile": args.profile,
             }
             spool.append([("hello", hello)])
+            try:
+                classes = TrafficClasses(args.local_net or DEFAULT_LOCAL_NETWORKS, args.local_server)
+                summariser = Summariser(classes, GeoIP(args.geoip), args.interval)
+            except ValueError as e:
+                raise InputError(str(e)) from None
             for path in args.inputs:
-                for cols, times in _chunks(path, args.profile):
-                    batch = [("alert", a) for a in alerts(baseline, cols, times, args.min_tier)]
+                for found in _scored(path, args.profile, baseline, args.min_tier, summariser):
+                    batch = [("alert", a) for a in found]
                     for i in range(0, len(batch), 500):
                         spool.append(batch[i : i + 500])
                         link.pump(0)
+            spool.append([("summary", body) for body in summariser.close()])
         deadline = time.monotonic() + args.wait
         done = link.drain(args.wait)
         if args.inputs:
