@@ -3,8 +3,9 @@
 Each (sensor, seq) is stored once however often it arrives: the primary key
 makes a resent message a no-op. A batch is one transaction committed with
 synchronous=FULL, and only after the commit are its messages acknowledged, so
-an acknowledged message is on disk. The report issue adds the Parquet archive
-built from this store.
+an acknowledged message is on disk. `aggregator.archive` exports messages in
+`id` order into the Parquet archive the reports read; its high-water mark lives
+here too, so export and store can never disagree about what was exported.
 """
 
 from __future__ import annotations
@@ -21,14 +22,16 @@ class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(
             """
             CREATE TABLE IF NOT EXISTS messages (
-                sensor TEXT NOT NULL, seq INTEGER NOT NULL, type TEXT NOT NULL, created TEXT NOT NULL,
-                received REAL NOT NULL, body TEXT NOT NULL, PRIMARY KEY (sensor, seq));
+                id INTEGER PRIMARY KEY AUTOINCREMENT, sensor TEXT NOT NULL, seq INTEGER NOT NULL,
+                type TEXT NOT NULL, created TEXT NOT NULL, received REAL NOT NULL, body TEXT NOT NULL,
+                UNIQUE (sensor, seq));
+            CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
             CREATE TABLE IF NOT EXISTS sensors (
                 sensor TEXT PRIMARY KEY, last_seen REAL NOT NULL, hello TEXT, health TEXT);
             CREATE TABLE IF NOT EXISTS rejections (reason TEXT PRIMARY KEY, count INTEGER NOT NULL);
@@ -46,7 +49,8 @@ class Store:
             new = 0
             for m in messages:
                 cur = self.db.execute(
-                    "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT OR IGNORE INTO messages (sensor, seq, type, created, received, body)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
                     (m.sensor, m.seq, m.type, m.created, now, json.dumps(m.body, separators=(",", ":"))),
                 )
                 new += cur.rowcount
@@ -88,3 +92,36 @@ class Store:
 
     def rejections(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT reason, count FROM rejections"))
+
+    # -- for the archive and the alerts command ------------------------------------------
+
+    def after(self, last_id: int, limit: int) -> list[tuple[int, str, int, str, str, str]]:
+        """(id, sensor, seq, type, created, body) of the next messages after last_id, in id order."""
+        return self.db.execute(
+            "SELECT id, sensor, seq, type, created, body FROM messages WHERE id > ? ORDER BY id LIMIT ?",
+            (last_id, limit),
+        ).fetchall()
+
+    def state(self, key: str, default: int = 0) -> int:
+        row = self.db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_state(self, key: str, value: int) -> None:
+        self.db.execute(
+            "INSERT INTO state VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value)
+        )
+
+    def forget(self, up_to_id: int, received_before: float) -> int:
+        """Delete exported messages older than the retention; returns how many."""
+        cur = self.db.execute("DELETE FROM messages WHERE id <= ? AND received < ?", (up_to_id, received_before))
+        return cur.rowcount
+
+    def alerts(self, since: str | None = None, sensor: str | None = None) -> list[tuple[str, int, dict]]:
+        """Stored alerts as (sensor, seq, body), oldest first by flow time."""
+        sql, args = "SELECT sensor, seq, body FROM messages WHERE type = 'alert'", []
+        if sensor:
+            sql, args = sql + " AND sensor = ?", [*args, sensor]
+        rows = [(s, q, json.loads(b)) for s, q, b in self.db.execute(sql, args)]
+        if since:
+            rows = [r for r in rows if r[2]["time"] >= since]
+        return sorted(rows, key=lambda r: (r[2]["time"], r[0], r[1]))
