@@ -139,6 +139,7 @@ def _rows(kind: str, sensor: str, seq: int, created: str, body: dict) -> Iterabl
     if kind == "summary":
         t = parse_time(body["interval_start"])
         cap = body["capture"]
+        base = base | {"interval_start": t}
         yield "summaries", t, base | {k: body[k] for k in ("interval_s", "flows", "packets", "bytes")} | cap
         for cls in TRAFFIC_CLASSES:
             yield "traffic", t, base | {"class": cls} | body["traffic"][cls]
@@ -157,10 +158,10 @@ def _rows(kind: str, sensor: str, seq: int, created: str, body: dict) -> Iterabl
             yield "countries", t, base | c
     elif kind == "alert":
         t = parse_time(body["time"])
-        yield "alerts", t, base | body | {"explanation": json.dumps(body["explanation"])}
+        yield "alerts", t, base | body | {"time": t, "explanation": json.dumps(body["explanation"])}
     elif kind == "health":
         t = parse_time(created)
-        yield "health", t, base | body | {"spool_dropped": sum(body["spool_dropped"].values())}
+        yield "health", t, base | body | {"created": t, "spool_dropped": sum(body["spool_dropped"].values())}
 
 
 def _folder(root: Path, table: str, day: date, sensor: str) -> Path:

@@ -1,0 +1,196 @@
+"""The weekly report's numbers against an independent computation from the same flows.
+
+The flows go the way they go in production: summarised per sensor, encoded and
+decoded by the wire codec, stored, exported to the Parquet archive, computed
+with Dask. The expected numbers come from tests/week_scenario.py's
+construction facts in plain Python.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import date
+
+import pytest
+
+from aggregator.weekly import Week, compute
+from tests.conftest import ROOT
+from tests.week_scenario import DAYS, WEEK, build_archive, expected
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("week")
+    store, archive, truth = build_archive(folder)
+    yield folder, store, archive, truth
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def report(site):
+    return compute(site[2], Week.parse(WEEK))
+
+
+def test_overview_per_sensor(site, report):
+    e = expected(site[3])
+    rows = {r["sensor"]: r for r in report["overview"]["sensors"]}
+    assert set(rows) == set(DAYS)
+    for sensor, row in rows.items():
+        assert row["flows"] == e["per_sensor"][sensor]["flows"]
+        assert row["bytes"] == e["per_sensor"][sensor]["bytes"]
+        assert row["packets"] == e["per_sensor"][sensor]["packets"]
+        assert row["hours_with_data"] == len(e["hours"][sensor])
+        assert row["packets_dropped"] == e["drops"][sensor]
+    assert rows["tap-a"]["spool_dropped"] == 3  # cumulative 2 before the week, 5 inside it
+    assert rows["tap-b"]["spool_dropped"] == 0
+    assert report["overview"]["totals"]["flows"] == sum(e["per_sensor"][s]["flows"] for s in DAYS)
+
+
+def test_throughput_days_and_weeks(site, report):
+    e = expected(site[3])
+    t = report["throughput"]
+    assert t["days"] == [f"2026-11-{d}" for d in range(16, 23)]
+    for cls, cols in e["throughput"].items():
+        assert t["daily"][cls] == cols, cls
+        assert t["daily"][cls]["bytes_up"][2] == 0  # Wednesday: no data, a zero, not a gap
+    # Week 46 holds only Sunday 15 November (tap-a); earlier weeks are zeros.
+    assert t["weeks"][-2:] == ["2026-W46", "2026-W47"] and len(t["weeks"]) == 12
+    truth = site[3]
+    sunday = [x for x in truth if _day(x) < date(2026, 11, 16)]
+    ext_up = sum((x.flow.bytes_fwd if x.client_is_src else x.flow.bytes_bwd) for x in sunday if x.cls == "external")
+    assert t["weekly"]["external"]["bytes_up"][-2] == ext_up > 0
+    assert t["weekly"]["external"]["bytes_up"][-1] == sum(e["throughput"]["external"]["bytes_up"])
+    assert t["weekly"]["external"]["bytes_up"][:-2] == [0] * 10
+
+
+def test_applications_ranking_and_change(site, report):
+    e = expected(site[3])
+    apps = report["applications"]
+    assert {a["application"]: a["flows"] for a in apps} == e["apps"]
+    total = sum(e["apps"].values())
+    flows = [a["flows"] for a in apps]
+    assert flows == sorted(flows, reverse=True)
+    running = 0.0
+    for a in apps:
+        share = 100 * a["flows"] / total
+        running += share
+        assert a["share"] == pytest.approx(share, abs=1e-3)
+        assert a["one_in"] == max(1, round(100 / share))
+        assert a["cumulative"] == pytest.approx(running, abs=1e-3)
+        prev_total = sum(e["prev_apps"].values())
+        prev = e["prev_apps"].get(a["application"], 0)
+        assert a["previous_flows"] == prev
+        assert a["share_change"] == pytest.approx(share - 100 * prev / prev_total, abs=1e-3)
+    assert apps[-1]["cumulative"] == pytest.approx(100.0)
+
+
+def test_alert_tiers_rarest_and_per_application(site, report):
+    e = expected(site[3])
+    a = report["alerts"]
+    assert a["flows_per_tier_per_day"] == e["tiers_per_day"]
+    assert [x["flow_id"] for x in a["rarest"]] == [
+        f"{x.flow.src_ip}-{x.flow.dst_ip}-{x.flow.src_port}-{x.flow.dst_port}-{x.flow.protocol}" for x in e["rarest"]
+    ]
+    assert all(x["explanation"][0]["axis"] == "volume" for x in a["rarest"])
+    per_app = {r["application"]: r["tiers"] for r in a["tiers_per_application"]}
+    truth_week = [x for x in site[3] if date(2026, 11, 16) <= _day(x) <= date(2026, 11, 22)]
+    for app, tiers in per_app.items():
+        assert tiers == [sum(1 for x in truth_week if x.flow.application == app and x.tier == k) for k in range(6)]
+    assert "SSDP" not in per_app  # never scored: single-packet flows have no tier
+
+
+def test_unanswered_pairs_and_countries(site, report):
+    e = expected(site[3])
+    assert report["unanswered"]["kinds"] == e["unanswered"]
+    assert report["unanswered"]["kinds"]["p2p_one_way"]["flows"][2] == 0
+    pairs = {(p["a"], p["b"]): p for p in report["peer_to_peer"]["pairs"]}
+    assert set(pairs) == set(e["pairs"])
+    for key, p in pairs.items():
+        want = e["pairs"][key]
+        assert (p["flows"], p["bytes"], p["active_days"]) == (want["flows"], want["bytes"], len(want["days"]))
+        assert (p["one_way"], p["two_way"]) == (want["one_way"], want["two_way"])
+        assert p["bytes_per_active_day"] == pytest.approx(want["bytes"] / len(want["days"]), abs=1e-3)
+    assert report["peer_to_peer"]["one_way"] == sum(w["one_way"] for w in e["pairs"].values())
+    countries = {c["country"]: c for c in report["geography"]}
+    assert set(countries) == set(e["countries"])
+    for cc, c in countries.items():
+        assert {k: c[k] for k in ("flows", "bytes_in", "bytes_out", "max_tier")} == e["countries"][cc]
+
+
+def test_sensor_filter(site):
+    only_b = compute(site[2], Week.parse(WEEK), ["tap-b"])
+    e = expected(site[3], ["tap-b"])
+    assert [r["sensor"] for r in only_b["overview"]["sensors"]] == ["tap-b"]
+    assert {a["application"]: a["flows"] for a in only_b["applications"]} == e["apps"]
+    assert only_b["throughput"]["daily"]["external"] == e["throughput"]["external"]
+
+
+def test_empty_week_is_all_zeros(site):
+    r = compute(site[2], Week.parse("2026-W30"))
+    assert r["overview"]["sensors"] == [] and r["applications"] == [] and r["geography"] == []
+    assert r["throughput"]["daily"]["external"]["bytes_up"] == [0] * 7
+    assert r["alerts"]["flows_per_tier_per_day"] == [[0] * 7] * 6
+
+
+def test_week_parsing():
+    assert str(Week.parse("2026-w47")) == "2026-W47" and Week.parse("2026-W47").first == date(2026, 11, 16)
+    assert str(Week.parse("2026-W01").shifted(-1)) == "2025-W52"
+    from sensor.errors import InputError
+
+    for bad in ("2026-47", "2026-W54", "week"):
+        with pytest.raises(InputError):
+            Week.parse(bad)
+
+
+def test_local_cluster_gives_the_same_report(site, report, tmp_path):
+    """Two worker processes of a real dask.distributed LocalCluster compute the identical report."""
+    distributed = pytest.importorskip("distributed")
+    with (
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1") as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        assert len(client.scheduler_info()["workers"]) == 2
+        on_cluster = compute(site[2], Week.parse(WEEK))
+    assert json.dumps(on_cluster, sort_keys=True) == json.dumps(report, sort_keys=True)
+
+
+def _day(x) -> date:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(x.flow.start_ms / 1000, UTC).date()
+
+
+def test_cli_writes_html_json_and_csv(site, report, tmp_path):
+    folder = site[0]
+    cfg = tmp_path / "aggregator.yaml"
+    cfg.write_text(f"store: {folder / 'store.db'}\narchive: {folder / 'archive'}\n")
+    out = tmp_path / "report"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "aggregator.cli",
+            "report",
+            "weekly",
+            "--week",
+            WEEK,
+            "-o",
+            str(out),
+            "--config",
+            str(cfg),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads((out / "report.json").read_text()) == report
+    html = (out / "report.html").read_text()
+    for needle in ("2026-W47", "tap-a", "tap-b", report["applications"][0]["application"], "<svg"):
+        assert needle in html
+    apps_csv = (out / "applications.csv").read_text().splitlines()
+    assert apps_csv[0].startswith("application,flows,share")
+    assert len(apps_csv) == len(report["applications"]) + 1
