@@ -65,6 +65,33 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--insecure", action="store_true", help="plain text, no keys (tests on loopback only)")
     sv.set_defaults(func=_serve)
 
+    ar = sub.add_parser("archive", help="export stored messages into the Parquet archive now (serve does it too)")
+    ar.add_argument("--config", required=True, help="aggregator.yaml")
+    ar.set_defaults(func=_archive)
+
+    rp = sub.add_parser("report", help="build reports from the archive")
+    rsub = rp.add_subparsers(dest="report_command", required=True, metavar="KIND")
+    w = rsub.add_parser(
+        "weekly",
+        help="one ISO week (UTC): report.html, report.json and CSV tables",
+        description="Build the weekly report with Dask: in-process by default, on a Dask distributed cluster with "
+        "--scheduler (its workers must see the archive at the same path). New messages are archived first.",
+    )
+    w.add_argument("--config", required=True, help="aggregator.yaml")
+    w.add_argument("--week", help="ISO week such as 2026-W47 (default: the last complete week)")
+    w.add_argument("--sensor", action="append", metavar="ID", help="only these sensors (repeatable)")
+    w.add_argument("-o", "--output", help="output folder (default: report-WEEK)")
+    w.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="Dask distributed scheduler address")
+    w.set_defaults(func=_report_weekly)
+
+    al = sub.add_parser("alerts", help="list stored alerts")
+    al.add_argument("--config", required=True, help="aggregator.yaml")
+    al.add_argument("--since", help="flow start at or after this time (ISO-8601, e.g. 2026-11-16 or 2026-11-16T08:00Z)")
+    al.add_argument("--min-tier", type=int, default=0, metavar="K", help="only tier K and rarer (0-5)")
+    al.add_argument("--sensor", help="only this sensor")
+    al.add_argument("--json", action="store_true", help="one JSON object per alert")
+    al.set_defaults(func=_alerts)
+
     se = sub.add_parser("sensors", help="list sensors: status, last seen, backlog, drops")
     se.add_argument("--config", required=True, help="aggregator.yaml")
     se.add_argument("--json", action="store_true", help="one JSON object per sensor")
@@ -113,6 +140,114 @@ def _serve(args) -> int:
     finally:
         receiver.close()
         store.close()
+    return 0
+
+
+def _open_store(config: str):
+    from aggregator.config import load
+    from aggregator.store import Store
+
+    cfg = load(config, insecure=True)
+    if not cfg.store.exists():
+        raise InputError(f"{cfg.store}: no store yet (has serve run?)")
+    try:
+        return cfg, Store(cfg.store)
+    except Exception as e:  # sqlite3.DatabaseError: not a database, or locked for too long
+        raise InputError(f"{cfg.store}: cannot open the store: {e}") from None
+
+
+def _archive(args) -> int:
+    from aggregator.archive import Archive
+
+    cfg, store = _open_store(args.config)
+    try:
+        n = Archive(cfg.archive).export(store, cfg.retention_days)
+    except OSError as e:
+        raise InputError(f"{cfg.archive}: cannot write the archive: {e.strerror or e}") from None
+    finally:
+        store.close()
+    print(f"{cfg.archive}: {n} messages archived", file=sys.stderr)
+    return 0
+
+
+def _report_weekly(args) -> int:
+    import contextlib
+    import time
+
+    from aggregator.archive import Archive
+    from aggregator.report_page import write
+    from aggregator.weekly import Week, compute
+
+    week = Week.parse(args.week) if args.week else Week.previous_complete()
+    cfg, store = _open_store(args.config)
+    archive = Archive(cfg.archive)
+    try:
+        archive.export(store, cfg.retention_days)
+    except OSError as e:
+        raise InputError(f"{cfg.archive}: cannot write the archive: {e.strerror or e}") from None
+    finally:
+        store.close()
+    if args.sensor:
+        unknown = sorted(set(args.sensor) - set(archive.sensors()))
+        if unknown:
+            raise InputError(f"--sensor {', '.join(unknown)}: no data from such a sensor in {cfg.archive}")
+    client = contextlib.nullcontext()
+    if args.scheduler:
+        from distributed import Client
+
+        try:
+            client = Client(args.scheduler, timeout="10s")
+        except (OSError, TimeoutError) as e:
+            raise InputError(f"--scheduler {args.scheduler}: cannot connect: {e}") from None
+    started = time.monotonic()
+    print(f"{PROG}: computing {week} ...", file=sys.stderr)
+    with client:
+        report = compute(archive, week, args.sensor)
+    html = write(report, args.output or f"report-{week}", cfg.site_country)
+    took = time.monotonic() - started
+    t = report["overview"]["totals"]
+    print(
+        f"{PROG}: {week}: {len(report['overview']['sensors'])} sensors, {t['flows']:,} flows, "
+        f"{t['alerts']:,} alerts ({took:.1f} s)",
+        file=sys.stderr,
+    )
+    print(html)
+    return 0
+
+
+def _alerts(args) -> int:
+    import json
+    from datetime import UTC, datetime
+
+    from sensor.scoring import TIER_LABELS
+    from sensor.wire import parse_time
+
+    if not 0 <= args.min_tier < len(TIER_LABELS):
+        raise InputError(f"--min-tier must be 0..{len(TIER_LABELS) - 1}")
+    since = None
+    if args.since:
+        try:
+            since = datetime.fromisoformat(args.since.replace("Z", "+00:00"))
+            since = since.replace(tzinfo=UTC) if since.tzinfo is None else since
+        except ValueError:
+            raise InputError(f"--since {args.since!r}: expected ISO-8601 such as 2026-11-16T08:00Z") from None
+    _, store = _open_store(args.config)
+    try:
+        rows = store.alerts(sensor=args.sensor)
+    finally:
+        store.close()
+    shown = 0
+    for sensor, seq, a in rows:
+        if a["tier"] < args.min_tier or (since and parse_time(a["time"]) < since):
+            continue
+        shown += 1
+        if args.json:
+            print(json.dumps({"sensor": sensor, "seq": seq} | a))
+        else:
+            why = "; ".join(f"{e['axis']} {e['value']:.4g} vs {e['typical']:.4g}" for e in a["explanation"])
+            print(f"{a['time']}  {sensor}  tier {a['tier']}  {a['application']}  {a['flow_id']}  {why}")
+    if not args.json:
+        print(f"{shown} alerts", file=sys.stderr)
     return 0
 
 

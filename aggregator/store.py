@@ -15,7 +15,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from sensor.wire import Message
+from sensor.wire import Message, parse_time
 
 
 class Store:
@@ -116,12 +116,10 @@ class Store:
         cur = self.db.execute("DELETE FROM messages WHERE id <= ? AND received < ?", (up_to_id, received_before))
         return cur.rowcount
 
-    def alerts(self, since: str | None = None, sensor: str | None = None) -> list[tuple[str, int, dict]]:
+    def alerts(self, sensor: str | None = None) -> list[tuple[str, int, dict]]:
         """Stored alerts as (sensor, seq, body), oldest first by flow time."""
         sql, args = "SELECT sensor, seq, body FROM messages WHERE type = 'alert'", []
         if sensor:
             sql, args = sql + " AND sensor = ?", [*args, sensor]
         rows = [(s, q, json.loads(b)) for s, q, b in self.db.execute(sql, args)]
-        if since:
-            rows = [r for r in rows if r[2]["time"] >= since]
-        return sorted(rows, key=lambda r: (r[2]["time"], r[0], r[1]))
+        return sorted(rows, key=lambda r: (parse_time(r[2]["time"]), r[0], r[1]))

@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from aggregator.archive import TABLES, Archive
+from aggregator.world import country_name
 from sensor.errors import InputError
 from sensor.wire import TIERS, TRAFFIC_CLASSES, UNANSWERED_KINDS
 
@@ -347,6 +348,7 @@ def _countries(table: pd.DataFrame) -> list[dict]:
     rows = [
         {
             "country": cc,
+            "name": country_name(cc),
             "flows": int(r.flows),
             "bytes_in": int(r.bytes_in),
             "bytes_out": int(r.bytes_out),

@@ -9,6 +9,8 @@ construction facts in plain Python.
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 from datetime import date
@@ -194,3 +196,46 @@ def test_cli_writes_html_json_and_csv(site, report, tmp_path):
     apps_csv = (out / "applications.csv").read_text().splitlines()
     assert apps_csv[0].startswith("application,flows,share")
     assert len(apps_csv) == len(report["applications"]) + 1
+
+
+CHROMIUM = shutil.which("chromium")
+
+
+def chromium(page, screenshot, netlog) -> set[str]:
+    """Render page in headless Chromium inside a network namespace of its own (nothing can leave);
+    returns the http(s)/ws URLs the page itself asked for, from Chromium's network log (the
+    browser's own update pings are told apart by their network isolation key)."""
+    run = subprocess.run(
+        ["unshare", "--net", CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+         "--window-size=1200,5200", f"--screenshot={screenshot}", f"--log-net-log={netlog}", page.as_uri()],
+        capture_output=True, text=True, timeout=120, cwd=page.parent,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    log = json.loads(netlog.read_text())
+    start_job = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
+    return {
+        e["params"]["url"]
+        for e in log["events"]
+        if e["type"] == start_job
+        and e["params"].get("network_isolation_key", "").startswith("file://")
+        and re.match(r"(https?|wss?|ftp)://", e["params"]["url"])
+    }
+
+
+@pytest.mark.skipif(CHROMIUM is None or shutil.which("unshare") is None, reason="chromium (make test installs it)")
+def test_html_renders_offline_in_chromium(site, report, tmp_path):
+    """The page renders to a full screenshot and requests nothing; a control page with one remote
+    image shows the check would see such a request."""
+    from aggregator.report_page import write
+
+    html = write(report, tmp_path / "report", "CO")
+    text = html.read_text()
+    assert "<script" not in text and "<link" not in text and "@import" not in text
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", text)
+    control = tmp_path / "control.html"
+    control.write_text('<html><body><img src="http://192.0.2.1/x.png">control</body></html>')
+    assert chromium(control, tmp_path / "control.png", tmp_path / "control.json") == {"http://192.0.2.1/x.png"}
+    shot = tmp_path / "report.png"
+    assert chromium(html, shot, tmp_path / "net.json") == set()
+    png = shot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000  # a page with charts, not a blank one
