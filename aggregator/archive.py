@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable
@@ -303,3 +304,40 @@ class Archive:
 
     def sensors(self) -> list[str]:
         return sorted({unquote(f.name[7:]) for _, _, f in self._folders()})
+
+
+class Archiver(threading.Thread):
+    """`serve`'s background export: every archive_interval_s, and once more at shutdown.
+
+    It has its own store connection (SQLite's WAL lets it read while the
+    receiver writes). A failed export, a full disk say, is logged and retried
+    next round: the messages stay in the store, so nothing is lost.
+    """
+
+    def __init__(self, cfg) -> None:
+        super().__init__(name="archiver", daemon=True)
+        self.cfg = cfg
+        self.archive = Archive(cfg.archive)
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopping.wait(self.cfg.archive_interval_s):
+            self.export_once()
+
+    def export_once(self) -> int:
+        store = Store(self.cfg.store)
+        try:
+            n = self.archive.export(store, self.cfg.retention_days)
+            if n:
+                log.info("archived %d messages", n)
+            return n
+        except (OSError, pa.ArrowException) as e:
+            log.error("archive export failed, will retry: %s", e)
+            return 0
+        finally:
+            store.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join(timeout=60)
+        self.export_once()

@@ -111,6 +111,7 @@ def _serve(args) -> int:
     import logging
     import signal
 
+    from aggregator.archive import Archiver
     from aggregator.config import load
     from aggregator.receiver import Receiver
     from aggregator.store import Store
@@ -135,11 +136,14 @@ def _serve(args) -> int:
     logging.getLogger("ntds.aggregator").info(
         "listening on %s (%s)", receiver.endpoint, "plain" if insecure else "CURVE"
     )
+    archiver = Archiver(cfg)
+    archiver.start()
     try:
         receiver.serve(lambda: bool(stopping))
     finally:
         receiver.close()
         store.close()
+        archiver.stop()
     return 0
 
 

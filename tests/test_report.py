@@ -239,3 +239,59 @@ def test_html_renders_offline_in_chromium(site, report, tmp_path):
     assert chromium(html, shot, tmp_path / "net.json") == set()
     png = shot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000  # a page with charts, not a blank one
+
+
+def _cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "aggregator.cli", *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+
+
+@pytest.fixture(scope="module")
+def config(site, tmp_path_factory):
+    cfg = tmp_path_factory.mktemp("cfg") / "aggregator.yaml"
+    cfg.write_text(f"store: {site[0] / 'store.db'}\narchive: {site[0] / 'archive'}\n")
+    return cfg
+
+
+def test_alerts_command_lists_and_filters(site, config):
+    truth = [x for x in site[3] if x.tier is not None and x.tier >= 3]
+    p = _cli("alerts", "--config", config, "--json", "--min-tier", 4, "--sensor", "tap-b", "--since", "2026-11-20")
+    assert p.returncode == 0, p.stderr
+    got = [json.loads(line) for line in p.stdout.splitlines()]
+    want = [x for x in truth if x.sensor == "tap-b" and x.tier >= 4 and _day(x) >= date(2026, 11, 20)]
+    assert [(a["flow_id"], a["tier"]) for a in got] == [
+        (f"{x.flow.src_ip}-{x.flow.dst_ip}-{x.flow.src_port}-{x.flow.dst_port}-{x.flow.protocol}", x.tier) for x in want
+    ]
+    assert want and [a["time"] for a in got] == sorted(a["time"] for a in got)
+    text = _cli("alerts", "--config", config)
+    assert text.returncode == 0 and f"{len(truth)} alerts" in text.stderr
+    assert len(text.stdout.splitlines()) == len(truth)
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["report", "weekly", "--week", "2026-47"], "expected an ISO week"),
+        (["report", "weekly", "--week", "2026-W47", "--sensor", "nobody"], "no data from such a sensor"),
+        (["alerts", "--since", "yesterday"], "--since 'yesterday'"),
+        (["alerts", "--min-tier", "9"], "--min-tier must be 0..5"),
+    ],
+)
+def test_report_and_alerts_bad_input_is_one_line(config, tmp_path, args, words):
+    p = _cli(*args, "--config", config)
+    assert p.returncode == 2 and words in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_report_without_a_store_is_one_line(tmp_path):
+    cfg = tmp_path / "a.yaml"
+    cfg.write_text(f"store: {tmp_path / 'none.db'}\n")
+    p = _cli("report", "weekly", "--config", cfg)
+    assert p.returncode == 2 and "no store yet" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_unreachable_scheduler_is_one_line(config, tmp_path):
+    from test_transport import free_port
+
+    p = _cli("report", "weekly", "--week", WEEK, "--scheduler", f"tcp://127.0.0.1:{free_port()}", "--config", config)
+    assert p.returncode == 2 and "cannot connect" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr

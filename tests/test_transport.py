@@ -224,6 +224,10 @@ def test_insecure_mode_warns(site, tmp_path):
         ("insecure: true\n", "unknown setting 'insecure'"),
         ("endpoint: 5\n", "setting 'endpoint' must be a non-empty string"),
         ("server_key: nope.key_secret\n", "does not exist"),
+        ("store: s.db\nretention_days: -1\n", "'retention_days' must be at least 0 (line 2)"),
+        ("retention_days: yes\n", "'retention_days' must be a whole number (line 1)"),
+        ("archive_interval_s: 0\n", "'archive_interval_s' must be at least 1"),
+        ("site_country: Colombia\n", "ISO 3166 alpha-2"),
     ],
 )
 def test_bad_aggregator_config_is_one_line(tmp_path, text, words):
