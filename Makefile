@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench fixtures baseline clean
+.PHONY: demo test lint bench fixtures baseline clean system-packages
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -31,13 +31,25 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint fixtures
+# Debian packages the tests drive: headless Chromium (report rendering), tcpreplay
+# (live capture), systemd-analyze (unit files), iproute2 (network namespaces).
+DEB_PACKAGES := chromium chromium-driver tcpreplay systemd iproute2
+system-packages:
+	@if command -v chromium >/dev/null && command -v tcpreplay >/dev/null && command -v systemd-analyze >/dev/null \
+	    && command -v ip >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing $(DEB_PACKAGES)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEB_PACKAGES) >/dev/null; \
+	else echo "warning: install $(DEB_PACKAGES) (as root) or the tests that need them are skipped" >&2; fi
+
+test: lint fixtures system-packages
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_meter.py
 	$(BIN)/python bench/bench_scoring.py
 	$(BIN)/python bench/bench_baseline_build.py
+	$(BIN)/python bench/bench_report.py
 	$(BIN)/python bench/bench_transport.py
 
 clean:
