@@ -110,7 +110,7 @@ def compute(archive: Archive, week: Week, sensors: list[str] | None = None) -> d
         "per_sensor": summaries.groupby("sensor")[
             ["flows", "packets", "bytes", "packets_seen", "packets_dropped"]
         ].sum(),
-        "hours": summaries[["sensor", "hour"]].drop_duplicates().groupby("sensor").size(),
+        "hours": summaries.groupby(["sensor", "hour"]).size(),  # a tree reduction: no shuffle on a cluster
     }
 
     traffic = frame(archive, "traffic", history_first, last, sensors)
@@ -153,7 +153,8 @@ def _ints(values) -> list[int]:
 
 def _assemble(week: Week, sensors: list[str] | None, r: dict, history_first: date) -> dict:
     days = week.days
-    per_sensor, hours = r["per_sensor"], r["hours"]
+    per_sensor = r["per_sensor"]
+    hours = r["hours"].groupby(level="sensor").size() if len(r["hours"]) else r["hours"]
     spool = r["spool"]
     overview_rows = []
     for s in sorted(set(per_sensor.index) | set(_spool_sensors(spool))):

@@ -222,12 +222,14 @@ def test_insecure_mode_warns(site, tmp_path):
         ("endpoint: [1, 2\n", "not valid YAML"),
         ("colour: blue\n", "unknown setting 'colour'"),
         ("insecure: true\n", "unknown setting 'insecure'"),
-        ("endpoint: 5\n", "setting 'endpoint' must be a non-empty string"),
+        ("endpoint: 5\n", "line 1: setting 'endpoint' must be text"),
+        ("endpoint: ''\n", "setting 'endpoint' must not be empty"),
         ("server_key: nope.key_secret\n", "does not exist"),
-        ("store: s.db\nretention_days: -1\n", "'retention_days' must be at least 0 (line 2)"),
-        ("retention_days: yes\n", "'retention_days' must be a whole number (line 1)"),
+        ("store: s.db\nretention_days: -1\n", "line 2: setting 'retention_days' must be at least 0"),
+        ("retention_days: yes\n", "line 1: setting 'retention_days' must be a whole number"),
         ("archive_interval_s: 0\n", "'archive_interval_s' must be at least 1"),
         ("site_country: Colombia\n", "ISO 3166 alpha-2"),
+        ("- a\n- b\n", "expected a mapping"),
     ],
 )
 def test_bad_aggregator_config_is_one_line(tmp_path, text, words):

@@ -1,0 +1,123 @@
+"""A stop switch, pacing and capture statistics for NFStream's meter processes.
+
+NFStream's meter loop (nfstream 6.6.0, pinned) has no way to be told "stop
+now, but expire every open flow first": a signal kills a meter and its open
+flows with it, and its drop counters are only printed, never returned. The
+loop does, however, call two engine functions we can stand in front of:
+`capture_next` once per packet (or per timeout on an idle interface) and
+`capture_stats` once a second. `install()` wraps the engine NFStream's meters
+load, so that
+
+- when `stop()` is called, the next `capture_next` answers "end of capture":
+  the meter then closes the capture and expires every flow through its own
+  end-of-file path, so nothing open is lost;
+- with `pace="realtime"`, a capture file is read at the speed it was recorded;
+- packets read and packets dropped (kernel and interface) are kept per meter
+  in shared memory the sensor reads at any time.
+
+This is the only place ntds reaches into NFStream's internals; the sensor's
+tests (live capture, SIGTERM during replay) fail if a new NFStream changes the
+calls it relies on.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+
+import nfstream.meter
+
+_END_OF_CAPTURE = -2
+_MAX_METERS = 64
+
+
+class CaptureControl:
+    """Shared between the sensor and its meter processes (forked after `install`)."""
+
+    def __init__(self, pace: str = "max") -> None:
+        if pace not in ("max", "realtime"):
+            raise ValueError(f"pace must be max or realtime, not {pace!r}")
+        ctx = multiprocessing.get_context("fork")
+        self._stop = ctx.Value("b", 0, lock=False)
+        self._read = ctx.Array("Q", _MAX_METERS, lock=False)
+        self._dropped = ctx.Array("Q", _MAX_METERS, lock=False)
+        self.realtime = pace == "realtime"
+
+    def install(self, slot: int = 0) -> None:
+        """Make meters forked from now on use this control, counting from `slot` (one block of
+        slots per streamer: a sensor on two interfaces runs two streamers)."""
+        global _current
+        if not 0 <= slot < _MAX_METERS:
+            raise ValueError(f"slot {slot} out of range")
+        _current = (self, slot)
+
+    def stop(self) -> None:
+        self._stop.value = 1
+
+    @property
+    def stopping(self) -> bool:
+        return bool(self._stop.value)
+
+    @property
+    def packets_read(self) -> int:
+        return sum(self._read)
+
+    @property
+    def packets_dropped(self) -> int:
+        return sum(self._dropped)
+
+
+_current: tuple[CaptureControl, int] | None = None
+
+
+class _Engine:
+    """The engine library as a meter sees it, with capture_next and capture_stats wrapped."""
+
+    def __init__(self, lib, control: CaptureControl, slot: int) -> None:
+        for name in dir(lib):
+            if not name.startswith("__"):
+                setattr(self, name, getattr(lib, name))
+        self._next, self._stats = lib.capture_next, lib.capture_stats
+        self._control = control
+        self._slot = slot
+        self._first: tuple[float, int] | None = None  # (wall clock, packet ms) of the first packet
+
+    def capture_next(self, capture, packet, decode_tunnels, n_roots, root_idx, mode):
+        c = self._control
+        if c._stop.value:
+            return _END_OF_CAPTURE
+        ret = self._next(capture, packet, decode_tunnels, n_roots, root_idx, mode)
+        if ret >= 0:
+            c._read[self._slot + root_idx] += 1
+            if c.realtime and ret > 0:
+                self._pace(packet.time)
+        return ret
+
+    def _pace(self, packet_ms: int) -> None:
+        now = time.monotonic()
+        if self._first is None:
+            self._first = (now, packet_ms)
+            return
+        due = self._first[0] + (packet_ms - self._first[1]) / 1000
+        while due > now and not self._control._stop.value:
+            time.sleep(min(due - now, 0.2))
+            now = time.monotonic()
+
+    def capture_stats(self, capture, stats, mode) -> None:
+        self._stats(capture, stats, mode)
+        # Fanout meters of one interface all see the interface's counters: keep the largest.
+        d = self._control._dropped
+        d[self._slot] = max(d[self._slot], stats.dropped + stats.dropped_by_interface)
+
+
+_original_create_engine = nfstream.meter.create_engine
+
+
+def _create_engine():
+    ffi, lib = _original_create_engine()
+    if _current is None or lib is None:
+        return ffi, lib
+    return ffi, _Engine(lib, *_current)
+
+
+nfstream.meter.create_engine = _create_engine
