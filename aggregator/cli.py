@@ -110,12 +110,14 @@ def _keygen(args) -> int:
 def _serve(args) -> int:
     import logging
     import signal
+    import time
 
     from aggregator.archive import Archiver
     from aggregator.config import load
     from aggregator.receiver import Receiver
     from aggregator.store import Store
     from sensor.keys import load_pair
+    from sensor.notify import Notifier
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = load(args.config, insecure=args.insecure)
@@ -138,8 +140,22 @@ def _serve(args) -> int:
     )
     archiver = Archiver(cfg)
     archiver.start()
+    notify = Notifier()
+    notify.ready(f"listening on {receiver.endpoint}")
+    shown = [0.0]
+
+    def tick() -> None:
+        notify.watchdog()
+        if time.monotonic() - shown[0] >= 2:
+            shown[0] = time.monotonic()
+            rejected = sum(receiver.rejected.values())
+            notify.status(
+                f"{receiver.stored:,} messages stored, {rejected:,} rejected, listening on {receiver.endpoint}"
+            )
+
     try:
-        receiver.serve(lambda: bool(stopping))
+        receiver.serve(lambda: bool(stopping), tick)
+        notify.stopping()
     finally:
         receiver.close()
         store.close()

@@ -15,7 +15,9 @@ def _country(value: str) -> str | None:
 
 SETTINGS: dict[str, Setting] = {
     "endpoint": Setting("str", "tcp://127.0.0.1:5555", "where sensors connect"),
-    "server_key": Setting("path", "/etc/ntds/keys/server.key_secret", "the aggregator's CURVE secret key", must_exist=True),
+    "server_key": Setting(
+        "path", "/etc/ntds/keys/server.key_secret", "the aggregator's CURVE secret key", must_exist=True
+    ),
     "allow_list": Setting("path", "/etc/ntds/sensors", "folder of admitted sensors' public keys", must_exist=True),
     "store": Setting("path", "/var/lib/ntds-aggregator/store.db", "the durable message store (SQLite)"),
     "archive": Setting("path", "/var/lib/ntds-aggregator/archive", "the Parquet archive reports read"),

@@ -114,10 +114,12 @@ class Receiver:
                 self.socket.send_multipart([identity, encode(ack(sensor_of[identity], seqs))], flags=zmq.NOBLOCK)
         return len(batch)
 
-    def serve(self, stop) -> None:
-        """Serve until stop() returns True."""
+    def serve(self, stop, tick=None) -> None:
+        """Serve until stop() returns True; tick() runs after every batch or idle poll (systemd watchdog)."""
         while not stop():
             self.serve_once()
+            if tick is not None:
+                tick()
 
 
 def wait_for(condition, timeout: float, step: float = 0.05) -> bool:

@@ -23,6 +23,7 @@ calls it relies on.
 from __future__ import annotations
 
 import multiprocessing
+import sys
 import time
 
 import nfstream.meter
@@ -41,6 +42,7 @@ class CaptureControl:
         self._stop = ctx.Value("b", 0, lock=False)
         self._read = ctx.Array("Q", _MAX_METERS, lock=False)
         self._dropped = ctx.Array("Q", _MAX_METERS, lock=False)
+        self._active = ctx.Array("q", _MAX_METERS, lock=False)
         self.realtime = pace == "realtime"
 
     def install(self, slot: int = 0) -> None:
@@ -66,6 +68,11 @@ class CaptureControl:
     def packets_dropped(self) -> int:
         return sum(self._dropped)
 
+    @property
+    def flows_active(self) -> int:
+        """Flows open in the meters, as of their last once-a-second report."""
+        return max(0, sum(self._active))
+
 
 _current: tuple[CaptureControl, int] | None = None
 
@@ -75,7 +82,7 @@ class _Engine:
 
     def __init__(self, lib, control: CaptureControl, slot: int) -> None:
         for name in dir(lib):
-            if not name.startswith("__"):
+            if not name.startswith("__") and name not in ("capture_next", "capture_stats"):
                 setattr(self, name, getattr(lib, name))
         self._next, self._stats = lib.capture_next, lib.capture_stats
         self._control = control
@@ -105,6 +112,10 @@ class _Engine:
 
     def capture_stats(self, capture, stats, mode) -> None:
         self._stats(capture, stats, mode)
+        # Called from the meter loop once a second: its open-flow count is a local there.
+        loop = sys._getframe(2).f_locals
+        if "active_flows" in loop and "root_idx" in loop:
+            self._control._active[self._slot + loop["root_idx"]] = loop["active_flows"]
         # Fanout meters of one interface all see the interface's counters: keep the largest.
         d = self._control._dropped
         d[self._slot] = max(d[self._slot], stats.dropped + stats.dropped_by_interface)

@@ -192,7 +192,81 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--interval", type=int, default=60, help="summary interval in seconds (default: 60)")
     pb.add_argument("--geoip", type=Path, help="GeoIP CSV (first,last,CC); default: the built-in RIR database")
     pb.set_defaults(func=cmd_publish)
+
+    r = sub.add_parser(
+        "run",
+        help="the sensor service: live capture on the configured interfaces",
+        description="Capture, meter, score, summarise and publish until SIGTERM (which expires and sends every "
+        "open flow first). SIGHUP reloads the baseline and the settings that allow it. Speaks systemd's notify "
+        "protocol when NOTIFY_SOCKET is set.",
+    )
+    r.add_argument("--config", required=True, type=Path, help="sensor.yaml")
+    r.add_argument("--interface", action="append", metavar="IFACE", help="override the configured interfaces")
+    r.add_argument("--insecure", action="store_true", help="plain text, no keys (tests on loopback only)")
+    r.set_defaults(func=cmd_run)
+
+    rp = sub.add_parser(
+        "replay",
+        help="the same pipeline over capture files, published like a live sensor",
+        description="Run the sensor pipeline over capture files (read in order as one stream) and publish to the "
+        "aggregator. Exit 0 once everything is acknowledged; 3 if messages remain spooled for the next run.",
+    )
+    rp.add_argument("pcaps", nargs="*", type=Path, metavar="PCAP", help="default: the configured files")
+    rp.add_argument("--config", required=True, type=Path, help="sensor.yaml")
+    rp.add_argument("--pace", choices=("max", "realtime"), default="max", help="read speed (default: max)")
+    rp.add_argument("--wait", type=float, default=60.0, help="seconds to wait for acknowledgements (default: 60)")
+    rp.add_argument("--insecure", action="store_true", help="plain text, no keys (tests on loopback only)")
+    rp.set_defaults(func=cmd_replay)
+
+    cc = sub.add_parser("check-config", help="validate sensor.yaml and print the effective configuration")
+    cc.add_argument("config", type=Path, metavar="FILE")
+    cc.add_argument("--insecure", action="store_true", help="do not require the key files")
+    cc.set_defaults(func=cmd_check_config)
     return parser
+
+
+def _logging() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {PROG} %(levelname)s %(message)s", stream=sys.stderr)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from sensor.config import load
+    from sensor.pipeline import Pipeline
+
+    _logging()
+    cfg = load(args.config, insecure=args.insecure)
+    interfaces = args.interface or cfg.interfaces
+    if not interfaces:
+        raise InputError(f"{args.config}: no interfaces to capture on (setting 'interfaces')")
+    return Pipeline(cfg, interfaces=interfaces, insecure=args.insecure, progress=sys.stderr.isatty()).run()
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from sensor.config import load
+    from sensor.pipeline import Pipeline
+
+    _logging()
+    cfg = load(args.config, insecure=args.insecure)
+    files = args.pcaps or cfg.files
+    if not files:
+        raise InputError(f"{args.config}: no capture files given or configured (setting 'files')")
+    pipeline = Pipeline(
+        cfg, files=files, pace=args.pace, insecure=args.insecure, progress=sys.stderr.isatty(), drain_s=args.wait
+    )
+    return pipeline.run()
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from sensor.baseline import Baseline
+    from sensor.config import load
+
+    cfg = load(args.config, insecure=args.insecure)
+    Baseline.load(cfg.baseline, feature_profile=cfg.feature_profile)
+    print(cfg.describe(), end="")
+    print(f"{args.config}: valid", file=sys.stderr)
+    return 0
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:

@@ -40,11 +40,11 @@ SETTINGS: dict[str, Setting] = {
     "bpf_filter": Setting("str", "", "BPF filter applied in the kernel (empty: everything)"),
     "snaplen": Setting("int", 1536, "bytes kept of each packet (headers are all the meter needs)", 64, 262144),
     "n_meters": Setting("int", 1, "metering processes per interface (0: one per spare core)", 0, 63),
-    "local_networks": Setting(
-        "list", list(DEFAULT_LOCAL_NETWORKS), "the site's own address space", check=_networks
-    ),
+    "local_networks": Setting("list", list(DEFAULT_LOCAL_NETWORKS), "the site's own address space", check=_networks),
     "local_servers": Setting("list", [], "the site's servers: traffic with them is local service", check=_networks),
-    "baseline": Setting("path", "baseline.json", "the per-application baseline flows are scored against", must_exist=True),
+    "baseline": Setting(
+        "path", "baseline.json", "the per-application baseline flows are scored against", must_exist=True
+    ),
     "feature_profile": Setting(
         "choice", "unicauca", "feature profile; must match the baseline's", choices=tuple(sorted(PROFILES))
     ),
@@ -52,7 +52,9 @@ SETTINGS: dict[str, Setting] = {
     "summary_interval_s": Setting("int", 60, "seconds per summary", 1, 86400),
     "health_interval_s": Setting("int", 60, "seconds between health messages", 1, 86400),
     "aggregator": Setting("str", "tcp://127.0.0.1:5555", "the aggregator's endpoint", check=_endpoint),
-    "sensor_key": Setting("path", "/etc/ntds/keys/sensor.key_secret", "this sensor's CURVE secret key", must_exist=True),
+    "sensor_key": Setting(
+        "path", "/etc/ntds/keys/sensor.key_secret", "this sensor's CURVE secret key", must_exist=True
+    ),
     "server_key": Setting("path", "/etc/ntds/keys/server.key", "the aggregator's CURVE public key", must_exist=True),
     "spool_dir": Setting("path", "/var/lib/ntds-sensor", "folder of the durable spool (spool.db)"),
     "spool_limit_mb": Setting("int", 256, "spool size limit in MB (health, then summaries, then alerts dropped)", 1),

@@ -111,6 +111,10 @@ class FlowMeter:
                     sources.append(str(info.path))
             yield from self._stream(sources)
 
+    def live(self, interface: str) -> Iterator[FlowRecord]:
+        """Meter an interface until the capture is stopped (`sensor.capture_control`)."""
+        yield from self._stream([interface])
+
     def _streamer(self, source: str | list[str]) -> NFStreamer:
         return NFStreamer(
             source=source,

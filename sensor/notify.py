@@ -9,6 +9,7 @@ dozen lines do not justify a dependency.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -37,10 +38,8 @@ class Notifier:
     def send(self, *fields: str) -> None:
         if self.socket is None:
             return
-        try:
+        with contextlib.suppress(OSError):  # systemd gone or restarting: nothing to tell
             self.socket.sendto("\n".join(fields).encode(), self.address)
-        except OSError:
-            pass  # systemd gone or restarting: nothing to tell
 
     def ready(self, status: str = "") -> None:
         self.send("READY=1", *([f"STATUS={status}"] if status else []))

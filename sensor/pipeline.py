@@ -1,0 +1,384 @@
+"""The sensor pipeline: capture -> features -> score -> summarise -> publish, live or from files.
+
+`ntds-sensor run` (interfaces) and `ntds-sensor replay` (capture files) are the
+same object with a different source. Each source is one NFStreamer iterated in
+a thread of its own, feeding a bounded queue; the main thread owns everything
+else, so it wakes at least four times a second even on a silent interface:
+batches of flows are scored together (numpy), alerts and summaries go to the
+durable spool and out over the link, health and the systemd watchdog and
+STATUS line are kept current, signals are acted on.
+
+Stopping (SIGTERM, SIGINT, or the end of the files) goes through NFStream's
+own end-of-capture path (`sensor.capture_control`): capture stops, every open
+flow is expired, scored, summarised and spooled, the spool is flushed to the
+aggregator for a while, and the process exits 0. SIGHUP re-reads the
+configuration and the baseline; a baseline that does not load is refused and
+the old one kept, settings that need a restart are named and left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sensor import __version__
+from sensor.alerts import COLUMNS, scored_alerts
+from sensor.baseline import Baseline
+from sensor.capture_control import CaptureControl
+from sensor.config import SensorConfig
+from sensor.config import load as load_config
+from sensor.errors import InputError
+from sensor.flowfiles import records_to_columns
+from sensor.geo import GeoIP
+from sensor.keys import load_pair, load_public
+from sensor.link import Link
+from sensor.meter import EXTRA_COLUMNS, FlowMeter, FlowRecord
+from sensor.notify import Notifier
+from sensor.spool import Spool
+from sensor.summaries import Summariser
+from sensor.traffic_classes import TrafficClasses
+from sensor.wire import TIERS
+
+log = logging.getLogger("ntds.sensor")
+
+BATCH = 512
+"""Flows scored together; a partial batch waits at most FLUSH_S."""
+FLUSH_S = 1.0
+QUEUE = 50_000
+"""Flows between capture and scoring; when full, the meters wait (and a live capture drops, counted)."""
+SLOTS_PER_SOURCE = 16
+DRAIN_ON_STOP_S = 10.0
+"""How long `run` keeps trying to deliver the spool after SIGTERM; the rest waits in the spool."""
+_START = EXTRA_COLUMNS.index("flow_start_utc")
+
+
+@dataclass
+class Counters:
+    packets: int = 0
+    flows: int = 0
+    alerts: int = 0
+    tiers: list[int] = field(default_factory=lambda: [0] * TIERS)
+    started: float = field(default_factory=time.monotonic)
+
+
+class _Done:
+    """End of one source, with the error that ended it, if any."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+
+
+class Pipeline:
+    """One sensor: its configuration, its sources, and the loop that ties them to the aggregator."""
+
+    def __init__(
+        self,
+        cfg: SensorConfig,
+        *,
+        interfaces: list[str] | None = None,
+        files: list[Path] | None = None,
+        pace: str = "max",
+        insecure: bool = False,
+        progress: bool = False,
+        drain_s: float = DRAIN_ON_STOP_S,
+    ) -> None:
+        if bool(interfaces) == bool(files):
+            raise InputError("give either interfaces (run) or capture files (replay)")
+        self.cfg = cfg
+        self.live = bool(interfaces)
+        self.interfaces = interfaces or []
+        self.files = files or []
+        self.insecure = insecure
+        self.progress = progress
+        self.drain_s = drain_s
+        self.notify = Notifier()
+        self.counters = Counters()
+        self.control = CaptureControl(pace)
+        self.queue: queue.Queue = queue.Queue(QUEUE)
+        self._stop_requested = False
+        self._reload_requested = False
+        self._pending: list[FlowRecord] = []
+        self._last_flush = time.monotonic()
+        self._data_clock_ms = 0
+        # Everything that can fail on bad input fails here, before any capture opens.
+        self.baseline = Baseline.load(cfg.baseline, feature_profile=cfg.feature_profile)
+        self.summariser = self._summariser(cfg)
+        self.meter = FlowMeter(
+            cfg.feature_profile,
+            n_meters=cfg.n_meters,
+            bpf_filter=cfg.bpf_filter or None,
+            snapshot_length=cfg.snaplen,
+            on_warning=lambda m: log.warning("%s", m),
+            single_packet_flows=True,
+        )
+        self.infos = self.meter.check(self.files) if self.files else []
+        for name in self.interfaces:
+            try:
+                socket.if_nametoindex(name)
+            except OSError:
+                raise InputError(f"interface {name!r} does not exist") from None
+        self.keys = None if insecure else (load_pair(cfg.sensor_key), load_public(cfg.server_key))
+        try:
+            self.spool = Spool(cfg.spool, cfg.sensor_id, max_bytes=cfg.spool_limit_mb * 1024 * 1024)
+        except Exception as e:  # sqlite3 or OSError: an unwritable or corrupt spool
+            raise InputError(f"{cfg.spool}: cannot open the spool: {e}") from None
+
+    @staticmethod
+    def _summariser(cfg: SensorConfig) -> Summariser:
+        try:
+            classes = TrafficClasses(cfg.local_networks, cfg.local_servers)
+            return Summariser(classes, GeoIP(cfg.geoip_database), cfg.summary_interval_s)
+        except ValueError as e:
+            raise InputError(f"{cfg.path}: {e}") from None
+
+    # -- running ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Capture until stopped (live) or until the files end (replay); returns the exit code."""
+        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_reload)
+        link = None
+        try:
+            threads = self._start_sources()
+            link = Link(self.spool, self.cfg.aggregator, client_keys=self.keys and self.keys[0],
+                        server_public=self.keys and self.keys[1])  # fmt: skip
+            self.spool.append([("hello", self._hello())])
+            what = ", ".join(self.interfaces) if self.live else f"{len(self.files)} files"
+            log.info("capturing from %s, sending to %s as %s", what, self.cfg.aggregator, self.cfg.sensor_id)
+            self.notify.ready(self.status())
+            self._loop(link, len(threads))
+            for t in threads:
+                t.join(timeout=5)
+            return self._finish(link)
+        finally:
+            if link is not None:
+                link.close()
+            self.spool.close()
+            for s, h in previous.items():
+                signal.signal(s, h)
+            if self.progress:
+                print(file=sys.stderr)
+
+    def _on_stop(self, *_) -> None:
+        self._stop_requested = True
+
+    def _on_reload(self, *_) -> None:
+        self._reload_requested = True
+
+    def _hello(self) -> dict:
+        return {
+            "software": __version__,
+            "baseline_id": f"{self.baseline.doc['built']} {self.baseline.method}",
+            "feature_profile": self.cfg.feature_profile,
+        }
+
+    def _sources(self) -> list[Callable[[], Iterator[FlowRecord]]]:
+        if self.live:
+            return [lambda name=name: self.meter.live(name) for name in self.interfaces]
+        return [lambda: self.meter.read_checked(self.infos)]
+
+    def _start_sources(self) -> list[threading.Thread]:
+        threads = []
+        for k, source in enumerate(self._sources()):
+            self.control.install(k * SLOTS_PER_SOURCE)
+            before = len(multiprocessing.active_children())
+            t = threading.Thread(target=self._capture, args=(source,), name=f"capture-{k}", daemon=True)
+            t.start()
+            threads.append(t)
+            # Meters fork when the streamer starts; the next source's meters need the next slots.
+            end = time.monotonic() + 10
+            while len(multiprocessing.active_children()) <= before and t.is_alive() and time.monotonic() < end:
+                time.sleep(0.01)
+        # Capture open errors (permissions, a bad BPF filter) arrive within moments: fail before READY.
+        time.sleep(0.3)
+        try:
+            item = self.queue.get_nowait()
+        except queue.Empty:
+            item = None
+        if isinstance(item, _Done) and item.error is not None:
+            self.control.stop()
+            raise item.error
+        if item is not None:
+            self.queue.put(item)
+        return threads
+
+    def _capture(self, source: Callable[[], Iterator[FlowRecord]]) -> None:
+        try:
+            for record in source():
+                self.queue.put(record)
+        except InputError as e:
+            self.queue.put(_Done(e))
+            return
+        except Exception as e:  # noqa: BLE001 - reported by the main thread, as one line
+            self.queue.put(_Done(InputError(f"capture failed: {type(e).__name__}: {e}")))
+            return
+        self.queue.put(_Done())
+
+    def _loop(self, link: Link, sources: int) -> None:
+        done = 0
+        next_tick = next_health = time.monotonic()
+        while done < sources:
+            try:
+                item = self.queue.get(timeout=0.25)
+            except queue.Empty:
+                item = None
+            while item is not None:
+                if isinstance(item, _Done):
+                    done += 1
+                    if item.error is not None:
+                        self.control.stop()
+                        raise item.error
+                else:
+                    self._pending.append(item)
+                    if len(self._pending) >= BATCH:
+                        self._flush()
+                try:
+                    item = self.queue.get_nowait() if len(self._pending) < BATCH else None
+                except queue.Empty:
+                    item = None
+            now = time.monotonic()
+            if self._pending and now - self._last_flush >= FLUSH_S:
+                self._flush()
+            if self._stop_requested and not self.control.stopping:
+                log.info("stopping: closing capture, expiring open flows")
+                self.notify.stopping()
+                self.control.stop()
+            if self._reload_requested:
+                self._reload_requested = False
+                self.reload()
+            if now >= next_tick:
+                next_tick = now + 1.0
+                self._close_intervals()
+                link.pump(0)
+                self.notify.watchdog()
+                self.notify.status(self.status())
+                if self.progress:
+                    print(f"\r{self.status()}   ", end="", file=sys.stderr, flush=True)
+            if now >= next_health:
+                next_health = now + self.cfg.health_interval_s
+                self.spool.append([("health", self._health())])
+        self._flush()
+
+    def _flush(self) -> None:
+        """Score the pending flows as one batch, spool their alerts, count them in the summaries."""
+        pending, self._pending = self._pending, []
+        self._last_flush = time.monotonic()
+        recorded = [r for r in pending if r.features is not None]
+        tiers: list[int] = []
+        if recorded:
+            cols = records_to_columns(recorded, COLUMNS)
+            scored, found = scored_alerts(self.baseline, cols, [r.extra[_START] for r in recorded],
+                                          self.cfg.min_alert_tier)  # fmt: skip
+            tiers = scored.tolist()
+            if found:
+                self.spool.append([("alert", a) for a in found])
+                self.counters.alerts += len(found)
+        it = iter(tiers)
+        for r in pending:
+            tier = None if r.features is None else next(it)
+            self.summariser.add(r.traffic, tier)
+            self.counters.packets += r.traffic.packets_fwd + r.traffic.packets_bwd
+            if tier is not None:
+                self.counters.tiers[tier] += 1
+            self._data_clock_ms = max(self._data_clock_ms, r.traffic.start_ms)
+        self.counters.flows += len(pending)
+        self.notify.watchdog()
+
+    def _close_intervals(self) -> None:
+        """Live: intervals close by the wall clock. Replay: by the capture's own clock."""
+        self.summariser.capture(self._packets_seen(), self.control.packets_dropped, self.control.flows_active)
+        now_ms = int(time.time() * 1000) if self.live else self._data_clock_ms
+        bodies = self.summariser.close(now_ms)
+        if bodies:
+            self.spool.append([("summary", b) for b in bodies])
+
+    def _packets_seen(self) -> int:
+        return self.control.packets_read if self.live else max(self.control.packets_read, self.counters.packets)
+
+    def _health(self) -> dict:
+        st = self.spool.stats()
+        return {
+            "packets_seen": self._packets_seen(),
+            "packets_dropped": self.control.packets_dropped,
+            "flows_active": self.control.flows_active,
+            "spool_messages": st.messages,
+            "spool_bytes": st.bytes,
+            "spool_dropped": st.dropped,
+        }
+
+    def status(self) -> str:
+        c = self.counters
+        rate = c.packets / max(time.monotonic() - c.started, 1e-3)
+        return (
+            f"{self._packets_seen():,} packets ({rate:,.0f}/s), {c.flows:,} flows, {c.alerts:,} alerts, "
+            f"{self.control.packets_dropped:,} dropped"
+        )
+
+    def _finish(self, link: Link) -> int:
+        self.summariser.capture(self._packets_seen(), self.control.packets_dropped, 0)
+        bodies = self.summariser.close(None)
+        if bodies:
+            self.spool.append([("summary", b) for b in bodies])
+        self.spool.append([("health", self._health())])
+        delivered = link.drain(self.drain_s)
+        c = self.counters
+        log.info(
+            "done: %s packets read, %d flows, alerts by tier %s",
+            f"{self.control.packets_read:,}", c.flows, " ".join(f"{k}:{n}" for k, n in enumerate(c.tiers)),
+        )  # fmt: skip
+        if self.files and self._stop_requested:
+            log.info("stopped after %d packets of the input", self.control.packets_read)
+        if not delivered:
+            left = self.spool.stats().messages
+            log.warning(
+                "%d messages not yet acknowledged remain in %s; the next start sends them", left, self.cfg.spool
+            )
+            return 3
+        return 0
+
+    # -- SIGHUP -------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Re-read the configuration and baseline; keep the old ones if the new ones are bad."""
+        try:
+            cfg = load_config(self.cfg.path, insecure=self.insecure)
+            baseline = Baseline.load(cfg.baseline, feature_profile=self.cfg.feature_profile)
+            classes = TrafficClasses(cfg.local_networks, cfg.local_servers)
+            geo = GeoIP(cfg.geoip_database) if cfg.geoip_database != self.cfg.geoip_database else self.summariser.geo
+        except ValueError as e:
+            log.error("reload refused, still running with the previous configuration and baseline: %s", e)
+            return
+        except InputError as e:
+            log.error("reload refused, still running with the previous configuration and baseline: %s", e)
+            return
+        fixed = [k for k in ("sensor_id", "interfaces", "bpf_filter", "snaplen", "n_meters", "aggregator",
+                             "sensor_key", "server_key", "spool_dir", "feature_profile", "summary_interval_s")
+                 if getattr(cfg, k) != getattr(self.cfg, k)]  # fmt: skip
+        if fixed:
+            log.warning("reload: %s changed; these take effect at the next restart", ", ".join(fixed))
+        self._flush()  # flows scored so far keep the baseline they were scored with
+        self.baseline = baseline
+        self.summariser.classes, self.summariser.geo = classes, geo  # from the next flow on
+        self.cfg = cfg if not fixed else self.cfg.__class__(**{
+            **self.cfg.__dict__, "baseline": cfg.baseline, "min_alert_tier": cfg.min_alert_tier,
+            "local_networks": cfg.local_networks, "local_servers": cfg.local_servers,
+            "geoip_database": cfg.geoip_database, "health_interval_s": cfg.health_interval_s,
+        })  # fmt: skip
+        self.spool.append([("hello", self._hello())])
+        log.info("reloaded: baseline %s (%s), minimum alert tier %d", cfg.baseline, baseline.method, cfg.min_alert_tier)
+
+
+def run_pipeline(cfg_path: str, **kwargs) -> int:
+    cfg = load_config(cfg_path, insecure=kwargs.get("insecure", False))
+    return Pipeline(cfg, **kwargs).run()
