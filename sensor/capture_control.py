@@ -8,7 +8,8 @@ loop does, however, call two engine functions we can stand in front of:
 `capture_stats` once a second. `install()` wraps the engine NFStream's meters
 load, so that
 
-- when `stop()` is called, the next `capture_next` answers "end of capture":
+- when `stop()` is called, the next `capture_next` answers "end of capture"
+  (a SIGUSR1 wakes a meter waiting on a silent interface):
   the meter then closes the capture and expires every flow through its own
   end-of-file path, so nothing open is lost;
 - with `pace="realtime"`, a capture file is read at the speed it was recorded;
@@ -22,8 +23,12 @@ calls it relies on.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
+import signal
 import sys
+import threading
 import time
 
 import nfstream.meter
@@ -55,6 +60,16 @@ class CaptureControl:
 
     def stop(self) -> None:
         self._stop.value = 1
+        self.wake()
+
+    @staticmethod
+    def wake() -> None:
+        """Interrupt meters blocked on a silent interface (libpcap's poll returns on a signal), so they
+        see the stop switch. The sensor installs a no-op SIGUSR1 handler before the meters fork; call this
+        until they have exited, since a signal that lands just before poll() is not seen by it."""
+        for child in multiprocessing.active_children():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGUSR1)
 
     @property
     def stopping(self) -> bool:
@@ -80,25 +95,50 @@ _current: tuple[CaptureControl, int] | None = None
 class _Engine:
     """The engine library as a meter sees it, with capture_next and capture_stats wrapped."""
 
-    def __init__(self, lib, control: CaptureControl, slot: int) -> None:
+    def __init__(self, ffi, lib, control: CaptureControl, slot: int) -> None:
         for name in dir(lib):
             if not name.startswith("__") and name not in ("capture_next", "capture_stats"):
                 setattr(self, name, getattr(lib, name))
         self._next, self._stats = lib.capture_next, lib.capture_stats
         self._control = control
         self._slot = slot
+        self._ffi = ffi
+        self._lock = threading.Lock()
+        self._closed = False
+        self._waker: threading.Thread | None = None
         self._first: tuple[float, int] | None = None  # (wall clock, packet ms) of the first packet
 
     def capture_next(self, capture, packet, decode_tunnels, n_roots, root_idx, mode):
         c = self._control
+        if self._waker is None:
+            self._waker = threading.Thread(target=self._wake_on_stop, args=(capture,), daemon=True)
+            self._waker.start()
         if c._stop.value:
-            return _END_OF_CAPTURE
+            return self._close()
         ret = self._next(capture, packet, decode_tunnels, n_roots, root_idx, mode)
+        if ret == _END_OF_CAPTURE:
+            return self._close()
         if ret >= 0:
             c._read[self._slot + root_idx] += 1
             if c.realtime and ret > 0:
                 self._pace(packet.time)
         return ret
+
+    def _close(self) -> int:
+        """Mark the capture handle as about to be closed (the meter closes it when it sees this)."""
+        with self._lock:
+            self._closed = True
+        return _END_OF_CAPTURE
+
+    def _wake_on_stop(self, capture) -> None:
+        """A meter waiting on a silent interface sits in libpcap's poll(), which signals do not end (libpcap
+        retries on EINTR). pcap_breakloop does: libpcap 1.10 wakes the poll through an eventfd, and the
+        pending pcap_next_ex returns "break", which NFStream takes as the end of the capture."""
+        while not self._control._stop.value:
+            time.sleep(0.1)
+        with self._lock:
+            if not self._closed:
+                _breakloop(int(self._ffi.cast("uintptr_t", capture)))
 
     def _pace(self, packet_ms: int) -> None:
         now = time.monotonic()
@@ -121,6 +161,20 @@ class _Engine:
         d[self._slot] = max(d[self._slot], stats.dropped + stats.dropped_by_interface)
 
 
+def _breakloop(handle: int) -> None:
+    """pcap_breakloop from the libpcap linked into NFStream's engine (the handle is that library's)."""
+    global _libpcap
+    if _libpcap is None:
+        import ctypes
+
+        import _lib_engine
+
+        _libpcap = ctypes.CDLL(_lib_engine.__file__)
+        _libpcap.pcap_breakloop.argtypes = [ctypes.c_void_p]
+    _libpcap.pcap_breakloop(handle)
+
+
+_libpcap = None
 _original_create_engine = nfstream.meter.create_engine
 
 
@@ -128,7 +182,7 @@ def _create_engine():
     ffi, lib = _original_create_engine()
     if _current is None or lib is None:
         return ffi, lib
-    return ffi, _Engine(lib, *_current)
+    return ffi, _Engine(ffi, lib, *_current)
 
 
 nfstream.meter.create_engine = _create_engine

@@ -144,7 +144,10 @@ class Pipeline:
 
     def run(self) -> int:
         """Capture until stopped (live) or until the files end (replay); returns the exit code."""
-        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)}
+        # Inherited by the meters: SIGUSR1 only interrupts their wait (see CaptureControl.wake), and SIGTERM
+        # or SIGINT sent to the whole group (Ctrl-C) does not kill them before their flows are out.
+        signal.signal(signal.SIGUSR1, lambda *_: None)
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
@@ -228,6 +231,7 @@ class Pipeline:
     def _loop(self, link: Link, sources: int) -> None:
         done = 0
         next_tick = next_health = time.monotonic()
+        last_wake = 0.0
         while done < sources:
             try:
                 item = self.queue.get(timeout=0.25)
@@ -254,6 +258,9 @@ class Pipeline:
                 log.info("stopping: closing capture, expiring open flows")
                 self.notify.stopping()
                 self.control.stop()
+            elif self.control.stopping and now - last_wake >= 0.25:
+                last_wake = now
+                self.control.wake()
             if self._reload_requested:
                 self._reload_requested = False
                 self.reload()

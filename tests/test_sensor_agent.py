@@ -1,0 +1,358 @@
+"""The sensor agent as it runs: `replay`, `run`, `check-config`, signals, sd_notify and the systemd units.
+
+Every test starts real processes: a real aggregator on 127.0.0.1 and the real
+`ntds-sensor` command; captures are the project's own scapy traffic. Expected
+flows come from `ntds-sensor features` / `ntds-sensor score` on the same
+packets, a separate command path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dpkt
+import pytest
+from scapy.all import wrpcap
+from test_transport import free_port, wait
+
+from tests.conftest import ROOT
+
+BIN = Path(sys.executable).parent
+BASELINE = ROOT / "config" / "baseline.json"
+
+
+@pytest.fixture(scope="session")
+def site_pcap(tmp_path_factory) -> Path:
+    """A few minutes of ordinary traffic (DNS, TLS, HTTP, SSH, NTP, ICMP) from 20 hosts."""
+    from pcaps.generate import site_traffic
+
+    path = tmp_path_factory.mktemp("pcap") / "site.pcap"
+    wrpcap(str(path), site_traffic(300))
+    return path
+
+
+class Agent:
+    """An insecure aggregator on loopback and a sensor configuration pointing at it."""
+
+    def __init__(self, root: Path, **settings) -> None:
+        self.root = root
+        self.port = free_port()
+        self.store = root / "store.db"
+        (root / "agg.yaml").write_text(f"endpoint: tcp://127.0.0.1:{self.port}\nstore: {self.store}\n")
+        self.baseline = root / "baseline.json"
+        shutil.copy(BASELINE, self.baseline)
+        values = {
+            "sensor_id": "tap-01",
+            "baseline": str(self.baseline),
+            "spool_dir": str(root / "spool"),
+            "aggregator": f"tcp://127.0.0.1:{self.port}",
+            "min_alert_tier": 0,
+            "health_interval_s": 1,
+            "local_networks": ["10.1.0.0/16"],
+        } | settings
+        self.config = root / "sensor.yaml"
+        self.config.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in values.items()))
+        self.procs: list[subprocess.Popen] = []
+
+    def aggregator(self, netns: str | None = None) -> None:
+        log = self.root / "agg.log"
+        cmd = [str(BIN / "ntds-aggregator"), "serve", "--config", str(self.root / "agg.yaml"), "--insecure"]
+        p = subprocess.Popen(([*NETNS_EXEC, netns] if netns else []) + cmd, stderr=log.open("w"))
+        self.procs.append(p)
+        wait(lambda: "listening on" in log.read_text(), 30, "the aggregator")
+
+    def sensor(self, *args: str, env: dict | None = None, netns: str | None = None) -> subprocess.Popen:
+        cmd = [str(BIN / "ntds-sensor"), *args, "--config", str(self.config), "--insecure"]
+        p = subprocess.Popen(
+            ([*NETNS_EXEC, netns] if netns else []) + cmd,
+            stderr=(self.root / "sensor.log").open("w"),
+            env={**os.environ, **(env or {})},
+        )
+        self.procs.append(p)
+        return p
+
+    def log(self) -> str:
+        return (self.root / "sensor.log").read_text()
+
+    def rows(self, kind: str) -> list[dict]:
+        with sqlite3.connect(f"file:{self.store}?mode=ro", uri=True, timeout=10) as db:
+            return [json.loads(b) for (b,) in db.execute("SELECT body FROM messages WHERE type = ?", (kind,))]
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+NETNS_EXEC = ["ip", "netns", "exec"]
+
+
+@pytest.fixture
+def agent(tmp_path):
+    a = Agent(tmp_path)
+    yield a
+    a.stop()
+
+
+def scored(pcap: Path, tmp: Path) -> dict[tuple[str, str], int]:
+    """(Flow.ID, start) -> tier, from `ntds-sensor score --all` on the same packets."""
+    out = tmp / f"{pcap.stem}-scores.jsonl"
+    p = subprocess.run(
+        [str(BIN / "ntds-sensor"), "score", str(pcap), "--baseline", str(BASELINE), "--all", "-o", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 0, p.stderr
+    return {(a["flow_id"], a["time"]): a["tier"] for a in map(json.loads, out.read_text().splitlines())}
+
+
+def stored(agent: Agent) -> dict[tuple[str, str], int]:
+    alerts = agent.rows("alert")
+    keyed = {(a["flow_id"], a["time"]): a["tier"] for a in alerts}
+    assert len(keyed) == len(alerts)  # no flow twice
+    return keyed
+
+
+def test_replay_publishes_every_flow_and_summary(agent, site_pcap, tmp_path):
+    agent.aggregator()
+    p = agent.sensor("replay", str(site_pcap))
+    assert p.wait(120) == 0, agent.log()
+    assert stored(agent) == scored(site_pcap, tmp_path)
+    # Summaries count every flow NFStream made, single-packet ones too, and every packet of the file.
+    packets = sum(1 for _ in dpkt.pcap.Reader(site_pcap.open("rb")))
+    summaries = agent.rows("summary")
+    assert sum(s["packets"] for s in summaries) == packets
+    assert sum(s["flows"] for s in summaries) >= len(stored(agent))
+    assert agent.rows("hello")[0]["feature_profile"] == "unicauca"
+    health = agent.rows("health")[-1]
+    assert health["packets_seen"] == packets and health["packets_dropped"] == 0
+    assert "done:" in agent.log() and "Traceback" not in agent.log()
+
+
+def prefix(pcap: Path, n: int, out: Path) -> Path:
+    with pcap.open("rb") as fh, out.open("wb") as dst:
+        reader = dpkt.pcap.Reader(fh)
+        writer = dpkt.pcap.Writer(dst, snaplen=reader.snaplen, linktype=reader.datalink(), nano=False)
+        for i, (ts, buf) in enumerate(reader):
+            if i == n:
+                break
+            writer.writepkt(buf, ts)
+    return out
+
+
+def test_sigterm_during_replay_loses_no_flow(agent, site_pcap, tmp_path):
+    """SIGTERM mid-capture: the sensor stops reading, expires and scores what is open, publishes, exits 0.
+    What is stored equals `ntds-sensor score` on exactly the packets it had read."""
+    agent.aggregator()
+    p = agent.sensor("replay", str(site_pcap), "--pace", "realtime")
+    wait(lambda: "capturing from" in agent.log(), 30, "the sensor to start")
+    time.sleep(4)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(60) == 0, agent.log()
+    n = int(re.search(r"stopped after (\d+) packets", agent.log()).group(1))
+    total = sum(1 for _ in dpkt.pcap.Reader(site_pcap.open("rb")))
+    assert 0 < n < total  # it did stop early
+    expected = scored(prefix(site_pcap, n, tmp_path / "prefix.pcap"), tmp_path)
+    assert expected and stored(agent) == expected
+    assert sum(s["packets"] for s in agent.rows("summary")) == n
+
+
+def test_sd_notify_ready_watchdog_and_status(agent, site_pcap, tmp_path):
+    """A real unix datagram socket as NOTIFY_SOCKET, as systemd sets it for Type=notify."""
+    agent.aggregator()
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(0.5)
+    p = agent.sensor(
+        "replay", str(site_pcap), "--pace", "realtime", env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000"}
+    )
+    got: list[str] = []
+    end = time.monotonic() + 30
+    while time.monotonic() < end and not ({"READY=1", "WATCHDOG=1"} <= set(got) and len(got) > 8):
+        with contextlib.suppress(TimeoutError):
+            got += sock.recv(4096).decode().split("\n")
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(60) == 0
+    with sock:
+        while True:
+            try:
+                got += sock.recv(4096).decode().split("\n")
+            except TimeoutError:
+                break
+    assert got.index("READY=1") < got.index("WATCHDOG=1")
+    assert got.count("WATCHDOG=1") >= 3  # every 0.2 s: half the watchdog period
+    status = [g for g in got if g.startswith("STATUS=")]
+    assert any(re.search(r"packets \(.*/s\), [\d,]+ flows, [\d,]+ alerts, [\d,]+ dropped", s) for s in status), status
+    assert "STOPPING=1" in got
+
+
+def test_sighup_refuses_a_bad_baseline_and_takes_a_good_one(agent, site_pcap):
+    agent.aggregator()
+    p = agent.sensor("replay", str(site_pcap), "--pace", "realtime")
+    wait(lambda: "capturing from" in agent.log(), 30, "the sensor to start")
+    agent.baseline.write_text('{"format": "ntds-baseline", "version": 1, "applications": ')
+    p.send_signal(signal.SIGHUP)
+    wait(lambda: "reload refused" in agent.log(), 20, "the refusal")
+    assert p.poll() is None  # still running, on the old baseline
+    shutil.copy(BASELINE, agent.baseline)
+    agent.config.write_text(agent.config.read_text().replace("min_alert_tier: 0", "min_alert_tier: 5"))
+    p.send_signal(signal.SIGHUP)
+    wait(lambda: "reloaded: baseline" in agent.log(), 20, "the reload")
+    assert "minimum alert tier 5" in agent.log()
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(60) == 0, agent.log()
+    assert len(agent.rows("hello")) == 2  # a fresh hello names the baseline now in use
+
+
+def test_check_config_prints_the_effective_configuration(agent):
+    p = subprocess.run(
+        [str(BIN / "ntds-sensor"), "check-config", str(agent.config), "--insecure"], capture_output=True, text=True
+    )
+    assert p.returncode == 0, p.stderr
+    assert "min_alert_tier: 0" in p.stdout and "snaplen: 1536" in p.stdout  # set, and defaulted
+    assert "# seconds per summary" in p.stdout
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("colour: blue\n", "line 2: unknown setting 'colour'"),
+        ("snaplen: big\n", "line 2: setting 'snaplen' must be a whole number"),
+        ("snaplen: 10\n", "setting 'snaplen' must be at least 64"),
+        ("min_alert_tier: 7\n", "setting 'min_alert_tier' must be at most 5"),
+        ("feature_profile: fancy\n", "setting 'feature_profile' must be one of corrected, unicauca"),
+        ("local_servers: [10.0.0.300]\n", "setting 'local_servers' has '10.0.0.300'"),
+        ("geoip_database: nowhere.csv\n", "setting 'geoip_database' names"),
+        ("aggregator: 127.0.0.1:5555\n", "setting 'aggregator' must be tcp://HOST:PORT"),
+        ("interfaces: {a: 1}\n", "setting 'interfaces' must be a list"),
+        ("sensor_id: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_bad_sensor_config_is_one_line(tmp_path, text, words):
+    cfg = tmp_path / "sensor.yaml"
+    cfg.write_text(f"baseline: {BASELINE}\n{text}")
+    for cmd in (["check-config", str(cfg)], ["replay", "x.pcap", "--config", str(cfg)]):
+        p = subprocess.run([str(BIN / "ntds-sensor"), *cmd, "--insecure"], capture_output=True, text=True)
+        assert p.returncode == 2 and words in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_missing_keys_and_interfaces_are_one_line(tmp_path, agent):
+    p = subprocess.run([str(BIN / "ntds-sensor"), "check-config", str(agent.config)], capture_output=True, text=True)
+    assert p.returncode == 2 and "setting 'sensor_key' names" in p.stderr
+    p = subprocess.run(
+        [str(BIN / "ntds-sensor"), "run", "--config", str(agent.config), "--insecure", "--interface", "nosuch0"],
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 2 and "interface 'nosuch0' does not exist" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_bad_baseline_stops_the_start(agent, site_pcap):
+    agent.baseline.write_text("{}")
+    p = agent.sensor("replay", str(site_pcap))
+    assert p.wait(30) == 2
+    assert "not an ntds baseline file" in agent.log() and "Traceback" not in agent.log()
+
+
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+
+
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze (Debian package systemd; make test installs it)")
+def test_systemd_units_verify(tmp_path):
+    """systemd-analyze verify accepts both units (their /opt/ntds paths pointed at this checkout); a unit with
+    an unknown key, as a control, is reported."""
+    for name in ("ntds-sensor", "ntds-aggregator", "bad"):
+        text = (ROOT / "systemd" / f"{name}.service").read_text() if name != "bad" else "[Service]\nBogus=1\n"
+        unit = tmp_path / f"{name}.service"
+        unit.write_text(text.replace("/opt/ntds", str(ROOT)) + ("ExecStart=/bin/true\n" if name == "bad" else ""))
+        p = subprocess.run([SYSTEMD_ANALYZE, "verify", str(unit)], capture_output=True, text=True)
+        if name == "bad":
+            assert "Unknown key" in p.stderr
+        else:
+            assert p.returncode == 0 and p.stderr.strip() == "" and p.stdout.strip() == "", p.stderr
+            assert "Type=notify" in text and "WatchdogSec=" in text and "NoNewPrivileges=yes" in text
+            assert "ProtectSystem=strict" in text and "Restart=on-failure" in text
+    sensor = (ROOT / "systemd" / "ntds-sensor.service").read_text()
+    assert "CapabilityBoundingSet=CAP_NET_RAW CAP_NET_ADMIN" in sensor and "StateDirectory=" in sensor
+
+
+TCPREPLAY = shutil.which("tcpreplay")
+
+
+@contextlib.contextmanager
+def namespaces():
+    """Two network namespaces joined by a veth pair: capture in one, send from the other. Nothing is
+    routed anywhere else; both are removed (with the pair) even when the test fails."""
+    tag = f"{os.getpid() % 100000}"
+    cap, snd = f"ntds-cap-{tag}", f"ntds-snd-{tag}"
+    steps = [
+        ["ip", "netns", "add", cap],
+        ["ip", "netns", "add", snd],
+        ["ip", "link", "add", "vcap", "netns", cap, "type", "veth", "peer", "name", "vsnd", "netns", snd],
+        ["ip", "-n", cap, "link", "set", "lo", "up"],
+        ["ip", "-n", cap, "link", "set", "vcap", "up"],
+        ["ip", "-n", snd, "link", "set", "vsnd", "up"],
+    ]
+    try:
+        for step in steps:
+            subprocess.run(step, check=True, capture_output=True)
+        yield cap, snd
+    finally:
+        for ns in (cap, snd):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def flow_ids(pcap: Path, tmp: Path) -> list[str]:
+    out = tmp / "features.csv"
+    subprocess.run([str(BIN / "ntds-sensor"), "features", str(pcap), "-o", str(out)], check=True, capture_output=True)
+    return sorted(r["Flow.ID"] for r in csv.DictReader(out.open()))
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or TCPREPLAY is None or shutil.which("ip") is None,
+                    reason="needs root, iproute2 and tcpreplay (make test installs them)")  # fmt: skip
+def test_live_capture_in_a_network_namespace(tmp_path, site_pcap):
+    """The real sensor captures on a veth end inside a namespace while tcpreplay sends the site capture
+    from the other end; flows, summaries and health reach a real aggregator (in the same namespace, on
+    its loopback)."""
+    agent = Agent(tmp_path, bpf_filter="ip", summary_interval_s=5)
+    try:
+        with namespaces() as (cap, snd):
+            agent.aggregator(netns=cap)
+            p = agent.sensor("run", "--interface", "vcap", netns=cap)
+            wait(lambda: "capturing from vcap" in agent.log() or p.poll() is not None, 30, "the sensor")
+            assert p.poll() is None, agent.log()
+            time.sleep(0.5)
+            sent = subprocess.run(
+                ["ip", "netns", "exec", snd, TCPREPLAY, "-i", "vsnd", "--pps", "2000", str(site_pcap)],
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert sent.returncode == 0, sent.stderr
+            packets = int(re.search(r"Actual: (\d+) packets", sent.stdout).group(1))
+            time.sleep(1.5)
+            p.send_signal(signal.SIGTERM)
+            assert p.wait(60) == 0, agent.log()
+            summaries = agent.rows("summary")
+            health = agent.rows("health")
+    finally:
+        agent.stop()
+    assert packets == sum(1 for _ in dpkt.pcap.Reader(site_pcap.open("rb")))
+    assert sum(s["packets"] for s in summaries) == packets
+    assert health[-1]["packets_seen"] == packets and health[-1]["packets_dropped"] == 0
+    # tcpreplay compresses 8 minutes into 2 s: flows the file's idle gaps split become one, so compare
+    # which conversations were seen, not how often.
+    assert {a["flow_id"] for a in agent.rows("alert")} == set(flow_ids(site_pcap, tmp_path))
+    assert sum(s["traffic"]["external"]["flows"] for s in summaries) > 0
