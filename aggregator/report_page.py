@@ -82,6 +82,10 @@ def tables(report: dict) -> dict[str, tuple[list[str], list[list]]]:
                 for a in report["alerts"]["rarest"]
             ],
         ),
+        "alert_hosts": (
+            ["src_ip", "alerts", "max_tier"] + [f"tier{k}" for k in range(TIERS)],
+            [[h["src_ip"], h["alerts"], h["max_tier"], *h["tiers"]] for h in report["alerts"]["hosts"]],
+        ),
         "tiers_per_application": (
             ["application"] + [f"tier{k}" for k in range(TIERS)],
             [[r["application"], *r["tiers"]] for r in report["alerts"]["tiers_per_application"]],

@@ -32,6 +32,8 @@ REPORT_SCHEMA = 1
 HISTORY_WEEKS = 12
 """Weeks in the throughput history, this week included."""
 RAREST = 20
+HOSTS = 20
+"""Source hosts listed by alerts started."""
 REPORTED_CLASSES = ("external", "local_service", "peer_to_peer")
 """The classes the report charts; "other" (multicast, no local host) is only in the totals."""
 TIER_COLUMNS = [f"tier{k}" for k in range(TIERS)]
@@ -137,6 +139,7 @@ def compute(archive: Archive, week: Week, sensors: list[str] | None = None) -> d
     alerts = this_week("alerts")
     lazy["alerts"] = alerts.nlargest(RAREST, ["tier", "score"])
     lazy["alert_count"] = alerts.groupby("tier").size()
+    lazy["alert_hosts"] = alerts.groupby(["src_ip", "tier"]).size()
 
     health = frame(archive, "health", history_first, last, sensors)
     health = health.assign(in_week=health.created >= pd.Timestamp(first, tz="UTC"))
@@ -188,7 +191,7 @@ def _assemble(week: Week, sensors: list[str] | None, r: dict, history_first: dat
         "overview": {"sensors": overview_rows, "totals": totals},
         "throughput": _throughput(week, r["traffic"], history_first),
         "applications": _applications(r["apps"]),
-        "alerts": _alerts(r["apps"], r["alerts"], alert_count),
+        "alerts": _alerts(r["apps"], r["alerts"], alert_count) | {"hosts": _alert_hosts(r["alert_hosts"])},
         "unanswered": _unanswered(days, r["unanswered"]),
         "peer_to_peer": _pairs(r["pairs"]),
         "geography": _countries(r["countries"]),
@@ -306,6 +309,18 @@ def _alerts(apps: pd.DataFrame, rarest: pd.DataFrame, alert_count: pd.Series) ->
         "rarest": listed,
         "tiers_per_application": per_app,
     }
+
+
+def _alert_hosts(counts: pd.Series) -> list[dict]:
+    """Source hosts by the alerts they started, rarest tier first: a scan is many ordinary-looking
+    flows from one host, which a list of single rare flows does not show."""
+    hosts: dict[str, list[int]] = {}
+    for (ip, tier), n in counts.items():
+        hosts.setdefault(ip, [0] * TIERS)[int(tier)] += int(n)
+    rows = [{"src_ip": ip, "alerts": sum(t), "max_tier": max(k for k in range(TIERS) if t[k]), "tiers": t}
+            for ip, t in hosts.items()]  # fmt: skip
+    rows.sort(key=lambda h: (-h["max_tier"], -h["alerts"], h["src_ip"]))
+    return rows[:HOSTS]
 
 
 def _unanswered(days: list[date], table: pd.DataFrame) -> dict:

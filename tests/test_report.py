@@ -295,3 +295,16 @@ def test_unreachable_scheduler_is_one_line(config, tmp_path):
 
     p = _cli("report", "weekly", "--week", WEEK, "--scheduler", f"tcp://127.0.0.1:{free_port()}", "--config", config)
     assert p.returncode == 2 and "cannot connect" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_alert_hosts(site, report):
+    truth = [
+        x for x in site[3] if x.tier is not None and x.tier >= 3 and date(2026, 11, 16) <= _day(x) <= date(2026, 11, 22)
+    ]
+    want: dict[str, list[int]] = {}
+    for x in truth:
+        want.setdefault(x.flow.src_ip, [0] * 6)[x.tier] += 1
+    got = {h["src_ip"]: h["tiers"] for h in report["alerts"]["hosts"]}
+    assert got == want
+    order = [(-h["max_tier"], -h["alerts"]) for h in report["alerts"]["hosts"]]
+    assert order == sorted(order)
