@@ -16,11 +16,11 @@ $(STAMP): pyproject.toml requirements.lock
 fixtures: $(STAMP)
 	$(BIN)/python -m pcaps.generate > /dev/null
 
-demo: fixtures
-	mkdir -p build/demo
-	$(BIN)/ntds-sensor features pcaps/sample.pcap -o build/demo/sample-flows.csv --summary
-	$(BIN)/ntds-sensor score pcaps/sample.pcap --baseline config/baseline.json --all -o build/demo/scores.jsonl --summary
-	@echo "flows in build/demo/sample-flows.csv, scores in build/demo/scores.jsonl"
+# The whole product on the project's own campus week: generate the traffic, build a site
+# baseline, start an aggregator on 127.0.0.1 with fresh keys, replay the week through a
+# sensor, build the weekly report, print what it found, stop everything it started.
+demo: $(STAMP)
+	$(BIN)/python -m demo
 
 # The starter baseline shipped in config/: rebuilt from the project's own generated traffic.
 baseline: $(STAMP)

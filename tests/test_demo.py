@@ -1,0 +1,86 @@
+"""`make demo` end to end: its own steps (generate, baseline, keys, serve, replay, report), twice.
+
+Expected totals come from the capture's packets (dpkt: IP lengths and times), the
+planted anomalies from pcaps/campus.py's manifest; neither from ntds code.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from datetime import UTC, datetime
+
+import dpkt
+import pytest
+
+from demo.__main__ import run_demo, summary
+from pcaps import campus
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    work = tmp_path_factory.mktemp("demo")
+    first = run_demo(work)
+    second = run_demo(work)  # running it again works, from a fresh run folder
+    return first, second
+
+
+def week_totals(pcap) -> tuple[int, int, list[int]]:
+    """Packets and IP bytes of week 2026-W47, and IP bytes per day, straight from the capture."""
+    start = datetime(2026, 11, 16, tzinfo=UTC).timestamp()
+    packets = size = 0
+    per_day = [0] * 7
+    with open(pcap, "rb") as fh:
+        for ts, buf in dpkt.pcap.Reader(fh):
+            if start <= ts < start + 7 * 86400:
+                ip = dpkt.ethernet.Ethernet(buf).data
+                packets += 1
+                size += ip.len
+                per_day[int((ts - start) // 86400)] += ip.len
+    return packets, size, per_day
+
+
+def test_demo_report_totals_match_the_capture(demo):
+    first, second = demo
+    report = first["report"]
+    packets, size, per_day = week_totals(first["week_pcap"])
+    t = report["overview"]["totals"]
+    assert (t["packets"], t["bytes"]) == (packets, size)
+    assert per_day[2] == 0  # Wednesday 18 November: no traffic
+    daily = [
+        sum(
+            report["throughput"]["daily"][c][k][d]
+            for c in report["throughput"]["classes"]
+            for k in ("bytes_up", "bytes_down")
+        )
+        for d in range(7)
+    ]
+    assert daily[2] == 0 and all(x > 0 for i, x in enumerate(daily) if i != 2)
+    assert report["throughput"]["weekly"]["external"]["bytes_down"][-2] > 0  # Sunday 15 November, week 46
+    assert second["report"] == report  # the same capture gives the same report
+
+
+def test_demo_report_shows_the_planted_anomalies_at_tier_3_or_higher(demo):
+    report = demo[0]["report"]
+    rare = [a for a in report["alerts"]["rarest"] if a["tier"] >= 3]
+    upload = campus.PLANTED["bulk upload"]
+    assert any(a["src_ip"] == upload["src"] and a["dst_ip"] == upload["dst"] and a["dst_port"] == 22 for a in rare)
+    tunnel = campus.PLANTED["dns tunnelling"]
+    assert any({a["src_ip"], a["dst_ip"]} == {tunnel["src"], tunnel["dst"]} and 53 in (a["src_port"], a["dst_port"])
+               for a in rare)  # fmt: skip
+    scan = campus.PLANTED["port scan"]
+    hosts = {h["src_ip"]: h for h in report["alerts"]["hosts"]}
+    assert scan["src"] in hosts and sum(hosts[scan["src"]]["tiers"][3:]) >= 200
+    # The scan's probes got nothing back: they are one-way peer-to-peer traffic on its day.
+    day = (datetime(2026, 11, 15).toordinal() + scan["day"]) - datetime(2026, 11, 16).toordinal()
+    assert report["unanswered"]["kinds"]["p2p_one_way"]["flows"][day] >= 200
+
+
+def test_demo_stops_everything_and_prints_a_summary(demo):
+    first = demo[0]
+    run = str(first["run"])
+    left = subprocess.run(["pgrep", "-f", run], capture_output=True, text=True).stdout.split()
+    assert left == []
+    text = summary(first["report"], first["html"])
+    assert str(first["html"]) in text and "top 5 alerts:" in text
+    assert text.count("\n  tier ") == 5
+    assert first["html"].exists() and (first["run"] / "report" / "applications.csv").exists()
