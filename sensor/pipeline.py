@@ -306,7 +306,15 @@ class Pipeline:
         """Live: intervals close by the wall clock. Replay: by the capture's own clock."""
         self.summariser.capture(self._packets_seen(), self.control.packets_dropped, self.control.flows_active)
         now_ms = int(time.time() * 1000) if self.live else self._data_clock_ms
-        bodies = self.summariser.close(now_ms)
+        self._spool_summaries(self.summariser.close(now_ms))
+
+    def _spool_summaries(self, bodies: list[dict]) -> None:
+        """Live, capture counters are what changed since the last summary. From files nothing is
+        dropped and every packet is in some flow, so each summary reports its own interval's packets:
+        the same file gives the same summaries however fast it was read."""
+        if not self.live:
+            for b in bodies:
+                b["capture"] = {"packets_seen": b["packets"], "packets_dropped": 0, "flows_active": 0}
         if bodies:
             self.spool.append([("summary", b) for b in bodies])
 
@@ -334,9 +342,7 @@ class Pipeline:
 
     def _finish(self, link: Link) -> int:
         self.summariser.capture(self._packets_seen(), self.control.packets_dropped, 0)
-        bodies = self.summariser.close(None)
-        if bodies:
-            self.spool.append([("summary", b) for b in bodies])
+        self._spool_summaries(self.summariser.close(None))
         self.spool.append([("health", self._health())])
         delivered = link.drain(self.drain_s)
         c = self.counters

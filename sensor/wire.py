@@ -172,7 +172,7 @@ SCHEMA: dict[str, dict[str, F]] = {
         ),
         "capture": F(
             "obj",
-            "capture health since the previous summary",
+            "capture health since the previous summary (replayed files: the interval's own packets, none dropped)",
             {
                 "packets_seen": F("int", "packets the capture delivered"),
                 "packets_dropped": F("int", "packets the kernel or interface dropped"),
