@@ -9,7 +9,8 @@ Each archive file becomes one Dask partition (`dd.from_map`), read with the
 archive's own schema, so an empty week is a typed empty frame rather than an
 error, and the partitions are the same on one machine and on workers (which
 must see the archive at the same path). All aggregates are built lazily and
-computed in one `dask.compute` call.
+computed in one `dask.compute` call; every group-by is a tree reduction
+(`split_out=1`: the results are small), so a cluster never shuffles.
 """
 
 from __future__ import annotations
@@ -109,41 +110,47 @@ def compute(archive: Archive, week: Week, sensors: list[str] | None = None) -> d
     summaries = this_week("summaries")
     summaries = summaries.assign(hour=summaries.interval_start.dt.floor("h"))
     lazy = {
-        "per_sensor": summaries.groupby("sensor")[
-            ["flows", "packets", "bytes", "packets_seen", "packets_dropped"]
-        ].sum(),
-        "hours": summaries.groupby(["sensor", "hour"]).size(),  # a tree reduction: no shuffle on a cluster
+        "per_sensor": summaries.groupby("sensor")[["flows", "packets", "bytes", "packets_seen", "packets_dropped"]].sum(
+            split_out=1
+        ),
+        "hours": summaries.groupby(["sensor", "hour"]).size(split_out=1),
     }
 
     traffic = frame(archive, "traffic", history_first, last, sensors)
     traffic = traffic.assign(day=_day_index(traffic.interval_start, history_first))
-    lazy["traffic"] = traffic.groupby(["day", "class"])[["bytes_up", "bytes_down", "packets_up", "packets_down"]].sum()
+    lazy["traffic"] = traffic.groupby(["day", "class"])[["bytes_up", "bytes_down", "packets_up", "packets_down"]].sum(
+        split_out=1
+    )
 
     apps = frame(archive, "applications", prev_first, last, sensors)
     apps = apps.assign(day=_day_index(apps.interval_start, prev_first))
-    lazy["apps"] = apps.groupby(["day", "application"])[["flows", "bytes_up", "bytes_down", *TIER_COLUMNS]].sum()
+    lazy["apps"] = apps.groupby(["day", "application"])[["flows", "bytes_up", "bytes_down", *TIER_COLUMNS]].sum(
+        split_out=1
+    )
 
     unanswered = this_week("unanswered")
     unanswered = unanswered.assign(day=_day_index(unanswered.interval_start, first))
-    lazy["unanswered"] = unanswered.groupby(["day", "kind"])[["flows", "bytes"]].sum()
+    lazy["unanswered"] = unanswered.groupby(["day", "kind"])[["flows", "bytes"]].sum(split_out=1)
 
     pairs = this_week("peer_pairs")
     pairs = pairs.assign(day=_day_index(pairs.interval_start, first))
-    lazy["pairs"] = pairs.groupby(["a", "b", "day"])[["flows", "two_way", "one_way", "bytes_ab", "bytes_ba"]].sum()
+    lazy["pairs"] = pairs.groupby(["a", "b", "day"])[["flows", "two_way", "one_way", "bytes_ab", "bytes_ba"]].sum(
+        split_out=1
+    )
 
     countries = this_week("countries")
     lazy["countries"] = countries.groupby("country").agg(
-        {"flows": "sum", "bytes_in": "sum", "bytes_out": "sum", "max_tier": "max"}
+        {"flows": "sum", "bytes_in": "sum", "bytes_out": "sum", "max_tier": "max"}, split_out=1
     )
 
     alerts = this_week("alerts")
     lazy["alerts"] = alerts.nlargest(RAREST, ["tier", "score"])
-    lazy["alert_count"] = alerts.groupby("tier").size()
-    lazy["alert_hosts"] = alerts.groupby(["src_ip", "tier"]).size()
+    lazy["alert_count"] = alerts.groupby("tier").size(split_out=1)
+    lazy["alert_hosts"] = alerts.groupby(["src_ip", "tier"]).size(split_out=1)
 
     health = frame(archive, "health", history_first, last, sensors)
     health = health.assign(in_week=health.created >= pd.Timestamp(first, tz="UTC"))
-    lazy["spool"] = health.groupby(["sensor", "in_week"]).spool_dropped.max()
+    lazy["spool"] = health.groupby(["sensor", "in_week"]).spool_dropped.max(split_out=1)
 
     keys = list(lazy)
     done = dict(zip(keys, dask.compute(*lazy.values()), strict=True))

@@ -373,3 +373,20 @@ def test_shipped_configs_are_valid_and_document_every_key(name):
         at = next(i for i, line in enumerate(lines) if line.startswith(f"{key}:"))
         above = lines[at - 1] if lines[at - 1].startswith("#") else lines[at - 2]
         assert above.startswith("#"), f"{key} has no comment above it"
+
+
+def test_replay_with_the_aggregator_down_keeps_everything_in_the_spool(agent, site_pcap, tmp_path):
+    """No aggregator: replay spools, says so, exits 3. The next start delivers the backlog first."""
+    p = agent.sensor("replay", str(site_pcap), "--wait", "1")
+    assert p.wait(120) == 3, agent.log()
+    assert "not yet acknowledged remain in" in agent.log()
+    with sqlite3.connect(tmp_path / "spool" / "spool.db") as db:
+        spooled = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+    assert spooled > 100
+    agent.aggregator()
+    p = agent.sensor("replay", str(site_pcap))
+    assert p.wait(120) == 0, agent.log()
+    with sqlite3.connect(f"file:{agent.store}?mode=ro", uri=True) as db:
+        seqs = [s for (s,) in db.execute("SELECT seq FROM messages WHERE sensor = 'tap-01' ORDER BY seq")]
+    assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) > 2 * spooled - 10  # both runs, nothing missing
+    assert len(agent.rows("alert")) == 2 * len(scored(site_pcap, tmp_path))
