@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_scoring.py
 	$(BIN)/python bench/bench_baseline_build.py
 	$(BIN)/python bench/bench_report.py
+	$(BIN)/python bench/bench_sensor.py
 	$(BIN)/python bench/bench_transport.py
 
 clean:

@@ -42,6 +42,9 @@ sys.path.insert(0, str(HERE))
 
 from bench_meter import generate  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "tests"))
+from netns import veth_namespaces  # noqa: E402
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -137,51 +140,38 @@ def bench_replay(runs: int) -> dict:
 
 
 def live_rate(pps: int, packets: int, pcap: Path) -> dict:
-    tag = f"{os.getpid() % 10000}"
-    cap, snd = f"ntds-bcap-{tag}", f"ntds-bsnd-{tag}"
-    steps = [
-        ["ip", "netns", "add", cap],
-        ["ip", "netns", "add", snd],
-        ["ip", "link", "add", "vcap", "netns", cap, "type", "veth", "peer", "name", "vsnd", "netns", snd],
-        ["ip", "-n", cap, "link", "set", "lo", "up"],
-        ["ip", "-n", cap, "link", "set", "vcap", "up"],
-        ["ip", "-n", snd, "link", "set", "vsnd", "up"],
-    ]
     with tempfile.TemporaryDirectory(prefix="ntds-bench-live-") as tmp:
         root = Path(tmp)
         agg = sensor = None
-        try:
-            for step in steps:
-                subprocess.run(step, check=True, capture_output=True)
-            cfg, agg = setup(root, cap)
-            log = root / "sensor.log"
-            sensor = subprocess.Popen(
-                ["ip", "netns", "exec", cap, str(BIN / "ntds-sensor"), "run", "--interface", "vcap",
-                 "--config", str(cfg), "--insecure"], stderr=log.open("w"),
-            )  # fmt: skip
-            end = time.monotonic() + 30
-            while "capturing from" not in log.read_text() and time.monotonic() < end:
-                time.sleep(0.05)
-            time.sleep(0.5)
-            out = subprocess.run(
-                ["ip", "netns", "exec", snd, "tcpreplay", "-i", "vsnd", "--pps", str(pps), "--limit", str(packets),
-                 str(pcap)], capture_output=True, text=True, check=True,
-            ).stdout  # fmt: skip
-            sent = int(re.search(r"Actual: (\d+) packets", out).group(1))
-            actual = float(re.search(r"Rated: [\d.]+ Bps, [\d.]+ Mbps, ([\d.]+) pps", out).group(1))
-            time.sleep(2)
-            sensor.send_signal(signal.SIGTERM)
-            sensor.wait(120)
-            with sqlite3.connect(root / "store.db") as db:
-                bodies = [json.loads(b) for (b,) in db.execute("SELECT body FROM messages WHERE type='health'")]
-            health = max(bodies, key=lambda h: h["packets_seen"])
-        finally:
-            for p in (sensor, agg):
-                if p is not None and p.poll() is None:
-                    p.kill()
-                    p.wait()
-            for ns in (cap, snd):
-                subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        with veth_namespaces("ntds-bench") as (cap, snd):
+            try:
+                cfg, agg = setup(root, cap)
+                log = root / "sensor.log"
+                sensor = subprocess.Popen(
+                    ["ip", "netns", "exec", cap, str(BIN / "ntds-sensor"), "run", "--interface", "vcap",
+                     "--config", str(cfg), "--insecure"], stderr=log.open("w"),
+                )  # fmt: skip
+                end = time.monotonic() + 30
+                while "capturing from" not in log.read_text() and time.monotonic() < end:
+                    time.sleep(0.05)
+                time.sleep(0.5)
+                out = subprocess.run(
+                    ["ip", "netns", "exec", snd, "tcpreplay", "-i", "vsnd", "--pps", str(pps), "--limit",
+                     str(packets), str(pcap)], capture_output=True, text=True, check=True,
+                ).stdout  # fmt: skip
+                sent = int(re.search(r"Actual: (\d+) packets", out).group(1))
+                actual = float(re.search(r"Rated: [\d.]+ Bps, [\d.]+ Mbps, ([\d.]+) pps", out).group(1))
+                time.sleep(2)
+                sensor.send_signal(signal.SIGTERM)
+                sensor.wait(120)
+                with sqlite3.connect(root / "store.db") as db:
+                    bodies = [json.loads(b) for (b,) in db.execute("SELECT body FROM messages WHERE type='health'")]
+                health = max(bodies, key=lambda h: h["packets_seen"])
+            finally:
+                for p in (sensor, agg):
+                    if p is not None and p.poll() is None:
+                        p.kill()
+                        p.wait()
     lost = max(0, sent - health["packets_seen"])
     return {
         "requested_pps": pps,
@@ -197,7 +187,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--skip-live", action="store_true")
-    ap.add_argument("--rates", default="5000,10000,20000,40000,80000,160000")
+    ap.add_argument("--rates", default="10000,20000,25000,30000,35000,40000")
     args = ap.parse_args()
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"}
     result["replay"] = bench_replay(args.runs)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import dpkt
 import pytest
+from netns import veth_namespaces
 from scapy.all import wrpcap
 from test_transport import free_port, wait
 
@@ -293,29 +294,6 @@ def test_systemd_units_verify(tmp_path):
 TCPREPLAY = shutil.which("tcpreplay")
 
 
-@contextlib.contextmanager
-def namespaces():
-    """Two network namespaces joined by a veth pair: capture in one, send from the other. Nothing is
-    routed anywhere else; both are removed (with the pair) even when the test fails."""
-    tag = f"{os.getpid() % 100000}"
-    cap, snd = f"ntds-cap-{tag}", f"ntds-snd-{tag}"
-    steps = [
-        ["ip", "netns", "add", cap],
-        ["ip", "netns", "add", snd],
-        ["ip", "link", "add", "vcap", "netns", cap, "type", "veth", "peer", "name", "vsnd", "netns", snd],
-        ["ip", "-n", cap, "link", "set", "lo", "up"],
-        ["ip", "-n", cap, "link", "set", "vcap", "up"],
-        ["ip", "-n", snd, "link", "set", "vsnd", "up"],
-    ]
-    try:
-        for step in steps:
-            subprocess.run(step, check=True, capture_output=True)
-        yield cap, snd
-    finally:
-        for ns in (cap, snd):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-
-
 def flow_ids(pcap: Path, tmp: Path) -> list[str]:
     out = tmp / "features.csv"
     subprocess.run([str(BIN / "ntds-sensor"), "features", str(pcap), "-o", str(out)], check=True, capture_output=True)
@@ -330,7 +308,7 @@ def test_live_capture_in_a_network_namespace(tmp_path, site_pcap):
     its loopback)."""
     agent = Agent(tmp_path, bpf_filter="ip", summary_interval_s=5)
     try:
-        with namespaces() as (cap, snd):
+        with veth_namespaces() as (cap, snd):
             agent.aggregator(netns=cap)
             p = agent.sensor("run", "--interface", "vcap", netns=cap)
             wait(lambda: "capturing from vcap" in agent.log() or p.poll() is not None, 30, "the sensor")
