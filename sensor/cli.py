@@ -232,30 +232,26 @@ def _logging() -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from sensor.config import load
-    from sensor.pipeline import Pipeline
-
-    _logging()
-    cfg = load(args.config, insecure=args.insecure)
-    interfaces = args.interface or cfg.interfaces
-    if not interfaces:
-        raise InputError(f"{args.config}: no interfaces to capture on (setting 'interfaces')")
-    return Pipeline(cfg, interfaces=interfaces, insecure=args.insecure, progress=sys.stderr.isatty()).run()
+    return _pipeline(args, live=True)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    return _pipeline(args, live=False)
+
+
+def _pipeline(args: argparse.Namespace, live: bool) -> int:
+    """`run` and `replay`: the same pipeline, sources from the command line or the configuration."""
     from sensor.config import load
     from sensor.pipeline import Pipeline
 
     _logging()
     cfg = load(args.config, insecure=args.insecure)
-    files = args.pcaps or cfg.files
-    if not files:
-        raise InputError(f"{args.config}: no capture files given or configured (setting 'files')")
-    pipeline = Pipeline(
-        cfg, files=files, pace=args.pace, insecure=args.insecure, progress=sys.stderr.isatty(), drain_s=args.wait
-    )
-    return pipeline.run()
+    sources = (args.interface or cfg.interfaces) if live else (args.pcaps or cfg.files)
+    if not sources:
+        what = "no interfaces to capture on (setting 'interfaces')" if live else "no capture files (setting 'files')"
+        raise InputError(f"{args.config}: {what}")
+    kwargs = {"interfaces": sources} if live else {"files": sources, "pace": args.pace, "drain_s": args.wait}
+    return Pipeline(cfg, insecure=args.insecure, progress=sys.stderr.isatty(), **kwargs).run()
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

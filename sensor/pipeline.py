@@ -390,8 +390,3 @@ class Pipeline:
         })  # fmt: skip
         self.spool.append([("hello", self._hello())])
         log.info("reloaded: baseline %s (%s), minimum alert tier %d", cfg.baseline, baseline.method, cfg.min_alert_tier)
-
-
-def run_pipeline(cfg_path: str, **kwargs) -> int:
-    cfg = load_config(cfg_path, insecure=kwargs.get("insecure", False))
-    return Pipeline(cfg, **kwargs).run()
