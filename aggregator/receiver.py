@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sqlite3
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -57,6 +58,7 @@ class Receiver:
         self.store = store
         self.rejected: Counter[str] = Counter()
         self.stored = 0
+        self.store_errors = 0
 
     def close(self) -> None:
         if self.zap:
@@ -101,7 +103,13 @@ class Receiver:
             batch.append((identity, msg))
         if not batch and not rejections:
             return 0
-        self.stored += self.store.store([m for _, m in batch], dict(rejections))
+        try:
+            self.stored += self.store.store([m for _, m in batch], dict(rejections))
+        except sqlite3.Error as e:
+            # A full disk: nothing of the batch is acknowledged, so every sensor keeps it and resends.
+            self.store_errors += 1
+            log.error("cannot store a batch of %d messages, not acknowledged (sensors resend): %s", len(batch), e)
+            return 0
         self.rejected.update(rejections)
         acks: dict[bytes, list[int]] = defaultdict(list)
         sensor_of: dict[bytes, str] = {}

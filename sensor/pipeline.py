@@ -23,6 +23,7 @@ import multiprocessing
 import queue
 import signal
 import socket
+import sqlite3
 import sys
 import threading
 import time
@@ -164,7 +165,11 @@ class Pipeline:
             for t in threads:
                 t.join(timeout=5)
             return self._finish(link)
+        except sqlite3.Error as e:
+            # A full disk (or a spool gone bad): what is spooled stays spooled, and systemd restarts us.
+            raise InputError(f"{self.cfg.spool}: cannot write the spool ({e}); what it holds is kept") from None
         finally:
+            self.control.stop()
             if link is not None:
                 link.close()
             self.spool.close()

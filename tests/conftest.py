@@ -49,3 +49,15 @@ def fixtures_dir() -> Path:
     if not FIXTURES.is_dir() or not any(FIXTURES.glob("*.pcap")):
         pytest.fail("pcaps/fixtures is empty: run `python -m pcaps.generate` (make test does)")
     return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def site_pcap(tmp_path_factory) -> Path:
+    """A few minutes of ordinary traffic (DNS, TLS, HTTP, SSH, NTP, ICMP) from 20 hosts (pcaps/generate.py)."""
+    from scapy.all import wrpcap
+
+    from pcaps.generate import site_traffic
+
+    path = tmp_path_factory.mktemp("pcap") / "site.pcap"
+    wrpcap(str(path), site_traffic(300))
+    return path

@@ -25,23 +25,12 @@ from pathlib import Path
 import dpkt
 import pytest
 from netns import veth_namespaces
-from scapy.all import wrpcap
 from test_transport import free_port, wait
 
 from tests.conftest import ROOT
 
 BIN = Path(sys.executable).parent
 BASELINE = ROOT / "config" / "baseline.json"
-
-
-@pytest.fixture(scope="session")
-def site_pcap(tmp_path_factory) -> Path:
-    """A few minutes of ordinary traffic (DNS, TLS, HTTP, SSH, NTP, ICMP) from 20 hosts."""
-    from pcaps.generate import site_traffic
-
-    path = tmp_path_factory.mktemp("pcap") / "site.pcap"
-    wrpcap(str(path), site_traffic(300))
-    return path
 
 
 class Agent:
