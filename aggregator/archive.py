@@ -68,6 +68,8 @@ TABLES: dict[str, pa.Schema] = {
         ("packets_seen", _I),
         ("packets_dropped", _I),
         ("flows_active", _I),
+        ("pairs_omitted_flows", _I),
+        ("pairs_omitted_bytes", _I),
     ),
     "traffic": _schema(
         ("interval_start", _T),
@@ -141,7 +143,18 @@ def _rows(kind: str, sensor: str, seq: int, created: str, body: dict) -> Iterabl
         t = parse_time(body["interval_start"])
         cap = body["capture"]
         base = base | {"interval_start": t}
-        yield "summaries", t, base | {k: body[k] for k in ("interval_s", "flows", "packets", "bytes")} | cap
+        omitted = body["peer_pairs_omitted"]
+        yield (
+            "summaries",
+            t,
+            base
+            | {k: body[k] for k in ("interval_s", "flows", "packets", "bytes")}
+            | cap
+            | {
+                "pairs_omitted_flows": omitted["flows"],
+                "pairs_omitted_bytes": omitted["bytes"],
+            },
+        )
         for cls in TRAFFIC_CLASSES:
             yield "traffic", t, base | {"class": cls} | body["traffic"][cls]
         for a in body["applications"]:

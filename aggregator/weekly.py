@@ -110,6 +110,7 @@ def compute(archive: Archive, week: Week, sensors: list[str] | None = None) -> d
     summaries = this_week("summaries")
     summaries = summaries.assign(hour=summaries.interval_start.dt.floor("h"))
     lazy = {
+        "omitted": summaries[["pairs_omitted_flows", "pairs_omitted_bytes"]].sum(),
         "per_sensor": summaries.groupby("sensor")[["flows", "packets", "bytes", "packets_seen", "packets_dropped"]].sum(
             split_out=1
         ),
@@ -200,7 +201,8 @@ def _assemble(week: Week, sensors: list[str] | None, r: dict, history_first: dat
         "applications": _applications(r["apps"]),
         "alerts": _alerts(r["apps"], r["alerts"], alert_count) | {"hosts": _alert_hosts(r["alert_hosts"])},
         "unanswered": _unanswered(days, r["unanswered"]),
-        "peer_to_peer": _pairs(r["pairs"]),
+        "peer_to_peer": _pairs(r["pairs"])
+        | {"omitted": {k: int(r["omitted"][f"pairs_omitted_{k}"]) for k in ("flows", "bytes")}},
         "geography": _countries(r["countries"]),
     }
 

@@ -308,3 +308,24 @@ def test_alert_hosts(site, report):
     assert got == want
     order = [(-h["max_tier"], -h["alerts"]) for h in report["alerts"]["hosts"]]
     assert order == sorted(order)
+
+
+def test_pairs_beyond_the_listed_ones_are_counted(tmp_path):
+    """Busy intervals list the 128 largest pairs; the rest arrive as totals and the report keeps them."""
+    from aggregator.archive import Archive
+    from aggregator.store import Store
+    from sensor import wire
+
+    store = Store(tmp_path / "s.db")
+    omitted = [(3, 40, 9000), (5, 60, 12000)]
+    msgs = []
+    for i, (pairs, flows, size) in enumerate(omitted, 1):
+        body = json.loads(json.dumps(wire.EXAMPLES["summary"]))
+        body["interval_start"] = f"2026-11-1{6 + i}T08:00:00Z"
+        body["peer_pairs_omitted"] = {"pairs": pairs, "flows": flows, "bytes": size}
+        msgs.append(wire.decode(wire.encode(wire.Message("summary", "tap-z", i, wire.now_iso(), body))))
+    store.store(msgs)
+    archive = Archive(tmp_path / "a")
+    archive.export(store, today=date(2026, 11, 30))
+    r = compute(archive, Week.parse(WEEK))
+    assert r["peer_to_peer"]["omitted"] == {"flows": 100, "bytes": 21000}
