@@ -1,3 +1,5 @@
-"""ntds aggregator: receives what sensors publish, stores it, builds reports."""
+"""ntds aggregator: the central program (receiver, store, archive, reports, baseline commands, its CLI)."""
 
-__version__ = "0.1.0"
+from ntds import __version__
+
+__all__ = ["__version__"]

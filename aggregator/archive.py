@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from aggregator.store import Store
-from sensor.wire import TIERS, TRAFFIC_CLASSES, UNANSWERED_KINDS, parse_time
+from ntds.wire.schema import MESSAGE_TYPES, TIERS, Message
 
 log = logging.getLogger("ntds.aggregator.archive")
 
@@ -132,50 +132,9 @@ TABLES: dict[str, pa.Schema] = {
         ("spool_dropped", _I),
     ),
 }
-"""Every archive table and its columns. Each row keeps the (sensor, seq) of the
-message it came from; counters are the summary's, bytes are IP bytes."""
-
-
-def _rows(kind: str, sensor: str, seq: int, created: str, body: dict) -> Iterable[tuple[str, datetime, dict]]:
-    """(table, time, row) for one stored message (the wire decoder has validated its shape)."""
-    base = {"sensor": sensor, "seq": seq}
-    if kind == "summary":
-        t = parse_time(body["interval_start"])
-        cap = body["capture"]
-        base = base | {"interval_start": t}
-        omitted = body["peer_pairs_omitted"]
-        yield (
-            "summaries",
-            t,
-            base
-            | {k: body[k] for k in ("interval_s", "flows", "packets", "bytes")}
-            | cap
-            | {
-                "pairs_omitted_flows": omitted["flows"],
-                "pairs_omitted_bytes": omitted["bytes"],
-            },
-        )
-        for cls in TRAFFIC_CLASSES:
-            yield "traffic", t, base | {"class": cls} | body["traffic"][cls]
-        for a in body["applications"]:
-            tiers = {f"tier{k}": n for k, n in enumerate(a["tiers"])}
-            yield (
-                "applications",
-                t,
-                base | {k: a[k] for k in ("application", "flows", "bytes_up", "bytes_down")} | tiers,
-            )
-        for kind_ in UNANSWERED_KINDS:
-            yield "unanswered", t, base | {"kind": kind_} | body["unanswered"][kind_]
-        for p in body["peer_pairs"]:
-            yield "peer_pairs", t, base | p
-        for c in body["countries"]:
-            yield "countries", t, base | c
-    elif kind == "alert":
-        t = parse_time(body["time"])
-        yield "alerts", t, base | body | {"time": t, "explanation": json.dumps(body["explanation"])}
-    elif kind == "health":
-        t = parse_time(created)
-        yield "health", t, base | body | {"created": t, "spool_dropped": sum(body["spool_dropped"].values())}
+"""Every archive table and its columns. Rows come from the message types' own `archive` flattening
+(ntds.wire.schema); each keeps the (sensor, seq) of the message it came from; counters are the
+summary's, bytes are IP bytes."""
 
 
 def _folder(root: Path, table: str, day: date, sensor: str) -> Path:
@@ -257,7 +216,10 @@ class Archive:
         first = batch[0][0]
         groups: dict[tuple[str, date, str], list[dict]] = defaultdict(list)
         for _, sensor, seq, kind, created, body in batch:
-            for table, t, row in _rows(kind, sensor, seq, created, json.loads(body)):
+            flatten = MESSAGE_TYPES[kind].archive
+            if flatten is None:
+                continue
+            for table, t, row in flatten(Message(kind, sensor, seq, created, json.loads(body))):
                 groups[(table, t.date(), sensor)].append(row)
         for (table, day, sensor), rows in groups.items():
             folder = _folder(self.root, table, day, sensor)

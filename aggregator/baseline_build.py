@@ -6,63 +6,28 @@ itself, streamed) or captures, metered here with the sensor's own meter.
 
 from __future__ import annotations
 
-import ipaddress
 import sys
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from sensor import baseline as bl
-from sensor.errors import InputError
-from sensor.flowfiles import kind_of, read_flow_table, records_to_columns
-from sensor.meter import FlowMeter
+from ntds.detect import baseline as bl
+from ntds.errors import InputError
+from ntds.flows.files import kind_of, read_flow_table, records_to_columns
+from ntds.flows.meter import FlowMeter
+from ntds.networks import DEFAULT_LOCAL_NETWORKS, contains, parse_networks
+from ntds.progress import Progress
 
-DEFAULT_LOCAL_NETS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
 COLUMNS = ["ProtocolName", "Source.IP", "Destination.IP", *bl.METRIC_COLUMNS]
 
 
-def parse_nets(cidrs: list[str]) -> list:
-    nets = []
-    for c in cidrs:
-        try:
-            nets.append(ipaddress.ip_network(c, strict=False))
-        except ValueError:
-            raise InputError(f"--local-net {c!r}: not a network in CIDR notation") from None
-    return nets
-
-
-def is_local_fn(nets):
-    @lru_cache(maxsize=1 << 18)
-    def is_local(address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in n for n in nets if n.version == ip.version)
-
-    return is_local
-
-
-class _Bar:
-    """tqdm on a terminal, silence elsewhere."""
-
-    def __init__(self, total: int, label: str, enabled: bool) -> None:
-        self.bar = None
-        if enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="B", unit_scale=True, desc=label, file=sys.stderr, leave=False)
-        self.last = 0
-
-    def __call__(self, done: int) -> None:
-        if self.bar is not None:
-            self.bar.update(max(0, done - self.last))
-            self.last = done
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+def local_networks(cidrs: list[str] | None) -> list:
+    """--local-net values (default: ntds.networks' defaults, the same as the sensor's)."""
+    try:
+        return parse_networks(cidrs or DEFAULT_LOCAL_NETWORKS, "--local-net")
+    except ValueError as e:
+        raise InputError(str(e)) from None
 
 
 def collect(paths: list[Path], profile: str, local_nets: list, offsite_only: bool, progress: bool):
@@ -71,7 +36,7 @@ def collect(paths: list[Path], profile: str, local_nets: list, offsite_only: boo
     Application names are kept as integer codes while reading (a 3.6-million-row
     data set would otherwise hold 3.6 million strings), then turned back into names.
     """
-    is_local = is_local_fn(local_nets)
+    is_local = lru_cache(maxsize=1 << 18)(lambda address: contains(local_nets, address))
     names: dict[str, int] = {}
     code_parts, metric_parts = [], []
     read = 0
@@ -82,8 +47,8 @@ def collect(paths: list[Path], profile: str, local_nets: list, offsite_only: boo
             chunks = [records_to_columns(list(meter.read([path])), COLUMNS)]
             bar = None
         else:
-            bar = _Bar(path.stat().st_size, path.name, progress)
-            chunks = read_flow_table(path, COLUMNS, bar)
+            bar = Progress(path.name, total=path.stat().st_size, unit="B", unit_scale=True, enabled=progress)
+            chunks = read_flow_table(path, COLUMNS, bar.to)
         for cols in chunks:
             n = len(cols["ProtocolName"])
             read += n
@@ -111,7 +76,7 @@ def build_command(args) -> int:
         kind_of(p)
         if not p.exists():
             raise InputError(f"{p}: no such file")
-    nets = parse_nets(args.local_net or list(DEFAULT_LOCAL_NETS))
+    nets = local_networks(args.local_net)
     terminal = sys.stderr.isatty()
     apps, metrics, read = collect(paths, args.profile, nets, args.offsite_only, terminal)
     if len(apps) == 0:

@@ -9,9 +9,9 @@ import argparse
 import sys
 
 from aggregator import __version__
-from sensor.errors import InputError
-from sensor.profiles import PROFILES
-from sensor.scoring import METHODS
+from ntds.detect.scoring import METHODS
+from ntds.errors import InputError
+from ntds.flows.profiles import PROFILES
 
 PROG = "ntds-aggregator"
 
@@ -35,7 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--combine", choices=("mean", "max"), help="how axis scores combine (default: per method)")
     b.add_argument("--min-count", type=int, default=100, help="flows an application needs for its own entry")
     b.add_argument(
-        "--local-net", action="append", metavar="CIDR", help="local network (repeatable; default RFC 1918/4193)"
+        "--local-net",
+        action="append",
+        metavar="CIDR",
+        help="local network (repeatable; default: the sensor's)",
     )
     b.add_argument("--offsite-only", action="store_true", help="keep only flows with one local and one external end")
     b.add_argument("--profile", choices=sorted(PROFILES), default="unicauca", help="feature profile of the inputs")
@@ -100,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _keygen(args) -> int:
-    from sensor.keys import generate
+    from ntds.wire.keys import generate
 
     public, secret = generate(args.out, args.name)
     print(f"wrote {public} (give it to the sensors) and {secret} (mode 600, keep it here)", file=sys.stderr)
@@ -116,8 +119,8 @@ def _serve(args) -> int:
     from aggregator.config import load
     from aggregator.receiver import Receiver
     from aggregator.store import Store
-    from sensor.keys import load_pair
-    from sensor.notify import Notifier
+    from ntds.notify import Notifier
+    from ntds.wire.keys import load_pair
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = load(args.config, insecure=args.insecure)
@@ -195,8 +198,8 @@ def _report_weekly(args) -> int:
     import time
 
     from aggregator.archive import Archive
-    from aggregator.report_page import write
-    from aggregator.weekly import Week, compute
+    from aggregator.report.page import write
+    from aggregator.report.weekly import Week, compute
 
     week = Week.parse(args.week) if args.week else Week.previous_complete()
     cfg, store = _open_store(args.config)
@@ -239,8 +242,8 @@ def _alerts(args) -> int:
     import json
     from datetime import UTC, datetime
 
-    from sensor.scoring import TIER_LABELS
-    from sensor.wire import parse_time
+    from ntds.detect.scoring import TIER_LABELS
+    from ntds.wire.schema import parse_time
 
     if not 0 <= args.min_tier < len(TIER_LABELS):
         raise InputError(f"--min-tier must be 0..{len(TIER_LABELS) - 1}")
@@ -304,20 +307,18 @@ def _sensors(args) -> int:
 def _baseline_plots(args) -> int:
     from pathlib import Path
 
-    from aggregator.plots import plot_all
-    from sensor.baseline import Baseline
+    from aggregator.baseline_plots import plot_all
+    from ntds.detect.baseline import Baseline
 
     first = Path(args.inputs[0])
     if len(args.inputs) == 1 and first.suffix.lower() == ".json":
         doc = Baseline.load(first).doc
     else:
-        from aggregator.baseline_build import DEFAULT_LOCAL_NETS, collect, parse_nets
-        from sensor.baseline import build
+        from aggregator.baseline_build import collect, local_networks
+        from ntds.detect.baseline import build
 
         paths = [Path(p) for p in args.inputs]
-        apps, metrics, _ = collect(
-            paths, args.profile, parse_nets(list(DEFAULT_LOCAL_NETS)), False, sys.stderr.isatty()
-        )
+        apps, metrics, _ = collect(paths, args.profile, local_networks(None), False, sys.stderr.isatty())
         doc = build(apps, metrics, method=args.method, min_count=args.min_count, feature_profile=args.profile)
     try:
         written = plot_all(doc, Path(args.output))

@@ -19,7 +19,7 @@ import zmq
 
 from aggregator.store import Store
 from aggregator.zap import ZapHandler
-from sensor.wire import MAX_FRAME, Message, WireError, ack, decode, encode
+from ntds.wire.schema import MAX_FRAME, Message, WireError, ack, decode, encode
 
 log = logging.getLogger("ntds.aggregator.receiver")
 HEARTBEAT_MS = 5000

@@ -15,7 +15,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from sensor.wire import Message, parse_time
+from ntds.wire.schema import Message, parse_time
 
 
 class Store:

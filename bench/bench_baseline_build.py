@@ -25,7 +25,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from sensor.columns import COLUMNS, FLOAT_COLUMNS, STRING_COLUMNS  # noqa: E402
+from ntds.flows.columns import COLUMNS, FLOAT_COLUMNS, STRING_COLUMNS  # noqa: E402
 
 BLOCK = 100_000
 

@@ -33,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import pyarrow.parquet as pq  # noqa: E402
 
 from aggregator.archive import Archive  # noqa: E402
-from aggregator.report_page import write  # noqa: E402
+from aggregator.report.page import write  # noqa: E402
+from aggregator.report.weekly import Week, compute  # noqa: E402
 from aggregator.store import Store  # noqa: E402
-from aggregator.weekly import Week, compute  # noqa: E402
-from sensor import wire  # noqa: E402
+from ntds.wire import schema as wire  # noqa: E402
 
 SENSORS = 10
 WEEK = Week.parse("2026-W47")

@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sensor.baseline import METRICS, Baseline, build  # noqa: E402
+from ntds.detect.baseline import METRICS, Baseline, build  # noqa: E402
 
 # name: (fwd packets lognormal mu, sigma), (bwd/fwd ratio mu, sigma), fwd size, bwd size, duration µs (mu, sigma)
 APPS = {

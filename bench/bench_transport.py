@@ -33,10 +33,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sensor.keys import generate, load_pair, load_public  # noqa: E402
+from ntds.wire.keys import generate, load_pair, load_public  # noqa: E402
+from ntds.wire.schema import EXAMPLES  # noqa: E402
 from sensor.link import Link  # noqa: E402
 from sensor.spool import Spool  # noqa: E402
-from sensor.wire import EXAMPLES  # noqa: E402
 
 BIN = Path(sys.executable).parent
 ALERT = EXAMPLES["alert"]

@@ -1,3 +1,5 @@
-"""ntds sensor: everything that runs on the tap host."""
+"""ntds sensor: the tap-host program (pipeline, spool, link, capture control, summaries, its CLI)."""
 
-__version__ = "0.1.0"
+from ntds import __version__
+
+__all__ = ["__version__"]

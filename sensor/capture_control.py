@@ -178,7 +178,25 @@ _libpcap = None
 _original_create_engine = nfstream.meter.create_engine
 
 
+def _die_with_parent() -> None:
+    """A meter must not outlive its sensor: after a kill -9 of the sensor an orphaned meter would keep
+    capturing (and holding its memory) with nobody to read its flows. Linux's parent-death signal ends it."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != _SENSOR_PID:  # the sensor died before prctl took effect
+            os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1
+_SENSOR_PID = os.getpid()
+
+
 def _create_engine():
+    # Runs first thing in every NFStream meter process (nfstream.meter.meter_workflow).
+    _die_with_parent()
     ffi, lib = _original_create_engine()
     if _current is None or lib is None:
         return ffi, lib

@@ -14,9 +14,9 @@ from collections import Counter
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from ntds.errors import InputError
+from ntds.flows.profiles import PROFILES
 from sensor import __version__
-from sensor.errors import InputError
-from sensor.profiles import PROFILES
 
 PROG = "ntds-sensor"
 EXIT_INPUT = 2
@@ -51,8 +51,8 @@ class _Progress:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    from sensor.meter import FlowMeter
-    from sensor.writers import CsvWriter, ParquetWriter
+    from ntds.flows.meter import FlowMeter
+    from ntds.flows.writers import CsvWriter, ParquetWriter
 
     try:
         tz = ZoneInfo(args.tz)
@@ -98,7 +98,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from sensor.alerts import score_command
+    from ntds.detect.alerts import score_command
 
     try:
         return score_command(args)
@@ -160,38 +160,6 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--out", required=True, type=Path, help="folder for NAME.key and NAME.key_secret")
     k.add_argument("--name", required=True, help="the sensor id (the aggregator binds the key to it)")
     k.set_defaults(func=cmd_keygen)
-
-    pb = sub.add_parser(
-        "publish",
-        help="score inputs and deliver the alerts to the aggregator (durably spooled, acknowledged)",
-        description="Score captures or flow files against a baseline and send the alerts to the aggregator "
-        "through the durable spool. Exit 0 when all is acknowledged; 3 when messages remain spooled after --wait. "
-        "With no INPUT, only drain the spool.",
-    )
-    pb.add_argument("inputs", nargs="*", type=Path, metavar="INPUT")
-    pb.add_argument("--baseline", type=Path, help="baseline file")
-    pb.add_argument("--sensor-id", required=True, help="this sensor's id (must match its key name)")
-    pb.add_argument("--spool", required=True, type=Path, help="spool database file")
-    pb.add_argument("--spool-limit-mb", type=int, default=256, help="spool size limit (default: 256 MB)")
-    pb.add_argument("--aggregator", default="tcp://127.0.0.1:5555", help="aggregator endpoint")
-    pb.add_argument("--key", type=Path, help="this sensor's .key_secret file")
-    pb.add_argument("--server-key", type=Path, help="the aggregator's public .key file")
-    pb.add_argument("--insecure", action="store_true", help="plain text, no keys (tests on loopback only)")
-    pb.add_argument("--min-tier", type=int, default=3, choices=range(0, 6), help="lowest tier sent (default: 3)")
-    pb.add_argument("--wait", type=float, default=60.0, help="seconds to wait for acknowledgements (default: 60)")
-    pb.add_argument("--profile", choices=sorted(PROFILES), default="unicauca", help="feature profile")
-    pb.add_argument(
-        "--local-net",
-        action="append",
-        metavar="CIDR",
-        help="a local network (repeat; default: RFC 1918, ULA, link-local)",
-    )
-    pb.add_argument(
-        "--local-server", action="append", default=[], metavar="ADDR", help="a local server address or network (repeat)"
-    )
-    pb.add_argument("--interval", type=int, default=60, help="summary interval in seconds (default: 60)")
-    pb.add_argument("--geoip", type=Path, help="GeoIP CSV (first,last,CC); default: the built-in RIR database")
-    pb.set_defaults(func=cmd_publish)
 
     r = sub.add_parser(
         "run",
@@ -255,7 +223,7 @@ def _pipeline(args: argparse.Namespace, live: bool) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from sensor.baseline import Baseline
+    from ntds.detect.baseline import Baseline
     from sensor.config import load
 
     cfg = load(args.config, insecure=args.insecure)
@@ -266,17 +234,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from sensor.keys import generate
+    from ntds.wire.keys import generate
 
     public, secret = generate(args.out, args.name)
     print(f"wrote {public} (copy it to the aggregator's allow-list) and {secret} (mode 600)", file=sys.stderr)
     return 0
-
-
-def cmd_publish(args: argparse.Namespace) -> int:
-    from sensor.publish import publish_command
-
-    return publish_command(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,8 +13,8 @@ import time
 
 import zmq
 
+from ntds.wire.schema import WireError, decode
 from sensor.spool import Spool
-from sensor.wire import WireError, decode
 
 HEARTBEAT_MS = 5000
 

@@ -31,23 +31,23 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sensor import __version__
-from sensor.alerts import COLUMNS, scored_alerts
-from sensor.baseline import Baseline
+from ntds.detect.alerts import COLUMNS, scored_alerts
+from ntds.detect.baseline import Baseline
+from ntds.errors import InputError
+from ntds.flows.files import records_to_columns
+from ntds.flows.meter import EXTRA_COLUMNS, FlowMeter, FlowRecord
+from ntds.notify import Notifier
+from ntds.wire import schema as wire
+from ntds.wire.keys import load_pair, load_public
+from ntds.wire.schema import TIERS
 from sensor.capture_control import CaptureControl
 from sensor.config import SensorConfig
 from sensor.config import load as load_config
-from sensor.errors import InputError
-from sensor.flowfiles import records_to_columns
 from sensor.geo import GeoIP
-from sensor.keys import load_pair, load_public
 from sensor.link import Link
-from sensor.meter import EXTRA_COLUMNS, FlowMeter, FlowRecord
-from sensor.notify import Notifier
 from sensor.spool import Spool
 from sensor.summaries import Summariser
 from sensor.traffic_classes import TrafficClasses
-from sensor.wire import TIERS
 
 log = logging.getLogger("ntds.sensor")
 
@@ -185,11 +185,7 @@ class Pipeline:
         self._reload_requested = True
 
     def _hello(self) -> dict:
-        return {
-            "software": __version__,
-            "baseline_id": f"{self.baseline.doc['built']} {self.baseline.method}",
-            "feature_profile": self.cfg.feature_profile,
-        }
+        return wire.hello(self.baseline.id, self.cfg.feature_profile)
 
     def _sources(self) -> list[Callable[[], Iterator[FlowRecord]]]:
         if self.live:
@@ -328,14 +324,10 @@ class Pipeline:
 
     def _health(self) -> dict:
         st = self.spool.stats()
-        return {
-            "packets_seen": self._packets_seen(),
-            "packets_dropped": self.control.packets_dropped,
-            "flows_active": self.control.flows_active,
-            "spool_messages": st.messages,
-            "spool_bytes": st.bytes,
-            "spool_dropped": st.dropped,
-        }
+        return wire.health(
+            self._packets_seen(), self.control.packets_dropped, self.control.flows_active, st.messages, st.bytes,
+            st.dropped,
+        )  # fmt: skip
 
     def status(self) -> str:
         c = self.counters
@@ -348,8 +340,11 @@ class Pipeline:
     def _finish(self, link: Link) -> int:
         self.summariser.capture(self._packets_seen(), self.control.packets_dropped, 0)
         self._spool_summaries(self.summariser.close(None))
+        deadline = time.monotonic() + self.drain_s
+        link.drain(self.drain_s)
+        # Health last, so that it reports the backlog left after delivery (0 when all went through).
         self.spool.append([("health", self._health())])
-        delivered = link.drain(self.drain_s)
+        delivered = link.drain(max(0.5, deadline - time.monotonic()))
         c = self.counters
         log.info(
             "done: %s packets read, %d flows, alerts by tier %s",
@@ -370,28 +365,19 @@ class Pipeline:
     def reload(self) -> None:
         """Re-read the configuration and baseline; keep the old ones if the new ones are bad."""
         try:
-            cfg = load_config(self.cfg.path, insecure=self.insecure)
-            baseline = Baseline.load(cfg.baseline, feature_profile=self.cfg.feature_profile)
+            new = load_config(self.cfg.path, insecure=self.insecure)
+            cfg, fixed = self.cfg.reloaded(new)
+            baseline = Baseline.load(cfg.baseline, feature_profile=cfg.feature_profile)
             classes = TrafficClasses(cfg.local_networks, cfg.local_servers)
             geo = GeoIP(cfg.geoip_database) if cfg.geoip_database != self.cfg.geoip_database else self.summariser.geo
-        except ValueError as e:
+        except (ValueError, InputError) as e:
             log.error("reload refused, still running with the previous configuration and baseline: %s", e)
             return
-        except InputError as e:
-            log.error("reload refused, still running with the previous configuration and baseline: %s", e)
-            return
-        fixed = [k for k in ("sensor_id", "interfaces", "bpf_filter", "snaplen", "n_meters", "aggregator",
-                             "sensor_key", "server_key", "spool_dir", "feature_profile", "summary_interval_s")
-                 if getattr(cfg, k) != getattr(self.cfg, k)]  # fmt: skip
         if fixed:
             log.warning("reload: %s changed; these take effect at the next restart", ", ".join(fixed))
         self._flush()  # flows scored so far keep the baseline they were scored with
         self.baseline = baseline
         self.summariser.classes, self.summariser.geo = classes, geo  # from the next flow on
-        self.cfg = cfg if not fixed else self.cfg.__class__(**{
-            **self.cfg.__dict__, "baseline": cfg.baseline, "min_alert_tier": cfg.min_alert_tier,
-            "local_networks": cfg.local_networks, "local_servers": cfg.local_servers,
-            "geoip_database": cfg.geoip_database, "health_interval_s": cfg.health_interval_s,
-        })  # fmt: skip
+        self.cfg = cfg
         self.spool.append([("hello", self._hello())])
         log.info("reloaded: baseline %s (%s), minimum alert tier %d", cfg.baseline, baseline.method, cfg.min_alert_tier)

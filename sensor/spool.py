@@ -20,9 +20,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from sensor.wire import Message, encode, now_iso
-
-DROP_ORDER = ("health", "summary", "hello", "alert")
+from ntds.wire.schema import DROP_ORDER, Message, encode, now_iso
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,11 @@ from __future__ import annotations
 import ipaddress
 from datetime import UTC, datetime
 
+from ntds.flows.profiles import FLOW_TIMEOUT_US
+from ntds.flows.traffic import FlowTraffic
+from ntds.wire.schema import TIERS, TRAFFIC_CLASSES, UNANSWERED_KINDS
 from sensor.geo import GeoIP
-from sensor.profiles import FLOW_TIMEOUT_US
-from sensor.traffic import FlowTraffic
 from sensor.traffic_classes import EXTERNAL, PEER_TO_PEER, TrafficClasses
-from sensor.wire import TIERS, TRAFFIC_CLASSES, UNANSWERED_KINDS
 
 GRACE_MS = 2 * FLOW_TIMEOUT_US // 1000 + 5000
 """How long after its end an interval stays open: active + idle timeout, plus 5 s."""

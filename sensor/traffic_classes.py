@@ -20,21 +20,11 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-DEFAULT_LOCAL_NETWORKS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "fc00::/7", "fe80::/10")
+from ntds.networks import DEFAULT_LOCAL_NETWORKS, parse_networks
 
 EXTERNAL, LOCAL_SERVICE, PEER_TO_PEER, OTHER = "external", "local_service", "peer_to_peer", "other"
 _LOCAL, _SERVER, _GROUP, _REMOTE = 1, 2, 4, 0
 _CACHE_LIMIT = 200_000
-
-
-def _networks(items: Iterable[str], what: str) -> list:
-    nets = []
-    for text in items:
-        try:
-            nets.append(ipaddress.ip_network(str(text).strip(), strict=False))
-        except ValueError:
-            raise ValueError(f"{what}: {text!r} is not an address or network") from None
-    return nets
 
 
 class TrafficClasses:
@@ -43,8 +33,8 @@ class TrafficClasses:
     def __init__(
         self, local_networks: Iterable[str] = DEFAULT_LOCAL_NETWORKS, local_servers: Iterable[str] = ()
     ) -> None:
-        self.local_networks = _networks(local_networks, "local_networks")
-        self.local_servers = _networks(local_servers, "local_servers")
+        self.local_networks = parse_networks(local_networks, "local_networks")
+        self.local_servers = parse_networks(local_servers, "local_servers")
         self._cache: dict[str, int] = {}
 
     def kind(self, ip: str) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-from sensor.columns import COLUMNS, FLOAT_COLUMNS
+from ntds.flows.columns import COLUMNS, FLOAT_COLUMNS
 
 TIME_COLUMNS = frozenset(
     ["Flow.Duration", "Flow.Bytes.s", "Flow.Packets.s", "Fwd.Packets.s", "Bwd.Packets.s"]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sensor.columns import COLUMNS
-from sensor.meter import EXTRA_COLUMNS, FlowMeter
+from ntds.flows.columns import COLUMNS
+from ntds.flows.meter import EXTRA_COLUMNS, FlowMeter
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "pcaps" / "fixtures"

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import dpkt
 
-from sensor.columns import COLUMNS
+from ntds.flows.columns import COLUMNS
 
 FLOW_TIMEOUT = 120_000_000
 ACTIVITY_TIMEOUT = 5_000_000

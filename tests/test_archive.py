@@ -16,7 +16,7 @@ from test_transport import Site, run, wait
 from aggregator import archive as archive_mod
 from aggregator.archive import STATE_KEY, TABLES, Archive
 from aggregator.store import Store
-from sensor import wire
+from ntds.wire import schema as wire
 
 TODAY = date(2026, 11, 23)
 
@@ -120,9 +120,8 @@ def test_serve_archives_while_running_and_at_shutdown(tmp_path):
     s = Site(tmp_path)
     try:
         s.config.write_text(s.config.read_text() + "archive: archive\narchive_interval_s: 1\n")
-        s.flows(1)
         agg = s.aggregator()
-        pub = s.publish(_sample())
+        pub = s.replay(_sample())
         assert pub.wait(180) == 0, pub.stderr.read()
         db = tmp_path / "store.db"
         summaries = _count(db, "SELECT COUNT(*) FROM messages WHERE type='summary'")

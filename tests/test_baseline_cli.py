@@ -85,7 +85,11 @@ def test_errors_are_one_line(tmp_path, fixtures_dir):
         ("ntds-sensor", ["score", SAMPLE, "--baseline", tmp_path / "none.json"], ["no such baseline"]),
         ("ntds-aggregator", ["baseline", "build", tmp_path / "x.csv", "-o", tmp_path / "o.json"], ["no such file"]),
         ("ntds-aggregator", ["baseline", "build", tmp_path / "x.txt", "-o", tmp_path / "o.json"], ["unknown input"]),
-        ("ntds-aggregator", ["baseline", "build", SAMPLE, "-o", tmp_path / "o.json", "--local-net", "nope"], ["CIDR"]),
+        (
+            "ntds-aggregator",
+            ["baseline", "build", SAMPLE, "-o", tmp_path / "o.json", "--local-net", "nope"],
+            ["not an address or network"],
+        ),
     ):
         p = run(tool, *args)
         lines = p.stderr.strip().splitlines()
@@ -119,7 +123,7 @@ def test_score_summary_counts_tiers_and_lists_the_rarest(tmp_path, fixtures_dir)
 
 
 def test_score_output_is_a_valid_wire_alert_body(tmp_path, fixtures_dir):
-    from sensor.wire import Message, decode, encode, now_iso
+    from ntds.wire.schema import Message, decode, encode, now_iso
 
     base = tmp_path / "b.json"
     run("ntds-aggregator", "baseline", "build", SAMPLE, "-o", base, "--min-count", "2")

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import FIXTURES, SHARED
 
-from sensor.columns import COLUMNS
-from sensor.meter import EXTRA_COLUMNS
+from ntds.flows.columns import COLUMNS
+from ntds.flows.meter import EXTRA_COLUMNS
 
 BIN = Path(sys.executable).parent / "ntds-sensor"
 SENSOR = [str(BIN)] if BIN.exists() else [sys.executable, "-m", "sensor.cli"]

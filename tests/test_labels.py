@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 from conftest import SHARED, sensor_rows, shared_captures
 
-from sensor.labels import dataset_label
+from ntds.flows.labels import dataset_label
 
 
 @pytest.mark.parametrize(

@@ -30,4 +30,4 @@ def test_reference_meter_is_independent_of_the_sensor():
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module)
     assert not any(m.startswith("nfstream") for m in imported)
-    assert {m for m in imported if m.startswith("sensor")} == {"sensor.columns"}
+    assert {m for m in imported if m.startswith(("sensor", "ntds", "aggregator"))} == {"ntds.flows.columns"}

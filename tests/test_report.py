@@ -17,7 +17,7 @@ from datetime import date
 
 import pytest
 
-from aggregator.weekly import Week, compute
+from aggregator.report.weekly import Week, compute
 from tests.conftest import ROOT
 from tests.week_scenario import DAYS, WEEK, build_archive, expected
 
@@ -139,7 +139,7 @@ def test_empty_week_is_all_zeros(site):
 def test_week_parsing():
     assert str(Week.parse("2026-w47")) == "2026-W47" and Week.parse("2026-W47").first == date(2026, 11, 16)
     assert str(Week.parse("2026-W01").shifted(-1)) == "2025-W52"
-    from sensor.errors import InputError
+    from ntds.errors import InputError
 
     for bad in ("2026-47", "2026-W54", "week"):
         with pytest.raises(InputError):
@@ -226,7 +226,7 @@ def chromium(page, screenshot, netlog) -> set[str]:
 def test_html_renders_offline_in_chromium(site, report, tmp_path):
     """The page renders to a full screenshot and requests nothing; a control page with one remote
     image shows the check would see such a request."""
-    from aggregator.report_page import write
+    from aggregator.report.page import write
 
     html = write(report, tmp_path / "report", "CO")
     text = html.read_text()
@@ -314,7 +314,7 @@ def test_pairs_beyond_the_listed_ones_are_counted(tmp_path):
     """Busy intervals list the 128 largest pairs; the rest arrive as totals and the report keeps them."""
     from aggregator.archive import Archive
     from aggregator.store import Store
-    from sensor import wire
+    from ntds.wire import schema as wire
 
     store = Store(tmp_path / "s.db")
     omitted = [(3, 40, 9000), (5, 60, 12000)]

@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from sensor.baseline import ALL_TRAFFIC, AXIS_INDEX, METRICS, Baseline, build, save
-from sensor.errors import InputError
-from sensor.scoring import AXES, PseudoSigma, RobustLog, tier_of, tier_thresholds
+from ntds.detect.baseline import ALL_TRAFFIC, AXIS_INDEX, METRICS, Baseline, build, save
+from ntds.detect.scoring import AXES, PseudoSigma, RobustLog, tier_of, tier_thresholds
+from ntds.errors import InputError
 
 
 def test_pseudo_sigma_by_hand():

@@ -7,8 +7,8 @@ import signal
 import subprocess
 import sys
 
+from ntds.wire.schema import EXAMPLES, decode
 from sensor.spool import Spool
-from sensor.wire import EXAMPLES, decode
 
 
 def test_messages_leave_only_when_acknowledged(tmp_path):
@@ -55,7 +55,7 @@ def test_size_limit_drops_health_then_summaries_and_alerts_last(tmp_path):
 WRITER = """
 import sys
 from sensor.spool import Spool
-from sensor.wire import EXAMPLES
+from ntds.wire.schema import EXAMPLES
 s = Spool(sys.argv[1], "tap-01")
 while True:
     seqs = s.append([("alert", EXAMPLES["alert"])] * 50)

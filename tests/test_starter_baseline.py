@@ -9,7 +9,7 @@ from pathlib import Path
 
 from conftest import ROOT
 
-from sensor.baseline import Baseline
+from ntds.detect.baseline import Baseline
 
 BIN = Path(sys.executable).parent
 

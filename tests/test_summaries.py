@@ -13,12 +13,12 @@ from collections import Counter
 import pytest
 from scapy.all import IP, Raw, wrpcap
 
+from ntds.flows.meter import FlowMeter
+from ntds.flows.traffic import FlowTraffic
+from ntds.wire import schema as wire
 from pcaps.generate import Conversation
-from sensor import wire
 from sensor.geo import GeoIP
-from sensor.meter import FlowMeter
 from sensor.summaries import GRACE_MS, MAX_PAIRS, Summariser
-from sensor.traffic import FlowTraffic
 from sensor.traffic_classes import TrafficClasses
 
 LOCAL, SERVER = "10.0.0.0/8", "10.0.0.5"

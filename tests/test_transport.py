@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import csv
+import json
 import os
 import shutil
 import signal
@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 import zmq
-from conftest import FIXTURES
+from conftest import FIXTURES, ROOT
+from synthetic import udp_flows
 
 BIN = Path(sys.executable).parent
 SAMPLE = FIXTURES.parent / "sample.pcap"
+BASELINE = ROOT / "config" / "baseline.json"
 
 
 def free_port() -> int:
@@ -47,7 +49,7 @@ def count(db: Path, sql: str = "SELECT COUNT(*) FROM messages") -> int:
 
 
 class Site:
-    """Keys, allow-list, config, a flow file of many alerts, and the processes of one test."""
+    """Keys, allow-list, configs, a capture of many flows, and the processes of one test."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -73,38 +75,31 @@ class Site:
         wait(lambda: f"listening on {self.endpoint}" in (self.root / "aggregator.log").read_text(), 30, "aggregator")
         return p
 
-    def publish(self, *inputs, key: str = "tap", sensor: str = "tap-01", spool: str = "spool.db", wait_s: float = 120):
-        args = [str(BIN / "ntds-sensor"), "publish", *map(str, inputs), "--sensor-id", sensor]
-        args += ["--spool", str(self.root / spool), "--aggregator", self.endpoint, "--wait", str(wait_s)]
-        args += [
-            "--key",
-            str(self.root / key / "tap-01.key_secret"),
-            "--server-key",
-            str(self.root / "agg" / "server.key"),
-        ]
-        if inputs:
-            args += ["--baseline", str(self.baseline), "--min-tier", "0"]
-        p = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    def sensor_config(self, key: str = "tap", spool: str = "spool") -> Path:
+        """sensor.yaml for `ntds-sensor replay`: every flow is sent (min_alert_tier 0), 1 s summaries."""
+        path = self.root / f"sensor-{key}-{spool}.yaml"
+        values = {
+            "sensor_id": "tap-01",
+            "baseline": str(BASELINE),
+            "spool_dir": str(self.root / spool),
+            "aggregator": self.endpoint,
+            "min_alert_tier": 0,
+            "summary_interval_s": 1,
+            "sensor_key": str(self.root / key / "tap-01.key_secret"),
+            "server_key": str(self.root / "agg" / "server.key"),
+        }
+        path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in values.items()))
+        return path
+
+    def replay(self, capture: Path, key: str = "tap", spool: str = "spool", wait_s: float = 120):
+        args = [str(BIN / "ntds-sensor"), "replay", str(capture), "--config", str(self.sensor_config(key, spool))]
+        p = subprocess.Popen([*args, "--wait", str(wait_s)], stderr=subprocess.PIPE, text=True)
         self.procs.append(p)
         return p
 
-    def flows(self, copies: int) -> Path:
-        """A flow file of the sample's flows, repeated with distinct source ports: every row is an alert."""
-        csv_path = self.root / "sample.csv"
-        run("ntds-sensor", "features", SAMPLE, "-o", csv_path, check=True)
-        self.baseline = self.root / "baseline.json"
-        run("ntds-aggregator", "baseline", "build", csv_path, "-o", self.baseline, "--min-count", "2", check=True)
-        rows = list(csv.reader(csv_path.open()))
-        out = self.root / f"flows-{copies}.csv"
-        with out.open("w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(rows[0])
-            for i in range(copies):
-                for r in rows[1:]:
-                    r = list(r)
-                    r[2] = str(10000 + i)  # Source.Port
-                    w.writerow(r)
-        return out
+    def flows(self, n: int) -> Path:
+        """A capture of n two-packet flows, one a second: n alerts and n one-second summaries."""
+        return udp_flows(self.root / f"flows-{n}.pcap", n)
 
     def stop(self) -> None:
         for p in self.procs:
@@ -133,64 +128,83 @@ def exactly_once(store: Path, n: int) -> None:
     assert count(store, "SELECT MIN(seq) FROM messages") == 1 and count(store, "SELECT MAX(seq) FROM messages") == n
 
 
-def test_aggregator_killed_mid_stream_stores_every_alert_once(site):
-    flows = site.flows(1200)  # 17 x 1200 = 20,400 alerts: the kill lands well before the end
+def spooled_total(spool: Path) -> int:
+    """How many messages the sensor's spool has ever numbered (next_seq - 1)."""
+    return count(spool, "SELECT value FROM meta WHERE key='next_seq'") - 1
+
+
+def test_aggregator_killed_mid_stream_stores_every_message_once(site):
+    capture = site.flows(10_000)  # 10,000 alerts and 10,000 summaries: the kill lands well before the end
     agg = site.aggregator()
-    pub = site.publish(flows)
+    pub = site.replay(capture)
     wait(lambda: count(site.store) > 2000, 120, "the first 2000 messages")
     os.kill(agg.pid, signal.SIGKILL)
     agg.wait()
     stored_before = count(site.store)
-    assert stored_before < 20_402, "the stream finished before the kill; the test proves nothing"
+    assert stored_before < 20_000, "the stream finished before the kill; the test proves nothing"
     time.sleep(1.0)
     site.aggregator()
     assert pub.wait(timeout=180) == 0, pub.stderr.read()
-    exactly_once(site.store, 20_400 + 2)  # hello + alerts + health
-    assert count(site.store, "SELECT COUNT(*) FROM messages WHERE type='alert'") == 20_400
+    exactly_once(site.store, spooled_total(site.root / "spool" / "spool.db"))
+    assert count(site.store, "SELECT COUNT(*) FROM messages WHERE type='alert'") == 10_000
+    assert count(site.store, "SELECT COUNT(*) FROM messages WHERE type='summary'") == 10_000
 
 
 def test_sensor_killed_mid_stream_resumes_from_its_spool(site):
-    flows = site.flows(1200)
-    pub = site.publish(flows, wait_s=60)  # no aggregator yet: everything stays spooled
-    spool = site.root / "spool.db"
+    pub = site.replay(site.flows(10_000), wait_s=60)  # no aggregator yet: everything stays spooled
+    spool = site.root / "spool" / "spool.db"
     wait(lambda: count(spool, "SELECT COUNT(*) FROM outbox") > 3000, 120, "3000 spooled messages")
     os.kill(pub.pid, signal.SIGKILL)
     pub.wait()
     spooled = count(spool, "SELECT COUNT(*) FROM outbox")
-    assert 3000 < spooled < 20_402
+    assert 3000 < spooled < 20_000
+    wait(lambda: not _meters_of(pub.pid), 10, "the killed sensor's meters to die with it")
     site.aggregator()
-    drain = site.publish()  # no inputs: deliver what the spool holds
-    assert drain.wait(timeout=120) == 0, drain.stderr.read()
-    exactly_once(site.store, spooled)
-    again = site.publish(site.flows(1))  # a new run continues the sequence numbers
+    again = site.replay(site.flows(10))  # the next start delivers the backlog, then its own messages
     assert again.wait(timeout=120) == 0, again.stderr.read()
-    assert count(site.store, f"SELECT MIN(seq) FROM messages WHERE seq > {spooled}") == spooled + 1
-    exactly_once(site.store, spooled + 17 + 2)
+    total = spooled_total(spool)
+    exactly_once(site.store, total)
+    assert count(site.store, f"SELECT COUNT(*) FROM messages WHERE seq <= {spooled}") == spooled
+    assert count(site.store, f"SELECT COUNT(*) FROM messages WHERE seq > {spooled} AND type='alert'") == 10
+
+
+def _meters_of(pid: int) -> list[int]:
+    """Processes whose parent is pid (the sensor's NFStream meters)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
 
 
 def test_intruders_are_refused_and_the_sensor_is_unaffected(site):
-    flows = site.flows(30)
+    capture = site.flows(30)
     site.aggregator()
     # a key that is not in the allow-list, claiming the legitimate sensor's name
     run("ntds-sensor", "keygen", "--out", site.root / "evil", "--name", "tap-01", check=True)
-    intruder = site.publish(flows, key="evil", spool="evil.db", wait_s=3)
+    intruder = site.replay(capture, key="evil", spool="evil", wait_s=3)
     # raw garbage on the TCP port
     with socket.create_connection(("127.0.0.1", site.port)) as s:
         s.sendall(os.urandom(4096))
     # a legitimate key sending garbage frames
     ctx = zmq.Context()
     dealer = ctx.socket(zmq.DEALER)
-    from sensor.keys import load_pair, load_public
+    from ntds.wire.keys import load_pair, load_public
 
     dealer.curve_publickey, dealer.curve_secretkey = load_pair(site.root / "tap" / "tap-01.key_secret")
     dealer.curve_serverkey = load_public(site.root / "agg" / "server.key")
     dealer.connect(site.endpoint)
     for junk in (b"garbage", b'{"v": 2}', b"[" * 50, b"x" * 70000):
         dealer.send(junk)
-    legit = site.publish(flows)
+    legit = site.replay(capture)
     assert legit.wait(timeout=120) == 0, legit.stderr.read()
     assert intruder.wait(timeout=60) == 3  # nothing acknowledged: all still spooled
-    exactly_once(site.store, 30 * 17 + 2)
+    exactly_once(site.store, spooled_total(site.root / "spool" / "spool.db"))
+    assert count(site.store, "SELECT COUNT(*) FROM messages WHERE type='alert'") == 30
     wait(lambda: count(site.store, "SELECT COALESCE(SUM(count), 0) FROM rejections") >= 4, 10, "rejections")
     reasons = dict(sqlite3.connect(site.store).execute("SELECT reason, count FROM rejections"))
     assert reasons.get("malformed", 0) >= 2 and reasons.get("version") == 1 and reasons.get("oversized") == 1

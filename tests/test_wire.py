@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sensor import wire
-from sensor.wire import EXAMPLES, Message, WireError, decode, encode
+from ntds.wire import schema as wire
+from ntds.wire.docs import markdown
+from ntds.wire.schema import EXAMPLES, Message, WireError, decode, encode
 
 
 @pytest.mark.parametrize("kind", wire.TYPES)
@@ -128,7 +129,31 @@ def test_the_wire_doc_is_generated_from_the_schema():
     from pathlib import Path
 
     text = (Path(__file__).resolve().parent.parent / "docs" / "wire.md").read_text()
-    assert text == wire.markdown(), "run: python -m sensor.wire > docs/wire.md"
+    assert text == markdown(), "run: python -m ntds.wire.docs > docs/wire.md"
     for kind, fields in wire.SCHEMA.items():
         for name in fields:
             assert f"`{name}`" in text, (kind, name)
+
+
+@pytest.mark.parametrize("kind", wire.TYPES)
+def test_every_type_is_archived_or_deliberately_skipped(kind):
+    """A new message type must say where it lands: archive rows of known tables, or why not."""
+    from aggregator.archive import TABLES
+
+    t = wire.MESSAGE_TYPES[kind]
+    if t.archive is None:
+        assert t.not_archived, f"{kind}: neither archived nor deliberately skipped"
+        return
+    rows = list(t.archive(Message(kind, "tap-01", 7, "2026-11-16T08:00:00Z", EXAMPLES[kind])))
+    assert rows, f"{kind}: the example gives no archive row"
+    for table, when, row in rows:
+        assert table in TABLES
+        assert set(row) == set(TABLES[table].names), (table, set(row) ^ set(TABLES[table].names))
+        assert when.tzinfo is not None
+
+
+def test_drop_order_and_health_counters_come_from_the_declarations():
+    spooled = [t for t in wire.MESSAGE_TYPES.values() if t.drop_rank is not None]
+    assert list(wire.DROP_ORDER) == [t.name for t in sorted(spooled, key=lambda t: t.drop_rank)]
+    assert list(wire.SCHEMA["health"]["spool_dropped"].fields) == list(wire.DROP_ORDER)
+    assert "ack" not in wire.DROP_ORDER

@@ -23,10 +23,10 @@ from pathlib import Path
 
 from aggregator.archive import Archive
 from aggregator.store import Store
-from sensor import wire
+from ntds.flows.traffic import FlowTraffic
+from ntds.wire import schema as wire
 from sensor.geo import GeoIP
 from sensor.summaries import Summariser
-from sensor.traffic import FlowTraffic
 from sensor.traffic_classes import TrafficClasses
 
 LOCAL_NETS = ["10.1.0.0/16"]

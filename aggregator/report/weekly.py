@@ -25,9 +25,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from aggregator.archive import TABLES, Archive
-from aggregator.world import country_name
-from sensor.errors import InputError
-from sensor.wire import TIERS, TRAFFIC_CLASSES, UNANSWERED_KINDS
+from aggregator.report.world import country_name
+from ntds.errors import InputError
+from ntds.wire.schema import TIERS, TRAFFIC_CLASSES, UNANSWERED_KINDS
 
 REPORT_SCHEMA = 1
 HISTORY_WEEKS = 12

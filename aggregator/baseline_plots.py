@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sensor.baseline import ALL_TRAFFIC, HISTOGRAM_EDGES, METRICS
-from sensor.scoring import AXES, TIER_LABELS
+from ntds.detect.baseline import ALL_TRAFFIC, HISTOGRAM_EDGES, METRICS
+from ntds.detect.scoring import AXES, TIER_LABELS
 
 TIER_COLOURS = ("#9e9e9e", "#2e7d32", "#f9a825", "#ef6c00", "#c62828", "#6a1b9a")
 

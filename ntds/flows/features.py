@@ -21,8 +21,8 @@ from ipaddress import ip_address
 
 from nfstream import NFPlugin
 
-from sensor.clock import TIME_PRECISION_US, packet_time_us
-from sensor.profiles import (
+from ntds.flows.clock import TIME_PRECISION_US, packet_time_us
+from ntds.flows.profiles import (
     ACTIVITY_TIMEOUT_US,
     BULK_GAP_US,
     BULK_MIN_PACKETS,
@@ -138,7 +138,7 @@ def _window(ip: bytes, ip_size: int, transport_size: int) -> int:
 class CicFeatures(NFPlugin):
     """NFStream plugin computing the 87 Unicauca/CICFlowMeter columns per flow.
 
-    The finished row (a tuple in `sensor.columns.COLUMNS` order, with the last
+    The finished row (a tuple in `ntds.flows.columns.COLUMNS` order, with the last
     two label columns left for the parent process) is left in `flow.udps.cic`;
     flows of a single packet leave None, as CICFlowMeter never writes them.
     """

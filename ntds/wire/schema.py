@@ -1,4 +1,4 @@
-"""The wire schema between sensors and the aggregator: the one place a message field is defined.
+"""The wire schema between sensors and the aggregator: the one place a message type is declared.
 
 Every message is one ZeroMQ frame holding one UTF-8 JSON object, the envelope:
 
@@ -8,9 +8,13 @@ Every message is one ZeroMQ frame holding one UTF-8 JSON object, the envelope:
 `seq` is the sensor's own sequence number: it starts at 1, grows by one per
 message and survives restarts (the spool keeps it), so (sensor, seq) names a
 message exactly once however often it is resent. The aggregator answers with an
-`ack` whose body lists the sequence numbers it has stored. docs/wire.md is
-generated from `SCHEMA` and `EXAMPLES` (`python -m sensor.wire > docs/wire.md`;
-a test keeps it current).
+`ack` whose body lists the sequence numbers it has stored.
+
+Each message type is one `MessageType`: its fields, an example body, its rank
+when the spool must drop something, and how it is flattened into archive rows
+(or why it is not archived). Everything else is derived from these
+declarations: the spool's drop order, the drop counters health messages
+carry, the archive's rows, docs/wire.md (`python -m ntds.wire.docs`).
 
 Decoding is strict all the way down: wrong JSON, wrong version, unknown type,
 missing or unknown fields at any depth, wrong types, times that do not parse,
@@ -22,9 +26,11 @@ relies on this: a decoded message always converts to Parquet rows.
 from __future__ import annotations
 
 import json
-import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
+
+from ntds.times import now_iso, parse_time
 
 VERSION = 1
 MAX_FRAME = 65536
@@ -57,8 +63,41 @@ class F:
     top: int = INT_MAX
 
 
+@dataclass(frozen=True)
+class Message:
+    type: str
+    sensor: str
+    seq: int
+    created: str
+    body: dict
+
+
+ArchiveRow = tuple[str, datetime, dict]
+"""(archive table, the time that decides the row's day folder, the row's columns)."""
+
+
+@dataclass(frozen=True)
+class MessageType:
+    """Everything ntds knows about one kind of message, declared once."""
+
+    name: str
+    meaning: str
+    fields: dict[str, F]
+    example: dict
+    drop_rank: int | None
+    """At the spool's size limit the lowest rank goes first; None: never spooled (sent by the aggregator)."""
+    archive: Callable[[Message], Iterable[ArchiveRow]] | None = None
+    """The message as archive rows (each keeps the message's sensor and seq)."""
+    not_archived: str = ""
+    """Why a type without `archive` is deliberately left out of the archive."""
+
+
 def _counts(*names: str, what: str) -> dict[str, F]:
     return {n: F("int", f"{n.replace('_', ' ')} {what}") for n in names}
+
+
+def _base(m: Message) -> dict:
+    return {"sensor": m.sensor, "seq": m.seq}
 
 
 DIRECTIONAL = {
@@ -79,13 +118,33 @@ ENVELOPE: dict[str, F] = {
     "body": F("obj", "the type's fields below"),
 }
 
-SCHEMA: dict[str, dict[str, F]] = {
-    "hello": {
+# -- hello ------------------------------------------------------------------------------
+
+HELLO = MessageType(
+    "hello",
+    "sent at start and after every reload: who the sensor is and what it judges with",
+    {
         "software": F("str", "ntds version of the sensor"),
         "baseline_id": F("str", "identifies the baseline the sensor scores with (its build time and method)"),
         "feature_profile": F("str", "unicauca or corrected"),
     },
-    "alert": {
+    {"software": "0.1.0", "baseline_id": "2026-11-23T02:00:00Z robust", "feature_profile": "unicauca"},
+    drop_rank=2,
+    not_archived="the store keeps each sensor's latest hello (`ntds-aggregator sensors`)",
+)
+
+# -- alert ------------------------------------------------------------------------------
+
+
+def _archive_alert(m: Message) -> Iterable[ArchiveRow]:
+    t = parse_time(m.body["time"])
+    yield "alerts", t, _base(m) | m.body | {"time": t, "explanation": json.dumps(m.body["explanation"])}
+
+
+ALERT = MessageType(
+    "alert",
+    "one flow judged rare against the sensor's baseline",
+    {
         "time": F("time", "flow start, ISO-8601 UTC"),
         "flow_id": F("str", "CICFlowMeter Flow.ID"),
         "src_ip": F("str", "Source.IP"),
@@ -110,7 +169,62 @@ SCHEMA: dict[str, dict[str, F]] = {
             max_items=16,
         ),
     },
-    "summary": {
+    {
+        "time": "2026-11-16T08:00:00.100000Z",
+        "flow_id": "10.1.0.10-93.184.216.34-42000-443-6",
+        "src_ip": "10.1.0.10",
+        "src_port": 42000,
+        "dst_ip": "93.184.216.34",
+        "dst_port": 443,
+        "protocol": 6,
+        "application": "GOOGLE",
+        "baseline": "application",
+        "score": 3.25,
+        "tier": 3,
+        "tier_label": "1 in 1000 event",
+        "explanation": [{"axis": "volume", "value": 9.9e7, "typical": 6000.0, "score": 8.1}],
+    },
+    drop_rank=3,
+    archive=_archive_alert,
+)
+
+# -- summary ----------------------------------------------------------------------------
+
+
+def _archive_summary(m: Message) -> Iterable[ArchiveRow]:
+    body = m.body
+    t = parse_time(body["interval_start"])
+    base = _base(m) | {"interval_start": t}
+    omitted = body["peer_pairs_omitted"]
+    yield (
+        "summaries",
+        t,
+        base
+        | {k: body[k] for k in ("interval_s", "flows", "packets", "bytes")}
+        | body["capture"]
+        | {"pairs_omitted_flows": omitted["flows"], "pairs_omitted_bytes": omitted["bytes"]},
+    )
+    for cls in TRAFFIC_CLASSES:
+        yield "traffic", t, base | {"class": cls} | body["traffic"][cls]
+    for a in body["applications"]:
+        tiers = {f"tier{k}": n for k, n in enumerate(a["tiers"])}
+        yield "applications", t, base | {k: a[k] for k in ("application", "flows", "bytes_up", "bytes_down")} | tiers
+    for kind in UNANSWERED_KINDS:
+        yield "unanswered", t, base | {"kind": kind} | body["unanswered"][kind]
+    for p in body["peer_pairs"]:
+        yield "peer_pairs", t, base | p
+    for c in body["countries"]:
+        yield "countries", t, base | c
+
+
+def _zero_directional() -> dict:
+    return dict.fromkeys(DIRECTIONAL, 0)
+
+
+SUMMARY = MessageType(
+    "summary",
+    "what one interval's flows added up to: the weekly report is built from these",
+    {
         "interval_start": F("time", "interval start, ISO-8601 UTC; a flow belongs to the interval it started in"),
         "interval_s": F("int", "length of the interval in seconds"),
         "flows": F("int", "flows started in the interval, single-packet flows included"),
@@ -180,48 +294,7 @@ SCHEMA: dict[str, dict[str, F]] = {
             },
         ),
     },
-    "health": {
-        "packets_seen": F("int", "packets the capture delivered since start"),
-        "packets_dropped": F("int", "packets the kernel or interface dropped since start"),
-        "flows_active": F("int", "flows open in the meter now"),
-        "spool_messages": F("int", "messages waiting in the spool for an acknowledgement"),
-        "spool_bytes": F("int", "their size"),
-        "spool_dropped": F(
-            "obj",
-            "messages dropped at the spool's size limit since the spool was created, per type",
-            _counts("hello", "alert", "summary", "health", what="messages dropped"),
-        ),
-    },
-    "ack": {
-        "seqs": F("ints", "sequence numbers of the sensor's messages now durably stored"),
-    },
-}
-TYPES = tuple(SCHEMA)
-
-
-def _zero_directional() -> dict:
-    return dict.fromkeys(DIRECTIONAL, 0)
-
-
-# One realistic body per type: docs/wire.md shows them, tests and benchmarks send them.
-EXAMPLES = {
-    "hello": {"software": "0.1.0", "baseline_id": "2026-11-23T02:00:00Z robust", "feature_profile": "unicauca"},
-    "alert": {
-        "time": "2026-11-16T08:00:00.100000Z",
-        "flow_id": "10.1.0.10-93.184.216.34-42000-443-6",
-        "src_ip": "10.1.0.10",
-        "src_port": 42000,
-        "dst_ip": "93.184.216.34",
-        "dst_port": 443,
-        "protocol": 6,
-        "application": "GOOGLE",
-        "baseline": "application",
-        "score": 3.25,
-        "tier": 3,
-        "tier_label": "1 in 1000 event",
-        "explanation": [{"axis": "volume", "value": 9.9e7, "typical": 6000.0, "score": 8.1}],
-    },
-    "summary": {
+    {
         "interval_start": "2026-11-16T08:00:00Z",
         "interval_s": 60,
         "flows": 12,
@@ -258,37 +331,89 @@ EXAMPLES = {
         "countries": [{"country": "US", "flows": 9, "bytes_in": 45000, "bytes_out": 6000, "max_tier": 1}],
         "capture": {"packets_seen": 104, "packets_dropped": 0, "flows_active": 3},
     },
-    "health": {
-        "packets_seen": 1,
-        "packets_dropped": 0,
-        "flows_active": 3,
-        "spool_messages": 0,
-        "spool_bytes": 0,
-        "spool_dropped": {"hello": 0, "alert": 0, "summary": 0, "health": 0},
+    drop_rank=1,
+    archive=_archive_summary,
+)
+
+# -- health -----------------------------------------------------------------------------
+
+
+def _archive_health(m: Message) -> Iterable[ArchiveRow]:
+    t = parse_time(m.created)
+    yield "health", t, _base(m) | m.body | {"created": t, "spool_dropped": sum(m.body["spool_dropped"].values())}
+
+
+HEALTH = MessageType(
+    "health",
+    "the sensor's capture counters and spool backlog, every health_interval_s",
+    {
+        "packets_seen": F("int", "packets the capture delivered since start"),
+        "packets_dropped": F("int", "packets the kernel or interface dropped since start"),
+        "flows_active": F("int", "flows open in the meter now"),
+        "spool_messages": F("int", "messages waiting in the spool for an acknowledgement"),
+        "spool_bytes": F("int", "their size"),
+        # "spool_dropped" is derived below from the types' drop ranks
     },
-    "ack": {"seqs": [1, 2, 3]},
-}
+    {"packets_seen": 1, "packets_dropped": 0, "flows_active": 3, "spool_messages": 0, "spool_bytes": 0},
+    drop_rank=0,
+    archive=_archive_health,
+)
+
+# -- ack --------------------------------------------------------------------------------
+
+ACK = MessageType(
+    "ack",
+    "the aggregator's answer: these sequence numbers are durably stored (its own seq is 0)",
+    {"seqs": F("ints", "sequence numbers of the sensor's messages now durably stored")},
+    {"seqs": [1, 2, 3]},
+    drop_rank=None,
+    not_archived="acknowledgements travel back to the sensor and are never stored",
+)
+
+MESSAGE_TYPES: dict[str, MessageType] = {t.name: t for t in (HELLO, ALERT, SUMMARY, HEALTH, ACK)}
+TYPES = tuple(MESSAGE_TYPES)
+SCHEMA: dict[str, dict[str, F]] = {n: t.fields for n, t in MESSAGE_TYPES.items()}
+EXAMPLES: dict[str, dict] = {n: t.example for n, t in MESSAGE_TYPES.items()}
+DROP_ORDER: tuple[str, ...] = tuple(
+    t.name for t in sorted(MESSAGE_TYPES.values(), key=lambda t: t.drop_rank or 0) if t.drop_rank is not None
+)
+"""Spooled types, the first to be dropped at the spool's size limit first."""
+HEALTH.fields["spool_dropped"] = F(
+    "obj",
+    "messages dropped at the spool's size limit since the spool was created, per type",
+    _counts(*DROP_ORDER, what="messages dropped"),
+)
+HEALTH.example["spool_dropped"] = dict.fromkeys(DROP_ORDER, 0)
 
 
-@dataclass(frozen=True)
-class Message:
-    type: str
-    sensor: str
-    seq: int
-    created: str
-    body: dict
+# -- bodies the programs build (alerts: ntds.detect.alerts; summaries: sensor.summaries) ---
 
 
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+def hello(baseline_id: str, feature_profile: str) -> dict:
+    from ntds import __version__
+
+    return {"software": __version__, "baseline_id": baseline_id, "feature_profile": feature_profile}
 
 
-def parse_time(text: str) -> datetime:
-    """A wire time as an aware UTC datetime; ValueError if it is not ISO-8601 with a zone."""
-    t = datetime.fromisoformat(text)
-    if t.tzinfo is None:
-        raise ValueError("no time zone")
-    return t.astimezone(UTC)
+def health(
+    packets_seen: int, packets_dropped: int, flows_active: int, spool_messages: int, spool_bytes: int, dropped: dict
+) -> dict:
+    return {
+        "packets_seen": packets_seen,
+        "packets_dropped": packets_dropped,
+        "flows_active": flows_active,
+        "spool_messages": spool_messages,
+        "spool_bytes": spool_bytes,
+        "spool_dropped": {k: dropped.get(k, 0) for k in DROP_ORDER},
+    }
+
+
+def ack(sensor: str, seqs: list[int], seq: int = 0) -> Message:
+    """The aggregator's acknowledgement of stored messages (its own seq is 0: acks are not stored)."""
+    return Message("ack", sensor, seq, now_iso(), {"seqs": list(seqs)})
+
+
+# -- validation -------------------------------------------------------------------------
 
 
 def _is_int(v) -> bool:
@@ -379,61 +504,20 @@ def _no_constants(name: str):
     raise WireError(f"non-finite number {name} in message")
 
 
-def ack(sensor: str, seqs: list[int], seq: int = 0) -> Message:
-    """The aggregator's acknowledgement of stored messages (its own seq is 0: acks are not stored)."""
-    return Message("ack", sensor, seq, now_iso(), {"seqs": list(seqs)})
-
-
-def _table(fields: dict[str, F], prefix: str = "") -> list[str]:
-    rows = []
-    for name, f in fields.items():
-        kind = {"objs": f"list of objects (at most {f.max_items})", "ints": f"ints[{f.length}]"}.get(f.kind, f.kind)
-        if f.kind == "ints" and f.length is None:
-            kind = "list of int"
-        rows.append(f"| `{prefix}{name}` | {kind} | {f.meaning} |")
-        subs = list(f.fields.values())
-        if len(subs) > 1 and all(x.fields and x.fields is subs[0].fields for x in subs):
-            # the same fields under every key (traffic classes, unanswered kinds): named once
-            rows += _table(subs[0].fields, f"{prefix}{name}.<{'/'.join(f.fields)}>.")
-        elif subs:
-            rows += _table(f.fields, f"{prefix}{name}[]." if f.kind == "objs" else f"{prefix}{name}.")
-    return rows
-
-
-def markdown() -> str:
-    """docs/wire.md: every field's table and one example per type, from the definitions above."""
-    out = [
-        f"# Wire format (schema version {VERSION})",
-        "",
-        "Sensors and the aggregator exchange single-frame ZeroMQ messages, each one UTF-8",
-        "JSON object. `sensor/wire.py` defines every field and is imported by both sides;",
-        "this page is generated from it (`python -m sensor.wire > docs/wire.md`) and the",
-        "tests check that it is current and that every example decodes.",
-        "",
-        "Kinds: `int` is a whole number from 0 to 2^63-1, `num` a finite number, `time`",
-        "an ISO-8601 time with a zone (sensors write UTC with `Z`), `obj` an object with",
-        "exactly the fields listed under it, `ints[n]` a list of n ints.",
-        "",
-        "## Envelope",
-        "",
-        "| field | kind | meaning |",
-        "|---|---|---|",
-        *_table(ENVELOPE),
-        "",
-        f"Rules: the decoder refuses frames over {MAX_FRAME:,} bytes, other schema versions,",
-        "unknown types, missing or unknown fields at any depth, fields of the wrong kind,",
-        "out-of-range integers and non-finite numbers. `(sensor, seq)` names a message",
-        "once: the aggregator stores it once and acknowledges it however often it",
-        "arrives. Acknowledgements travel back as `ack` messages that are not stored",
-        "(their own `seq` is 0).",
-    ]
-    for kind, fields in SCHEMA.items():
-        example = {"v": VERSION, "type": kind, "sensor": "tap-01", "seq": 0 if kind == "ack" else 42}
-        example |= {"created": "2026-11-23T08:00:00.123456Z", "body": EXAMPLES[kind]}
-        out += ["", f"## `{kind}`", "", "| field | kind | meaning |", "|---|---|---|", *_table(fields), ""]
-        out += ["```json", json.dumps(example, indent=2), "```"]
-    return "\n".join(out) + "\n"
-
-
-if __name__ == "__main__":
-    sys.stdout.write(markdown())
+__all__ = [
+    "DROP_ORDER",
+    "EXAMPLES",
+    "MESSAGE_TYPES",
+    "SCHEMA",
+    "TYPES",
+    "Message",
+    "MessageType",
+    "WireError",
+    "ack",
+    "decode",
+    "encode",
+    "health",
+    "hello",
+    "now_iso",
+    "parse_time",
+]

@@ -3,7 +3,7 @@
 The streamer settings map CICFlowMeter's flow rules onto NFStream (spec 5.1-5.2):
 120 s active timeout measured from the flow start, no tunnel decoding, the FIN
 rule and the single-packet filter in the plugin. Every input is checked first
-(`sensor.captures`); a damaged file is metered up to the damage only.
+(`ntds.flows.captures`); a damaged file is metered up to the damage only.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from datetime import UTC, datetime, tzinfo
 
 from nfstream import NFStreamer
 
-from sensor.captures import CaptureInfo, inspect_capture, readable_prefix
-from sensor.errors import InputError
-from sensor.features import CicFeatures
-from sensor.labels import dataset_label
-from sensor.profiles import FLOW_TIMEOUT_US, FeatureProfile, get_profile
-from sensor.traffic import FlowTraffic
+from ntds.errors import InputError
+from ntds.flows.captures import CaptureInfo, inspect_capture, readable_prefix
+from ntds.flows.features import CicFeatures
+from ntds.flows.labels import dataset_label
+from ntds.flows.profiles import FLOW_TIMEOUT_US, FeatureProfile, get_profile
+from ntds.flows.traffic import FlowTraffic
 
 EXTRA_COLUMNS: tuple[str, ...] = (
     "application_name",

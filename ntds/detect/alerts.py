@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sensor.baseline import ALL_TRAFFIC, AXIS_INDEX, METRIC_COLUMNS, Baseline, metrics_matrix
-from sensor.errors import InputError
-from sensor.flowfiles import kind_of, read_flow_table, records_to_columns
-from sensor.meter import EXTRA_COLUMNS, FlowMeter
-from sensor.scoring import TIER_LABELS
+from ntds.detect.baseline import ALL_TRAFFIC, AXIS_INDEX, METRIC_COLUMNS, Baseline, metrics_matrix
+from ntds.detect.scoring import TIER_LABELS
+from ntds.errors import InputError
+from ntds.flows.files import kind_of, read_flow_table, records_to_columns
+from ntds.flows.meter import EXTRA_COLUMNS, FlowMeter
 
 IDENTITY = ["Flow.ID", "Source.IP", "Source.Port", "Destination.IP", "Destination.Port", "Protocol", "Timestamp"]
 COLUMNS = [*IDENTITY, "ProtocolName", *METRIC_COLUMNS]

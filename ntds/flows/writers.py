@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
 
-from sensor.columns import COLUMNS, FLOAT_COLUMNS, STRING_COLUMNS
-from sensor.meter import EXTRA_COLUMNS, FlowRecord
+from ntds.flows.columns import COLUMNS, FLOAT_COLUMNS, STRING_COLUMNS
+from ntds.flows.meter import EXTRA_COLUMNS, FlowRecord
 
 EXTRA_STRINGS = frozenset(
     {

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sensor.errors import InputError
+from ntds.errors import InputError
 
 
 def generate(directory: str | Path, name: str) -> tuple[Path, Path]:

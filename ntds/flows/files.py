@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sensor.columns import COLUMNS
-from sensor.errors import InputError
+from ntds.errors import InputError
+from ntds.flows.columns import COLUMNS
 
 CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap")
 CHUNK_ROWS = 200_000

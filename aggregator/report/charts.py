@@ -3,7 +3,7 @@
 Every chart takes the report dict (never the archive), so the HTML shows
 exactly the numbers in report.json. SVG keeps the page one self-contained file
 that opens offline: no scripts, no fonts or images fetched. The world map
-draws country outlines from `aggregator.world`.
+draws country outlines from `aggregator.report.world`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import re
 import numpy as np
 from matplotlib.figure import Figure
 
-from aggregator.plots import TIER_COLOURS
-from aggregator.world import outlines
-from sensor.scoring import TIER_LABELS
+from aggregator.baseline_plots import TIER_COLOURS
+from aggregator.report.world import outlines
+from ntds.detect.scoring import TIER_LABELS
 
 MB = 1e6
 CLASS_COLOURS = {"external": "#1565c0", "local_service": "#00897b", "peer_to_peer": "#f4511e"}

@@ -15,7 +15,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from sensor.errors import InputError
+from ntds.errors import InputError
 
 # Link types (as written in capture files) whose frames NFStream 6.6.0 decodes.
 LINK_TYPES: dict[int, str] = {

@@ -14,10 +14,10 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
-from aggregator import charts
-from sensor.errors import InputError
-from sensor.scoring import TIER_LABELS
-from sensor.wire import TIERS
+from aggregator.report import charts
+from ntds.detect.scoring import TIER_LABELS
+from ntds.errors import InputError
+from ntds.wire.schema import TIERS
 
 MB = 1e6
 

@@ -1,4 +1,9 @@
-"""Validated YAML settings files: one declaration per key, one clear line per mistake.
+"""Validated YAML settings files: each setting declared once, one clear line per mistake.
+
+A program's configuration is a frozen dataclass whose fields are declared with
+`setting(...)`: type, default, meaning, range, and whether a running program
+can take a new value on SIGHUP. Loading, `check-config`'s description and the
+reload rules all come from those declarations, so a new setting is one line.
 
 Both `config/sensor.yaml` and `config/aggregator.yaml` are read through here, so
 they fail the same way: unknown keys, wrong types, out-of-range numbers and
@@ -8,12 +13,13 @@ half-configured. Paths are relative to the settings file.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
-from sensor.errors import InputError
+from ntds.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -27,8 +33,64 @@ class Setting:
     high: int | None = None
     choices: tuple[str, ...] = ()
     must_exist: bool = False
+    reload: bool = False
+    """A running program takes a new value on SIGHUP; otherwise a change needs a restart."""
+    secret: bool = False
+    """A key file: not needed with --insecure (plain text on loopback)."""
     check: Callable[[Any], str | None] | None = None
     """Extra validation: returns a problem description, or None."""
+
+
+def setting(kind: str, default: Any, meaning: str, **options: Any) -> Any:
+    """A dataclass field declaring one setting (see `Setting` for the options)."""
+    return field(metadata={"setting": Setting(kind, default, meaning, **options)})
+
+
+class Settings:
+    """Base of a program's configuration dataclass: `load`, `describe`, `reloaded`."""
+
+    path: Path
+    KIND: ClassVar[str] = "configuration"
+
+    @classmethod
+    def declared(cls) -> dict[str, Setting]:
+        """Every setting in declaration order."""
+        return {f.name: f.metadata["setting"] for f in dataclasses.fields(cls) if "setting" in f.metadata}
+
+    @classmethod
+    def load(cls, path: str | Path, insecure: bool = False) -> Self:
+        """The validated configuration; with insecure (the --insecure flag) key files are not needed."""
+        declared = cls.declared()
+        skip = frozenset(k for k, s in declared.items() if s.secret) if insecure else frozenset()
+        values = load_values(path, declared, skip)
+        return cls(path=Path(path), **cls.finish(Path(path), values))
+
+    @classmethod
+    def finish(cls, path: Path, values: dict) -> dict:
+        """Checks that involve several settings, or conversions; the values as the dataclass takes them."""
+        return values
+
+    def describe(self) -> str:
+        """The effective configuration as YAML, each key with its meaning (for check-config)."""
+        import yaml
+
+        lines = []
+        for key, s in self.declared().items():
+            v = getattr(self, key)
+            v = str(v) if isinstance(v, Path) else [str(x) for x in v] if isinstance(v, list) else v
+            v = "" if v is None else v
+            dumped = yaml.safe_dump({key: v}, default_flow_style=True, width=1000).strip()[1:-1]
+            restart = "" if s.reload else " (restart to change)"
+            lines.append(f"# {s.meaning}{restart}\n{dumped}")
+        return "\n".join(lines) + "\n"
+
+    def reloaded(self, new: Self) -> tuple[Self, list[str]]:
+        """(what a running program uses after SIGHUP, the changed settings that wait for a restart)."""
+        declared = self.declared()
+        changed = [k for k in declared if getattr(new, k) != getattr(self, k)]
+        fixed = [k for k in changed if not declared[k].reload]
+        take = {k: getattr(new, k) for k in changed if declared[k].reload}
+        return dataclasses.replace(self, **take), fixed  # type: ignore[type-var]
 
 
 def read_mapping(path: Path) -> tuple[dict, dict[str, int]]:
@@ -57,7 +119,7 @@ def read_mapping(path: Path) -> tuple[dict, dict[str, int]]:
     return raw, lines
 
 
-def load(path: str | Path, settings: dict[str, Setting], skip_exists: frozenset[str] = frozenset()) -> dict:
+def load_values(path: str | Path, settings: dict[str, Setting], skip_exists: frozenset[str] = frozenset()) -> dict:
     """Every setting's effective value (paths resolved); InputError on the first mistake."""
     p = Path(path)
     raw, lines = read_mapping(p)
@@ -94,6 +156,7 @@ def load(path: str | Path, settings: dict[str, Setting], skip_exists: frozenset[
                 value = [value]
             if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
                 raise fail(key, "must be a list of text items")
+            value = list(value)
         if s.kind == "path" and value:
             value = Path(value) if Path(value).is_absolute() else base / value
             if s.must_exist and key not in skip_exists and not value.exists():
@@ -106,16 +169,3 @@ def load(path: str | Path, settings: dict[str, Setting], skip_exists: frozenset[
     if missing:
         raise missing[0]
     return out
-
-
-def describe(settings: dict[str, Setting], values: dict) -> str:
-    """The effective configuration as YAML, each key with its meaning (for check-config)."""
-    import yaml
-
-    lines = []
-    for key, s in settings.items():
-        v = values[key]
-        v = str(v) if isinstance(v, Path) else v
-        dumped = yaml.safe_dump({key: v}, default_flow_style=True, width=1000).strip()[1:-1]
-        lines.append(f"# {s.meaning}\n{dumped}")
-    return "\n".join(lines) + "\n"

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sensor.clock import TIME_PRECISION_US
-from sensor.columns import INDEX
-from sensor.errors import InputError
-from sensor.scoring import AXES, TIER_LABELS, make_scorer, tier_of, tier_thresholds
+from ntds.detect.scoring import AXES, TIER_LABELS, make_scorer, tier_of, tier_thresholds
+from ntds.errors import InputError
+from ntds.flows.clock import TIME_PRECISION_US
+from ntds.flows.columns import INDEX
 
 FORMAT = "ntds-baseline"
 VERSION = 1
@@ -210,6 +210,11 @@ class Baseline:
             scorer = make_scorer(self.method, doc["combine"]).load(e["model"])
             self.scorers[name] = scorer
             self.tiers[name] = e["tiers"]
+
+    @property
+    def id(self) -> str:
+        """Names this baseline in hello messages and alerts: its build time and method."""
+        return f"{self.doc['built']} {self.method}"
 
     @classmethod
     def load(cls, path: str | Path, feature_profile: str | None = None) -> Baseline:

@@ -1,0 +1,1 @@
+"""The weekly report: numbers from the archive with Dask, charts, HTML/JSON/CSV."""

@@ -1,0 +1,1 @@
+"""Detection: per-flow scorers and rarity tiers, baselines, alerts."""

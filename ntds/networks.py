@@ -1,0 +1,54 @@
+"""The site's own address space: one definition of "local" for every part of ntds.
+
+The sensor's traffic classes, the baseline builder's `--offsite-only` and
+`--local-net`, and the host-level detectors all ask the same question (is this
+address the site's?), so they share one default and one matcher.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+DEFAULT_LOCAL_NETWORKS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "fc00::/7", "fe80::/10")
+"""RFC 1918, IPv4 link-local, IPv6 unique-local and link-local."""
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(items: Iterable[str], what: str = "local_networks") -> list[Network]:
+    """Addresses or CIDR networks; ValueError naming `what` and the bad item."""
+    nets = []
+    for text in items:
+        try:
+            nets.append(ipaddress.ip_network(str(text).strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{what}: {text!r} is not an address or network") from None
+    return nets
+
+
+def invalid_network(values: list[str]) -> str | None:
+    """For settings checks: a description of the first item that is not a network, or None."""
+    try:
+        parse_networks(values)
+    except ValueError:
+        bad = next(v for v in values if not _parses(v))
+        return f"has {bad!r}, which is not an address or network"
+    return None
+
+
+def _parses(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text.strip(), strict=False)
+        return True
+    except ValueError:
+        return False
+
+
+def contains(networks: list[Network], address: str) -> bool:
+    """Whether the address (text) lies in any of the networks; False for text that is no address."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in n for n in networks if n.version == ip.version)

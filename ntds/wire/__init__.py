@@ -1,0 +1,1 @@
+"""The wire between sensors and the aggregator: the message schema and the CURVE keys."""

@@ -1,0 +1,72 @@
+"""docs/wire.md, generated from the message type declarations: `python -m ntds.wire.docs > docs/wire.md`.
+
+A test keeps the page current, so the documentation can never drift from what
+the decoder accepts.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from ntds.wire.schema import DROP_ORDER, ENVELOPE, MAX_FRAME, MESSAGE_TYPES, VERSION, F
+
+
+def _table(fields: dict[str, F], prefix: str = "") -> list[str]:
+    rows = []
+    for name, f in fields.items():
+        kind = {"objs": f"list of objects (at most {f.max_items})", "ints": f"ints[{f.length}]"}.get(f.kind, f.kind)
+        if f.kind == "ints" and f.length is None:
+            kind = "list of int"
+        rows.append(f"| `{prefix}{name}` | {kind} | {f.meaning} |")
+        subs = list(f.fields.values())
+        if len(subs) > 1 and all(x.fields and x.fields is subs[0].fields for x in subs):
+            # the same fields under every key (traffic classes, unanswered kinds): named once
+            rows += _table(subs[0].fields, f"{prefix}{name}.<{'/'.join(f.fields)}>.")
+        elif subs:
+            rows += _table(f.fields, f"{prefix}{name}[]." if f.kind == "objs" else f"{prefix}{name}.")
+    return rows
+
+
+def markdown() -> str:
+    """Every field's table and one example per type, from the declarations."""
+    out = [
+        f"# Wire format (schema version {VERSION})",
+        "",
+        "Sensors and the aggregator exchange single-frame ZeroMQ messages, each one UTF-8",
+        "JSON object. `ntds/wire/schema.py` declares every message type and is imported by",
+        "both programs; this page is generated from it (`python -m ntds.wire.docs >",
+        "docs/wire.md`) and the tests check that it is current and that every example decodes.",
+        "",
+        "Kinds: `int` is a whole number from 0 to 2^63-1, `num` a finite number, `time`",
+        "an ISO-8601 time with a zone (sensors write UTC with `Z`), `obj` an object with",
+        "exactly the fields listed under it, `ints[n]` a list of n ints.",
+        "",
+        "## Envelope",
+        "",
+        "| field | kind | meaning |",
+        "|---|---|---|",
+        *_table(ENVELOPE),
+        "",
+        f"Rules: the decoder refuses frames over {MAX_FRAME:,} bytes, other schema versions,",
+        "unknown types, missing or unknown fields at any depth, fields of the wrong kind,",
+        "out-of-range integers and non-finite numbers. `(sensor, seq)` names a message",
+        "once: the aggregator stores it once and acknowledges it however often it",
+        "arrives. Acknowledgements travel back as `ack` messages that are not stored",
+        "(their own `seq` is 0).",
+        "",
+        f"At the spool's size limit the sensor drops the oldest messages of the least valuable type first: "
+        f"{', then '.join(DROP_ORDER)}.",
+    ]
+    for kind, t in MESSAGE_TYPES.items():
+        example = {"v": VERSION, "type": kind, "sensor": "tap-01", "seq": 0 if kind == "ack" else 42}
+        example |= {"created": "2026-11-23T08:00:00.123456Z", "body": t.example}
+        archived = "archived" if t.archive else f"not archived: {t.not_archived}"
+        out += ["", f"## `{kind}`", "", f"{t.meaning[0].upper()}{t.meaning[1:]} ({archived}).", ""]
+        out += ["| field | kind | meaning |", "|---|---|---|", *_table(t.fields), ""]
+        out += ["```json", json.dumps(example, indent=2), "```"]
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown())
