@@ -23,7 +23,6 @@ import contextlib
 import fcntl
 import json
 import logging
-import os
 import re
 import shutil
 import threading
@@ -38,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from aggregator.store import Store
+from ntds.atomic import atomic_path
 from ntds.wire.schema import MESSAGE_TYPES, TIERS, Message
 
 log = logging.getLogger("ntds.aggregator.archive")
@@ -169,16 +169,8 @@ def _live(folder: Path) -> tuple[list[Path], list[Path]]:
 
 
 def _write_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    pq.write_table(table, tmp, compression="zstd")
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
 
 
 class Archive:

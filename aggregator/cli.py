@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from aggregator import __version__
-from ntds.detect.scoring import METHODS
+from ntds.detect.scoring import SCORERS
 from ntds.errors import InputError
 from ntds.flows.profiles import PROFILES
 
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("inputs", nargs="+", metavar="INPUT")
     b.add_argument("-o", "--output", required=True, help="baseline file to write (JSON)")
-    b.add_argument("--method", choices=sorted(METHODS), default="robust", help="scoring method (default: robust)")
+    b.add_argument("--method", choices=sorted(SCORERS), default="robust", help="scoring method (default: robust)")
     b.add_argument("--combine", choices=("mean", "max"), help="how axis scores combine (default: per method)")
     b.add_argument("--min-count", type=int, default=100, help="flows an application needs for its own entry")
     b.add_argument(
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pl.add_argument("inputs", nargs="+", metavar="INPUT")
     pl.add_argument("-o", "--output", required=True, help="folder for the PNG files and metrics.txt")
-    pl.add_argument("--method", choices=sorted(METHODS), default="robust", help="when INPUT is flows (default: robust)")
+    pl.add_argument("--method", choices=sorted(SCORERS), default="robust", help="when INPUT is flows (default: robust)")
     pl.add_argument("--min-count", type=int, default=100, help="when INPUT is flows")
     pl.add_argument("--profile", choices=sorted(PROFILES), default="unicauca", help="when INPUT is flows")
     pl.set_defaults(func=_baseline_plots)

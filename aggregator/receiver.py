@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
-import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -128,12 +127,3 @@ class Receiver:
             self.serve_once()
             if tick is not None:
                 tick()
-
-
-def wait_for(condition, timeout: float, step: float = 0.05) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(step)
-    return condition()

@@ -80,9 +80,6 @@ class Store:
             sql, args = sql + " AND sensor = ?", [*args, sensor]
         return self.db.execute(sql, args).fetchone()[0]
 
-    def seqs(self, sensor: str) -> list[int]:
-        return [r[0] for r in self.db.execute("SELECT seq FROM messages WHERE sensor = ? ORDER BY seq", (sensor,))]
-
     def sensors(self) -> list[dict]:
         rows = self.db.execute("SELECT sensor, last_seen, hello, health FROM sensors ORDER BY sensor")
         return [

@@ -30,6 +30,7 @@ class Progress:
     ) -> None:
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self._done = 0
+        self.status = status
         self.bar = tqdm(
             total=total,
             desc=desc,
@@ -40,7 +41,7 @@ class Progress:
             leave=True,
             dynamic_ncols=True,
             mininterval=0.5,
-            bar_format="{postfix}" if status else None,
+            bar_format="{desc}" if status else None,
         )
 
     def update(self, n: int = 1) -> None:
@@ -53,8 +54,11 @@ class Progress:
             self.update(done - self._done)
 
     def note(self, text: str) -> None:
-        self.bar.set_postfix_str(text, refresh=False)
-        self.bar.refresh()
+        """The status line (status=True), or text after the counter."""
+        if self.status:
+            self.bar.set_description_str(text, refresh=True)
+        else:
+            self.bar.set_postfix_str(text, refresh=True)
 
     def close(self) -> None:
         self.bar.close()

@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ntds.errors import InputError
 from ntds.flows.profiles import PROFILES
+from ntds.progress import Progress
 from sensor import __version__
 
 PROG = "ntds-sensor"
@@ -30,24 +30,6 @@ def _warn(message: str) -> None:
 def _fail(message: str, code: int) -> int:
     print(f"{PROG}: error: {message}", file=sys.stderr)
     return code
-
-
-class _Progress:
-    """A one-line progress report on a terminal; silent when stderr is not one."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.start = self.last = time.monotonic()
-
-    def update(self, flows: int) -> None:
-        now = time.monotonic()
-        if self.enabled and now - self.last >= 0.5:
-            self.last = now
-            print(f"\r{flows} flows, {now - self.start:.0f} s", end="", file=sys.stderr, flush=True)
-
-    def done(self, flows: int) -> None:
-        if self.enabled:
-            print(f"\r{flows} flows in {time.monotonic() - self.start:.1f} s", file=sys.stderr)
 
 
 def cmd_features(args: argparse.Namespace) -> int:
@@ -66,7 +48,7 @@ def cmd_features(args: argparse.Namespace) -> int:
         infos = meter.check(args.pcaps)  # fail before creating any output
     except InputError as e:
         return _fail(str(e), EXIT_INPUT)
-    progress = _Progress(sys.stderr.isatty() and not args.quiet)
+    progress = Progress("metering", unit=" flows", enabled=sys.stderr.isatty() and not args.quiet)
     summary: Counter[str] = Counter()
     writer = None
     n = 0
@@ -82,7 +64,7 @@ def cmd_features(args: argparse.Namespace) -> int:
             summary[rec.features[-1]] += 1
             n += 1
             if not n & 255:
-                progress.update(n)
+                progress.update(256)
         writer.close()
     except InputError as e:
         return _fail(str(e), EXIT_INPUT)
@@ -91,14 +73,15 @@ def cmd_features(args: argparse.Namespace) -> int:
     except OSError as e:
         where = out if out is not None else "standard output"
         return _fail(f"{where}: cannot write: {e.strerror or e} ({n} flows written)", EXIT_OUTPUT)
-    progress.done(n)
+    progress.update(n & 255)
+    progress.close()
     if args.summary:
         print_summary(summary, n)
     return 0
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from ntds.detect.alerts import score_command
+    from sensor.score import score_command
 
     try:
         return score_command(args)

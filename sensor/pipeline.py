@@ -24,7 +24,6 @@ import queue
 import signal
 import socket
 import sqlite3
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +36,7 @@ from ntds.errors import InputError
 from ntds.flows.files import records_to_columns
 from ntds.flows.meter import EXTRA_COLUMNS, FlowMeter, FlowRecord
 from ntds.notify import Notifier
+from ntds.progress import Progress
 from ntds.wire import schema as wire
 from ntds.wire.keys import load_pair, load_public
 from ntds.wire.schema import TIERS
@@ -99,7 +99,7 @@ class Pipeline:
         self.interfaces = interfaces or []
         self.files = files or []
         self.insecure = insecure
-        self.progress = progress
+        self.progress = Progress(enabled=progress, status=True)
         self.drain_s = drain_s
         self.notify = Notifier()
         self.counters = Counters()
@@ -175,8 +175,7 @@ class Pipeline:
             self.spool.close()
             for s, h in previous.items():
                 signal.signal(s, h)
-            if self.progress:
-                print(file=sys.stderr)
+            self.progress.close()
 
     def _on_stop(self, *_) -> None:
         self._stop_requested = True
@@ -271,8 +270,7 @@ class Pipeline:
                 link.pump(0)
                 self.notify.watchdog()
                 self.notify.status(self.status())
-                if self.progress:
-                    print(f"\r{self.status()}   ", end="", file=sys.stderr, flush=True)
+                self.progress.note(self.status())
             if now >= next_health:
                 next_health = now + self.cfg.health_interval_s
                 self.spool.append([("health", self._health())])

@@ -14,10 +14,10 @@ to show). Only flows with a record are scored, so only they have a tier.
 from __future__ import annotations
 
 import ipaddress
-from datetime import UTC, datetime
 
 from ntds.flows.profiles import FLOW_TIMEOUT_US
 from ntds.flows.traffic import FlowTraffic
+from ntds.times import iso_ms
 from ntds.wire.schema import TIERS, TRAFFIC_CLASSES, UNANSWERED_KINDS
 from sensor.geo import GeoIP
 from sensor.traffic_classes import EXTERNAL, PEER_TO_PEER, TrafficClasses
@@ -53,7 +53,7 @@ def _order_key(ip: str) -> tuple[int, int, str]:
 
 
 def iso_seconds(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return iso_ms(ms, "seconds")
 
 
 class Summariser:
@@ -140,10 +140,6 @@ class Summariser:
     def capture(self, packets_seen: int, packets_dropped: int, flows_active: int) -> None:
         """The capture's running totals; the next summary reports what changed since the last one."""
         self._capture = [packets_seen, packets_dropped, flows_active]
-
-    @property
-    def open_intervals(self) -> int:
-        return len(self._buckets)
 
     def close(self, now_ms: int | None = None) -> list[dict]:
         """Summary bodies of the intervals that ended GRACE_MS before now_ms (all of them if None)."""

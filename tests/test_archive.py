@@ -63,7 +63,7 @@ def test_export_is_idempotent_and_a_crash_repeat_rewrites_the_same_files(tmp_pat
     # Every nested table got its rows: 4 traffic classes, 3 applications, 3 unanswered kinds per summary.
     assert len(rows(archive, "traffic")) == 20 and len(rows(archive, "applications")) == 15
     assert {r["class"] for r in rows(archive, "traffic")} == {"external", "local_service", "peer_to_peer", "other"}
-    assert not list(archive.root.rglob(".tmp-*"))
+    assert not list(archive.root.rglob(".*.tmp"))
 
 
 def test_merge_keeps_rows_once_and_listed_files_readable(tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ntds.detect.baseline import ALL_TRAFFIC, AXIS_INDEX, METRICS, Baseline, build, save
-from ntds.detect.scoring import AXES, PseudoSigma, RobustLog, tier_of, tier_thresholds
+from ntds.detect.scoring import AXES, SCORERS, PseudoSigma, RobustLog, Scorer, make_scorer, tier_of, tier_thresholds
 from ntds.errors import InputError
 
 
@@ -49,7 +49,7 @@ def test_robust_by_hand():
     assert r.typical()[1] == pytest.approx(3.0)
 
 
-@pytest.mark.parametrize("cls", [PseudoSigma, RobustLog])
+@pytest.mark.parametrize("cls", list(SCORERS.values()), ids=list(SCORERS))
 def test_batch_equals_one_by_one_and_learn_one_equals_fit(cls):
     rng = np.random.default_rng(7)
     X = rng.lognormal(3, 1, size=(300, 7)).round(1)
@@ -161,3 +161,31 @@ def test_baseline_file_is_plain_json_without_nan(tmp_path):
     text = (tmp_path / "b.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text)["applications"]["A"]["metrics"]["flowrate"]["non_finite"] == 10
+
+
+@pytest.mark.parametrize("name", list(SCORERS))
+def test_every_registered_scorer_keeps_the_contract(name):
+    """A new scorer is tested by registering it: the contract holds for every entry of SCORERS."""
+    cls = SCORERS[name]
+    assert issubclass(cls, Scorer) and cls.name == name
+    rng = np.random.default_rng(11)
+    X = rng.lognormal(4, 1.2, size=(2000, len(AXES))).round(1)
+    scorer = make_scorer(name).fit(X)
+    scores, per_axis = scorer.score_many(X)
+    assert scores.shape == (len(X),) and per_axis.shape == X.shape
+    assert np.isfinite(scores).all() and (per_axis >= 0).all()
+    assert scorer.typical().shape == (len(AXES),)
+    # flows far outside the population score higher than the population's own median flow
+    far = np.full((1, len(AXES)), X.max() * 100)
+    assert scorer.score_many(far)[0][0] > np.median(scores)
+    # parameters round-trip through JSON exactly
+    again = cls(combine=scorer.combine).load(json.loads(json.dumps(scorer.params())))
+    s2, pa2 = again.score_many(X)
+    assert np.array_equal(s2, scores) and np.array_equal(pa2, per_axis)
+    # learn_one then score equals fit on the same flows
+    online = cls()
+    for row in X[:100]:
+        online.learn_one(row)
+    assert np.allclose(online.score_many(X[:10])[0], cls().fit(X[:100]).score_many(X[:10])[0])
+    with pytest.raises(ValueError):
+        cls().score_many(X[:1])  # nothing learned yet

@@ -14,15 +14,15 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
+from ntds.atomic import atomic_write_text
 from ntds.detect.scoring import AXES, TIER_LABELS, make_scorer, tier_of, tier_thresholds
 from ntds.errors import InputError
 from ntds.flows.clock import TIME_PRECISION_US
-from ntds.flows.columns import INDEX
+from ntds.times import now_iso
 
 FORMAT = "ntds-baseline"
 VERSION = 1
@@ -58,11 +58,6 @@ def metrics_matrix(columns: dict[str, np.ndarray]) -> np.ndarray:
         else:
             out.append(np.asarray(columns[source], dtype=float))
     return np.column_stack(out) if out else np.empty((0, len(METRICS)))
-
-
-def metrics_of_row(features: tuple) -> np.ndarray:
-    """The nine metrics of one 87-column row."""
-    return metrics_matrix({c: np.array([features[INDEX[c]]]) for c in METRIC_COLUMNS})[0]
 
 
 def _stats(values: np.ndarray) -> dict:
@@ -167,7 +162,7 @@ def build(
         "version": VERSION,
         "feature_profile": feature_profile,
         "time_precision_us": TIME_PRECISION_US,
-        "built": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "built": now_iso("seconds"),
         "inputs": inputs or [],
         "method": method,
         "combine": combine_used,
@@ -180,10 +175,8 @@ def build(
 
 
 def save(doc: dict, path: Path) -> None:
-    """Write atomically (temp file + rename): a sensor never reads half a baseline."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    """Write atomically: a sensor never reads half a baseline."""
+    atomic_write_text(path, json.dumps(doc, indent=1, allow_nan=False) + "\n")
 
 
 @dataclass

@@ -23,6 +23,9 @@ Parameters are plain floats so they round-trip through the JSON baseline file.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
 import numpy as np
 
 AXES: tuple[str, ...] = ("duration", "volume", "avpktsz", "dnuprat", "pktlenvar", "fwdpktlen", "bwdpktlen")
@@ -32,19 +35,28 @@ def _combine(per_axis: np.ndarray, how: str) -> np.ndarray:
     return per_axis.max(axis=1) if how == "max" else per_axis.mean(axis=1)
 
 
-class _Scorer:
-    """Shared verbs: learn_one buffers, fit learns from a batch, score_one wraps score_many."""
+class Scorer(ABC):
+    """The contract every per-flow scorer keeps (tests/test_scoring.py runs it over `SCORERS`).
 
-    name = ""
+    A scorer sees flows as (n, 7) arrays of the radar axes. `fit` learns a
+    population, `learn_one` adds one flow (refit lazily at the next score),
+    `score_many` / `score_one` return the combined score and the per-axis
+    scores that explain it, `typical` the value each axis is compared with,
+    `params` / `load` round-trip the fitted state through the JSON baseline
+    (plain floats: no pickle ever reaches a sensor).
+    """
+
+    name: ClassVar[str] = ""
 
     def __init__(self, combine: str) -> None:
         if combine not in ("mean", "max"):
             raise ValueError(f"combine must be 'mean' or 'max', not {combine!r}")
         self.combine = combine
         self._pending: list[np.ndarray] = []
+        self._seen = np.empty((0, len(AXES)))
         self.fitted = False
 
-    def learn_one(self, x) -> _Scorer:
+    def learn_one(self, x) -> Scorer:
         """Add one flow (7 axis values); parameters are refit on the next score."""
         self._pending.append(np.asarray(x, dtype=float).reshape(1, len(AXES)))
         return self
@@ -57,7 +69,7 @@ class _Scorer:
         if not self.fitted:
             raise ValueError("scorer has learned nothing yet")
 
-    def fit(self, X) -> _Scorer:
+    def fit(self, X) -> Scorer:
         X = np.asarray(X, dtype=float)
         if X.ndim != 2 or X.shape[1] != len(AXES) or len(X) == 0:
             raise ValueError(f"expected an (n, {len(AXES)}) array with n > 0, got {X.shape}")
@@ -76,15 +88,41 @@ class _Scorer:
         combined, per_axis = self.score_many(np.asarray(x, dtype=float).reshape(1, len(AXES)))
         return float(combined[0]), per_axis[0]
 
-    def _fit(self, X: np.ndarray) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def load(self, params: dict) -> Scorer:
+        """Take fitted parameters from a baseline file (as `params` wrote them)."""
+        self._load(params)
+        self.fitted = True
+        self._seen = np.empty((0, len(AXES)))
+        return self
 
-    def _per_axis(self, X: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def _fit(self, X: np.ndarray) -> None:
+        """Learn the parameters from a population."""
 
-    def typical(self) -> np.ndarray:  # pragma: no cover - abstract
+    @abstractmethod
+    def _per_axis(self, X: np.ndarray) -> np.ndarray:
+        """(n, 7) non-negative per-axis scores."""
+
+    @abstractmethod
+    def _load(self, params: dict) -> None:
+        """Set the parameters from `params()` output."""
+
+    @abstractmethod
+    def typical(self) -> np.ndarray:
         """The value each axis is compared with, for explanations."""
-        raise NotImplementedError
+
+    @abstractmethod
+    def params(self) -> dict:
+        """The fitted parameters as JSON-ready plain numbers."""
+
+
+SCORERS: dict[str, type[Scorer]] = {}
+"""Every registered scorer by its method name (`baseline build --method`)."""
+
+
+def register(cls: type[Scorer]) -> type[Scorer]:
+    SCORERS[cls.name] = cls
+    return cls
 
 
 def mode(values: np.ndarray) -> float:
@@ -93,7 +131,8 @@ def mode(values: np.ndarray) -> float:
     return float(uniq[np.argmax(counts)])
 
 
-class PseudoSigma(_Scorer):
+@register
+class PseudoSigma(Scorer):
     name = "pseudo-sigma"
 
     def __init__(self, combine: str = "mean", pseudo_sigmae: int = 5) -> None:
@@ -123,16 +162,14 @@ class PseudoSigma(_Scorer):
     def params(self) -> dict:
         return {"mode": self.mode_.tolist(), "pseudo_sigma": self.sigma_.tolist(), "pseudo_sigmae": self.pseudo_sigmae}
 
-    def load(self, params: dict) -> PseudoSigma:
+    def _load(self, params: dict) -> None:
         self.mode_ = np.array(params["mode"], dtype=float)
         self.sigma_ = np.array(params["pseudo_sigma"], dtype=float)
         self.pseudo_sigmae = int(params["pseudo_sigmae"])
-        self.fitted = True
-        self._seen = np.empty((0, len(AXES)))
-        return self
 
 
-class RobustLog(_Scorer):
+@register
+class RobustLog(Scorer):
     name = "robust"
     MIN_SCALE = 0.3
     """Smallest spread on log1p scale (about a 35% change counts as one unit)."""
@@ -156,24 +193,17 @@ class RobustLog(_Scorer):
     def params(self) -> dict:
         return {"log_median": self.median_.tolist(), "log_scale": self.scale_.tolist()}
 
-    def load(self, params: dict) -> RobustLog:
+    def _load(self, params: dict) -> None:
         self.median_ = np.array(params["log_median"], dtype=float)
         self.scale_ = np.array(params["log_scale"], dtype=float)
-        self.fitted = True
-        self._seen = np.empty((0, len(AXES)))
-        return self
 
 
-METHODS = {"robust": RobustLog, "pseudo-sigma": PseudoSigma}
-DEFAULT_COMBINE = {"robust": "mean", "pseudo-sigma": "mean"}
-
-
-def make_scorer(method: str, combine: str | None = None):
+def make_scorer(method: str, combine: str | None = None) -> Scorer:
     try:
-        cls = METHODS[method]
+        cls = SCORERS[method]
     except KeyError:
-        raise ValueError(f"unknown scoring method {method!r} (choose from {', '.join(METHODS)})") from None
-    return cls(combine=combine or DEFAULT_COMBINE[method])
+        raise ValueError(f"unknown scoring method {method!r} (choose from {', '.join(SCORERS)})") from None
+    return cls(combine=combine) if combine else cls()
 
 
 # -- rarity tiers ------------------------------------------------------------------------

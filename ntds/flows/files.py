@@ -7,12 +7,14 @@ in chunks, so a 3.6-million-row data set never has to fit in memory at once.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from ntds.errors import InputError
 from ntds.flows.columns import COLUMNS
+from ntds.times import iso
 
 CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap")
 CHUNK_ROWS = 200_000
@@ -83,3 +85,18 @@ def records_to_columns(records, columns: list[str]) -> dict[str, np.ndarray]:
 
 
 _TEXT = {"Flow.ID", "Source.IP", "Destination.IP", "Timestamp", "Label", "ProtocolName"}
+
+
+def table_time(text) -> str:
+    """A flow file's Timestamp as the ISO-8601 UTC time alerts carry.
+
+    Unicauca timestamps (dd/MM/yyyyhh:mm:ss) have a 12-hour clock without AM/PM
+    and no zone: the hour is taken as written and the zone as UTC, so a time
+    from a flow file can be 12 hours early. Captures do not have this problem.
+    """
+    text = str(text)
+    try:
+        t = datetime.strptime(text, "%d/%m/%Y%H:%M:%S") if "/" in text else datetime.fromisoformat(text)
+    except ValueError:
+        raise InputError(f"unreadable Timestamp {text[:40]!r} in a flow file") from None
+    return iso(t if t.tzinfo is not None else t.replace(tzinfo=UTC))

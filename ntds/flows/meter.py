@@ -12,7 +12,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, tzinfo
 
 from nfstream import NFStreamer
 
@@ -22,6 +22,7 @@ from ntds.flows.features import CicFeatures
 from ntds.flows.labels import dataset_label
 from ntds.flows.profiles import FLOW_TIMEOUT_US, FeatureProfile, get_profile
 from ntds.flows.traffic import FlowTraffic
+from ntds.times import iso_ms
 
 EXTRA_COLUMNS: tuple[str, ...] = (
     "application_name",
@@ -199,6 +200,6 @@ def _traffic(flow, application: str) -> FlowTraffic:
 def iso_utc(ms: int) -> str:
     """ISO-8601 UTC time of a millisecond epoch; out-of-range clocks (fuzzed files) as raw ms."""
     try:
-        return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+        return iso_ms(ms)
     except (ValueError, OverflowError, OSError):
         return f"@{ms}ms"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
 
@@ -103,11 +102,3 @@ class ParquetWriter:
     def close(self) -> None:
         self._flush()
         self._writer.close()
-
-
-def write_records(records: Iterable[FlowRecord], writer) -> int:
-    n = 0
-    for rec in records:
-        writer.write(rec)
-        n += 1
-    return n
