@@ -25,6 +25,7 @@ import json
 import logging
 import re
 import shutil
+import sqlite3
 import threading
 import time
 from collections import defaultdict
@@ -55,7 +56,7 @@ _S = pa.string()
 
 
 def _schema(*fields: tuple[str, pa.DataType]) -> pa.Schema:
-    return pa.schema([("sensor", _S), ("seq", _I), *fields])
+    return pa.schema([("sensor", _S), ("spool", _S), ("seq", _I), *fields])
 
 
 TABLES: dict[str, pa.Schema] = {
@@ -127,6 +128,9 @@ TABLES: dict[str, pa.Schema] = {
         ("packets_seen", _I),
         ("packets_dropped", _I),
         ("flows_active", _I),
+        ("flows_evicted", _I),
+        ("flows_skipped", _I),
+        ("state", _S),
         ("spool_messages", _I),
         ("spool_bytes", _I),
         ("spool_dropped", _I),
@@ -207,11 +211,11 @@ class Archive:
     def _write_batch(self, batch: list) -> None:
         first = batch[0][0]
         groups: dict[tuple[str, date, str], list[dict]] = defaultdict(list)
-        for _, sensor, seq, kind, created, body in batch:
+        for _, sensor, spool, seq, kind, created, body in batch:
             flatten = MESSAGE_TYPES[kind].archive
             if flatten is None:
                 continue
-            for table, t, row in flatten(Message(kind, sensor, seq, created, json.loads(body))):
+            for table, t, row in flatten(Message(kind, sensor, seq, created, json.loads(body), spool)):
                 groups[(table, t.date(), sensor)].append(row)
         for (table, day, sensor), rows in groups.items():
             folder = _folder(self.root, table, day, sensor)
@@ -277,8 +281,10 @@ class Archiver(threading.Thread):
     """`serve`'s background export: every archive_interval_s, and once more at shutdown.
 
     It has its own store connection (SQLite's WAL lets it read while the
-    receiver writes). A failed export, a full disk say, is logged and retried
-    next round: the messages stay in the store, so nothing is lost.
+    receiver writes). A failed export that can heal (a full disk, a busy
+    store, no file descriptors left) is logged and retried next round: the
+    messages stay in the store, so nothing is lost. Anything else (a corrupt
+    store, a bug) ends the thread with `failure` set, and `serve` stops.
     """
 
     def __init__(self, cfg) -> None:
@@ -286,25 +292,40 @@ class Archiver(threading.Thread):
         self.cfg = cfg
         self.archive = Archive(cfg.archive)
         self._stopping = threading.Event()
+        self.failure: str | None = None
 
     def run(self) -> None:
-        while not self._stopping.wait(self.cfg.archive_interval_s):
-            self.export_once()
+        try:
+            while not self._stopping.wait(self.cfg.archive_interval_s):
+                self.export_once()
+        except Exception as e:  # noqa: BLE001 - reported by serve, which stops the process
+            self.failure = f"{type(e).__name__}: {e}"
+            log.critical("archive export stopped: %s", self.failure)
 
     def export_once(self) -> int:
-        store = Store(self.cfg.store)
+        """One export; transient failures are logged and retried later, others raise."""
+        try:
+            store = Store(self.cfg.store)
+        except (OSError, sqlite3.OperationalError) as e:
+            log.error("archive export failed, will retry: %s", e)
+            return 0
         try:
             n = self.archive.export(store, self.cfg.retention_days)
             if n:
                 log.info("archived %d messages", n)
             return n
-        except (OSError, pa.ArrowException) as e:
+        except (OSError, pa.ArrowException, sqlite3.OperationalError) as e:
             log.error("archive export failed, will retry: %s", e)
             return 0
         finally:
             store.close()
 
-    def stop(self) -> None:
+    def stop(self, final_export: bool = True) -> None:
         self._stopping.set()
-        self.join(timeout=60)
-        self.export_once()
+        if self.is_alive():
+            self.join(timeout=60)
+        if final_export and self.failure is None:
+            try:
+                self.export_once()
+            except Exception as e:  # noqa: BLE001 - the store is closing; what is not exported stays stored
+                log.error("final archive export failed: %s", e)

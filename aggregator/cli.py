@@ -6,6 +6,7 @@ Every error a user can cause ends as one line on stderr and a non-zero exit.
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 
 from aggregator import __version__
@@ -111,72 +112,23 @@ def _keygen(args) -> int:
 
 
 def _serve(args) -> int:
-    import logging
-    import signal
-    import time
-
-    from aggregator.archive import Archiver
     from aggregator.config import load
-    from aggregator.receiver import Receiver
-    from aggregator.store import Store
-    from ntds.notify import Notifier
-    from ntds.wire.keys import load_pair
+    from aggregator.serve import Server
+    from ntds.logs import setup
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup(PROG)
     cfg = load(args.config, insecure=args.insecure)
-    insecure = args.insecure
-    if insecure:
+    if args.insecure:
         print(f"{PROG}: warning: --insecure: no encryption, no authentication", file=sys.stderr)
-    secret = None if insecure else load_pair(cfg.server_key)
-    store = Store(cfg.store)
-    try:
-        receiver = Receiver(
-            cfg.endpoint, store, server_secret=secret, allow_folder=None if insecure else cfg.allow_list
-        )
-    except Exception as e:  # zmq errors on bind name the endpoint problem
-        raise InputError(f"{cfg.endpoint}: cannot listen: {e}") from None
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
-    signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
-    logging.getLogger("ntds.aggregator").info(
-        "listening on %s (%s)", receiver.endpoint, "plain" if insecure else "CURVE"
-    )
-    archiver = Archiver(cfg)
-    archiver.start()
-    notify = Notifier()
-    notify.ready(f"listening on {receiver.endpoint}")
-    shown = [0.0]
-
-    def tick() -> None:
-        notify.watchdog()
-        if time.monotonic() - shown[0] >= 2:
-            shown[0] = time.monotonic()
-            rejected = sum(receiver.rejected.values())
-            notify.status(
-                f"{receiver.stored:,} messages stored, {rejected:,} rejected, listening on {receiver.endpoint}"
-            )
-
-    try:
-        receiver.serve(lambda: bool(stopping), tick)
-        notify.stopping()
-    finally:
-        receiver.close()
-        store.close()
-        archiver.stop()
-    return 0
+    return Server(cfg, insecure=args.insecure).run()
 
 
 def _open_store(config: str):
     from aggregator.config import load
-    from aggregator.store import Store
+    from aggregator.store import open_store
 
     cfg = load(config, insecure=True)
-    if not cfg.store.exists():
-        raise InputError(f"{cfg.store}: no store yet (has serve run?)")
-    try:
-        return cfg, Store(cfg.store)
-    except Exception as e:  # sqlite3.DatabaseError: not a database, or locked for too long
-        raise InputError(f"{cfg.store}: cannot open the store: {e}") from None
+    return cfg, open_store(cfg.store)
 
 
 def _archive(args) -> int:
@@ -206,6 +158,7 @@ def _report_weekly(args) -> int:
     archive = Archive(cfg.archive)
     try:
         archive.export(store, cfg.retention_days)
+        dated = store.count_dated(week.start_s, week.end_s)
     except OSError as e:
         raise InputError(f"{cfg.archive}: cannot write the archive: {e.strerror or e}") from None
     finally:
@@ -226,9 +179,15 @@ def _report_weekly(args) -> int:
     print(f"{PROG}: computing {week} ...", file=sys.stderr)
     with client:
         report = compute(archive, week, args.sensor)
+    t = report["overview"]["totals"]
+    if not t["flows"] and not t["alerts"] and dated and not args.sensor:
+        print(
+            f"{PROG}: warning: {week}: the archive has no data for this week, but the store holds {dated:,} "
+            f"messages dated in it (deleted from the archive by retention, or not exported yet)",
+            file=sys.stderr,
+        )
     html = write(report, args.output or f"report-{week}", cfg.site_country)
     took = time.monotonic() - started
-    t = report["overview"]["totals"]
     print(
         f"{PROG}: {week}: {len(report['overview']['sensors'])} sensors, {t['flows']:,} flows, "
         f"{t['alerts']:,} alerts ({took:.1f} s)",
@@ -240,67 +199,75 @@ def _report_weekly(args) -> int:
 
 def _alerts(args) -> int:
     import json
-    from datetime import UTC, datetime
 
     from ntds.detect.scoring import TIER_LABELS
-    from ntds.wire.schema import parse_time
+    from ntds.logs import printable
 
     if not 0 <= args.min_tier < len(TIER_LABELS):
         raise InputError(f"--min-tier must be 0..{len(TIER_LABELS) - 1}")
-    since = None
-    if args.since:
-        try:
-            since = datetime.fromisoformat(args.since.replace("Z", "+00:00"))
-            since = since.replace(tzinfo=UTC) if since.tzinfo is None else since
-        except ValueError:
-            raise InputError(f"--since {args.since!r}: expected ISO-8601 such as 2026-11-16T08:00Z") from None
+    since = _time_option("--since", args.since) if args.since else None
     _, store = _open_store(args.config)
     try:
-        rows = store.alerts(sensor=args.sensor)
+        rows = store.alerts(sensor=args.sensor, since=since)
     finally:
         store.close()
     shown = 0
     for sensor, seq, a in rows:
-        if a["tier"] < args.min_tier or (since and parse_time(a["time"]) < since):
+        if a["tier"] < args.min_tier:
             continue
         shown += 1
         if args.json:
             print(json.dumps({"sensor": sensor, "seq": seq} | a))
         else:
             why = "; ".join(f"{e['axis']} {e['value']:.4g} vs {e['typical']:.4g}" for e in a["explanation"])
-            print(f"{a['time']}  {sensor}  tier {a['tier']}  {a['application']}  {a['flow_id']}  {why}")
+            flow = f"{a['src_ip']}:{a['src_port']} -> {a['dst_ip']}:{a['dst_port']}"
+            print(printable(f"{a['time']}  {sensor}  tier {a['tier']}  {a['application']}  {flow}  {why}", 1000))
     if not args.json:
         print(f"{shown} alerts", file=sys.stderr)
     return 0
+
+
+def _time_option(flag: str, text: str) -> float:
+    """An ISO-8601 time (a date alone is midnight UTC) as seconds since the epoch, in the valid range."""
+    from datetime import UTC, datetime
+
+    from ntds.wire.schema import TIME_MAX, TIME_MIN
+
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        t = t.replace(tzinfo=UTC) if t.tzinfo is None else t
+        t = t.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise InputError(f"{flag} {text!r}: expected ISO-8601 such as 2026-11-16T08:00Z") from None
+    if not TIME_MIN <= t <= TIME_MAX:
+        raise InputError(f"{flag} {text!r}: outside {TIME_MIN:%Y-%m-%d} .. {TIME_MAX:%Y-%m-%d}")
+    return t.timestamp()
 
 
 def _sensors(args) -> int:
     import json
     import time
 
-    from aggregator.config import load
-    from aggregator.store import Store
+    from aggregator.sensors import describe
+    from ntds.logs import printable
 
-    cfg = load(args.config)
-    if not cfg.store.exists():
-        raise InputError(f"{cfg.store}: no store yet (has serve run?)")
-    rows = Store(cfg.store).sensors()
-    now = time.time()
-    for r in rows:
-        health = r["health"] or {}
-        r["status"] = "online" if now - r["last_seen"] < 180 else "silent"
-        r["backlog"] = health.get("spool_messages")
-        r["drops"] = sum((health.get("spool_dropped") or {}).values()) if health else None
+    _, store = _open_store(args.config)
+    try:
+        now = time.time()
+        rows = [describe(r, now) for r in store.sensors()]
+    finally:
+        store.close()
+    keys = ("sensor", "status", "last_seen", "age_s", "backlog", "drops", "baseline", "spool_restarts")
     if args.json:
         for r in rows:
-            print(json.dumps({k: r[k] for k in ("sensor", "status", "last_seen", "backlog", "drops")}))
+            print(json.dumps({k: r[k] for k in keys}))
         return 0
-    print(f"{'sensor':<16}{'status':<8}{'last seen (UTC)':<22}{'backlog':>9}{'drops':>8}")
+    print(f"{'sensor':<16}{'status':<9}{'last seen (UTC)':<22}{'backlog':>9}{'drops':>8}")
     for r in rows:
         seen = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["last_seen"]))
         backlog = "-" if r["backlog"] is None else r["backlog"]
         drops = "-" if r["drops"] is None else r["drops"]
-        print(f"{r['sensor']:<16}{r['status']:<8}{seen:<22}{backlog:>9}{drops:>8}")
+        print(f"{printable(r['sensor'], 15):<16}{r['status']:<9}{seen:<22}{backlog:>9}{drops:>8}")
     return 0
 
 
@@ -345,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except sqlite3.DatabaseError as e:  # a corrupt or unreadable store, met while reading it
+        print(f"{PROG}: error: the store cannot be read: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -18,10 +18,11 @@ import zmq
 
 from aggregator.store import Store
 from aggregator.zap import ZapHandler
-from ntds.wire.schema import MAX_FRAME, Message, WireError, ack, decode, encode
+from ntds.wire.schema import MAX_FRAME, VERSION, Message, WireError, ack, decode, encode
 
 log = logging.getLogger("ntds.aggregator.receiver")
 HEARTBEAT_MS = 5000
+HANDSHAKE_MS = 5000
 BATCH = 2000
 
 
@@ -46,6 +47,9 @@ class Receiver:
         self.socket.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_MS)
         self.socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * HEARTBEAT_MS)
         self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted sensor takes over its old identity
+        # A connection that has not completed its CURVE handshake within this time is dropped: a flood of
+        # idle TCP connections cannot hold file descriptors for long.
+        self.socket.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
         if self.secure:
             public, secret = server_secret
             self.socket.curve_server = True
@@ -67,9 +71,12 @@ class Receiver:
         self.context.term()
 
     def serve_once(self, timeout_ms: int = 200) -> int:
-        """Handle one batch; returns the number of messages acknowledged."""
+        """Handle one batch; returns the number of messages acknowledged.
+
+        Raises StoreBroken when the store can no longer be written for a reason other than room (a
+        corrupt file): serving on would acknowledge nothing while looking alive."""
         if not self.socket.poll(timeout_ms):
-            return 0
+            return self._store_refusals()
         batch: list[tuple[bytes, Message]] = []
         rejections: Counter[str] = Counter()
         while len(batch) < BATCH:
@@ -86,7 +93,12 @@ class Receiver:
                 msg = decode(frame.bytes)
             except WireError as e:
                 text = str(e)
-                reason = "oversized" if "exceeds" in text else "version" if "schema version" in text else "malformed"
+                reason = (
+                    "oversized" if "exceeds" in text
+                    else "version" if "schema version" in text
+                    else "time" if "time" in text or "created" in text
+                    else "malformed"
+                )  # fmt: skip
                 rejections[reason] += 1
                 log.warning("rejected a %s message: %s", reason, text)
                 continue
@@ -100,26 +112,49 @@ class Receiver:
                     log.warning("rejected a message claiming sensor %r from the key of %r", msg.sensor, bound)
                     continue
             batch.append((identity, msg))
+        if self.zap is not None:
+            rejections.update(self.zap.take_refusals())
         if not batch and not rejections:
             return 0
         try:
-            self.stored += self.store.store([m for _, m in batch], dict(rejections))
-        except sqlite3.Error as e:
+            result = self.store.store([m for _, m in batch], dict(rejections))
+        except sqlite3.OperationalError as e:
             # A full disk: nothing of the batch is acknowledged, so every sensor keeps it and resends.
             self.store_errors += 1
+            if self.zap is not None:
+                self.zap.refused.update(rejections)  # counted again with the next batch that stores
             log.error("cannot store a batch of %d messages, not acknowledged (sensors resend): %s", len(batch), e)
             return 0
+        except sqlite3.DatabaseError as e:
+            raise StoreBroken(f"{self.store.path}: the store cannot be written ({e})") from None
+        self.stored += result.new
+        for event in result.events:
+            log.warning("%s", event)
         self.rejected.update(rejections)
-        acks: dict[bytes, list[int]] = defaultdict(list)
-        sensor_of: dict[bytes, str] = {}
+        acks: dict[tuple[bytes, str, str], list[int]] = defaultdict(list)
         for identity, m in batch:
-            acks[identity].append(m.seq)
-            sensor_of[identity] = m.sensor
-        for identity, seqs in acks.items():
-            # A peer gone since: it resends, and the duplicate is acknowledged then.
+            acks[(identity, m.sensor, m.spool)].append(m.seq)
+        for (identity, sensor, spool), seqs in acks.items():
+            # Version 1 sensors (no spool id) are answered in version 1. A peer gone since resends, and the
+            # duplicate is acknowledged then.
+            frame = encode(ack(sensor, spool, seqs), version=VERSION if spool else 1)
             with contextlib.suppress(zmq.ZMQError):
-                self.socket.send_multipart([identity, encode(ack(sensor_of[identity], seqs))], flags=zmq.NOBLOCK)
+                self.socket.send_multipart([identity, frame], flags=zmq.NOBLOCK)
         return len(batch)
+
+    def _store_refusals(self) -> int:
+        """On an idle poll, store the key check's refusals so they are counted even when nobody else talks."""
+        if self.zap is None or not self.zap.refused:
+            return 0
+        refusals = self.zap.take_refusals()
+        try:
+            self.store.store([], dict(refusals))
+        except sqlite3.OperationalError:
+            self.zap.refused.update(refusals)
+        except sqlite3.DatabaseError as e:
+            raise StoreBroken(f"{self.store.path}: the store cannot be written ({e})") from None
+        self.rejected.update(refusals)
+        return 0
 
     def serve(self, stop, tick=None) -> None:
         """Serve until stop() returns True; tick() runs after every batch or idle poll (systemd watchdog)."""
@@ -127,3 +162,7 @@ class Receiver:
             self.serve_once()
             if tick is not None:
                 tick()
+
+
+class StoreBroken(Exception):
+    """The store fails for a reason other than a full disk: the aggregator must stop, not pretend."""

@@ -1,66 +1,129 @@
 """The aggregator's durable, idempotent message store.
 
-Each (sensor, seq) is stored once however often it arrives: the primary key
-makes a resent message a no-op. A batch is one transaction committed with
-synchronous=FULL, and only after the commit are its messages acknowledged, so
-an acknowledged message is on disk. `aggregator.archive` exports messages in
-`id` order into the Parquet archive the reports read; its high-water mark lives
-here too, so export and store can never disagree about what was exported.
+Each message is stored once however often it arrives: (sensor, spool, seq,
+created) is unique, so a resent message is a no-op while a recreated spool
+that starts again at sequence 1 (new spool id) or a restored one that reuses
+numbers (new creation times) is stored as new, counted and logged. A batch is
+one transaction committed with synchronous=FULL, and only after the commit are
+its messages acknowledged, so an acknowledged message is on disk.
+
+`aggregator.archive` exports messages in `id` order into the Parquet archive
+the reports read; its high-water mark lives here too, so export and store can
+never disagree about what was exported. Each row also keeps its data time (a
+summary's interval, an alert's flow start, a health message's creation), so a
+report can tell a week that has no data from a week whose data the archive
+lacks.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ntds.wire.schema import Message, parse_time
+from ntds.errors import InputError
+from ntds.wire.schema import Message, wire_time
+
+log = logging.getLogger("ntds.aggregator.store")
+
+DATA_TIME = {"summary": "interval_start", "alert": "time"}
+"""The body field holding a message's data time; other types are dated by their creation."""
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, sensor TEXT NOT NULL, spool TEXT NOT NULL DEFAULT '',
+    seq INTEGER NOT NULL, type TEXT NOT NULL, created TEXT NOT NULL, received REAL NOT NULL,
+    data_time REAL NOT NULL DEFAULT 0, body TEXT NOT NULL,
+    UNIQUE (sensor, spool, seq, created));
+CREATE INDEX IF NOT EXISTS messages_data_time ON messages (data_time);
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value NOT NULL);
+CREATE TABLE IF NOT EXISTS sensors (
+    sensor TEXT PRIMARY KEY, last_seen REAL NOT NULL, hello TEXT, health TEXT,
+    spool TEXT NOT NULL DEFAULT '', max_seq INTEGER NOT NULL DEFAULT 0,
+    spool_restarts INTEGER NOT NULL DEFAULT 0, seq_backwards INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS rejections (reason TEXT PRIMARY KEY, count INTEGER NOT NULL);
+"""
+
+
+def data_time(m: Message) -> float:
+    """Seconds since the epoch of the time a message is about (see DATA_TIME)."""
+    field_name = DATA_TIME.get(m.type)
+    return wire_time(m.body[field_name] if field_name else m.created).timestamp()
+
+
+@dataclass
+class Stored:
+    """What one batch did: new messages, and sequence anomalies to log."""
+
+    new: int = 0
+    events: list[str] = field(default_factory=list)
 
 
 class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))  # what sensors saw is nobody else's
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(
-            """
-            CREATE TABLE IF NOT EXISTS messages (
-                id INTEGER PRIMARY KEY AUTOINCREMENT, sensor TEXT NOT NULL, seq INTEGER NOT NULL,
-                type TEXT NOT NULL, created TEXT NOT NULL, received REAL NOT NULL, body TEXT NOT NULL,
-                UNIQUE (sensor, seq));
-            CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-            CREATE TABLE IF NOT EXISTS sensors (
-                sensor TEXT PRIMARY KEY, last_seen REAL NOT NULL, hello TEXT, health TEXT);
-            CREATE TABLE IF NOT EXISTS rejections (reason TEXT PRIMARY KEY, count INTEGER NOT NULL);
-            """
-        )
+        self._migrate()
+        self.db.executescript(SCHEMA)
+
+    def _migrate(self) -> None:
+        """Stores written before spool ids (0.1): rebuild the messages and sensors tables in place."""
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(messages)")}
+        if not columns or "spool" in columns:
+            return
+        log.info("%s: upgrading the store to spool ids and data times", self.path)
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("ALTER TABLE messages RENAME TO messages_v1")
+            self.db.execute("ALTER TABLE sensors RENAME TO sensors_v1")
+            self.db.executescript(SCHEMA.replace("CREATE INDEX IF NOT EXISTS", "CREATE INDEX"))
+            rows = self.db.execute("SELECT id, sensor, seq, type, created, received, body FROM messages_v1")
+            for id_, sensor, seq, kind, created, received, body in rows.fetchall():
+                when = data_time(Message(kind, sensor, seq, created, json.loads(body)))
+                self.db.execute(
+                    "INSERT INTO messages (id, sensor, spool, seq, type, created, received, data_time, body)"
+                    " VALUES (?, ?, '', ?, ?, ?, ?, ?, ?)",
+                    (id_, sensor, seq, kind, created, received, when, body),
+                )
+            self.db.execute(
+                "INSERT INTO sensors (sensor, last_seen, hello, health) SELECT sensor, last_seen, hello, health"
+                " FROM sensors_v1"
+            )
+            self.db.execute("DROP TABLE messages_v1")
+            self.db.execute("DROP TABLE sensors_v1")
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self.db.close()
 
-    def store(self, messages: list[Message], rejections: dict[str, int] | None = None) -> int:
-        """Store a batch durably; returns how many were new."""
+    def store(self, messages: list[Message], rejections: dict[str, int] | None = None) -> Stored:
+        """Store a batch durably; returns how many were new and the sequence anomalies seen."""
         now = time.time()
+        out = Stored()
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            new = 0
             for m in messages:
                 cur = self.db.execute(
-                    "INSERT OR IGNORE INTO messages (sensor, seq, type, created, received, body)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (m.sensor, m.seq, m.type, m.created, now, json.dumps(m.body, separators=(",", ":"))),
-                )
-                new += cur.rowcount
-                self.db.execute(
-                    "INSERT INTO sensors (sensor, last_seen) VALUES (?, ?) "
-                    "ON CONFLICT(sensor) DO UPDATE SET last_seen = excluded.last_seen",
-                    (m.sensor, now),
-                )
-                if m.type in ("hello", "health"):
-                    self.db.execute(f"UPDATE sensors SET {m.type} = ? WHERE sensor = ?", (json.dumps(m.body), m.sensor))
+                    "INSERT OR IGNORE INTO messages (sensor, spool, seq, type, created, received, data_time, body)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (m.sensor, m.spool, m.seq, m.type, m.created, now, data_time(m),
+                     json.dumps(m.body, separators=(",", ":"))),
+                )  # fmt: skip
+                new = cur.rowcount == 1
+                out.new += new
+                self._seen(m, now, new, out.events)
             for reason, n in (rejections or {}).items():
                 self.db.execute(
                     "INSERT INTO rejections VALUES (?, ?) ON CONFLICT(reason) DO UPDATE SET count = count + ?",
@@ -70,7 +133,38 @@ class Store:
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
-        return new
+        return out
+
+    def _seen(self, m: Message, now: float, new: bool, events: list[str]) -> None:
+        row = self.db.execute("SELECT spool, max_seq FROM sensors WHERE sensor = ?", (m.sensor,)).fetchone()
+        if row is None:
+            self.db.execute(
+                "INSERT INTO sensors (sensor, last_seen, spool, max_seq) VALUES (?, ?, ?, ?)",
+                (m.sensor, now, m.spool, m.seq),
+            )
+        else:
+            spool, max_seq = row
+            if new and m.spool != spool and m.seq < max_seq:
+                # A spool that was lost or replaced: numbering restarts under a new id.
+                self.db.execute(
+                    "UPDATE sensors SET spool = ?, max_seq = ?, spool_restarts = spool_restarts + 1 WHERE sensor = ?",
+                    (m.spool, m.seq, m.sensor),
+                )
+                events.append(
+                    f"sensor {m.sensor!r}: new spool {m.spool or '(v1)'!r} restarts its sequence at {m.seq} "
+                    f"(was {max_seq} in spool {spool or '(v1)'!r}); both are kept"
+                )
+            elif new and m.spool == spool and m.seq <= max_seq:
+                # A number already used with another creation time: a spool restored from a backup.
+                self.db.execute("UPDATE sensors SET seq_backwards = seq_backwards + 1 WHERE sensor = ?", (m.sensor,))
+                events.append(f"sensor {m.sensor!r}: sequence went backwards to {m.seq} (was {max_seq}); stored as new")
+            elif m.seq > max_seq or m.spool != spool:
+                self.db.execute(
+                    "UPDATE sensors SET spool = ?, max_seq = ? WHERE sensor = ?", (m.spool, m.seq, m.sensor)
+                )
+            self.db.execute("UPDATE sensors SET last_seen = ? WHERE sensor = ?", (now, m.sensor))
+        if new and m.type in ("hello", "health"):
+            self.db.execute(f"UPDATE sensors SET {m.type} = ? WHERE sensor = ?", (json.dumps(m.body), m.sensor))
 
     def count(self, kind: str | None = None, sensor: str | None = None) -> int:
         sql, args = "SELECT COUNT(*) FROM messages WHERE 1=1", []
@@ -80,11 +174,26 @@ class Store:
             sql, args = sql + " AND sensor = ?", [*args, sensor]
         return self.db.execute(sql, args).fetchone()[0]
 
+    def count_dated(self, first: float, end: float, kinds: tuple[str, ...] = ("summary", "alert")) -> int:
+        """Messages whose data time lies in [first, end) (seconds since the epoch)."""
+        marks = ",".join("?" * len(kinds))
+        sql = f"SELECT COUNT(*) FROM messages WHERE data_time >= ? AND data_time < ? AND type IN ({marks})"
+        return self.db.execute(sql, (first, end, *kinds)).fetchone()[0]
+
     def sensors(self) -> list[dict]:
-        rows = self.db.execute("SELECT sensor, last_seen, hello, health FROM sensors ORDER BY sensor")
+        rows = self.db.execute(
+            "SELECT sensor, last_seen, hello, health, spool_restarts, seq_backwards FROM sensors ORDER BY sensor"
+        )
         return [
-            {"sensor": s, "last_seen": t, "hello": json.loads(h) if h else None, "health": json.loads(x) if x else None}
-            for s, t, h, x in rows
+            {
+                "sensor": s,
+                "last_seen": t,
+                "hello": json.loads(h) if h else None,
+                "health": json.loads(x) if x else None,
+                "spool_restarts": restarts,
+                "seq_backwards": backwards,
+            }
+            for s, t, h, x, restarts, backwards in rows
         ]
 
     def rejections(self) -> dict[str, int]:
@@ -92,31 +201,50 @@ class Store:
 
     # -- for the archive and the alerts command ------------------------------------------
 
-    def after(self, last_id: int, limit: int) -> list[tuple[int, str, int, str, str, str]]:
-        """(id, sensor, seq, type, created, body) of the next messages after last_id, in id order."""
+    def after(self, last_id: int, limit: int) -> list[tuple[int, str, str, int, str, str, str]]:
+        """(id, sensor, spool, seq, type, created, body) of the next messages after last_id, in id order."""
         return self.db.execute(
-            "SELECT id, sensor, seq, type, created, body FROM messages WHERE id > ? ORDER BY id LIMIT ?",
+            "SELECT id, sensor, spool, seq, type, created, body FROM messages WHERE id > ? ORDER BY id LIMIT ?",
             (last_id, limit),
         ).fetchall()
 
-    def state(self, key: str, default: int = 0) -> int:
+    def state(self, key: str, default=0):
         row = self.db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
         return row[0] if row else default
 
-    def set_state(self, key: str, value: int) -> None:
+    def set_state(self, key: str, value) -> None:
         self.db.execute(
             "INSERT INTO state VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value)
         )
 
     def forget(self, up_to_id: int, received_before: float) -> int:
-        """Delete exported messages older than the retention; returns how many."""
+        """Delete exported messages that arrived before the retention cutoff; returns how many."""
         cur = self.db.execute("DELETE FROM messages WHERE id <= ? AND received < ?", (up_to_id, received_before))
         return cur.rowcount
 
-    def alerts(self, sensor: str | None = None) -> list[tuple[str, int, dict]]:
+    def alerts(self, sensor: str | None = None, since: float | None = None) -> list[tuple[str, int, dict]]:
         """Stored alerts as (sensor, seq, body), oldest first by flow time."""
         sql, args = "SELECT sensor, seq, body FROM messages WHERE type = 'alert'", []
         if sensor:
             sql, args = sql + " AND sensor = ?", [*args, sensor]
-        rows = [(s, q, json.loads(b)) for s, q, b in self.db.execute(sql, args)]
-        return sorted(rows, key=lambda r: (parse_time(r[2]["time"]), r[0], r[1]))
+        if since is not None:
+            sql, args = sql + " AND data_time >= ?", [*args, since]
+        rows = self.db.execute(sql + " ORDER BY data_time, sensor, seq", args)
+        return [(s, q, json.loads(b)) for s, q, b in rows]
+
+
+def open_store(path: str | Path, create: bool = False) -> Store:
+    """The store, or one InputError line: missing (for the read commands), unwritable, not a database."""
+    p = Path(path)
+    if not create and not p.exists():
+        raise InputError(f"{p}: no store yet (has serve run?)")
+    try:
+        store = Store(p)
+        store.db.execute("SELECT COUNT(*) FROM sensors").fetchone()
+    except PermissionError as e:
+        raise InputError(f"{p}: cannot open the store: {e.strerror}") from None
+    except OSError as e:
+        raise InputError(f"{p}: cannot open the store: {e.strerror or e}") from None
+    except sqlite3.DatabaseError as e:
+        raise InputError(f"{p}: cannot open the store: {e}") from None
+    return store

@@ -14,7 +14,12 @@ load, so that
   end-of-file path, so nothing open is lost;
 - with `pace="realtime"`, a capture file is read at the speed it was recorded;
 - packets read and packets dropped (kernel and interface) are kept per meter
-  in shared memory the sensor reads at any time.
+  in shared memory the sensor reads at any time;
+- the flow table is bounded: NFStream's table (an ordered dict per meter)
+  grows with every new 5-tuple, so a fast scan or a flood of random sources
+  would exhaust memory. Past `max_flows` open flows a meter expires its least
+  recently seen flows early (they are reported with end reason "evicted")
+  and counts them.
 
 This is the only place ntds reaches into NFStream's internals; the sensor's
 tests (live capture, SIGTERM during replay) fail if a new NFStream changes the
@@ -40,7 +45,7 @@ _MAX_METERS = 64
 class CaptureControl:
     """Shared between the sensor and its meter processes (forked after `install`)."""
 
-    def __init__(self, pace: str = "max") -> None:
+    def __init__(self, pace: str = "max", max_flows: int = 0) -> None:
         if pace not in ("max", "realtime"):
             raise ValueError(f"pace must be max or realtime, not {pace!r}")
         ctx = multiprocessing.get_context("fork")
@@ -48,7 +53,10 @@ class CaptureControl:
         self._read = ctx.Array("Q", _MAX_METERS, lock=False)
         self._dropped = ctx.Array("Q", _MAX_METERS, lock=False)
         self._active = ctx.Array("q", _MAX_METERS, lock=False)
+        self._evicted = ctx.Array("Q", _MAX_METERS, lock=False)
         self.realtime = pace == "realtime"
+        self.max_flows = max_flows
+        """Open flows per meter before the least recently seen are expired early (0: no bound)."""
 
     def install(self, slot: int = 0) -> None:
         """Make meters forked from now on use this control, counting from `slot` (one block of
@@ -82,6 +90,11 @@ class CaptureControl:
     @property
     def packets_dropped(self) -> int:
         return sum(self._dropped)
+
+    @property
+    def flows_evicted(self) -> int:
+        """Flows expired early because a meter's table was full."""
+        return sum(self._evicted)
 
     @property
     def flows_active(self) -> int:
@@ -200,7 +213,35 @@ def _create_engine():
     ffi, lib = _original_create_engine()
     if _current is None or lib is None:
         return ffi, lib
-    return ffi, _Engine(ffi, lib, *_current)
+    engine = _Engine(ffi, lib, *_current)
+    global _engine
+    _engine = engine
+    return ffi, engine
+
+
+_engine: _Engine | None = None
+"""The engine of this meter process (set in the meter after fork)."""
+_original_consume = nfstream.meter.consume
+
+
+def _consume(packet, cache, active_timeout, idle_timeout, channel, ffi, lib, udps, sync, *rest):
+    """NFStream's per-packet step, then the flow table bound: past max_flows, the least recently seen flows
+    are expired now (channel, as an idle flow would be) and counted."""
+    state = _original_consume(packet, cache, active_timeout, idle_timeout, channel, ffi, lib, udps, sync, *rest)
+    engine = _engine
+    if engine is None or not engine._control.max_flows or len(cache) <= engine._control.max_flows:
+        return state
+    accounting_mode, n_dissections, statistics, splt, dissector = rest[:5]
+    evicted = 0
+    while len(cache) > engine._control.max_flows:
+        key = cache.get_lru_key()
+        flow = cache.pop(key)
+        flow.udps.evicted = True
+        channel.put(flow.expire(udps, sync, n_dissections, statistics, splt, ffi, lib, dissector))
+        evicted += 1
+    engine._control._evicted[engine._slot] += evicted
+    return state - evicted
 
 
 nfstream.meter.create_engine = _create_engine
+nfstream.meter.consume = _consume

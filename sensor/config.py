@@ -36,6 +36,10 @@ class SensorConfig(Settings):
         "int", 1536, "bytes kept of each packet (headers are all the meter needs)", low=64, high=262144
     )
     n_meters: int = setting("int", 1, "metering processes per interface (0: one per spare core)", low=0, high=63)
+    max_flows: int = setting(
+        "int", 200_000, "open flows per meter before the least recently seen are expired early (memory bound)",
+        low=1000, high=50_000_000,
+    )  # fmt: skip
     local_networks: list[str] = setting(
         "list", list(DEFAULT_LOCAL_NETWORKS), "the site's own address space", check=invalid_network, reload=True
     )

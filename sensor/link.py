@@ -83,8 +83,8 @@ class Link:
                 except WireError:
                     self.bad_acks += 1
                     continue
-                if msg.type != "ack":
-                    self.bad_acks += 1
+                if msg.type != "ack" or msg.spool != self.spool.spool_id:
+                    self.bad_acks += 1  # not an ack, or one for a spool this sensor no longer has
                     continue
                 seqs = msg.body["seqs"]
                 self.spool.ack(seqs)

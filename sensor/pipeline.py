@@ -39,7 +39,7 @@ from ntds.notify import Notifier
 from ntds.progress import Progress
 from ntds.wire import schema as wire
 from ntds.wire.keys import load_pair, load_public
-from ntds.wire.schema import TIERS
+from ntds.wire.schema import TIERS, in_time_range
 from sensor.capture_control import CaptureControl
 from sensor.config import SensorConfig
 from sensor.config import load as load_config
@@ -66,6 +66,7 @@ _START = EXTRA_COLUMNS.index("flow_start_utc")
 class Counters:
     packets: int = 0
     flows: int = 0
+    skipped: int = 0
     alerts: int = 0
     tiers: list[int] = field(default_factory=lambda: [0] * TIERS)
     started: float = field(default_factory=time.monotonic)
@@ -103,13 +104,14 @@ class Pipeline:
         self.drain_s = drain_s
         self.notify = Notifier()
         self.counters = Counters()
-        self.control = CaptureControl(pace)
+        self.control = CaptureControl(pace, max_flows=cfg.max_flows)
         self.queue: queue.Queue = queue.Queue(QUEUE)
         self._stop_requested = False
         self._reload_requested = False
         self._pending: list[FlowRecord] = []
         self._last_flush = time.monotonic()
         self._data_clock_ms = 0
+        self._rate_mark = (time.monotonic(), 0)
         # Everything that can fail on bad input fails here, before any capture opens.
         self.baseline = Baseline.load(cfg.baseline, feature_profile=cfg.feature_profile)
         self.summariser = self._summariser(cfg)
@@ -280,6 +282,11 @@ class Pipeline:
         """Score the pending flows as one batch, spool their alerts, count them in the summaries."""
         pending, self._pending = self._pending, []
         self._last_flush = time.monotonic()
+        judged = [r for r in pending if in_time_range(r.traffic.start_ms)]
+        if len(judged) < len(pending):
+            # A clock outside what the wire can carry (a fuzzed capture): counted in health, never sent.
+            self.counters.skipped += len(pending) - len(judged)
+            pending = judged
         recorded = [r for r in pending if r.features is not None]
         tiers: list[int] = []
         if recorded:
@@ -320,16 +327,25 @@ class Pipeline:
     def _packets_seen(self) -> int:
         return self.control.packets_read if self.live else max(self.control.packets_read, self.counters.packets)
 
-    def _health(self) -> dict:
+    def _health(self, state: str = "running") -> dict:
         st = self.spool.stats()
+        capture = {
+            "packets_seen": self._packets_seen(),
+            "packets_dropped": self.control.packets_dropped,
+            "flows_active": self.control.flows_active if state == "running" else 0,
+        }
         return wire.health(
-            self._packets_seen(), self.control.packets_dropped, self.control.flows_active, st.messages, st.bytes,
-            st.dropped,
-        )  # fmt: skip
+            capture, self.control.flows_evicted, self.counters.skipped, state, st.messages, st.bytes, st.dropped
+        )
 
     def status(self) -> str:
+        """The progress and STATUS line: packets as the capture delivers them (not as flows finish)."""
         c = self.counters
-        rate = c.packets / max(time.monotonic() - c.started, 1e-3)
+        now = time.monotonic()
+        read = self.control.packets_read
+        rate = (read - self._rate_mark[1]) / max(now - self._rate_mark[0], 1e-3)
+        if now - self._rate_mark[0] >= 5:
+            self._rate_mark = (now, read)
         return (
             f"{self._packets_seen():,} packets ({rate:,.0f}/s), {c.flows:,} flows, {c.alerts:,} alerts, "
             f"{self.control.packets_dropped:,} dropped"
@@ -340,13 +356,14 @@ class Pipeline:
         self._spool_summaries(self.summariser.close(None))
         deadline = time.monotonic() + self.drain_s
         link.drain(self.drain_s)
-        # Health last, so that it reports the backlog left after delivery (0 when all went through).
-        self.spool.append([("health", self._health())])
+        # Health last, so that it reports the backlog left after delivery (0 when all went through), and
+        # says the sensor is stopping (the aggregator then shows it as stopped, not online).
+        self.spool.append([("health", self._health("stopping"))])
         delivered = link.drain(max(0.5, deadline - time.monotonic()))
         c = self.counters
         log.info(
-            "done: %s packets read, %d flows, alerts by tier %s",
-            f"{self.control.packets_read:,}", c.flows, " ".join(f"{k}:{n}" for k, n in enumerate(c.tiers)),
+            "done: %s packets read, %d flows, %d alerts sent; scored flows by tier %s",
+            f"{self.control.packets_read:,}", c.flows, c.alerts, " ".join(f"{k}:{n}" for k, n in enumerate(c.tiers)),
         )  # fmt: skip
         if self.files and self._stop_requested:
             log.info("stopped after %d packets of the input", self.control.packets_read)
@@ -368,7 +385,7 @@ class Pipeline:
             baseline = Baseline.load(cfg.baseline, feature_profile=cfg.feature_profile)
             classes = TrafficClasses(cfg.local_networks, cfg.local_servers)
             geo = GeoIP(cfg.geoip_database) if cfg.geoip_database != self.cfg.geoip_database else self.summariser.geo
-        except (ValueError, InputError) as e:
+        except Exception as e:  # noqa: BLE001 - a bad file must never stop a running sensor
             log.error("reload refused, still running with the previous configuration and baseline: %s", e)
             return
         if fixed:

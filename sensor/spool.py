@@ -3,7 +3,10 @@
 A message leaves the spool only when the aggregator acknowledges it, so an
 unreachable aggregator, a restart of either side or a crash loses nothing: the
 backlog drains in order on reconnect. The spool also owns the sensor's sequence
-numbers, so they continue across restarts.
+numbers, so they continue across restarts, and a random id drawn when the
+spool file is created: a spool that is lost or replaced starts again at
+sequence 1 under a new id, and the aggregator stores its messages as new
+rather than taking them for resends of the old spool's.
 
 SQLite (standard library) in WAL mode with synchronous=FULL: a commit returns
 only after the data reached the disk, and a batch of messages is one commit.
@@ -16,6 +19,8 @@ messages report them.
 
 from __future__ import annotations
 
+import os
+import secrets
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +41,8 @@ class Spool:
         self.path = Path(path)
         self.sensor_id = sensor_id
         self.max_bytes = max_bytes
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_file(self.path)
         self.db = sqlite3.connect(self.path, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
@@ -46,8 +52,11 @@ class Spool:
                 seq INTEGER PRIMARY KEY, type TEXT NOT NULL, size INTEGER NOT NULL, frame BLOB NOT NULL);
             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
             INSERT OR IGNORE INTO meta VALUES ('next_seq', 1);
+            CREATE TABLE IF NOT EXISTS identity (key TEXT PRIMARY KEY, value TEXT NOT NULL);
             """
         )
+        self.db.execute("INSERT OR IGNORE INTO identity VALUES ('spool_id', ?)", (secrets.token_hex(8),))
+        (self.spool_id,) = self.db.execute("SELECT value FROM identity WHERE key = 'spool_id'").fetchone()
         for kind in DROP_ORDER:
             self.db.execute("INSERT OR IGNORE INTO meta VALUES (?, 0)", (f"dropped_{kind}",))
 
@@ -62,7 +71,7 @@ class Spool:
             (seq,) = self.db.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
             seqs = []
             for kind, body in items:
-                frame = encode(Message(kind, self.sensor_id, seq, now_iso(), body))
+                frame = encode(Message(kind, self.sensor_id, seq, now_iso(), body, self.spool_id))
                 self.db.execute("INSERT INTO outbox VALUES (?, ?, ?, ?)", (seq, kind, len(frame), frame))
                 seqs.append(seq)
                 seq += 1
@@ -119,3 +128,12 @@ class _Tx:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+def private_file(path: Path) -> None:
+    """Create `path` (if absent) readable by its owner only: a spool holds what the network showed."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # also a spool an earlier version left readable
+    finally:
+        os.close(fd)

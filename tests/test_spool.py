@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 
-from ntds.wire.schema import EXAMPLES, decode
+from ntds.wire.schema import EXAMPLES, Message, decode, encode, now_iso
 from sensor.spool import Spool
 
 
@@ -34,7 +34,10 @@ def test_sequence_numbers_continue_after_a_restart(tmp_path):
 
 
 def test_size_limit_drops_health_then_summaries_and_alerts_last(tmp_path):
-    limit = 29_000  # room for the 5 alerts, the 20 summaries and a few health messages
+    def size(kind: str) -> int:
+        return len(encode(Message(kind, "tap-01", 1, now_iso(), EXAMPLES[kind], "0123456789abcdef")))
+
+    limit = 5 * size("alert") + 20 * size("summary") + 5 * size("health")  # room for a few health messages
     s = Spool(tmp_path / "spool.db", "tap-01", max_bytes=limit)
     s.append([("alert", EXAMPLES["alert"])] * 5)
     s.append([("summary", EXAMPLES["summary"])] * 20)

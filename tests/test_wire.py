@@ -26,9 +26,10 @@ APP = SUMMARY["applications"][0]
 
 def frame(**changes) -> bytes:
     obj = {
-        "v": 1,
+        "v": 2,
         "type": "summary",
         "sensor": "tap-01",
+        "spool": "0123456789abcdef",
         "seq": 1,
         "created": "2026-11-16T08:00:00Z",
         "body": EXAMPLES["summary"],
@@ -42,7 +43,7 @@ def frame(**changes) -> bytes:
     [
         (b"\xff\xfe", "not a JSON message"),
         (b"[1, 2]", "not a JSON object"),
-        (frame(v=2), "schema version 2"),
+        (frame(v=3), "schema version 3"),
         (frame(v=True), "schema version True"),
         (frame(type="exploit"), "unknown message type"),
         (frame(seq="1"), "wrong type"),
@@ -65,6 +66,18 @@ def frame(**changes) -> bytes:
         (frame(body={"flows": 1}), "missing field"),
         (frame(extra=1), "unknown field"),
         (b'{"v": 1, "n": NaN}', "non-finite"),
+        (frame(type="alert", body={**EXAMPLES["alert"], "score": 1e999}).replace(b"Infinity", b"1e999"), "non-finite"),
+        (frame(seq=10**400), "integer out of range"),
+        (frame(seq=2**53), "envelope.seq"),
+        (frame(body={**SUMMARY, "flows": 2**40 + 1}), "summary.flows"),
+        (frame(type="alert", body={**EXAMPLES["alert"], "src_port": 65536}), "alert.src_port"),
+        (frame(created="0001-01-01T00:00:00+01:00"), "envelope.created"),  # overflows when made UTC
+        (frame(created="1969-12-31T23:59:59Z"), "envelope.created"),
+        (frame(created="2106-02-07T06:28:16Z"), "envelope.created"),
+        (frame(body={**SUMMARY, "interval_start": "9999-12-31T23:59:59Z"}), "summary.interval_start"),
+        (frame(sensor="x" * 65), "envelope.sensor"),
+        (frame(type="health", body={**EXAMPLES["health"], "state": "dancing"}), "health.state"),
+        (frame(spool=None), "envelope.spool"),
         (b" " * (wire.MAX_FRAME + 1), "exceeds"),
         (b"[" * 60000, "not a JSON message"),  # nesting deeper than the parser allows
     ],
@@ -86,6 +99,11 @@ def test_arbitrary_bytes_never_crash_the_decoder(data):
         decode(data)
 
 
+wire_times = st.datetimes(timezones=st.timezones() | st.just(None)).map(lambda t: t.isoformat()) | st.from_regex(
+    r"\A-?\d{4,5}-\d\d-\d\dT\d\d:\d\d:\d\d([+-]\d\d:\d\d|Z)?\Z"
+)
+"""Times anywhere in datetime's range and zone offsets, and strings that look like times but are not."""
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
@@ -98,11 +116,12 @@ json_values = st.recursive(
     st.fixed_dictionaries(
         {},
         optional={
-            "v": st.sampled_from([1, 1, 2, "1", True]),
+            "v": st.sampled_from([1, 2, 2, 3, "1", True]),
             "type": st.sampled_from([*wire.TYPES, "x"]),
             "sensor": st.text(max_size=8),
+            "spool": st.text(max_size=8),
             "seq": st.integers(-2, 2**70),
-            "created": st.text(max_size=8),
+            "created": st.text(max_size=8) | wire_times,
             "body": json_values,
         },
     )
@@ -157,3 +176,28 @@ def test_drop_order_and_health_counters_come_from_the_declarations():
     assert list(wire.DROP_ORDER) == [t.name for t in sorted(spooled, key=lambda t: t.drop_rank)]
     assert list(wire.SCHEMA["health"]["spool_dropped"].fields) == list(wire.DROP_ORDER)
     assert "ack" not in wire.DROP_ORDER
+
+
+@settings(max_examples=300, deadline=None)
+@given(wire_times)
+def test_fuzzed_times_are_valid_in_range_or_wire_errors(created):
+    """Every time field: a valid time inside TIME_MIN..TIME_MAX, or a counted rejection, never another error."""
+    obj = json.loads(frame())
+    obj["created"] = created
+    obj["body"]["interval_start"] = created
+    try:
+        m = decode(json.dumps(obj).encode())
+    except WireError:
+        return
+    assert wire.TIME_MIN <= wire.wire_time(m.created) <= wire.TIME_MAX
+
+
+def test_version_1_frames_are_upgraded():
+    """A sensor not yet upgraded (schema v1: no spool id, older health) is still heard."""
+    health = {k: v for k, v in EXAMPLES["health"].items() if k not in ("flows_evicted", "flows_skipped", "state")}
+    obj = {"v": 1, "type": "health", "sensor": "tap-01", "seq": 5, "created": "2026-11-16T08:00:00Z", "body": health}
+    m = decode(json.dumps(obj).encode())
+    assert m.spool == "" and m.body["state"] == "running" and m.body["flows_evicted"] == 0
+    ack = wire.ack("tap-01", "", [5])
+    v1 = json.loads(encode(ack, version=1))
+    assert v1["v"] == 1 and "spool" not in v1 and v1["body"] == {"seqs": [5]}

@@ -40,6 +40,7 @@ END_CLOSED = "closed"
 END_ACTIVE = "active-timeout"
 END_IDLE = "idle-timeout"
 END_CAPTURE = "end-of-capture"
+END_EVICTED = "evicted"
 
 ORIENTATION_MEMORY = 65536
 """How many 5-tuples whose flow ended by timeout each meter remembers, so that a
@@ -259,7 +260,9 @@ class CicFeatures(NFPlugin):
     def _expire(self, flow) -> None:
         s: _FlowState = flow.udps.cic
         if not s.end:
-            if flow.expiration_id == 1:
+            if getattr(flow.udps, "evicted", False):
+                s.end = END_EVICTED
+            elif flow.expiration_id == 1:
                 s.end = END_ACTIVE
             elif self._now_ms - flow.bidirectional_last_seen_ms >= self.idle_timeout_ms:
                 s.end = END_IDLE

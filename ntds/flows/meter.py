@@ -18,6 +18,7 @@ from nfstream import NFStreamer
 
 from ntds.errors import InputError
 from ntds.flows.captures import CaptureInfo, inspect_capture, readable_prefix
+from ntds.flows.clock import engine_ms
 from ntds.flows.features import CicFeatures
 from ntds.flows.labels import dataset_label
 from ntds.flows.profiles import FLOW_TIMEOUT_US, FeatureProfile, get_profile
@@ -39,7 +40,8 @@ EXTRA_COLUMNS: tuple[str, ...] = (
     "flow_start_utc",
 )
 """Fields appended by `--extra`, after the 87 columns. Texts are nDPI's own; the
-end reason is one of fin, rst, closed, active-timeout, idle-timeout, end-of-capture."""
+end reason is one of fin, rst, closed, active-timeout, idle-timeout, end-of-capture, evicted (the
+sensor's flow table was full)."""
 
 
 @dataclass(slots=True)
@@ -174,7 +176,7 @@ def records(
                 flow.ip_version,
                 flow.vlan_id,
                 flow.udps.cic_end,
-                iso_utc(flow.bidirectional_first_seen_ms),
+                iso_utc(engine_ms(flow.bidirectional_first_seen_ms)),
             ),
             _traffic(flow, name),
         )
@@ -182,7 +184,7 @@ def records(
 
 def _traffic(flow, application: str) -> FlowTraffic:
     return FlowTraffic(
-        flow.bidirectional_first_seen_ms,
+        engine_ms(flow.bidirectional_first_seen_ms),
         flow.src_ip,
         flow.dst_ip,
         flow.src_port,

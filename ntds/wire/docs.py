@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 
-from ntds.wire.schema import DROP_ORDER, ENVELOPE, MAX_FRAME, MESSAGE_TYPES, VERSION, F
+from ntds.wire.schema import COUNT_MAX, DROP_ORDER, ENVELOPE, MAX_FRAME, MESSAGE_TYPES, TIME_MAX, TIME_MIN, VERSION, F
 
 
 def _table(fields: dict[str, F], prefix: str = "") -> list[str]:
@@ -18,6 +18,10 @@ def _table(fields: dict[str, F], prefix: str = "") -> list[str]:
         kind = {"objs": f"list of objects (at most {f.max_items})", "ints": f"ints[{f.length}]"}.get(f.kind, f.kind)
         if f.kind == "ints" and f.length is None:
             kind = "list of int"
+        if f.kind in ("int", "ints") and f.top != COUNT_MAX:
+            kind += f" (up to {f.top:,})"
+        if f.choices:
+            kind += f": {' or '.join(f.choices)}"
         rows.append(f"| `{prefix}{name}` | {kind} | {f.meaning} |")
         subs = list(f.fields.values())
         if len(subs) > 1 and all(x.fields and x.fields is subs[0].fields for x in subs):
@@ -38,9 +42,11 @@ def markdown() -> str:
         "both programs; this page is generated from it (`python -m ntds.wire.docs >",
         "docs/wire.md`) and the tests check that it is current and that every example decodes.",
         "",
-        "Kinds: `int` is a whole number from 0 to 2^63-1, `num` a finite number, `time`",
-        "an ISO-8601 time with a zone (sensors write UTC with `Z`), `obj` an object with",
-        "exactly the fields listed under it, `ints[n]` a list of n ints.",
+        f"Kinds: `int` is a whole number from 0 to {COUNT_MAX:,} (2^40) unless the field says",
+        "otherwise (sequence numbers up to 2^53-1), `num` a finite number, `str` text of at most",
+        f"4,096 characters, `time` an ISO-8601 time with a zone between {TIME_MIN:%Y-%m-%d} and",
+        f"{TIME_MAX:%Y-%m-%dT%H:%M:%SZ} (the span of a pcap timestamp; sensors write UTC with `Z`),",
+        "`obj` an object with exactly the fields listed under it, `ints[n]` a list of n ints.",
         "",
         "## Envelope",
         "",
@@ -50,16 +56,21 @@ def markdown() -> str:
         "",
         f"Rules: the decoder refuses frames over {MAX_FRAME:,} bytes, other schema versions,",
         "unknown types, missing or unknown fields at any depth, fields of the wrong kind,",
-        "out-of-range integers and non-finite numbers. `(sensor, seq)` names a message",
-        "once: the aggregator stores it once and acknowledges it however often it",
-        "arrives. Acknowledgements travel back as `ack` messages that are not stored",
-        "(their own `seq` is 0).",
+        "out-of-range integers and times, and non-finite numbers; each refusal is counted",
+        "by reason. `(sensor, spool, seq, created)` names a message once: the aggregator",
+        "stores it once and acknowledges it however often it arrives. Acknowledgements",
+        "travel back as `ack` messages that are not stored (their own `seq` is 0).",
+        "",
+        "Version 1 frames (no `spool`, health without `flows_evicted`, `flows_skipped` and",
+        '`state`) are still accepted: they are upgraded on decoding (spool `""`, zeros,',
+        "`running`) and answered with version 1 acknowledgements.",
         "",
         f"At the spool's size limit the sensor drops the oldest messages of the least valuable type first: "
         f"{', then '.join(DROP_ORDER)}.",
     ]
     for kind, t in MESSAGE_TYPES.items():
-        example = {"v": VERSION, "type": kind, "sensor": "tap-01", "seq": 0 if kind == "ack" else 42}
+        example = {"v": VERSION, "type": kind, "sensor": "tap-01", "spool": "9f3c61d2a07b44e5"}
+        example |= {"seq": 0 if kind == "ack" else 42}
         example |= {"created": "2026-11-23T08:00:00.123456Z", "body": t.example}
         archived = "archived" if t.archive else f"not archived: {t.not_archived}"
         out += ["", f"## `{kind}`", "", f"{t.meaning[0].upper()}{t.meaning[1:]} ({archived}).", ""]

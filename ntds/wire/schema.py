@@ -2,13 +2,21 @@
 
 Every message is one ZeroMQ frame holding one UTF-8 JSON object, the envelope:
 
-    {"v": 1, "type": "alert", "sensor": "tap-01", "seq": 42,
+    {"v": 2, "type": "alert", "sensor": "tap-01", "spool": "9f3c61d2a07b44e5", "seq": 42,
      "created": "2026-11-23T08:00:00.123456Z", "body": {...}}
 
 `seq` is the sensor's own sequence number: it starts at 1, grows by one per
-message and survives restarts (the spool keeps it), so (sensor, seq) names a
-message exactly once however often it is resent. The aggregator answers with an
-`ack` whose body lists the sequence numbers it has stored.
+message and survives restarts (the spool keeps it). `spool` is the random id
+the spool got when it was created, so a spool that was lost and recreated
+(sequence numbers restarting at 1) never collides with what its predecessor
+sent: (sensor, spool, seq, created) names a message exactly once however often
+it is resent. The aggregator answers with an `ack` naming the spool and the
+sequence numbers it has stored.
+
+Version 1 sensors (no spool id, no health state) are still accepted: their
+frames are upgraded to version 2 on decoding (`upgrade_v1`) and answered with
+version 1 acknowledgements, so a sensor can be upgraded after the aggregator
+without losing what its spool holds.
 
 Each message type is one `MessageType`: its fields, an example body, its rank
 when the spool must drop something, and how it is flattened into archive rows
@@ -26,16 +34,26 @@ relies on this: a decoded message always converts to Parquet rows.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from ntds.times import now_iso, parse_time
 
-VERSION = 1
+VERSION = 2
+ACCEPTED_VERSIONS = (1, 2)
 MAX_FRAME = 65536
 """Largest accepted frame in bytes; an alert is about 1 KB, a busy summary about 30 KB."""
-INT_MAX = 2**63 - 1
+INT_MAX = 2**53 - 1
+"""Largest integer anywhere on the wire: exact in every JSON reader (and as a float)."""
+COUNT_MAX = 2**40
+"""Largest counter (flows, packets, bytes) in one message: 1.1e12, more than a 100 Gbit/s link carries in
+a minute. Bounding every counter keeps every sum the report makes far from 64-bit overflow."""
+TIME_MIN = datetime(1970, 1, 1, tzinfo=UTC)
+TIME_MAX = datetime(2106, 2, 7, 6, 28, 15, tzinfo=UTC)
+"""Valid times on the wire and in the archive: the span of a classic pcap timestamp (unsigned 32-bit
+seconds). Packets outside it cannot come from a real capture; messages dated outside it are refused."""
 TIERS = 6
 """Rarity tiers 0 (common event) .. 5 (1 in 100000 event)."""
 TRAFFIC_CLASSES = ("external", "local_service", "peer_to_peer", "other")
@@ -60,7 +78,10 @@ class F:
     fields: dict[str, F] = field(default_factory=dict)
     length: int | None = None
     max_items: int = 10_000
-    top: int = INT_MAX
+    top: int = COUNT_MAX
+    choices: tuple[str, ...] = ()
+    max_len: int = 4096
+    """Longest accepted text (str fields)."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +91,8 @@ class Message:
     seq: int
     created: str
     body: dict
+    spool: str = ""
+    """The sending spool's id ("" for version 1 sensors)."""
 
 
 ArchiveRow = tuple[str, datetime, dict]
@@ -87,7 +110,7 @@ class MessageType:
     drop_rank: int | None
     """At the spool's size limit the lowest rank goes first; None: never spooled (sent by the aggregator)."""
     archive: Callable[[Message], Iterable[ArchiveRow]] | None = None
-    """The message as archive rows (each keeps the message's sensor and seq)."""
+    """The message as archive rows (each keeps the message's sensor, spool and seq)."""
     not_archived: str = ""
     """Why a type without `archive` is deliberately left out of the archive."""
 
@@ -97,7 +120,7 @@ def _counts(*names: str, what: str) -> dict[str, F]:
 
 
 def _base(m: Message) -> dict:
-    return {"sensor": m.sensor, "seq": m.seq}
+    return {"sensor": m.sensor, "spool": m.spool, "seq": m.seq}
 
 
 DIRECTIONAL = {
@@ -110,10 +133,15 @@ DIRECTIONAL = {
 FLOWS_BYTES = {"flows": F("int", "flows of this kind"), "bytes": F("int", "their IP bytes, both directions")}
 
 ENVELOPE: dict[str, F] = {
-    "v": F("int", "schema version (1)"),
-    "type": F("str", "hello, alert, summary, health or ack"),
-    "sensor": F("str", "the sensor's id; the aggregator only accepts the id bound to the sender's key"),
-    "seq": F("int", "the sensor's message sequence number, from 1, never reused"),
+    "v": F("int", "schema version (2; version 1 frames are upgraded on decoding)"),
+    "type": F("str", "hello, alert, summary, health or ack", max_len=16),
+    "sensor": F("str", "the sensor's id; the aggregator only accepts the id bound to the sender's key", max_len=64),
+    "spool": F(
+        "str",
+        "the sending spool's random id, fixed when the spool was created (for an ack: the spool acknowledged)",
+        max_len=64,
+    ),  # fmt: skip
+    "seq": F("int", "the sensor's message sequence number in this spool, from 1, never reused", top=INT_MAX),
     "created": F("time", "when the sensor created the message, ISO-8601 UTC"),
     "body": F("obj", "the type's fields below"),
 }
@@ -148,10 +176,10 @@ ALERT = MessageType(
         "time": F("time", "flow start, ISO-8601 UTC"),
         "flow_id": F("str", "CICFlowMeter Flow.ID"),
         "src_ip": F("str", "Source.IP"),
-        "src_port": F("int", "Source.Port"),
+        "src_port": F("int", "Source.Port", top=65535),
         "dst_ip": F("str", "Destination.IP"),
-        "dst_port": F("int", "Destination.Port"),
-        "protocol": F("int", "Protocol as in the flow record"),
+        "dst_port": F("int", "Destination.Port", top=65535),
+        "protocol": F("int", "Protocol as in the flow record", top=255),
         "application": F("str", "ProtocolName"),
         "baseline": F("str", "application or all-traffic: which baseline entry judged the flow"),
         "score": F("num", "anomaly score"),
@@ -226,7 +254,7 @@ SUMMARY = MessageType(
     "what one interval's flows added up to: the weekly report is built from these",
     {
         "interval_start": F("time", "interval start, ISO-8601 UTC; a flow belongs to the interval it started in"),
-        "interval_s": F("int", "length of the interval in seconds"),
+        "interval_s": F("int", "length of the interval in seconds", top=86400),
         "flows": F("int", "flows started in the interval, single-packet flows included"),
         "packets": F("int", "their packets"),
         "bytes": F("int", "their IP bytes (IP header and payload, both directions)"),
@@ -350,11 +378,25 @@ HEALTH = MessageType(
         "packets_seen": F("int", "packets the capture delivered since start"),
         "packets_dropped": F("int", "packets the kernel or interface dropped since start"),
         "flows_active": F("int", "flows open in the meter now"),
-        "spool_messages": F("int", "messages waiting in the spool for an acknowledgement"),
+        "flows_evicted": F("int", "flows expired early since start because the flow table was full (max_flows)"),
+        "flows_skipped": F("int", "flows not judged since start: dated outside the valid time range"),
+        "state": F(
+            "str", "running, or stopping (the sensor's last message before it exits)", choices=("running", "stopping")
+        ),  # fmt: skip
+        "spool_messages": F("int", "messages waiting in the spool for an acknowledgement (this one not counted)"),
         "spool_bytes": F("int", "their size"),
         # "spool_dropped" is derived below from the types' drop ranks
     },
-    {"packets_seen": 1, "packets_dropped": 0, "flows_active": 3, "spool_messages": 0, "spool_bytes": 0},
+    {
+        "packets_seen": 1,
+        "packets_dropped": 0,
+        "flows_active": 3,
+        "flows_evicted": 0,
+        "flows_skipped": 0,
+        "state": "running",
+        "spool_messages": 0,
+        "spool_bytes": 0,
+    },
     drop_rank=0,
     archive=_archive_health,
 )
@@ -364,7 +406,7 @@ HEALTH = MessageType(
 ACK = MessageType(
     "ack",
     "the aggregator's answer: these sequence numbers are durably stored (its own seq is 0)",
-    {"seqs": F("ints", "sequence numbers of the sensor's messages now durably stored")},
+    {"seqs": F("ints", "sequence numbers of the sensor's messages now durably stored", top=INT_MAX)},
     {"seqs": [1, 2, 3]},
     drop_rank=None,
     not_archived="acknowledgements travel back to the sensor and are never stored",
@@ -396,21 +438,26 @@ def hello(baseline_id: str, feature_profile: str) -> dict:
 
 
 def health(
-    packets_seen: int, packets_dropped: int, flows_active: int, spool_messages: int, spool_bytes: int, dropped: dict
-) -> dict:
+    capture: dict, flows_evicted: int, flows_skipped: int, state: str, spool_messages: int, spool_bytes: int,
+    dropped: dict,
+) -> dict:  # fmt: skip
+    """capture: packets_seen, packets_dropped, flows_active (since start)."""
     return {
-        "packets_seen": packets_seen,
-        "packets_dropped": packets_dropped,
-        "flows_active": flows_active,
+        "packets_seen": capture["packets_seen"],
+        "packets_dropped": capture["packets_dropped"],
+        "flows_active": capture["flows_active"],
+        "flows_evicted": flows_evicted,
+        "flows_skipped": flows_skipped,
+        "state": state,
         "spool_messages": spool_messages,
         "spool_bytes": spool_bytes,
         "spool_dropped": {k: dropped.get(k, 0) for k in DROP_ORDER},
     }
 
 
-def ack(sensor: str, seqs: list[int], seq: int = 0) -> Message:
-    """The aggregator's acknowledgement of stored messages (its own seq is 0: acks are not stored)."""
-    return Message("ack", sensor, seq, now_iso(), {"seqs": list(seqs)})
+def ack(sensor: str, spool: str, seqs: list[int]) -> Message:
+    """The aggregator's acknowledgement of stored messages of one spool (its own seq is 0: acks are not stored)."""
+    return Message("ack", sensor, 0, now_iso(), {"seqs": list(seqs)}, spool)
 
 
 # -- validation -------------------------------------------------------------------------
@@ -420,17 +467,33 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def wire_time(text: str) -> datetime:
+    """A wire time as an aware UTC datetime inside TIME_MIN..TIME_MAX; ValueError otherwise."""
+    try:
+        t = parse_time(text)
+    except OverflowError:
+        raise ValueError("time out of range") from None
+    if not TIME_MIN <= t <= TIME_MAX:
+        raise ValueError("time out of range")
+    return t
+
+
+def in_time_range(ms: int) -> bool:
+    """Whether a millisecond epoch time is one the wire accepts."""
+    return TIME_MIN.timestamp() * 1000 <= ms <= TIME_MAX.timestamp() * 1000
+
+
 def _value(f: F, v, where: str) -> None:
     ok = True
     if f.kind == "int":
         ok = _is_int(v) and 0 <= v <= f.top
     elif f.kind == "num":
-        ok = (_is_int(v) and abs(v) <= INT_MAX) or isinstance(v, float)
+        ok = (_is_int(v) and abs(v) <= INT_MAX) or (isinstance(v, float) and math.isfinite(v))
     elif f.kind == "str":
-        ok = isinstance(v, str)
+        ok = isinstance(v, str) and len(v) <= f.max_len and (not f.choices or v in f.choices)
     elif f.kind == "time":
         try:
-            parse_time(v)
+            wire_time(v)
         except (TypeError, ValueError):
             ok = False
     elif f.kind == "obj":
@@ -445,7 +508,7 @@ def _value(f: F, v, where: str) -> None:
                     raise WireError(f"{where}[{i}]: not an object")
                 _check(f.fields, item, f"{where}[{i}]")
     elif f.kind == "ints":
-        ok = isinstance(v, list) and all(_is_int(x) and 0 <= x <= INT_MAX for x in v)
+        ok = isinstance(v, list) and len(v) <= f.max_items and all(_is_int(x) and 0 <= x <= f.top for x in v)
         ok = ok and (f.length is None or len(v) == f.length)
     if not ok:
         raise WireError(f"{where}: wrong type or value")
@@ -458,22 +521,29 @@ def _check(fields: dict[str, F], obj: dict, where: str) -> None:
         _value(f, obj[name], f"{where}.{name}")
     unknown = set(obj) - set(fields)
     if unknown:
-        raise WireError(f"{where}: unknown field {sorted(unknown)[0]!r}")
+        raise WireError(f"{where}: unknown field {sorted(unknown)[0]!r:.40}")
 
 
-def encode(message: Message) -> bytes:
-    """One frame for a message; validated the same way the receiver will."""
-    obj = {
-        "v": VERSION,
-        "type": message.type,
-        "sensor": message.sensor,
-        "seq": message.seq,
-        "created": message.created,
-        "body": message.body,
-    }
+def encode(message: Message, version: int = VERSION) -> bytes:
+    """One frame for a message; validated the same way the receiver will.
+
+    version=1 is only for acknowledging version 1 sensors, which know no spool ids."""
+    obj = {"v": version, "type": message.type, "sensor": message.sensor}
+    if version >= 2:
+        obj["spool"] = message.spool
+    obj |= {"seq": message.seq, "created": message.created, "body": message.body}
     frame = json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
     decode(frame)  # a sensor must never send what the aggregator would refuse
     return frame
+
+
+def upgrade_v1(obj: dict) -> dict:
+    """A version 1 frame's object as version 2: no spool id, and health without the fields v2 added."""
+    obj = {**obj, "v": VERSION, "spool": ""}
+    body = obj.get("body")
+    if obj.get("type") == "health" and isinstance(body, dict):
+        obj["body"] = {"flows_evicted": 0, "flows_skipped": 0, "state": "running"} | body
+    return obj
 
 
 def decode(frame: bytes) -> Message:
@@ -483,25 +553,43 @@ def decode(frame: bytes) -> Message:
     if len(frame) > MAX_FRAME:
         raise WireError(f"frame of {len(frame)} bytes exceeds {MAX_FRAME}")
     try:
-        obj = json.loads(bytes(frame).decode("utf-8"), parse_constant=_no_constants)
+        obj = json.loads(
+            bytes(frame).decode("utf-8"), parse_constant=_no_constants, parse_float=_finite, parse_int=_bounded_int
+        )
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise WireError(f"not a JSON message: {type(e).__name__}") from None
     if not isinstance(obj, dict):
         raise WireError("message is not a JSON object")
-    if obj.get("v") != VERSION or isinstance(obj.get("v"), bool):
-        raise WireError(f"schema version {obj.get('v')!r}, expected {VERSION}")
+    version = obj.get("v")
+    if isinstance(version, bool) or version not in ACCEPTED_VERSIONS:
+        raise WireError(f"schema version {version!r:.20}, expected {VERSION}")
+    if version == 1:
+        obj = upgrade_v1(obj)
     _check(ENVELOPE, obj, "envelope")
     kind = obj["type"]
     if kind not in SCHEMA:
-        raise WireError(f"unknown message type {kind!r}")
+        raise WireError(f"unknown message type {kind!r:.20}")
     if not obj["sensor"]:
         raise WireError("envelope: sensor must be non-empty")
     _check(SCHEMA[kind], obj["body"], kind)
-    return Message(kind, obj["sensor"], obj["seq"], obj["created"], obj["body"])
+    return Message(kind, obj["sensor"], obj["seq"], obj["created"], obj["body"], obj["spool"])
 
 
 def _no_constants(name: str):
     raise WireError(f"non-finite number {name} in message")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise WireError(f"non-finite number {text[:20]} in message")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > 20:  # never parse a 4,000-digit integer just to refuse it
+        raise WireError("integer out of range in message")
+    return int(text)
 
 
 __all__ = [
@@ -520,4 +608,5 @@ __all__ = [
     "hello",
     "now_iso",
     "parse_time",
+    "wire_time",
 ]

@@ -1,0 +1,105 @@
+"""`ntds-aggregator serve`: the receiver in the main thread, the archiver (and the other workers) beside it.
+
+The process is alive only while every part of it is: a background worker that
+dies unexpectedly (a corrupt store, a bug) stops the whole process with a
+non-zero exit and one log line, so systemd restarts it, instead of leaving a
+receiver that acknowledges while nothing is archived. The watchdog is pinged
+only from a healthy main loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import signal
+import threading
+import time
+
+from aggregator.archive import Archiver
+from aggregator.config import AggregatorConfig
+from aggregator.receiver import Receiver, StoreBroken
+from aggregator.store import open_store
+from ntds.errors import InputError
+from ntds.notify import Notifier
+from ntds.wire.keys import load_pair
+
+log = logging.getLogger("ntds.aggregator")
+EXIT_FAILED = 1
+
+
+def raise_open_file_limit() -> int:
+    """Every sensor connection is a file descriptor: use all the kernel allows this process (the unit sets
+    LimitNOFILE), so a burst of connections does not starve the store and the archive of descriptors."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+class Server:
+    def __init__(self, cfg: AggregatorConfig, insecure: bool = False) -> None:
+        self.cfg = cfg
+        self.files = raise_open_file_limit()
+        secret = None if insecure else load_pair(cfg.server_key)
+        self.store = open_store(cfg.store, create=True)
+        try:
+            self.receiver = Receiver(
+                cfg.endpoint, self.store, server_secret=secret, allow_folder=None if insecure else cfg.allow_list
+            )
+        except Exception as e:  # zmq errors on bind name the endpoint problem
+            self.store.close()
+            raise InputError(f"{cfg.endpoint}: cannot listen: {e}") from None
+        self.archiver = Archiver(cfg)
+        self.workers: list[threading.Thread] = [self.archiver]
+        if self.receiver.zap is not None:
+            self.workers.append(self.receiver.zap)
+        self.notify = Notifier()
+        self._stopping = False
+        self._shown = 0.0
+        self.failure: str | None = None
+
+    def _on_signal(self, *_) -> None:
+        self._stopping = True
+
+    def _stop(self) -> bool:
+        dead = [w.name for w in self.workers if not w.is_alive()]
+        if dead and not self._stopping:
+            reason = getattr(self.archiver, "failure", None) if "archiver" in dead else None
+            self.failure = f"the {', '.join(dead)} thread stopped" + (f": {reason}" if reason else "")
+        return self._stopping or self.failure is not None
+
+    def _tick(self) -> None:
+        if self.failure is not None:
+            return
+        self.notify.watchdog()
+        if time.monotonic() - self._shown >= 2:
+            self._shown = time.monotonic()
+            r = self.receiver
+            self.notify.status(
+                f"{r.stored:,} messages stored, {sum(r.rejected.values()):,} rejected, listening on {r.endpoint}"
+            )
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        log.info("listening on %s (%s), up to %d open files", self.receiver.endpoint,
+                 "CURVE" if self.receiver.secure else "plain", self.files)  # fmt: skip
+        self.archiver.start()
+        self.notify.ready(f"listening on {self.receiver.endpoint}")
+        try:
+            self.receiver.serve(self._stop, self._tick)
+        except StoreBroken as e:
+            self.failure = str(e)
+        finally:
+            self.notify.stopping()
+            self.receiver.close()
+            self.store.close()
+            self.archiver.stop(final_export=self.failure is None)
+        if self.failure:
+            log.critical("stopping: %s", self.failure)
+            return EXIT_FAILED
+        return 0
