@@ -1,20 +1,32 @@
-"""The Parquet archive: what reports read, on one machine or a Dask cluster.
+"""The Parquet archive: what reports read, on one machine or a Dask cluster, and what any Parquet reader
+(pandas, pyarrow datasets, DuckDB) can open as it is.
 
-Layout: ROOT/TABLE/day=YYYY-MM-DD/sensor=ID/FILE.parquet, one folder per table,
-UTC day and sensor (the id percent-encoded), so a week's report opens only that
-week's folders. The day is the data's own time (a summary's interval, an
-alert's flow start), not the time it arrived.
+Layout: ROOT/TABLE/day=YYYY-MM-DD/sensor_id=ID/FILE.parquet, one folder per
+table, UTC day and sensor (the id percent-encoded), so a week's report opens
+only that week's folders. The day is the data's own time (a summary's
+interval, an alert's flow start), not the time it arrived. The partition key
+is `sensor_id` so that a hive-partitioned read does not clash with the rows'
+own `sensor` column.
 
 Export is idempotent and crash-safe. Messages leave the SQLite store in `id`
 order, in batches; a batch starting after id N writes `part-N.parquet` in every
-folder it touches (temporary name, fsync, rename) and only then moves the
-store's high-water mark past it. A crash in between repeats the batch, which
-rewrites the same names. Readers see only complete files.
+folder it touches (temporary hidden name, fsync, rename) and only then moves
+the store's high-water mark past it. A crash in between repeats the batch,
+which rewrites the same names. Readers see only complete files.
 
-Small files are merged (`c-A-B.parquet` holds the parts A..B); the merged parts
-stay on disk, shadowed, for a while so that a report that listed them can still
-read them, and are deleted later. `live_files` hides shadowed files, so a
-crash mid-merge never shows a row twice.
+Small files are merged (`c-A-B.parquet` holds the parts A..B), at most
+MERGE_ROWS rows at a time, so export work and memory stay bounded however big
+a day grows. A merge builds the folder's new content beside it (hard links for
+the files it keeps) and swaps the two folders in one atomic rename
+(renameat2 RENAME_EXCHANGE): any reader sees either the parts or the merged
+file, never both. Our own reports hold a shared lock while they read, exports
+an exclusive one, so a report never loses a file it listed.
+
+The archive carries an id (`.archive-id`) that the store remembers: an archive
+folder that was deleted or replaced is noticed at the next export, and
+everything the store still holds is exported again. Retention counts from
+arrival (a file's write time), never from the data's own time, so replaying an
+old capture never deletes what was just acknowledged.
 """
 
 from __future__ import annotations
@@ -23,11 +35,13 @@ import contextlib
 import fcntl
 import json
 import logging
+import os
 import re
 import shutil
 import sqlite3
 import threading
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
@@ -43,12 +57,14 @@ from ntds.wire.schema import MESSAGE_TYPES, TIERS, Message
 
 log = logging.getLogger("ntds.aggregator.archive")
 
-BATCH = 50_000
+BATCH = 5_000
+"""Messages per export batch: a busy summary becomes a few hundred rows, so memory stays small."""
 MERGE_AT = 8
-"""Files in one folder that trigger a merge (a finished day is merged down to one file)."""
-KEEP_SHADOWED_S = 900
-"""How long merged parts stay readable for reports that listed them before the merge."""
+"""Small files in one folder that trigger a merge (a finished day's small files are merged too)."""
+MERGE_ROWS = 1_000_000
+"""A file with this many rows is big enough: never merged again, so no export rewrites a whole day."""
 STATE_KEY = "archived_id"
+ARCHIVE_ID_KEY = "archive_id"
 
 _T = pa.timestamp("ms", tz="UTC")
 _I = pa.int64()
@@ -141,8 +157,11 @@ TABLES: dict[str, pa.Schema] = {
 summary's, bytes are IP bytes."""
 
 
+PARTITION = "sensor_id="
+
+
 def _folder(root: Path, table: str, day: date, sensor: str) -> Path:
-    return root / table / f"day={day.isoformat()}" / f"sensor={quote(sensor, safe='')}"
+    return root / table / f"day={day.isoformat()}" / f"{PARTITION}{quote(sensor, safe='')}"
 
 
 _NAME = re.compile(r"^(?:part-(\d+)|c-(\d+)-(\d+))\.parquet$")
@@ -158,7 +177,8 @@ def _span(name: str) -> tuple[int, int] | None:
 
 
 def _live(folder: Path) -> tuple[list[Path], list[Path]]:
-    """(live files, shadowed files) of one folder: a file whose span lies inside a merged file's is shadowed."""
+    """(live files, leftovers) of one folder: a part whose span lies inside a merged file's is a leftover
+    (only a crash on a file system without atomic folder swaps can leave one; it is deleted, never read)."""
     spans = {}
     for f in folder.iterdir():
         s = _span(f.name)
@@ -177,6 +197,23 @@ def _write_atomic(table: pa.Table, path: Path) -> None:
         pq.write_table(table, tmp, compression="zstd")
 
 
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders atomically (Linux renameat2); False where the system cannot."""
+    import ctypes
+    import os
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fn = getattr(libc, "renameat2", None)
+    if fn is None:
+        return False
+    at_fdcwd = -100
+    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    return rc == 0
+
+
 class Archive:
     """The archive folder: export from the store, merge, expire, and list files for readers."""
 
@@ -184,16 +221,21 @@ class Archive:
         self.root = Path(root)
 
     @contextlib.contextmanager
-    def _locked(self):
+    def _locked(self, shared: bool = False):
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+        with open(self.root / ".lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             yield
+
+    def reading(self):
+        """Hold while reading files listed by `files`: no export changes the folders meanwhile."""
+        return self._locked(shared=True)
 
     def export(self, store: Store, retention_days: int | None = None, today: date | None = None) -> int:
         """Move everything stored but not yet archived into Parquet; returns messages exported."""
         done = 0
         with self._locked():
+            self._check_identity(store)
             last = store.state(STATE_KEY)
             while True:
                 batch = store.after(last, BATCH)
@@ -205,8 +247,36 @@ class Archive:
                 done += len(batch)
             self._merge(today or datetime.now(UTC).date())
             if retention_days:
-                self._expire(store, retention_days, last, today or datetime.now(UTC).date())
+                self._expire(store, retention_days, last)
         return done
+
+    def _check_identity(self, store: Store) -> None:
+        """Notice an archive folder that was deleted or replaced: export again everything the store holds."""
+        marker = self.root / ".archive-id"
+        mine = marker.read_text().strip() if marker.exists() else ""
+        known = store.state(ARCHIVE_ID_KEY, "")
+        if mine and mine == known:
+            return
+        exported = store.state(STATE_KEY)
+        if mine and not known and not exported:
+            store.set_state(ARCHIVE_ID_KEY, mine)  # a fresh store adopting an archive: nothing to redo
+            return
+        aside = [t for t in TABLES if (self.root / t).exists()]
+        if exported or aside:
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+            for t in aside:  # data the store no longer vouches for: kept, hidden, never read twice
+                (self.root / t).rename(self.root / f".replaced-{stamp}-{t}")
+            log.warning(
+                "%s is not the archive the store exported to (%s); exporting again the %d messages the store "
+                "holds%s", self.root, "missing id" if not mine else "another id", store.count(),
+                f", earlier folders moved aside as .replaced-{stamp}-*" if aside else "",
+            )  # fmt: skip
+        new = mine or uuid.uuid4().hex
+        if not mine:
+            with atomic_path(marker) as tmp:
+                tmp.write_text(new + "\n")
+        store.set_state(ARCHIVE_ID_KEY, new)
+        store.set_state(STATE_KEY, 0)
 
     def _write_batch(self, batch: list) -> None:
         first = batch[0][0]
@@ -229,33 +299,67 @@ class Archive:
                     day = date.fromisoformat(day_dir.name[4:])
                 except ValueError:
                     continue
-                for folder in sorted(day_dir.glob("sensor=*")):
+                for old in day_dir.glob("sensor=*"):  # archives written before 0.2
+                    old.rename(day_dir / (PARTITION + old.name[len("sensor=") :]))
+                for folder in sorted(day_dir.glob(PARTITION + "*")):
                     yield table, day, folder
 
     def _merge(self, today: date) -> None:
-        now = time.time()
+        """Merge small files: a folder with MERGE_AT of them, or a finished day with more than one."""
         for table, day, folder in self._folders():
-            live, shadowed = _live(folder)
-            newest_merge = max((f.stat().st_mtime for f in live if f.name.startswith("c-")), default=0)
-            if shadowed and now - newest_merge > KEEP_SHADOWED_S:
-                for f in shadowed:
-                    f.unlink(missing_ok=True)
-            if len(live) >= MERGE_AT or (len(live) > 1 and day < today):
-                spans = [_span(f.name) for f in live]
-                merged = pa.concat_tables([pq.read_table(f, schema=TABLES[table]) for f in live])
-                name = f"c-{min(a for a, _ in spans)}-{max(b for _, b in spans)}.parquet"
-                _write_atomic(merged, folder / name)
+            live, leftovers = _live(folder)
+            for f in leftovers:
+                f.unlink(missing_ok=True)
+            small = [f for f in live if pq.read_metadata(f).num_rows < MERGE_ROWS]
+            if len(small) < MERGE_AT and not (len(small) > 1 and day < today):
+                continue
+            picked, rows = [], 0
+            for f in small:
+                n = pq.read_metadata(f).num_rows
+                if picked and rows + n > MERGE_ROWS:
+                    break
+                picked.append(f)
+                rows += n
+            if len(picked) > 1:
+                self._replace(folder, table, picked)
 
-    def _expire(self, store: Store, retention_days: int, exported_up_to: int, today: date) -> None:
-        cutoff = today - timedelta(days=retention_days)
-        for table in TABLES:
-            for day_dir in (self.root / table).glob("day=*"):
-                with contextlib.suppress(ValueError):
-                    if date.fromisoformat(day_dir.name[4:]) < cutoff:
-                        shutil.rmtree(day_dir, ignore_errors=True)
-        gone = store.forget(exported_up_to, time.time() - retention_days * 86400)
+    def _replace(self, folder: Path, table: str, parts: list[Path]) -> None:
+        spans = [_span(f.name) for f in parts]
+        name = f"c-{min(a for a, _ in spans)}-{max(b for _, b in spans)}.parquet"
+        merged = pa.concat_tables([pq.read_table(f, schema=TABLES[table]) for f in parts])
+        staging = self.root / ".staging" / uuid.uuid4().hex
+        staging.mkdir(parents=True)
+        try:
+            for f in folder.iterdir():
+                if f not in parts and not f.name.startswith("."):
+                    os.link(f, staging / f.name)
+            _write_atomic(merged, staging / name)
+            newest = max(f.stat().st_mtime for f in parts)
+            os.utime(staging / name, (newest, newest))  # retention: the merged rows arrived with the newest part
+            if _exchange(staging, folder):
+                return  # staging now holds the old parts: deleted below
+            # No atomic swap on this system: the merged file goes in first, then the parts go
+            # (a reader in between sees some rows twice; `files` never lists leftovers).
+            os.replace(staging / name, folder / name)
+            for f in parts:
+                f.unlink(missing_ok=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _expire(self, store: Store, retention_days: int, exported_up_to: int) -> None:
+        """Delete what arrived more than retention_days ago: archive files by their write time (a merged file
+        carries its newest part's), stored messages by their arrival."""
+        cutoff = time.time() - retention_days * 86400
+        for _, _, folder in list(self._folders()):
+            for f in _live(folder)[0]:
+                if f.stat().st_mtime < cutoff:
+                    f.unlink(missing_ok=True)
+            for empty in (folder, folder.parent):  # the sensor's folder, then the day's, once empty
+                with contextlib.suppress(OSError):
+                    empty.rmdir()
+        gone = store.forget(exported_up_to, cutoff)
         if gone:
-            log.info("retention: %d stored messages older than %d days deleted", gone, retention_days)
+            log.info("retention: %d stored messages that arrived over %d days ago deleted", gone, retention_days)
 
     # -- readers ------------------------------------------------------------------------
 
@@ -267,14 +371,14 @@ class Archive:
         while day <= last:
             day_dir = self.root / table / f"day={day.isoformat()}"
             if day_dir.is_dir():
-                for folder in sorted(day_dir.glob("sensor=*")):
-                    if wanted is None or folder.name[7:] in wanted:
+                for folder in sorted(day_dir.glob(PARTITION + "*")):
+                    if wanted is None or folder.name[len(PARTITION) :] in wanted:
                         out += [str(f) for f in _live(folder)[0]]
             day += timedelta(days=1)
         return out
 
     def sensors(self) -> list[str]:
-        return sorted({unquote(f.name[7:]) for _, _, f in self._folders()})
+        return sorted({unquote(f.name[len(PARTITION) :]) for _, _, f in self._folders()})
 
 
 class Archiver(threading.Thread):

@@ -177,7 +177,7 @@ def _report_weekly(args) -> int:
             raise InputError(f"--scheduler {args.scheduler}: cannot connect: {e}") from None
     started = time.monotonic()
     print(f"{PROG}: computing {week} ...", file=sys.stderr)
-    with client:
+    with client, archive.reading():
         report = compute(archive, week, args.sensor)
     t = report["overview"]["totals"]
     if not t["flows"] and not t["alerts"] and dated and not args.sensor:

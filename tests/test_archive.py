@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
+import threading
 import time
 from datetime import date
 
@@ -66,27 +68,68 @@ def test_export_is_idempotent_and_a_crash_repeat_rewrites_the_same_files(tmp_pat
     assert not list(archive.root.rglob(".*.tmp"))
 
 
-def test_merge_keeps_rows_once_and_listed_files_readable(tmp_path, monkeypatch):
+def test_merge_keeps_rows_once_and_waits_for_readers(tmp_path):
     store, archive = Store(tmp_path / "s.db"), Archive(tmp_path / "a")
     flows = []
     for k in range(archive_mod.MERGE_AT - 1):
         flows += fill(store, "tap-1", 1 + 3 * k, 3, minute0=3 * k)
         archive.export(store, today=TODAY)
-    listed = archive.files("summaries", TODAY, TODAY)  # a report lists the files ...
-    assert len(listed) == archive_mod.MERGE_AT - 1
-    flows += fill(store, "tap-1", 100, 3, minute0=50)
-    archive.export(store, today=TODAY)  # ... the export merges them ...
+    with archive.reading():  # a report lists the files and reads them ...
+        listed = archive.files("summaries", TODAY, TODAY)
+        assert len(listed) == archive_mod.MERGE_AT - 1
+        flows += fill(store, "tap-1", 100, 3, minute0=50)
+        exporter = threading.Thread(target=archive.export, args=(store,), kwargs={"today": TODAY})
+        exporter.start()  # ... while an export that would merge them waits for the report to finish
+        time.sleep(0.3)
+        assert exporter.is_alive()
+        read = [r["flows"] for f in listed for r in pq.read_table(f).to_pylist()]
+        assert len(read) == 3 * (archive_mod.MERGE_AT - 1)
+    exporter.join(10)
     live = archive.files("summaries", TODAY, TODAY)
     assert len(live) == 1 and os.path.basename(live[0]).startswith("c-")
     assert sorted(r["flows"] for r in rows(archive, "summaries")) == sorted(flows)
-    read_late = [r["flows"] for f in listed for r in pq.read_table(f).to_pylist()]  # ... and it still reads them
-    assert len(read_late) == 3 * (archive_mod.MERGE_AT - 1)
-    # Shadowed parts go once the grace time has passed.
-    monkeypatch.setattr(archive_mod, "KEEP_SHADOWED_S", 0)
-    time.sleep(0.01)
+    assert not [p for p in archive.root.rglob("part-*.parquet") if "summaries" in p.parts]
+
+
+def test_archive_reads_the_same_in_pandas_pyarrow_and_duckdb_at_any_moment(tmp_path):
+    """Hive-partitioned reads of the folder as it is: no column clash, and no row twice, even while
+    exports merge files underneath (the merge swaps folders atomically)."""
+    import duckdb
+    import pandas as pd
+    import pyarrow.dataset as ds
+
+    store, archive = Store(tmp_path / "s.db"), Archive(tmp_path / "a")
+    folder = str(archive.root / "summaries")
+    fill(store, "tap/2", 1, 3)
     archive.export(store, today=TODAY)
-    assert not any(os.path.exists(f) for f in listed)
-    assert sorted(r["flows"] for r in rows(archive, "summaries")) == sorted(flows)
+    total, stop, seen = 3, threading.Event(), []
+
+    def read_forever():
+        while not stop.is_set():
+            try:
+                seen.append(len(ds.dataset(folder, format="parquet", partitioning="hive").to_table()))
+            except FileNotFoundError:
+                seen.append(None)  # listed, then swapped away: the reader retries, it never miscounts
+
+    reader = threading.Thread(target=read_forever)
+    reader.start()
+    try:
+        for k in range(3 * archive_mod.MERGE_AT):  # several merges happen while the reader reads
+            fill(store, "tap/2", 10 + k, 1, minute0=10 + k)
+            archive.export(store, today=TODAY)
+            total += 1
+    finally:
+        stop.set()
+        reader.join()
+    counts = [n for n in seen if n is not None]
+    assert counts and max(counts) <= total and min(counts) >= 3  # never a row twice
+    frame = pd.read_parquet(folder)
+    assert len(frame) == total and set(frame["sensor"]) == {"tap/2"} and set(frame["sensor_id"]) == {"tap/2"}
+    query = f"SELECT COUNT(*) FROM read_parquet('{folder}/**/*.parquet', hive_partitioning=true)"
+    assert duckdb.sql(query).fetchall()[0][0] == total
+    table = ds.dataset(folder, format="parquet", partitioning="hive").to_table()
+    assert len(table) == total
+    assert sorted(table.column("flows").to_pylist()) == sorted(r["flows"] for r in rows(archive, "summaries"))
 
 
 def test_finished_days_are_merged_to_one_file_per_sensor(tmp_path):
@@ -101,17 +144,40 @@ def test_finished_days_are_merged_to_one_file_per_sensor(tmp_path):
     assert archive.sensors() == ["tap-1", "tap/2"]
 
 
-def test_retention_deletes_old_days_and_old_stored_messages(tmp_path):
+def test_retention_counts_from_arrival_not_from_the_data_time(tmp_path):
+    """An old capture replayed today (data from 2019) is kept for retention_days from its arrival."""
     store, archive = Store(tmp_path / "s.db"), Archive(tmp_path / "a")
-    fill(store, "tap-1", 1, 3)
-    archive.export(store, retention_days=0, today=date(2027, 6, 1))  # 0: keep everything
-    assert len(rows(archive, "summaries")) == 3 and store.count() == 3
+    body = summary(0, 7)
+    body["interval_start"] = "2019-03-01T10:00:00Z"
+    store.store([wire.decode(wire.encode(wire.Message("summary", "tap-1", 1, wire.now_iso(), body, "s1")))])
+    fill(store, "tap-1", 2, 3)
+    archive.export(store, retention_days=30)
+    assert len(rows(archive, "summaries", date(2019, 3, 1))) == 1 and store.count() == 4
+    # 40 days later (files and stored messages aged by hand): everything has passed retention
     store.db.execute("UPDATE messages SET received = received - 40 * 86400")
-    archive.export(store, retention_days=30, today=date(2027, 6, 1))
-    assert rows(archive, "summaries") == [] and store.count() == 0
-    fill(store, "tap-1", 4, 1)  # newer messages are kept
-    archive.export(store, retention_days=30, today=TODAY)
-    assert len(rows(archive, "summaries")) == 1 and store.count() == 1
+    for f in archive.root.rglob("*.parquet"):
+        os.utime(f, (f.stat().st_atime - 40 * 86400, f.stat().st_mtime - 40 * 86400))
+    fill(store, "tap-1", 10, 1, minute0=30)  # a new message arrives: kept, archive and store
+    archive.export(store, retention_days=30)
+    assert rows(archive, "summaries", date(2019, 3, 1)) == []
+    assert [r["seq"] for r in rows(archive, "summaries")] == [10] and store.count() == 1
+    archive.export(store, retention_days=0)  # 0 keeps everything
+    assert store.count() == 1
+
+
+def test_an_archive_deleted_while_serving_is_exported_again(tmp_path):
+    store, archive = Store(tmp_path / "s.db"), Archive(tmp_path / "a")
+    flows = fill(store, "tap-1", 1, 4)
+    archive.export(store, today=TODAY)
+    shutil.rmtree(archive.root)
+    flows += fill(store, "tap-1", 5, 2, minute0=10)
+    assert archive.export(store, today=TODAY) == 6  # everything the store holds, not just the 2 new
+    assert sorted(r["flows"] for r in rows(archive, "summaries")) == sorted(flows)
+    # an archive folder replaced by another one (its own id): the old tables are moved aside, not doubled
+    (archive.root / ".archive-id").write_text("someone-elses\n")
+    assert archive.export(store, today=TODAY) == 6
+    assert sorted(r["flows"] for r in rows(archive, "summaries")) == sorted(flows)
+    assert list(archive.root.glob(".replaced-*-summaries"))
 
 
 def test_serve_archives_while_running_and_at_shutdown(tmp_path):
