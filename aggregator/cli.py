@@ -11,7 +11,7 @@ import sys
 
 from aggregator import __version__
 from ntds.detect.scoring import SCORERS
-from ntds.errors import InputError
+from ntds.errors import InputError, one_line
 from ntds.flows.profiles import PROFILES
 
 PROG = "ntds-aggregator"
@@ -308,12 +308,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except InputError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     except sqlite3.DatabaseError as e:  # a corrupt or unreadable store, met while reading it
-        print(f"{PROG}: error: the store cannot be read: {e}", file=sys.stderr)
+        print(f"{PROG}: error: the store cannot be read: {one_line(e)}", file=sys.stderr)
         return 2
 
 

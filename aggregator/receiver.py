@@ -92,15 +92,8 @@ class Receiver:
             try:
                 msg = decode(frame.bytes)
             except WireError as e:
-                text = str(e)
-                reason = (
-                    "oversized" if "exceeds" in text
-                    else "version" if "schema version" in text
-                    else "time" if "time" in text or "created" in text
-                    else "malformed"
-                )  # fmt: skip
-                rejections[reason] += 1
-                log.warning("rejected a %s message: %s", reason, text)
+                rejections[e.reason] += 1
+                log.warning("rejected a %s message: %s", e.reason, e)
                 continue
             if msg.type == "ack":
                 rejections["malformed"] += 1

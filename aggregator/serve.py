@@ -45,7 +45,7 @@ class Server:
         self.cfg = cfg
         self.files = raise_open_file_limit()
         secret = None if insecure else load_pair(cfg.server_key)
-        self.store = open_store(cfg.store, create=True)
+        self.store = open_store(cfg.store, create=True, check=True)
         try:
             self.receiver = Receiver(
                 cfg.endpoint, self.store, server_secret=secret, allow_folder=None if insecure else cfg.allow_list

@@ -233,14 +233,20 @@ class Store:
         return [(s, q, json.loads(b)) for s, q, b in rows]
 
 
-def open_store(path: str | Path, create: bool = False) -> Store:
-    """The store, or one InputError line: missing (for the read commands), unwritable, not a database."""
+def open_store(path: str | Path, create: bool = False, check: bool = False) -> Store:
+    """The store, or one InputError line: missing (for the read commands), unwritable, not a database, or
+    (with check, as `serve` starts) damaged anywhere: a service must not start on a store it cannot keep."""
     p = Path(path)
     if not create and not p.exists():
         raise InputError(f"{p}: no store yet (has serve run?)")
     try:
         store = Store(p)
         store.db.execute("SELECT COUNT(*) FROM sensors").fetchone()
+        if check:
+            (verdict,) = store.db.execute("PRAGMA quick_check(1)").fetchone()
+            if verdict != "ok":
+                store.close()
+                raise sqlite3.DatabaseError(f"damaged ({verdict})")
     except PermissionError as e:
         raise InputError(f"{p}: cannot open the store: {e.strerror}") from None
     except OSError as e:

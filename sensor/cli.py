@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ntds.errors import InputError
+from ntds.errors import InputError, one_line
 from ntds.flows.profiles import PROFILES
 from ntds.progress import Progress
 from sensor import __version__
@@ -28,7 +28,7 @@ def _warn(message: str) -> None:
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    print(f"{PROG}: error: {one_line(message)}", file=sys.stderr)
     return code
 
 

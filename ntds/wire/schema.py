@@ -61,7 +61,12 @@ UNANSWERED_KINDS = ("ssdp_no_answer", "p2p_one_way", "unanswered")
 
 
 class WireError(ValueError):
-    """A frame that is not a valid message of this schema version."""
+    """A frame that is not a valid message of this schema version; `reason` is how the aggregator counts it
+    (malformed, oversized, version, time)."""
+
+    def __init__(self, message: str, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -495,7 +500,9 @@ def _value(f: F, v, where: str) -> None:
         try:
             wire_time(v)
         except (TypeError, ValueError):
-            ok = False
+            raise WireError(
+                f"{where}: not a time between {TIME_MIN:%Y-%m-%d} and {TIME_MAX:%Y-%m-%d}", "time"
+            ) from None
     elif f.kind == "obj":
         ok = isinstance(v, dict)
         if ok and f.fields:
@@ -551,7 +558,7 @@ def decode(frame: bytes) -> Message:
     if not isinstance(frame, bytes | bytearray | memoryview):
         raise WireError("frame is not bytes")
     if len(frame) > MAX_FRAME:
-        raise WireError(f"frame of {len(frame)} bytes exceeds {MAX_FRAME}")
+        raise WireError(f"frame of {len(frame)} bytes exceeds {MAX_FRAME}", "oversized")
     try:
         obj = json.loads(
             bytes(frame).decode("utf-8"), parse_constant=_no_constants, parse_float=_finite, parse_int=_bounded_int
@@ -562,7 +569,7 @@ def decode(frame: bytes) -> Message:
         raise WireError("message is not a JSON object")
     version = obj.get("v")
     if isinstance(version, bool) or version not in ACCEPTED_VERSIONS:
-        raise WireError(f"schema version {version!r:.20}, expected {VERSION}")
+        raise WireError(f"schema version {version!r:.20}, expected {VERSION}", "version")
     if version == 1:
         obj = upgrade_v1(obj)
     _check(ENVELOPE, obj, "envelope")
