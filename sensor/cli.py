@@ -177,9 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _logging() -> None:
-    import logging
+    from ntds.logs import setup
 
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {PROG} %(levelname)s %(message)s", stream=sys.stderr)
+    setup(PROG)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
