@@ -27,8 +27,9 @@ class AggregatorConfig(Settings):
     )
     store: Path = setting("path", "/var/lib/ntds-aggregator/store.db", "the durable message store (SQLite)")
     archive: Path = setting("path", "/var/lib/ntds-aggregator/archive", "the Parquet archive reports read")
-    retention_days: int = setting("int", 400, "days of data kept (0: everything)", low=0)
-    archive_interval_s: int = setting("int", 30, "seconds between archive exports while serving", low=1)
+    retention_days: int = setting("int", 400, "days of data kept, counted from arrival (0: everything)", low=0,
+                                  high=36500)  # fmt: skip
+    archive_interval_s: int = setting("int", 30, "seconds between archive exports while serving", low=1, high=86400)
     site_country: str = setting("str", "", "ISO code of the site's country: the world map's origin", check=_country)
 
 

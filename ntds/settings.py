@@ -93,11 +93,17 @@ class Settings:
         return dataclasses.replace(self, **take), fixed  # type: ignore[type-var]
 
 
+MAX_FILE_BYTES = 1024 * 1024
+"""A settings file is a few KB; anything bigger is a mistake (or an attack), refused before parsing."""
+
+
 def read_mapping(path: Path) -> tuple[dict, dict[str, int]]:
     """The file's top-level mapping and the line of each key."""
     import yaml
 
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise InputError(f"{path}: a configuration file of over {MAX_FILE_BYTES // 1024} KB is not one")
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise InputError(f"{path}: cannot read configuration: {e.strerror or e}") from None
@@ -111,11 +117,21 @@ def read_mapping(path: Path) -> tuple[dict, dict[str, int]]:
         where = f", line {mark.line + 1}" if mark else ""
         problem = getattr(e, "problem", None) or "not valid YAML"
         raise InputError(f"{path}{where}: not valid YAML ({problem})") from None
+    except RecursionError:
+        raise InputError(f"{path}: not a configuration (nested too deeply)") from None
     if raw is None:
         return {}, {}
     if not isinstance(raw, dict) or not isinstance(node, yaml.MappingNode):
         raise InputError(f"{path}: expected a mapping of settings (key: value lines)")
-    lines = {k.value: k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
+    lines: dict[str, int] = {}
+    for k, _ in node.value:
+        if isinstance(k, yaml.ScalarNode):
+            if k.value in lines:
+                raise InputError(
+                    f"{path}, line {k.start_mark.line + 1}: setting {k.value!r} is given twice (first on line "
+                    f"{lines[k.value]})"
+                )
+            lines[k.value] = k.start_mark.line + 1
     return raw, lines
 
 

@@ -176,6 +176,13 @@ class _Engine:
 
 def _breakloop(handle: int) -> None:
     """pcap_breakloop from the libpcap linked into NFStream's engine (the handle is that library's)."""
+    _pcap().pcap_breakloop(handle)
+
+
+_libpcap = None
+
+
+def _pcap():
     global _libpcap
     if _libpcap is None:
         import ctypes
@@ -184,10 +191,35 @@ def _breakloop(handle: int) -> None:
 
         _libpcap = ctypes.CDLL(_lib_engine.__file__)
         _libpcap.pcap_breakloop.argtypes = [ctypes.c_void_p]
-    _libpcap.pcap_breakloop(handle)
+        _libpcap.pcap_open_dead.restype = ctypes.c_void_p
+        _libpcap.pcap_open_dead.argtypes = [ctypes.c_int, ctypes.c_int]
+        _libpcap.pcap_compile.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int,
+                                          ctypes.c_uint32]  # fmt: skip
+        _libpcap.pcap_geterr.restype = ctypes.c_char_p
+        _libpcap.pcap_geterr.argtypes = [ctypes.c_void_p]
+        _libpcap.pcap_freecode.argtypes = [ctypes.c_void_p]
+        _libpcap.pcap_close.argtypes = [ctypes.c_void_p]
+    return _libpcap
 
 
-_libpcap = None
+def filter_problem(bpf_filter: str, snaplen: int = 1536) -> str | None:
+    """libpcap's complaint about a BPF filter (compiled by the libpcap the meters use), or None if it compiles.
+
+    Checked when the configuration is read, so `check-config` and a reload refuse what capture would."""
+    import ctypes
+
+    lib = _pcap()
+    handle = lib.pcap_open_dead(1, snaplen)  # DLT_EN10MB
+    program = ctypes.create_string_buffer(64)  # struct bpf_program: a count and a pointer
+    try:
+        if lib.pcap_compile(handle, program, bpf_filter.encode(), 1, 0xFFFFFFFF) != 0:
+            return (lib.pcap_geterr(handle) or b"does not compile").decode(errors="replace")
+        lib.pcap_freecode(program)
+        return None
+    finally:
+        lib.pcap_close(handle)
+
+
 _original_create_engine = nfstream.meter.create_engine
 
 

@@ -207,10 +207,15 @@ def _pipeline(args: argparse.Namespace, live: bool) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from ntds.detect.baseline import Baseline
-    from sensor.config import load
+    from sensor.config import load, missing_interfaces
 
     cfg = load(args.config, insecure=args.insecure)
     Baseline.load(cfg.baseline, feature_profile=cfg.feature_profile)
+    missing = missing_interfaces(cfg.interfaces)
+    if missing:
+        raise InputError(
+            f"{args.config}: setting 'interfaces' names {', '.join(missing)}, which this host does not have"
+        )
     print(cfg.describe(), end="")
     print(f"{args.config}: valid", file=sys.stderr)
     return 0

@@ -19,6 +19,24 @@ from ntds.networks import DEFAULT_LOCAL_NETWORKS, invalid_network
 from ntds.settings import Settings, setting
 
 
+def _bpf(value: str) -> str | None:
+    from sensor.capture_control import filter_problem
+
+    problem = filter_problem(value)
+    return f"does not compile: {problem}" if problem else None
+
+
+def missing_interfaces(names: list[str]) -> list[str]:
+    """Interfaces of the list this host does not have (`run` and `check-config` refuse them)."""
+    out = []
+    for name in names:
+        try:
+            socket.if_nametoindex(name)
+        except OSError:
+            out.append(name)
+    return out
+
+
 def _endpoint(value: str) -> str | None:
     return None if value.startswith(("tcp://", "ipc://")) else "must be tcp://HOST:PORT (or ipc://PATH)"
 
@@ -31,7 +49,7 @@ class SensorConfig(Settings):
     )
     interfaces: list[str] = setting("list", [], "network interfaces `run` captures on (tap or mirror ports)")
     files: list[Path] = setting("list", [], "capture files `replay` reads when none are given on its command line")
-    bpf_filter: str = setting("str", "", "BPF filter applied in the kernel (empty: everything)")
+    bpf_filter: str = setting("str", "", "BPF filter applied in the kernel (empty: everything)", check=_bpf)
     snaplen: int = setting(
         "int", 1536, "bytes kept of each packet (headers are all the meter needs)", low=64, high=262144
     )

@@ -216,3 +216,9 @@ def test_a_connection_flood_at_a_low_file_limit_locks_nobody_out(tmp_path):
         assert "Traceback" not in log.read_text()
     finally:
         site.stop()
+
+
+def test_an_unwritable_store_is_one_line(tmp_path):
+    cfg = tmp_path / "agg.yaml"
+    cfg.write_text("endpoint: tcp://127.0.0.1:0\nstore: /proc/forbidden/store.db\n")
+    one_line_error(run("ntds-aggregator", "serve", "--config", cfg, "--insecure"), "cannot open the store")

@@ -95,6 +95,11 @@ def _doc(method="robust", profile="unicauca"):
     return build(apps, M, method=method, min_count=100, feature_profile=profile)
 
 
+def _web(doc: dict, **changes) -> dict:
+    """The document with the WEB entry changed."""
+    return {**doc, "applications": {**doc["applications"], "WEB": {**doc["applications"]["WEB"], **changes}}}
+
+
 def test_unseen_and_rare_applications_use_all_traffic(tmp_path):
     doc = _doc()
     assert set(doc["applications"]) == {"WEB", "DNS", ALL_TRAFFIC}
@@ -126,6 +131,16 @@ def test_explanation_names_the_most_unusual_axis(tmp_path):
     ("mutate", "message"),
     [
         (lambda d: "not json {", "invalid JSON"),
+        (lambda d: json.dumps(d).replace('"count": 3000', '"count": ' + "9" * 400), "more than 20 digits"),
+        (lambda d: "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        (lambda d: json.dumps(_web(d, model={"log_median": [1.0] * 6, "log_scale": [1.0] * 7})), "log_median"),
+        (lambda d: json.dumps(_web(d, model={"log_median": [1.0] * 7, "log_scale": [0.0] * 7})), "positive"),
+        (lambda d: json.dumps(_web(d, model={"log_median": [1.0] * 7})), "model parameters"),
+        (lambda d: json.dumps(_web(d, tiers=[0, 0, 0, 0, 0])), "rarest must be above 0"),
+        (lambda d: json.dumps(_web(d, tiers=[1, 2, 3, 4])), "expected 5"),
+        (lambda d: json.dumps(d).replace('"count": 3000', '"count": NaN'), "non-finite"),
+        (lambda d: json.dumps(_web(d, count=-5)), "count"),
+        (lambda d: json.dumps({**d, "method": "magic"}), "method 'magic'"),
         (lambda d: json.dumps({"format": "something-else"}), "not an ntds baseline"),
         (lambda d: json.dumps({**d, "version": 99}), "version 99"),
         (lambda d: json.dumps({**d, "feature_profile": "corrected"}), "feature profile 'corrected'"),

@@ -230,6 +230,11 @@ def test_check_config_prints_the_effective_configuration(agent):
         ("aggregator: 127.0.0.1:5555\n", "setting 'aggregator' must be tcp://HOST:PORT"),
         ("interfaces: {a: 1}\n", "setting 'interfaces' must be a list"),
         ("sensor_id: [unclosed\n", "not valid YAML"),
+        ("a: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+        ("snaplen: 100\nsnaplen: 200\n", "line 3: setting 'snaplen' is given twice (first on line 2)"),
+        ("bpf_filter: tcp port eighty\n", "setting 'bpf_filter' does not compile: unknown port 'eighty'"),
+        ("max_flows: 10\n", "setting 'max_flows' must be at least 1000"),
+        ("# padding\n" * 120_000, "is not one"),
     ],
 )
 def test_bad_sensor_config_is_one_line(tmp_path, text, words):
@@ -249,6 +254,11 @@ def test_missing_keys_and_interfaces_are_one_line(tmp_path, agent):
         text=True,
     )
     assert p.returncode == 2 and "interface 'nosuch0' does not exist" in p.stderr and "Traceback" not in p.stderr
+    agent.config.write_text(agent.config.read_text() + "interfaces: [nosuch0]\n")
+    p = subprocess.run(
+        [str(BIN / "ntds-sensor"), "check-config", str(agent.config), "--insecure"], capture_output=True, text=True
+    )
+    assert p.returncode == 2 and "'interfaces' names nosuch0" in p.stderr and len(p.stderr.splitlines()) == 1
 
 
 def test_bad_baseline_stops_the_start(agent, site_pcap):

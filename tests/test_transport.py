@@ -245,6 +245,10 @@ def test_insecure_mode_warns(site, tmp_path):
         ("retention_days: yes\n", "line 1: setting 'retention_days' must be a whole number"),
         ("archive_interval_s: 0\n", "'archive_interval_s' must be at least 1"),
         ("site_country: Colombia\n", "ISO 3166 alpha-2"),
+        ("retention_days: 1000000\n", "'retention_days' must be at most 36500"),
+        ("archive_interval_s: 1000000000000\n", "'archive_interval_s' must be at most 86400"),
+        ("store: s.db\nstore: t.db\n", "line 2: setting 'store' is given twice"),
+        ("a: " + "{b: " * 3000 + "1" + "}" * 3000 + "\n", "nested too deeply"),
         ("- a\n- b\n", "expected a mapping"),
     ],
 )

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ntds.atomic import atomic_write_text
-from ntds.detect.scoring import AXES, TIER_LABELS, make_scorer, tier_of, tier_thresholds
+from ntds.detect.scoring import AXES, SCORERS, TIER_LABELS, make_scorer, tier_of, tier_thresholds
 from ntds.errors import InputError
 from ntds.flows.clock import TIME_PRECISION_US
 from ntds.times import now_iso
@@ -214,15 +214,21 @@ class Baseline:
         """Read and validate a baseline file; any problem is one InputError line."""
         p = Path(path)
         try:
+            if p.stat().st_size > MAX_FILE_BYTES:
+                raise InputError(f"{p}: not a baseline (over {MAX_FILE_BYTES // 2**20} MB)")
             text = p.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise InputError(f"{p}: no such baseline file") from None
         except (OSError, UnicodeDecodeError) as e:
             raise InputError(f"{p}: cannot read baseline: {e}") from None
         try:
-            doc = json.loads(text)
+            doc = json.loads(text, parse_constant=_no_constant, parse_int=_bounded_int)
         except json.JSONDecodeError as e:
             raise InputError(f"{p}: not a baseline (invalid JSON at line {e.lineno})") from None
+        except (RecursionError, ValueError) as e:
+            raise InputError(
+                f"{p}: not a baseline ({'nested too deeply' if isinstance(e, RecursionError) else e})"
+            ) from None
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise InputError(f"{p}: not an ntds baseline file")
         if doc.get("version") != VERSION:
@@ -235,10 +241,10 @@ class Baseline:
                 f"the sensor runs {feature_profile!r}"
             )
         try:
+            validate(doc)
             baseline = cls(doc, str(p))
-            _validate(baseline)
-        except (KeyError, TypeError, ValueError) as e:
-            raise InputError(f"{p}: corrupt baseline ({type(e).__name__}: {e})") from None
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
+            raise InputError(f"{p}: corrupt baseline ({e})") from None
         return baseline
 
     def score(self, apps, metrics: np.ndarray) -> ScoredFlows:
@@ -276,12 +282,59 @@ class Baseline:
         ]
 
 
-def _validate(b: Baseline) -> None:
-    if ALL_TRAFFIC not in b.scorers:
-        raise ValueError("no all-traffic entry")
-    for name, t in b.tiers.items():
-        if len(t) != 5 or any(not math.isfinite(v) for v in t) or any(t[i] > t[i + 1] for i in range(4)):
-            raise ValueError(f"bad tier thresholds for {name}")
+MAX_FILE_BYTES = 64 * 2**20
+"""A baseline is a few MB at most (hundreds of applications with histograms and radar samples)."""
+
+
+def _no_constant(name: str):
+    raise ValueError(f"non-finite number {name}")
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > 20:
+        raise ValueError("a number with more than 20 digits")
+    return int(text)
+
+
+def _number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def validate(doc: dict) -> None:
+    """Every field the sensor uses, by type, length, range and order: ValueError naming the first bad one.
+
+    A baseline that loads must score: a wrong-length model would crash the first batch (and, after a
+    SIGHUP, the running sensor), NaN or a zero spread would silently never alert, zero thresholds would
+    make every flow tier 5."""
+    if doc.get("method") not in SCORERS:
+        raise ValueError(f"method {doc.get('method')!r:.40} is not one of {', '.join(SCORERS)}")
+    if doc.get("combine") not in ("mean", "max"):
+        raise ValueError("combine must be mean or max")
+    if doc.get("axes", list(AXES)) != list(AXES):
+        raise ValueError(f"axes must be {', '.join(AXES)}")
+    if not isinstance(doc.get("built"), str) or len(doc["built"]) > 64:
+        raise ValueError("built must be a time")
+    apps = doc.get("applications")
+    if not isinstance(apps, dict) or ALL_TRAFFIC not in apps:
+        raise ValueError("applications must hold an all-traffic entry")
+    if len(apps) > 100_000:
+        raise ValueError("too many applications")
+    scorer = SCORERS[doc["method"]]
+    for name, e in apps.items():
+        where = f"applications[{name[:40]!r}]"
+        if not isinstance(e, dict):
+            raise ValueError(f"{where}: not an object")
+        if not isinstance(e.get("count"), int) or e["count"] < 1:
+            raise ValueError(f"{where}.count: expected a positive whole number")
+        try:
+            scorer.check_params(e.get("model"))
+        except ValueError as err:
+            raise ValueError(f"{where}.{err}") from None
+        t = e.get("tiers")
+        if not (isinstance(t, list) and len(t) == 5 and all(_number(v) and v >= 0 for v in t)):
+            raise ValueError(f"{where}.tiers: expected 5 non-negative numbers")
+        if any(t[i] > t[i + 1] for i in range(4)) or t[4] <= 0:
+            raise ValueError(f"{where}.tiers: must not decrease, and the rarest must be above 0")
 
 
 __all__ = ["ALL_TRAFFIC", "Baseline", "METRICS", "TIER_LABELS", "build", "metrics_matrix", "save"]

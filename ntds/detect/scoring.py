@@ -23,6 +23,7 @@ Parameters are plain floats so they round-trip through the JSON baseline file.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
@@ -47,6 +48,29 @@ class Scorer(ABC):
     """
 
     name: ClassVar[str] = ""
+    PARAMS: ClassVar[dict[str, str]] = {}
+    """What `params` holds: name -> "finite", "non-negative" or "positive" (one number per axis), or "int"."""
+
+    @classmethod
+    def check_params(cls, params: object) -> None:
+        """ValueError naming the first parameter that is missing, of the wrong length or out of range: a
+        baseline that would load and then fail (or silently never alert) is refused at load."""
+        if not isinstance(params, dict) or set(params) != set(cls.PARAMS):
+            raise ValueError(f"model parameters must be exactly {sorted(cls.PARAMS)}")
+        for key, rule in cls.PARAMS.items():
+            v = params[key]
+            if rule == "int":
+                if not isinstance(v, int) or isinstance(v, bool) or not 0 < v < 1000:
+                    raise ValueError(f"model.{key}: expected a whole number from 1 to 999")
+                continue
+            ok = (
+                isinstance(v, list)
+                and len(v) == len(AXES)
+                and all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+            )
+            ok = ok and (rule == "finite" or all(x >= 0 for x in v)) and (rule != "positive" or all(x > 0 for x in v))
+            if not ok:
+                raise ValueError(f"model.{key}: expected {len(AXES)} {rule} numbers")
 
     def __init__(self, combine: str) -> None:
         if combine not in ("mean", "max"):
@@ -134,6 +158,7 @@ def mode(values: np.ndarray) -> float:
 @register
 class PseudoSigma(Scorer):
     name = "pseudo-sigma"
+    PARAMS: ClassVar[dict[str, str]] = {"mode": "finite", "pseudo_sigma": "non-negative", "pseudo_sigmae": "int"}
 
     def __init__(self, combine: str = "mean", pseudo_sigmae: int = 5) -> None:
         super().__init__(combine)
@@ -171,6 +196,7 @@ class PseudoSigma(Scorer):
 @register
 class RobustLog(Scorer):
     name = "robust"
+    PARAMS: ClassVar[dict[str, str]] = {"log_median": "finite", "log_scale": "positive"}
     MIN_SCALE = 0.3
     """Smallest spread on log1p scale (about a 35% change counts as one unit)."""
 
@@ -216,6 +242,8 @@ TIER_LABELS = (
     "1 in 10000 event",
     "1 in 100000 event",
 )
+MIN_RAREST = 1e-6
+"""The rarest tier needs a score above 0 even where every training flow scored 0 (identical flows)."""
 MIN_EXCEEDANCES = 5
 """A tier's threshold is read off the population only where at least this many flows exceed it."""
 
@@ -249,7 +277,8 @@ def tier_thresholds(scores: np.ndarray) -> list[float]:
             t = float(fit[0] * k + fit[1])
         else:
             t = float(s[-1])
-        out.append(max(t, out[-1]) if out else t)
+        out.append(max(t, out[-1]) if out else max(t, 0.0))  # scores are >= 0: so are thresholds
+    out[-1] = max(out[-1], MIN_RAREST)
     return out
 
 
