@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+from ntds.logs import printable
 from pcaps import campus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,7 +117,7 @@ def summary(report: dict, html: Path) -> str:
         lines.append(
             "hosts by alerts started (rarest tier first): " + ", ".join(f"{h['src_ip']} ({h['alerts']})" for h in hosts)
         )
-    return "\n".join(lines)
+    return "\n".join(printable(line, 10_000) for line in lines)  # names from the network, never escapes
 
 
 def run_demo(work: Path, days: int = campus.DAYS) -> dict:

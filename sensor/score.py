@@ -14,6 +14,7 @@ from ntds.detect.scoring import TIER_LABELS
 from ntds.errors import InputError
 from ntds.flows.files import kind_of, read_flow_table, records_to_columns, table_time
 from ntds.flows.meter import EXTRA_COLUMNS, FlowMeter
+from ntds.logs import printable
 
 
 def _chunks(path: Path, profile: str) -> Iterator[tuple[dict, list[str]]]:
@@ -65,8 +66,8 @@ def print_summary(tiers: list[int], top: list[dict]) -> None:
     print("rarest flows:", file=sys.stderr)
     for a in top:
         why = ", ".join(f"{e['axis']} {e['value']:.4g} (typical {e['typical']:.4g})" for e in a["explanation"][:2])
-        print(
+        line = (
             f"  tier {a['tier']} score {a['score']:.2f} {a['application']} {a['src_ip']}:{a['src_port']} -> "
-            f"{a['dst_ip']}:{a['dst_port']} [{a['baseline']}] {why}",
-            file=sys.stderr,
+            f"{a['dst_ip']}:{a['dst_port']} [{a['baseline']}] {why}"
         )
+        print(printable(line, 1000), file=sys.stderr)

@@ -329,3 +329,45 @@ def test_pairs_beyond_the_listed_ones_are_counted(tmp_path):
     archive.export(store, today=date(2026, 11, 30))
     r = compute(archive, Week.parse(WEEK))
     assert r["peer_to_peer"]["omitted"] == {"flows": 100, "bytes": 21000}
+
+
+HOSTILE = ["$\\alpha^{2}$ $x", "<script>alert(1)</script>", "\x1b[31mred\x1b[0m", "=cmd|' /C calc'!A0"]
+"""Strings an attacker can put on the wire (or that nDPI copies from a packet): TeX, markup, terminal
+escapes, a spreadsheet formula."""
+
+
+def test_strings_from_the_network_are_text_in_charts_pages_csv_and_terminals(tmp_path):
+    from aggregator.archive import Archive
+    from aggregator.report.page import write
+    from aggregator.store import Store
+    from ntds.wire import schema as wire
+
+    store = Store(tmp_path / "s.db")
+    body = json.loads(json.dumps(wire.EXAMPLES["summary"]))
+    body["interval_start"] = "2026-11-18T08:00:00Z"
+    body["peer_pairs"] = [dict(body["peer_pairs"][0], a=HOSTILE[0], b=HOSTILE[1])]
+    body["applications"] = [dict(body["applications"][0], application=name) for name in HOSTILE]
+    body["countries"] = [dict(body["countries"][0], country="$$")]
+    alert = wire.EXAMPLES["alert"] | {"time": "2026-11-18T08:00:01Z", "application": HOSTILE[2], "src_ip": HOSTILE[3]}
+    msgs = [
+        wire.Message("summary", "tap-z", 1, wire.now_iso(), body),
+        wire.Message("alert", "tap-z", 2, wire.now_iso(), alert),
+    ]
+    store.store([wire.decode(wire.encode(m)) for m in msgs])
+    archive = Archive(tmp_path / "a")
+    archive.export(store, today=date(2026, 11, 30))
+    store.close()
+    html = write(compute(archive, Week.parse(WEEK)), tmp_path / "report", "CO").read_text()  # no TeX parse error
+    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "\x1b" not in html and "$\\alpha^{2}$" in html  # the TeX is shown as text in the chart
+    assert html.count("<svg") == 7 and "&lt;svg" not in html
+    apps = (tmp_path / "report" / "applications.csv").read_text()
+    assert "\n=cmd" not in apps and "'=cmd" in apps
+    rarest = (tmp_path / "report" / "rarest_alerts.csv").read_text() + (
+        tmp_path / "report" / "alert_hosts.csv"
+    ).read_text()
+    assert "\n=cmd" not in rarest and "'=cmd" in rarest
+    cfg = tmp_path / "agg.yaml"
+    cfg.write_text(f"store: {tmp_path / 's.db'}\narchive: {tmp_path / 'a'}\n")
+    listed = _cli("alerts", "--config", cfg)
+    assert listed.returncode == 0 and "\x1b" not in listed.stdout and "\\x1b[31mred" in listed.stdout

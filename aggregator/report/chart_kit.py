@@ -13,12 +13,14 @@ import re
 from matplotlib.figure import Figure
 
 from aggregator.baseline_plots import TIER_COLOURS
+from ntds.logs import printable
 
 MB = 1e6
 CLASS_COLOURS = {"external": "#1565c0", "local_service": "#00897b", "peer_to_peer": "#f4511e"}
-_RC = {"svg.fonttype": "none", "svg.hashsalt": "ntds", "font.size": 9}
+_RC = {"svg.fonttype": "none", "svg.hashsalt": "ntds", "font.size": 9, "text.parse_math": False}
+"""text.parse_math off: labels are data (host names, countries from the wire), never TeX to interpret."""
 
-__all__ = ["CLASS_COLOURS", "MB", "TIER_COLOURS", "figure", "ip_key", "short_days", "svg"]
+__all__ = ["CLASS_COLOURS", "MB", "TIER_COLOURS", "figure", "ip_key", "label", "short_days", "svg"]
 
 
 def svg(fig: Figure) -> str:
@@ -38,6 +40,11 @@ def figure(w: float, h: float, rows: int = 1, cols: int = 1):
         fig = Figure(figsize=(w, h))
         axes = fig.subplots(rows, cols, squeeze=False)
     return fig, axes
+
+
+def label(text: object, limit: int = 40) -> str:
+    """A string from the network as a chart label: control characters escaped, long text cut."""
+    return printable(text, limit)
 
 
 def short_days(days: list[str]) -> list[str]:

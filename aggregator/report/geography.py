@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from aggregator.report.chart_kit import MB, TIER_COLOURS, figure, svg
+from aggregator.report.chart_kit import MB, TIER_COLOURS, figure, label, svg
 from aggregator.report.query import Query
 from aggregator.report.world import country_name, outlines
 from ntds.detect.scoring import TIER_LABELS
@@ -49,7 +49,7 @@ def _countries(report: dict, limit: int = 15) -> str:
     y = np.arange(len(rows))
     ax.barh(y - 0.2, [r["bytes_in"] / MB for r in rows], 0.4, color="#1565c0", label="inbound")
     ax.barh(y + 0.2, [r["bytes_out"] / MB for r in rows], 0.4, color="#ef6c00", label="outbound")
-    ax.set_yticks(y, [f"{r['country']} ({r.get('name', '')})" for r in rows], fontsize=8)
+    ax.set_yticks(y, [label(f"{r['country']} ({r.get('name', '')})") for r in rows], fontsize=8)
     ax.set_xlabel("MB")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="x")

@@ -14,17 +14,35 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+from markupsafe import Markup
+
 from aggregator.report.alerts import explain
 from aggregator.report.chart_kit import MB
 from aggregator.report.weekly import SECTIONS
 from ntds.atomic import atomic_open
 from ntds.detect.scoring import TIER_LABELS
 from ntds.errors import InputError
+from ntds.logs import printable
 
 
 def tables(report: dict) -> dict[str, tuple[list[str], list[list]]]:
     """Every table of the report as (header, rows): the CSV files and the HTML share them."""
     return {name: table for s in SECTIONS for name, table in s.tables(report).items()}
+
+
+def spreadsheet_safe(value):
+    """A CSV cell a spreadsheet shows as text: a string from the network that starts like a formula
+    (= + - @, tab, carriage return) gets a leading apostrophe, as OWASP advises against CSV injection."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def _shown(value):
+    """Every value the page prints: text gets its control characters escaped (charts, marked safe, are ours)."""
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return printable(value, 100_000)
+    return value
 
 
 def write(report: dict, folder: str | Path, site_country: str = "") -> Path:
@@ -39,7 +57,7 @@ def write(report: dict, folder: str | Path, site_country: str = "") -> Path:
             with atomic_open(out / f"{name}.csv", newline="") as fh:
                 w = csv.writer(fh)
                 w.writerow(header)
-                w.writerows(rows)
+                w.writerows([spreadsheet_safe(v) for v in row] for row in rows)
         with atomic_open(out / "report.json") as fh:
             json.dump(report, fh, indent=1)
             fh.write("\n")
@@ -48,6 +66,7 @@ def write(report: dict, folder: str | Path, site_country: str = "") -> Path:
             autoescape=select_autoescape(["html"]),
             trim_blocks=True,
             lstrip_blocks=True,
+            finalize=_shown,
         )
         env.filters["mb"] = lambda v: f"{v / MB:,.2f}"
         env.filters["thousands"] = lambda v: f"{v:,}"

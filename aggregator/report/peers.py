@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from aggregator.report.chart_kit import figure, ip_key, svg
+from aggregator.report.chart_kit import figure, ip_key, label, svg
 from aggregator.report.query import Query, day_index
 
 KEY = "peer_to_peer"
@@ -88,8 +88,8 @@ def charts(report: dict, site_country: str, limit: int = 30) -> dict:
     sc = ax.scatter(xs, ys, s=sizes, c=avg, cmap="viridis", edgecolors="black", linewidths=0.4)
     for x, y, p in zip(xs, ys, pairs, strict=True):
         ax.annotate(str(p["active_days"]), (x, y), ha="center", va="center", fontsize=7, color="white")
-    ax.set_xticks(range(n), hosts, rotation=60, fontsize=7)
-    ax.set_yticks(range(n), hosts, fontsize=7)
+    ax.set_xticks(range(n), [label(h) for h in hosts], rotation=60, fontsize=7)
+    ax.set_yticks(range(n), [label(h) for h in hosts], fontsize=7)
     ax.set_xlim(-0.7, n - 0.3)
     ax.set_ylim(-0.7, n - 0.3)
     ax.grid(alpha=0.2)
