@@ -17,10 +17,11 @@ from ntds.errors import InputError
 from ntds.flows.profiles import PROFILES
 from ntds.networks import DEFAULT_LOCAL_NETWORKS, invalid_network
 from ntds.settings import Settings, setting
+from ntds.wire.keys import NAME
 
 
 def _bpf(value: str) -> str | None:
-    from sensor.capture_control import filter_problem
+    from ntds.flows.engine import filter_problem
 
     problem = filter_problem(value)
     return f"does not compile: {problem}" if problem else None
@@ -95,8 +96,8 @@ class SensorConfig(Settings):
         base = path.resolve().parent
         values["files"] = [Path(f) if Path(f).is_absolute() else base / f for f in values["files"]]
         values["geoip_database"] = values["geoip_database"] or None
-        if not values["sensor_id"] or any(c in values["sensor_id"] for c in "/\\\n\0"):
-            raise InputError(f"{path}: setting 'sensor_id' must be a plain name")
+        if not NAME.fullmatch(values["sensor_id"]):
+            raise InputError(f"{path}: setting 'sensor_id' must be 1 to 64 letters, digits, dots, dashes, underscores")
         return values
 
     @property

@@ -9,7 +9,7 @@ durable spool and out over the link, health and the systemd watchdog and
 STATUS line are kept current, signals are acted on.
 
 Stopping (SIGTERM, SIGINT, or the end of the files) goes through NFStream's
-own end-of-capture path (`sensor.capture_control`): capture stops, every open
+own end-of-capture path (`ntds.flows.engine`): capture stops, every open
 flow is expired, scored, summarised and spooled, the spool is flushed to the
 aggregator for a while, and the process exits 0. SIGHUP re-reads the
 configuration and the baseline; a baseline that does not load is refused and
@@ -33,6 +33,7 @@ from pathlib import Path
 from ntds.detect.alerts import COLUMNS, scored_alerts
 from ntds.detect.baseline import Baseline
 from ntds.errors import InputError
+from ntds.flows.engine import CaptureControl
 from ntds.flows.files import records_to_columns
 from ntds.flows.meter import EXTRA_COLUMNS, FlowMeter, FlowRecord
 from ntds.notify import Notifier
@@ -40,7 +41,6 @@ from ntds.progress import Progress
 from ntds.wire import schema as wire
 from ntds.wire.keys import load_pair, load_public
 from ntds.wire.schema import TIERS, in_time_range
-from sensor.capture_control import CaptureControl
 from sensor.config import SensorConfig
 from sensor.config import load as load_config
 from sensor.geo import GeoIP
@@ -104,7 +104,7 @@ class Pipeline:
         self.drain_s = drain_s
         self.notify = Notifier()
         self.counters = Counters()
-        self.control = CaptureControl(pace, max_flows=cfg.max_flows)
+        self.control = CaptureControl(pace, max_flows=cfg.max_flows, live=self.live)
         self.queue: queue.Queue = queue.Queue(QUEUE)
         self._stop_requested = False
         self._reload_requested = False
@@ -122,6 +122,7 @@ class Pipeline:
             snapshot_length=cfg.snaplen,
             on_warning=lambda m: log.warning("%s", m),
             single_packet_flows=True,
+            control=self.control,
         )
         self.infos = self.meter.check(self.files) if self.files else []
         for name in self.interfaces:
@@ -190,13 +191,13 @@ class Pipeline:
 
     def _sources(self) -> list[Callable[[], Iterator[FlowRecord]]]:
         if self.live:
-            return [lambda name=name: self.meter.live(name) for name in self.interfaces]
+            return [lambda k=k, name=name: self.meter.live(name, k * SLOTS_PER_SOURCE)
+                    for k, name in enumerate(self.interfaces)]  # fmt: skip
         return [lambda: self.meter.read_checked(self.infos)]
 
     def _start_sources(self) -> list[threading.Thread]:
         threads = []
         for k, source in enumerate(self._sources()):
-            self.control.install(k * SLOTS_PER_SOURCE)
             before = len(multiprocessing.active_children())
             t = threading.Thread(target=self._capture, args=(source,), name=f"capture-{k}", daemon=True)
             t.start()

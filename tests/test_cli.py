@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import FIXTURES, SHARED
+from conftest import FIXTURES, ROOT, SHARED
 
 from ntds.flows.columns import COLUMNS
 from ntds.flows.meter import EXTRA_COLUMNS
@@ -200,3 +200,58 @@ def test_every_shared_capture_runs_without_traceback():
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     assert len(read_csv(proc.stdout)) > 1000
+
+
+def test_a_sparse_file_with_a_pcap_header_is_a_warning_at_once(tmp_path):
+    """2 GB of zeros after a pcap header: zero-length records are damage at the first one, nothing is copied."""
+    sparse = tmp_path / "sparse.pcap"
+    with open(sparse, "wb") as fh:
+        fh.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+        fh.truncate(2 * 1024**3)
+    proc = run("features", sparse)
+    assert proc.returncode == 0 and "zero-length record at byte 24" in proc.stderr, proc.stderr
+    assert read_csv(proc.stdout) == [list(COLUMNS)]
+
+
+def _pcapng(interface_id: int, caplen: int = 60) -> bytes:
+    shb = struct.pack("<IIIHHq", 0x0A0D0D0A, 28, 0x1A2B3C4D, 1, 0, -1) + struct.pack("<I", 28)
+    idb = struct.pack("<IIHHI", 1, 20, 1, 0, 65535) + struct.pack("<I", 20)
+    data = bytes(caplen) + bytes(-caplen % 4)
+    epb_len = 32 + len(data)
+    epb = struct.pack("<IIIIIII", 6, epb_len, interface_id, 0, 0, caplen, caplen) + data + struct.pack("<I", epb_len)
+    return shb + idb + epb
+
+
+def test_pcapng_packets_naming_a_missing_interface_are_damage(tmp_path):
+    bad = tmp_path / "noiface.pcapng"
+    bad.write_bytes(_pcapng(interface_id=5))
+    proc = run("features", bad)
+    assert proc.returncode == 0 and "names interface 5, which the file never described" in proc.stderr, proc.stderr
+    zero = tmp_path / "zero.pcapng"
+    zero.write_bytes(_pcapng(interface_id=0, caplen=0))
+    assert "zero-length packet" in run("features", zero).stderr
+
+
+def test_packets_without_a_flow_are_said(tmp_path):
+    """200 ARP packets: read, but no flow; the user is told rather than handed an empty table."""
+    arp = bytes.fromhex("ffffffffffff0200000000010806") + bytes(28)
+    path = tmp_path / "arp.pcap"
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+        for i in range(200):
+            fh.write(struct.pack("<IIII", 1_794_816_000 + i, 0, len(arp), len(arp)) + arp)
+    proc = run("features", path)
+    assert proc.returncode == 0 and "200 packets read but no flow" in proc.stderr, proc.stderr
+
+
+def test_score_skips_flows_with_a_bogus_clock_instead_of_refusing_the_file(tmp_path):
+    """A capture with a bogus clock writes Timestamps with five-digit years: those flows are skipped, counted."""
+    out = tmp_path / "flows.csv"
+    assert run("features", FIXTURES.parent / "sample.pcap", "-o", out).returncode == 0
+    rows = read_csv(out.read_text())
+    rows[1][COLUMNS.index("Timestamp")] = "30/03/5845560102:40:19"
+    with out.open("w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    proc = run("score", out, "--baseline", ROOT / "config" / "baseline.json", "--all")
+    assert proc.returncode == 0, proc.stderr
+    assert "1 flows skipped" in proc.stderr and len(proc.stdout.splitlines()) == len(rows) - 2

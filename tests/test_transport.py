@@ -265,3 +265,19 @@ def test_keygen_writes_a_private_secret(tmp_path):
     assert (tmp_path / "k").stat().st_mode & 0o777 == 0o700
     again = run("ntds-sensor", "keygen", "--out", tmp_path / "k", "--name", "tap-09")
     assert again.returncode == 2 and "exists already" in again.stderr
+
+
+def test_names_and_files_are_safe(tmp_path, site):
+    """A sensor name is a plain name (it becomes a file, a user id, a log field); spool and store are private
+    even under a permissive umask."""
+    bad = run("ntds-sensor", "keygen", "--out", tmp_path / "k", "--name", "tap\n01")
+    assert bad.returncode == 2 and "bad key name" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    old = os.umask(0o022)
+    try:
+        site.aggregator()
+        p = site.replay(site.flows(5))
+        assert p.wait(120) == 0, p.stderr.read()
+    finally:
+        os.umask(old)
+    for f in (site.store, site.root / "spool" / "spool.db"):
+        assert f.stat().st_mode & 0o077 == 0, f

@@ -137,6 +137,9 @@ def _walk_pcap(p: Path, w: _Window, endian: str) -> CaptureInfo:
         if caplen > MAX_RECORD:
             damage = f"corrupt record at byte {off} (captured length {caplen})"
             break
+        if caplen == 0:  # no capture tool writes these; a file of zeros (sparse, wiped) is all of them
+            damage = f"zero-length record at byte {off}"
+            break
         end = off + 16 + caplen
         if end > size:
             damage = f"packet {n + 1} cut short at byte {off} ({size - off - 16} of {caplen} bytes)"
@@ -151,6 +154,7 @@ def _walk_pcapng(p: Path, w: _Window) -> CaptureInfo:
     off, n = 0, 0
     endian = "<"
     link_type = None
+    interfaces = 0
     damage = None
     while off < size:
         if off + 12 > size:
@@ -176,30 +180,30 @@ def _walk_pcapng(p: Path, w: _Window) -> CaptureInfo:
         if struct.unpack(endian + "I", w.get(off + blen - 4, 4))[0] != blen:
             damage = f"corrupt block at byte {off} (trailing length mismatch)"
             break
+        if head[:4] == PCAPNG_SHB:
+            interfaces = 0  # interface ids count from 0 again in each section
         if btype_n == 1:  # interface description
             lt = struct.unpack_from(endian + "H", head, 8)[0]
             if link_type is None:
                 link_type = lt
             elif lt != link_type:
                 raise InputError(f"{p}: interfaces with different link types ({link_type} and {lt}) in one file")
+            interfaces += 1
         elif btype_n in (2, 3, 6):  # packet, simple packet, enhanced packet
             if link_type is None:
                 damage = f"packet block before any interface description at byte {off}"
                 break
+            if btype_n in (2, 6) and blen >= 28:
+                iface = struct.unpack(
+                    endian + ("H" if btype_n == 2 else "I"), w.get(off + 8, 2 if btype_n == 2 else 4)
+                )[0]
+                caplen = struct.unpack(endian + "I", w.get(off + 20, 4))[0]
+                if iface >= interfaces:
+                    damage = f"packet block at byte {off} names interface {iface}, which the file never described"
+                    break
+                if caplen == 0:
+                    damage = f"zero-length packet at byte {off}"
+                    break
             n += 1
         off += blen
     return CaptureInfo(p, "pcapng", 1 if link_type is None else link_type, n, off, damage)
-
-
-def readable_prefix(info: CaptureInfo, directory: str | os.PathLike) -> Path:
-    """Copy the intact part of a damaged capture into `directory`, for libpcap to read safely."""
-    out = Path(directory) / f"intact-{info.path.name}"
-    with open(info.path, "rb") as src, open(out, "wb") as dst:
-        remaining = info.readable_bytes
-        while remaining:
-            chunk = src.read(min(remaining, 1 << 20))
-            if not chunk:
-                break
-            dst.write(chunk)
-            remaining -= len(chunk)
-    return out

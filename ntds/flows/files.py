@@ -6,6 +6,7 @@ in chunks, so a 3.6-million-row data set never has to fit in memory at once.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 from ntds.errors import InputError
 from ntds.flows.columns import COLUMNS
 from ntds.times import iso
+from ntds.wire.schema import TIME_MAX, TIME_MIN
 
 CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap")
 CHUNK_ROWS = 200_000
@@ -87,16 +89,28 @@ def records_to_columns(records, columns: list[str]) -> dict[str, np.ndarray]:
 _TEXT = {"Flow.ID", "Source.IP", "Destination.IP", "Timestamp", "Label", "ProtocolName"}
 
 
-def table_time(text) -> str:
-    """A flow file's Timestamp as the ISO-8601 UTC time alerts carry.
+_UNICAUCA_TIME = re.compile(r"^(\d{2})/(\d{2})/(\d{4,})(\d{2}):(\d{2}):(\d{2})$")
+
+
+def table_time(text) -> str | None:
+    """A flow file's Timestamp as the ISO-8601 UTC time alerts carry; None for a time no message can carry
+    (a capture with a bogus clock writes years like 58455: the flow is skipped and counted, not fatal).
 
     Unicauca timestamps (dd/MM/yyyyhh:mm:ss) have a 12-hour clock without AM/PM
     and no zone: the hour is taken as written and the zone as UTC, so a time
     from a flow file can be 12 hours early. Captures do not have this problem.
     """
     text = str(text)
+    m = _UNICAUCA_TIME.match(text)
     try:
-        t = datetime.strptime(text, "%d/%m/%Y%H:%M:%S") if "/" in text else datetime.fromisoformat(text)
-    except ValueError:
+        if m:
+            day, month, year, hour, minute, second = map(int, m.groups())
+            if year > 9999:
+                return None
+            t = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
+        else:
+            t = datetime.fromisoformat(text)
+            t = t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+        return iso(t) if TIME_MIN <= t <= TIME_MAX else None
+    except (ValueError, OverflowError):
         raise InputError(f"unreadable Timestamp {text[:40]!r} in a flow file") from None
-    return iso(t if t.tzinfo is not None else t.replace(tzinfo=UTC))

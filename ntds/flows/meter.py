@@ -9,7 +9,6 @@ rule and the single-packet filter in the plugin. Every input is checked first
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, tzinfo
@@ -17,8 +16,9 @@ from datetime import UTC, tzinfo
 from nfstream import NFStreamer
 
 from ntds.errors import InputError
-from ntds.flows.captures import CaptureInfo, inspect_capture, readable_prefix
+from ntds.flows.captures import CaptureInfo, inspect_capture
 from ntds.flows.clock import engine_ms
+from ntds.flows.engine import CaptureControl
 from ntds.flows.features import CicFeatures
 from ntds.flows.labels import dataset_label
 from ntds.flows.profiles import FLOW_TIMEOUT_US, FeatureProfile, get_profile
@@ -80,6 +80,7 @@ class FlowMeter:
         tz: tzinfo = UTC,
         on_warning: Callable[[str], None] | None = None,
         single_packet_flows: bool = False,
+        control: CaptureControl | None = None,
     ) -> None:
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
         spare = max(1, _cpu_count() - 1)
@@ -91,6 +92,9 @@ class FlowMeter:
         self.tz = tz
         self.on_warning = on_warning or (lambda message: None)
         self.single_packet_flows = single_packet_flows
+        self.control = control
+        """Stop switch, pacing, counters and the flow table bound shared with the meters; a plain one per
+        read when not given (it still stops damaged files at their last intact record)."""
 
     def check(self, paths: Sequence[str | os.PathLike]) -> list[CaptureInfo]:
         """Inspect every input before any is read, so a bad last file fails fast."""
@@ -103,20 +107,24 @@ class FlowMeter:
         return self.read_checked(self.check(paths))
 
     def read_checked(self, infos: Sequence[CaptureInfo]) -> Iterator[FlowRecord]:
-        """Meter files already inspected by `check` (damaged ones up to the damage)."""
-        with tempfile.TemporaryDirectory(prefix="ntds-meter-") as scratch:
-            sources = []
-            for info in infos:
-                if info.damaged:
-                    self.on_warning(f"{info.path}: {info.damage}; using the {info.packets} packets before it")
-                    sources.append(str(readable_prefix(info, scratch)))
-                else:
-                    sources.append(str(info.path))
-            yield from self._stream(sources)
+        """Meter files already inspected by `check`: a damaged one is read in place up to its last intact
+        record (the meters stop there), never copied."""
+        control = self.control or CaptureControl()
+        control.limits = [info.packets if info.damaged else None for info in infos]
+        for info in infos:
+            if info.damaged:
+                self.on_warning(f"{info.path}: {info.damage}; using the {info.packets} packets before it")
+        records = 0
+        for record in self._stream([str(info.path) for info in infos], control):
+            records += 1
+            yield record
+        packets = sum(info.packets for info in infos)
+        if packets and not records:
+            self.on_warning(f"{packets} packets read but no flow in them (no IP traffic the meter can use)")
 
-    def live(self, interface: str) -> Iterator[FlowRecord]:
-        """Meter an interface until the capture is stopped (`sensor.capture_control`)."""
-        yield from self._stream([interface])
+    def live(self, interface: str, slot: int = 0) -> Iterator[FlowRecord]:
+        """Meter an interface until the capture is stopped (`ntds.flows.engine`)."""
+        yield from self._stream([interface], self.control or CaptureControl(live=True), slot)
 
     def _streamer(self, source: str | list[str]) -> NFStreamer:
         return NFStreamer(
@@ -138,8 +146,9 @@ class FlowMeter:
             system_visibility_mode=0,
         )
 
-    def _stream(self, sources: list[str]) -> Iterator[FlowRecord]:
+    def _stream(self, sources: list[str], control: CaptureControl, slot: int = 0) -> Iterator[FlowRecord]:
         source: str | list[str] = sources[0] if len(sources) == 1 else sources
+        control.install(slot)  # the meters fork when the streamer starts, and take it with them
         try:
             streamer = self._streamer(source)
             yield from records(streamer, self.on_warning, self.single_packet_flows)

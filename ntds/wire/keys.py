@@ -9,17 +9,21 @@ allow-list: `tap-01.key` may only send as sensor `tap-01`.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from ntds.errors import InputError
+
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+"""A sensor id and key name: it becomes a file name, a ZeroMQ user id, a log and report field."""
 
 
 def generate(directory: str | Path, name: str) -> tuple[Path, Path]:
     import zmq.auth
 
     d = Path(directory)
-    if not name or "/" in name or name.startswith("."):
-        raise InputError(f"bad key name {name!r}")
+    if not NAME.fullmatch(name):
+        raise InputError(f"bad key name {name!r:.80}: use 1 to 64 letters, digits, dots, dashes or underscores")
     d.mkdir(parents=True, exist_ok=True)
     os.chmod(d, 0o700)
     public, secret = d / f"{name}.key", d / f"{name}.key_secret"

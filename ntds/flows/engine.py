@@ -45,7 +45,7 @@ _MAX_METERS = 64
 class CaptureControl:
     """Shared between the sensor and its meter processes (forked after `install`)."""
 
-    def __init__(self, pace: str = "max", max_flows: int = 0) -> None:
+    def __init__(self, pace: str = "max", max_flows: int = 0, live: bool = False) -> None:
         if pace not in ("max", "realtime"):
             raise ValueError(f"pace must be max or realtime, not {pace!r}")
         ctx = multiprocessing.get_context("fork")
@@ -57,6 +57,10 @@ class CaptureControl:
         self.realtime = pace == "realtime"
         self.max_flows = max_flows
         """Open flows per meter before the least recently seen are expired early (0: no bound)."""
+        self.live = live
+        self.limits: list[int | None] = []
+        """Per input file, in order: read at most this many records (a damaged file stops at its last intact
+        one), or None for the whole file. Set before the meters fork."""
 
     def install(self, slot: int = 0) -> None:
         """Make meters forked from now on use this control, counting from `slot` (one block of
@@ -120,18 +124,28 @@ class _Engine:
         self._closed = False
         self._waker: threading.Thread | None = None
         self._first: tuple[float, int] | None = None  # (wall clock, packet ms) of the first packet
+        self._capture = None  # the capture being read (files are read one after the other)
+        self._file = -1
+        self._records = 0
 
     def capture_next(self, capture, packet, decode_tunnels, n_roots, root_idx, mode):
         c = self._control
-        if self._waker is None:
-            self._waker = threading.Thread(target=self._wake_on_stop, args=(capture,), daemon=True)
-            self._waker.start()
+        if self._capture is None or capture != self._capture:
+            self._capture, self._file, self._records = capture, self._file + 1, 0
+            self._closed = False
+            if c.live and self._waker is None:
+                self._waker = threading.Thread(target=self._wake_on_stop, args=(capture,), daemon=True)
+                self._waker.start()
         if c._stop.value:
             return self._close()
+        limit = c.limits[self._file] if self._file < len(c.limits) else None
+        if limit is not None and self._records >= limit:
+            return self._close()  # a damaged file: its last intact record was read
         ret = self._next(capture, packet, decode_tunnels, n_roots, root_idx, mode)
         if ret == _END_OF_CAPTURE:
             return self._close()
         if ret >= 0:
+            self._records += 1
             c._read[self._slot + root_idx] += 1
             if c.realtime and ret > 0:
                 self._pace(packet.time)
