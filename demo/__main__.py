@@ -111,7 +111,8 @@ def summary(report: dict, html: Path) -> str:
     ]
     for x in a["rarest"][:5]:
         why = "; ".join(f"{e['axis']} {e['value']:.4g} (typical {e['typical']:.4g})" for e in x["explanation"])
-        lines.append(f"  tier {x['tier']} {x['application']:<8} {x['flow_id']}  {x['time'][:19]}  {why}")
+        flow = f"{x['src_ip']}:{x['src_port']} -> {x['dst_ip']}:{x['dst_port']}"
+        lines.append(f"  tier {x['tier']} {x['application']:<8} {flow}  {x['time'][:19]}  {why}")
     hosts = a["hosts"][:3]
     if hosts:
         lines.append(

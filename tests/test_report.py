@@ -8,6 +8,7 @@ construction facts in plain Python.
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import shutil
@@ -371,3 +372,18 @@ def test_strings_from_the_network_are_text_in_charts_pages_csv_and_terminals(tmp
     cfg.write_text(f"store: {tmp_path / 's.db'}\narchive: {tmp_path / 'a'}\n")
     listed = _cli("alerts", "--config", cfg)
     assert listed.returncode == 0 and "\x1b" not in listed.stdout and "\\x1b[31mred" in listed.stdout
+
+
+def test_alerts_read_source_to_destination(report, tmp_path):
+    """The flow id is canonical (lower address first); the page and the CSV show the flow's own direction."""
+    from aggregator.report.page import write
+
+    html = write(report, tmp_path / "r").read_text()
+    rarest = report["alerts"]["rarest"]
+    assert rarest
+    for a in rarest:
+        assert f"{a['src_ip']}:{a['src_port']} &rarr; {a['dst_ip']}:{a['dst_port']}" in html
+    table = list(csv.DictReader((tmp_path / "r" / "rarest_alerts.csv").open()))
+    assert [(r["source"], r["destination"]) for r in table] == [
+        (f"{a['src_ip']}:{a['src_port']}", f"{a['dst_ip']}:{a['dst_port']}") for a in rarest
+    ]

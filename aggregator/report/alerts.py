@@ -107,7 +107,7 @@ def tables(report: dict) -> dict:
             [[d] + [a["flows_per_tier_per_day"][k][i] for k in range(TIERS)] for i, d in enumerate(days)],
         ),
         "rarest_alerts": (
-            ["tier", "score", "time", "sensor", "application", "flow_id", "explanation"],
+            ["tier", "score", "time", "sensor", "application", "source", "destination", "flow_id", "explanation"],
             [
                 [
                     x["tier"],
@@ -115,6 +115,8 @@ def tables(report: dict) -> dict:
                     x["time"],
                     x["sensor"],
                     x["application"],
+                    f"{x['src_ip']}:{x['src_port']}",
+                    f"{x['dst_ip']}:{x['dst_port']}",
                     x["flow_id"],
                     explain(x["explanation"]),
                 ]
