@@ -35,6 +35,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -61,8 +62,8 @@ BATCH = 5_000
 """Messages per export batch: a busy summary becomes a few hundred rows, so memory stays small."""
 MERGE_AT = 8
 """Small files in one folder that trigger a merge (a finished day's small files are merged too)."""
-MERGE_ROWS = 1_000_000
-"""A file with this many rows is big enough: never merged again, so no export rewrites a whole day."""
+MERGE_ROWS = 250_000
+"""A file with this many rows is big enough: never merged again, so no merge holds more than this in memory."""
 STATE_KEY = "archived_id"
 ARCHIVE_ID_KEY = "archive_id"
 
@@ -305,23 +306,45 @@ class Archive:
                     yield table, day, folder
 
     def _merge(self, today: date) -> None:
-        """Merge small files: a folder with MERGE_AT of them, or a finished day with more than one."""
+        """Size-tiered merges: MERGE_AT files of one size tier (rows within a factor of MERGE_AT) become one
+        file of the next tier, so a row is rewritten a few times over its day, never once per export. A
+        finished day's small files are merged as far as MERGE_ROWS allows."""
         for table, day, folder in self._folders():
             live, leftovers = _live(folder)
             for f in leftovers:
                 f.unlink(missing_ok=True)
-            small = [f for f in live if pq.read_metadata(f).num_rows < MERGE_ROWS]
-            if len(small) < MERGE_AT and not (len(small) > 1 and day < today):
+            # Only runs of neighbouring files (by message id) are merged: the merged name's span then covers
+            # exactly them, and no other file is ever taken for one of its parts.
+            for run in self._runs(live, whole_day=day < today):
+                self._replace(folder, table, run)
+
+    @staticmethod
+    def _runs(live: list[Path], whole_day: bool) -> list[list[Path]]:
+        files = sorted(live, key=lambda f: _span(f.name))
+        rows = [pq.read_metadata(f).num_rows for f in files]
+        tier = [int(math.log(max(n, 1), MERGE_AT)) if n < MERGE_ROWS else -1 for n in rows]
+        runs, i = [], 0
+        while i + MERGE_AT <= len(files):
+            if tier[i] >= 0 and len(set(tier[i : i + MERGE_AT])) == 1:
+                runs.append(files[i : i + MERGE_AT])
+                i += MERGE_AT
+            else:
+                i += 1
+        if runs or not whole_day:
+            return runs
+        run: list[Path] = []
+        total = 0
+        for f, n in zip(files, rows):
+            if n < MERGE_ROWS and total + n <= MERGE_ROWS:
+                run.append(f)
+                total += n
                 continue
-            picked, rows = [], 0
-            for f in small:
-                n = pq.read_metadata(f).num_rows
-                if picked and rows + n > MERGE_ROWS:
-                    break
-                picked.append(f)
-                rows += n
-            if len(picked) > 1:
-                self._replace(folder, table, picked)
+            if len(run) > 1:
+                runs.append(run)
+            run, total = ([f], n) if n < MERGE_ROWS else ([], 0)
+        if len(run) > 1:
+            runs.append(run)
+        return runs
 
     def _replace(self, folder: Path, table: str, parts: list[Path]) -> None:
         spans = [_span(f.name) for f in parts]

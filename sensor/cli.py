@@ -33,6 +33,7 @@ def _fail(message: str, code: int) -> int:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
+    from ntds.flows.engine import CaptureControl
     from ntds.flows.meter import FlowMeter
     from ntds.flows.writers import CsvWriter, ParquetWriter
 
@@ -43,7 +44,10 @@ def cmd_features(args: argparse.Namespace) -> int:
     out = args.output
     if out is not None and out.suffix not in (".csv", ".parquet"):
         return _fail(f"{out}: output must end in .csv or .parquet", EXIT_INPUT)
-    meter = FlowMeter(args.profile, n_meters=args.n_meters, tz=tz, on_warning=_warn)
+    if args.max_flows < 0:
+        return _fail("--max-flows must be 0 (no bound) or positive", EXIT_INPUT)
+    control = CaptureControl(max_flows=args.max_flows) if args.max_flows else None
+    meter = FlowMeter(args.profile, n_meters=args.n_meters, tz=tz, on_warning=_warn, control=control)
     try:
         infos = meter.check(args.pcaps)  # fail before creating any output
     except InputError as e:
@@ -118,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--extra", action="store_true", help="append nDPI details, IP version, VLAN, end reason, UTC start")
     f.add_argument("--tz", default="UTC", help="time zone of the Timestamp column (default: UTC)")
     f.add_argument("--n-meters", type=int, default=1, help="metering processes (0: one per spare core)")
+    f.add_argument(
+        "--max-flows", type=int, default=0, metavar="N",
+        help="open flows per meter before the least recently seen are expired early (0: no bound; bounds memory)",
+    )  # fmt: skip
     f.add_argument("--summary", action="store_true", help="print flows per application on stderr at the end")
     f.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     f.set_defaults(func=cmd_features)
