@@ -15,13 +15,18 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from aggregator.store import Store
 from aggregator.zap import ZapHandler
+from ntds.logs import printable
 from ntds.wire.schema import MAX_FRAME, VERSION, Message, WireError, ack, decode, encode
 
 log = logging.getLogger("ntds.aggregator.receiver")
 HEARTBEAT_MS = 5000
+HANDSHAKE_EVENTS = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
 HANDSHAKE_MS = 5000
 BATCH = 2000
 
@@ -58,17 +63,24 @@ class Receiver:
             self.socket.zap_domain = b"ntds"
         self.socket.bind(endpoint)
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        # Handshakes that fail before the key check (a plain-text client on a CURVE port, garbage on the
+        # port) are counted with the other rejections, from the socket's own event stream.
+        self.monitor = self.socket.get_monitor_socket(HANDSHAKE_EVENTS)
         self.store = store
         self.rejected: Counter[str] = Counter()
         self.stored = 0
         self.store_errors = 0
+        self._unsaved: Counter[str] = Counter()
+        """Rejections counted but not yet stored (the store refused a write: a full disk)."""
 
     def close(self) -> None:
         if self.zap:
             self.zap.stop()
             self.zap.join(timeout=2)
-        self.socket.close()
-        self.context.term()
+        self.socket.disable_monitor()
+        self.monitor.close(linger=0)
+        self.socket.close(linger=0)
+        self.context.destroy(linger=0)  # never hang on a socket a dead thread left open
 
     def serve_once(self, timeout_ms: int = 200) -> int:
         """Handle one batch; returns the number of messages acknowledged.
@@ -107,6 +119,8 @@ class Receiver:
             batch.append((identity, msg))
         if self.zap is not None:
             rejections.update(self.zap.take_refusals())
+        rejections.update(self._handshake_failures())
+        rejections.update(self._unsaved)
         if not batch and not rejections:
             return 0
         try:
@@ -114,12 +128,12 @@ class Receiver:
         except sqlite3.OperationalError as e:
             # A full disk: nothing of the batch is acknowledged, so every sensor keeps it and resends.
             self.store_errors += 1
-            if self.zap is not None:
-                self.zap.refused.update(rejections)  # counted again with the next batch that stores
+            self._unsaved = rejections  # counted with the next batch that stores
             log.error("cannot store a batch of %d messages, not acknowledged (sensors resend): %s", len(batch), e)
             return 0
         except sqlite3.DatabaseError as e:
             raise StoreBroken(f"{self.store.path}: the store cannot be written ({e})") from None
+        self._unsaved = Counter()
         self.stored += result.new
         for event in result.events:
             log.warning("%s", event)
@@ -135,17 +149,35 @@ class Receiver:
                 self.socket.send_multipart([identity, frame], flags=zmq.NOBLOCK)
         return len(batch)
 
+    def _handshake_failures(self) -> Counter[str]:
+        failed: Counter[str] = Counter()
+        while True:
+            try:
+                event = parse_monitor_message(self.monitor.recv_multipart(flags=zmq.NOBLOCK))
+            except zmq.Again:
+                return failed
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                continue  # the key check counted and logged it already
+            failed["handshake"] += 1
+            log.warning("a connection failed its handshake (%s): plain text on a CURVE port, or garbage",
+                        printable(event.get("endpoint", b"").decode(errors="replace")))  # fmt: skip
+
     def _store_refusals(self) -> int:
-        """On an idle poll, store the key check's refusals so they are counted even when nobody else talks."""
-        if self.zap is None or not self.zap.refused:
+        """On an idle poll, store the refusals (key check, failed handshakes) so they are counted even when
+        nobody else talks."""
+        refusals = self.zap.take_refusals() if self.zap is not None else Counter()
+        refusals.update(self._handshake_failures())
+        refusals.update(self._unsaved)
+        if not refusals:
             return 0
-        refusals = self.zap.take_refusals()
         try:
             self.store.store([], dict(refusals))
         except sqlite3.OperationalError:
-            self.zap.refused.update(refusals)
+            self._unsaved = refusals
+            return 0
         except sqlite3.DatabaseError as e:
             raise StoreBroken(f"{self.store.path}: the store cannot be written ({e})") from None
+        self._unsaved = Counter()
         self.rejected.update(refusals)
         return 0
 

@@ -187,9 +187,14 @@ def test_intruders_are_refused_and_the_sensor_is_unaffected(site):
     # a key that is not in the allow-list, claiming the legitimate sensor's name
     run("ntds-sensor", "keygen", "--out", site.root / "evil", "--name", "tap-01", check=True)
     intruder = site.replay(capture, key="evil", spool="evil", wait_s=3)
-    # raw garbage on the TCP port
+    # raw garbage on the TCP port, and a client speaking plain text to the CURVE port
     with socket.create_connection(("127.0.0.1", site.port)) as s:
         s.sendall(os.urandom(4096))
+    plain_ctx = zmq.Context()
+    plain = plain_ctx.socket(zmq.DEALER)
+    plain.linger = 0
+    plain.connect(site.endpoint)
+    plain.send(b"hello in plain text")
     # a legitimate key sending garbage frames
     ctx = zmq.Context()
     dealer = ctx.socket(zmq.DEALER)
@@ -209,6 +214,10 @@ def test_intruders_are_refused_and_the_sensor_is_unaffected(site):
     reasons = dict(sqlite3.connect(site.store).execute("SELECT reason, count FROM rejections"))
     assert reasons.get("malformed", 0) >= 2 and reasons.get("version") == 1 and reasons.get("oversized") == 1
     assert reasons.get("unknown_key", 0) >= 1  # the intruder's handshakes are counted with the rest
+    wait(lambda: count(site.store, "SELECT COALESCE(SUM(count), 0) FROM rejections WHERE reason='handshake'") >= 1,
+         10, "the plain-text client to be counted")  # fmt: skip
+    plain.close()
+    plain_ctx.term()
     log = (site.root / "aggregator.log").read_text()
     assert "refused CURVE peer 127.0.0.1" in log
     dealer.close(linger=0)
