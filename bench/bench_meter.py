@@ -33,8 +33,11 @@ BARE = """
 import sys
 from nfstream import NFStreamer
 n = 0
-for flow in NFStreamer(source=sys.argv[1], decode_tunnels=False, idle_timeout=120, active_timeout=120,
-                       accounting_mode=3, n_dissections=20, n_meters=1):
+# The streamer settings `ntds-sensor features` uses (ntds.flows.meter.FlowMeter._streamer), without ntds.
+for flow in NFStreamer(source=sys.argv[1], decode_tunnels=False, bpf_filter=None, promiscuous_mode=True,
+                       snapshot_length=1536, idle_timeout=120, active_timeout=120, accounting_mode=1,
+                       n_dissections=20, statistical_analysis=False, splt_analysis=0, n_meters=1, max_nflows=0,
+                       performance_report=0, system_visibility_mode=0):
     n += 1
 print(n)
 """
@@ -46,8 +49,10 @@ class Nothing(NFPlugin):
     def on_init(self, packet, flow): pass
     def on_update(self, packet, flow): pass
 n = 0
-for flow in NFStreamer(source=sys.argv[1], decode_tunnels=False, idle_timeout=120, active_timeout=120,
-                       accounting_mode=3, n_dissections=20, n_meters=1, udps=[Nothing()]):
+for flow in NFStreamer(source=sys.argv[1], decode_tunnels=False, bpf_filter=None, promiscuous_mode=True,
+                       snapshot_length=1536, idle_timeout=120, active_timeout=120, accounting_mode=1,
+                       n_dissections=20, statistical_analysis=False, splt_analysis=0, n_meters=1, max_nflows=0,
+                       performance_report=0, system_visibility_mode=0, udps=[Nothing()]):
     n += 1
 print(n)
 """

@@ -1,4 +1,15 @@
-"""A stop switch, pacing and capture statistics for NFStream's meter processes.
+"""Everything ntds does inside NFStream's meter processes: the 87 features, a stop switch, pacing, capture
+statistics, the flow-table bound, damaged files and the parent-death signal.
+
+The features. With any NFPlugin registered, NFStream copies its whole flow
+structure into Python and builds a packet tuple (with a copy of the IP bytes)
+for every packet. Without one, the meter only calls its C engine per packet.
+So ntds registers no plugin: it stands in for three methods of NFStream's flow
+object (`NFlow.__init__`, `update`, `expire`) and, after the engine has done
+its own work, hands the engine's packet structure (a cffi struct, read in
+place) to the feature accumulator (`ntds.flows.features.CicFeatures`). A flow
+ending by the FIN rule is expired the way a plugin would expire it. The
+finished row travels back on the flow's `udps` slot, as a plugin's would.
 
 NFStream's meter loop (nfstream 6.6.0, pinned) has no way to be told "stop
 now, but expire every open flow first": a signal kills a meter and its open
@@ -21,9 +32,10 @@ load, so that
   recently seen flows early (they are reported with end reason "evicted")
   and counts them.
 
-This is the only place ntds reaches into NFStream's internals; the sensor's
-tests (live capture, SIGTERM during replay) fail if a new NFStream changes the
-calls it relies on.
+This is the only place ntds reaches into NFStream's internals, written for
+NFStream 6.6.0 (pinned); `tests/test_engine.py` fails loudly if the pinned
+NFStream changes any signature or structure it relies on, and the live-capture
+and SIGTERM tests exercise the rest.
 """
 
 from __future__ import annotations
@@ -35,10 +47,17 @@ import signal
 import sys
 import threading
 import time
+from operator import attrgetter
 
 import nfstream.meter
+import nfstream.streamer
+from nfstream.flow import NFlow
+from nfstream.utils import InternalError, NFEvent
+
+from ntds.flows.features import CicFeatures, _FlowState, failed
 
 _END_OF_CAPTURE = -2
+_NO_LIMIT = 1 << 62
 _MAX_METERS = 64
 
 
@@ -58,6 +77,8 @@ class CaptureControl:
         self.max_flows = max_flows
         """Open flows per meter before the least recently seen are expired early (0: no bound)."""
         self.live = live
+        self.features: CicFeatures | None = None
+        """The feature accumulator the meters run (a copy each, after fork); None: NFStream as it is."""
         self.limits: list[int | None] = []
         """Per input file, in order: read at most this many records (a damaged file stops at its last intact
         one), or None for the whole file. Set before the meters fork."""
@@ -110,7 +131,11 @@ _current: tuple[CaptureControl, int] | None = None
 
 
 class _Engine:
-    """The engine library as a meter sees it, with capture_next and capture_stats wrapped."""
+    """The engine library as a meter sees it, with capture_next and capture_stats wrapped.
+
+    capture_next runs once per packet, so its own work is a few integer operations: the stop switch is
+    read every 64 calls, the shared packet counter written every 4,096 packets, once a second (with the
+    drop counters) and when a capture closes."""
 
     def __init__(self, ffi, lib, control: CaptureControl, slot: int) -> None:
         for name in dir(lib):
@@ -126,33 +151,47 @@ class _Engine:
         self._first: tuple[float, int] | None = None  # (wall clock, packet ms) of the first packet
         self._capture = None  # the capture being read (files are read one after the other)
         self._file = -1
-        self._records = 0
+        self._records = 0  # records of this file
+        self._limit = _NO_LIMIT
+        self._total = 0  # records of every file, for the shared counter
+        self._calls = 0
+        self._pacing = control.realtime
+
+    def _begin(self, capture) -> None:
+        """A new capture (the next file of a multi-file stream, or the interface)."""
+        c = self._control
+        self._capture, self._file, self._records = capture, self._file + 1, 0
+        limit = c.limits[self._file] if self._file < len(c.limits) else None
+        self._limit = _NO_LIMIT if limit is None else limit
+        self._closed = False
+        if c.live and self._waker is None:
+            self._waker = threading.Thread(target=self._wake_on_stop, args=(capture,), daemon=True)
+            self._waker.start()
 
     def capture_next(self, capture, packet, decode_tunnels, n_roots, root_idx, mode):
-        c = self._control
-        if self._capture is None or capture != self._capture:
-            self._capture, self._file, self._records = capture, self._file + 1, 0
-            self._closed = False
-            if c.live and self._waker is None:
-                self._waker = threading.Thread(target=self._wake_on_stop, args=(capture,), daemon=True)
-                self._waker.start()
-        if c._stop.value:
-            return self._close()
-        limit = c.limits[self._file] if self._file < len(c.limits) else None
-        if limit is not None and self._records >= limit:
-            return self._close()  # a damaged file: its last intact record was read
+        if capture != self._capture:
+            self._begin(capture)
+        self._calls += 1
+        if not self._calls & 63 and self._control._stop.value:
+            return self._close(root_idx)
+        if self._records >= self._limit:
+            return self._close(root_idx)  # a damaged file: its last intact record was read
         ret = self._next(capture, packet, decode_tunnels, n_roots, root_idx, mode)
-        if ret == _END_OF_CAPTURE:
-            return self._close()
         if ret >= 0:
             self._records += 1
-            c._read[self._slot + root_idx] += 1
-            if c.realtime and ret > 0:
+            self._total += 1
+            if not self._total & 4095:
+                self._control._read[self._slot + root_idx] = self._total
+            if self._pacing and ret > 0:
                 self._pace(packet.time)
+            return ret
+        if ret == _END_OF_CAPTURE:
+            return self._close(root_idx)
         return ret
 
-    def _close(self) -> int:
+    def _close(self, root_idx: int) -> int:
         """Mark the capture handle as about to be closed (the meter closes it when it sees this)."""
+        self._control._read[self._slot + root_idx] = self._total
         with self._lock:
             self._closed = True
         return _END_OF_CAPTURE
@@ -183,6 +222,7 @@ class _Engine:
         loop = sys._getframe(2).f_locals
         if "active_flows" in loop and "root_idx" in loop:
             self._control._active[self._slot + loop["root_idx"]] = loop["active_flows"]
+            self._control._read[self._slot + loop["root_idx"]] = self._total
         # Fanout meters of one interface all see the interface's counters: keep the largest.
         d = self._control._dropped
         d[self._slot] = max(d[self._slot], stats.dropped + stats.dropped_by_interface)
@@ -242,6 +282,8 @@ def _die_with_parent() -> None:
     capturing (and holding its memory) with nobody to read its flows. Linux's parent-death signal ends it."""
     import ctypes
 
+    if os.getpid() == _SENSOR_PID:
+        return  # not a forked meter (a meter loop run in the sensor's own process)
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -260,34 +302,140 @@ def _create_engine():
     if _current is None or lib is None:
         return ffi, lib
     engine = _Engine(ffi, lib, *_current)
-    global _engine
+    global _engine, _features, _max_flows
     _engine = engine
+    _features = engine._control.features
+    _max_flows = engine._control.max_flows or _NO_LIMIT
     return ffi, engine
 
 
 _engine: _Engine | None = None
 """The engine of this meter process (set in the meter after fork)."""
+_features: CicFeatures | None = None
+"""This meter's feature accumulator (from the installed control; None: NFStream as it is)."""
+_max_flows = _NO_LIMIT
+"""This meter's flow table bound."""
+
+_original_flow_init = NFlow.__init__
+_original_expire = NFlow.expire
+_original_update = NFlow.update
+
+
+def _flow_init(self, packet, ffi, lib, udps, sync, accounting_mode, n_dissections, statistics, splt, dissector,
+               decode_tunnels, system_visibility_mode):  # fmt: skip
+    _original_flow_init(self, packet, ffi, lib, udps, sync, accounting_mode, n_dissections, statistics, splt,
+                        dissector, decode_tunnels, system_visibility_mode)  # fmt: skip
+    features = _features
+    if features is not None:
+        try:
+            self.udps = features.start(packet, self)
+        except Exception as e:  # noqa: BLE001 - an exception here would kill the meter and every open flow
+            self.udps = failed(e)
+
+
+def _flow_update(self, packet, idle_timeout, active_timeout, ffi, lib, udps, sync, accounting_mode, n_dissections,
+                 statistics, splt, dissector):  # fmt: skip
+    """NFlow.update as NFStream 6.6.0 has it for a streamer without plugins, then the features."""
+    ret = lib.meter_update_flow(self._C, packet, idle_timeout, active_timeout, accounting_mode, statistics, splt,
+                                n_dissections, dissector, sync)  # fmt: skip
+    if ret > 0:  # idle or active timeout: this packet starts the next flow
+        self.expiration_id = ret - 1
+        return self.expire(udps, sync, n_dissections, statistics, splt, ffi, lib, dissector)
+    if _features is None:
+        return None
+    s = self.udps
+    if s.__class__ is _FlowState:
+        try:
+            if _features.add(s, packet):  # the FIN rule ends the flow with this packet
+                self.expiration_id = -1
+                return self.expire(udps, sync, n_dissections, statistics, splt, ffi, lib, dissector)
+        except Exception as e:  # noqa: BLE001
+            self.udps = failed(e)
+    return None
+
+
+def _flow_expire(self, udps, sync, n_dissections, statistics, splt, ffi, lib, dissector):
+    flow = _original_expire(self, udps, sync, n_dissections, statistics, splt, ffi, lib, dissector)
+    s = getattr(self, "udps", None)
+    if _features is not None and s.__class__ is _FlowState:
+        try:
+            self.udps = _features.finish(s, self)
+        except Exception as e:  # noqa: BLE001
+            self.udps = failed(e, s.end, s.opens)
+    return flow
+
+
 _original_consume = nfstream.meter.consume
 
 
 def _consume(packet, cache, active_timeout, idle_timeout, channel, ffi, lib, udps, sync, *rest):
     """NFStream's per-packet step, then the flow table bound: past max_flows, the least recently seen flows
     are expired now (channel, as an idle flow would be) and counted."""
-    state = _original_consume(packet, cache, active_timeout, idle_timeout, channel, ffi, lib, udps, sync, *rest)
+    diff = _original_consume(packet, cache, active_timeout, idle_timeout, channel, ffi, lib, udps, sync, *rest)
+    if len(cache) <= _max_flows:
+        return diff
     engine = _engine
-    if engine is None or not engine._control.max_flows or len(cache) <= engine._control.max_flows:
-        return state
     accounting_mode, n_dissections, statistics, splt, dissector = rest[:5]
     evicted = 0
-    while len(cache) > engine._control.max_flows:
+    while len(cache) > _max_flows:
         key = cache.get_lru_key()
         flow = cache.pop(key)
-        flow.udps.evicted = True
+        state = getattr(flow, "udps", None)
+        if state.__class__ is _FlowState:
+            state.evicted = True
         channel.put(flow.expire(udps, sync, n_dissections, statistics, splt, ffi, lib, dissector))
         evicted += 1
     engine._control._evicted[engine._slot] += evicted
-    return state - evicted
+    return diff - evicted
+
+
+_SENT = (
+    "id", "expiration_id", "src_ip", "src_port", "dst_ip", "dst_port", "protocol", "ip_version", "vlan_id",
+    "bidirectional_first_seen_ms", "bidirectional_last_seen_ms", "src2dst_packets", "src2dst_bytes",
+    "dst2src_packets", "dst2src_bytes", "application_name", "application_category_name", "application_is_guessed",
+    "application_confidence", "requested_server_name", "client_fingerprint", "server_fingerprint", "user_agent",
+    "udps",
+)  # fmt: skip
+"""The flow fields ntds reads in the sensor's process; the rest of NFStream's flow stays in the meter."""
+_sent_values = attrgetter(*_SENT)
+
+
+def _flow_reduce_ex(self, protocol):
+    """How a finished flow travels from a meter to the sensor: only the fields ntds reads, as one tuple."""
+    if _features is None:
+        return object.__reduce_ex__(self, protocol)
+    return _flow_from, (_sent_values(self),)
+
+
+def _flow_from(values: tuple) -> NFlow:
+    flow = NFlow.__new__(NFlow)
+    for name, value in zip(_SENT, values):
+        setattr(flow, name, value)
+    return flow
+
+
+_original_workflow = nfstream.streamer.meter_workflow
+
+
+def _workflow(*args):
+    """NFStream's meter process, which must never die in silence: NFStream's streamer would wait for it
+    forever. An exception is reported on the channel as NFStream's own error event (the streamer then
+    raises it), and the meter ends as if its capture had."""
+    try:
+        _original_workflow(*args)
+    except BaseException as e:  # noqa: BLE001 - the process ends either way; the sensor must hear of it
+        channel, root_idx = args[15], args[6]
+        with contextlib.suppress(Exception):
+            if root_idx == 0:
+                channel.put(InternalError(NFEvent.ERROR, f"meter failed: {type(e).__name__}: {e}"))
+            channel.put(None)
+        raise
 
 
 nfstream.meter.create_engine = _create_engine
+nfstream.streamer.meter_workflow = _workflow
 nfstream.meter.consume = _consume
+NFlow.__init__ = _flow_init
+NFlow.update = _flow_update
+NFlow.expire = _flow_expire
+NFlow.__reduce_ex__ = _flow_reduce_ex

@@ -1,11 +1,14 @@
-"""The 87 CICFlowMeter features as an NFStream plugin.
+"""The 87 CICFlowMeter features, accumulated per packet inside NFStream's meter processes.
 
-NFStream calls `on_init` for a flow's first packet, `on_update` for every later
-one and `on_expire` once. All per-flow state is a handful of running integers in
-`flow.udps.cic` (sums, sums of squares, minima, maxima): no packet lists, so
-memory per flow is constant however long the flow lives. Sums of integers are
-exact, so standard deviations computed from them at expiry are exact up to the
-final float rounding.
+`ntds.flows.engine` calls `start` for a flow's first packet, `add` for every
+later one and `finish` once, with NFStream's own engine packet structure (a
+cffi struct): no plugin, so NFStream never copies its flow structure into
+Python or builds a packet tuple per packet, and the engine keeps doing its own
+per-flow statistics in C. All per-flow state here is a handful of running
+integers (sums, sums of squares, minima, maxima): no packet lists, so memory
+per flow is constant however long the flow lives. Sums of integers are exact,
+so standard deviations computed from them at expiry are exact up to the final
+float rounding.
 
 Definitions follow spec/flow-features.md sections 2-4; the profile object
 switches between the dataset's bugs and the corrected values.
@@ -18,10 +21,9 @@ import time
 from datetime import UTC, datetime, tzinfo
 from functools import lru_cache
 from ipaddress import ip_address
+from operator import attrgetter
 
-from nfstream import NFPlugin
-
-from ntds.flows.clock import TIME_PRECISION_US, packet_time_us
+from ntds.flows.clock import TIME_PRECISION_US, engine_ms
 from ntds.flows.profiles import (
     ACTIVITY_TIMEOUT_US,
     BULK_GAP_US,
@@ -92,9 +94,23 @@ class _Direction:
         self.cand_n = self.cand_bytes = self.cand_start = self.cand_last = 0
         self.bulk_n = self.bulk_pkts = self.bulk_bytes = self.bulk_dur = 0
 
+    def __reduce__(self):
+        # A finished flow's state travels from its meter to the sensor: a flat tuple pickles fast.
+        return _rebuild, (_Direction, _DIRECTION_VALUES(self))
+
+
+def _rebuild(cls, values: tuple):
+    obj = cls.__new__(cls)
+    for k, v in zip(cls.__slots__, values):
+        setattr(obj, k, v)
+    return obj
+
 
 class _FlowState:
-    """Everything the plugin remembers about one flow between packets."""
+    """Everything the meter remembers about one flow between packets."""
+
+    def __reduce__(self):
+        return _rebuild, (_FlowState, _STATE_VALUES(self))
 
     __slots__ = (
         "fwd_code",
@@ -125,76 +141,69 @@ class _FlowState:
         "fin_b",
         "last_fin_fwd",
         "end",
+        "opens",
+        "evicted",
     )
 
 
-def _window(ip: bytes, ip_size: int, transport_size: int) -> int:
-    """Raw TCP window field, read from the captured bytes (-1 when not captured)."""
-    off = ip_size - transport_size + 14
-    if len(ip) >= off + 2:
-        return (ip[off] << 8) | ip[off + 1]
+_DIRECTION_VALUES = attrgetter(*_Direction.__slots__)
+_STATE_VALUES = attrgetter(*_FlowState.__slots__)
+
+
+def _window(packet, transport_size: int) -> int:
+    """Raw TCP window field, read from the captured IP bytes (-1 when not captured)."""
+    off = packet.ip_size - transport_size + 14
+    if packet.ip_content_len >= off + 2:
+        content = packet.ip_content
+        return (content[off] << 8) | content[off + 1]
     return -1
 
 
-class CicFeatures(NFPlugin):
-    """NFStream plugin computing the 87 Unicauca/CICFlowMeter columns per flow.
+FlowResult = tuple
+"""What a finished flow carries back to the sensor on NFStream's `udps` slot: (state or None, end reason,
+opens, error). The state (None for a single-packet flow) becomes the 85 columns in the sensor's process
+(`finalize`), so the meter spends its time on packets, not on arithmetic a second core can do."""
 
-    The finished row (a tuple in `ntds.flows.columns.COLUMNS` order, with the last
-    two label columns left for the parent process) is left in `flow.udps.cic`;
-    flows of a single packet leave None, as CICFlowMeter never writes them.
+
+def failed(error: Exception, end: str = "", opens: bool = True) -> FlowResult:
+    return (None, end, opens, f"{type(error).__name__}: {error}")
+
+
+class CicFeatures:
+    """Accumulates the 87 Unicauca/CICFlowMeter columns per flow from the engine's packets.
+
+    `finish` returns the state `finalize` turns into the row (a tuple in
+    `ntds.flows.columns.COLUMNS` order, with the last two label columns left for the
+    caller); flows of a single packet get no row, as CICFlowMeter never writes them.
     """
 
     def __init__(self, profile: FeatureProfile, tz: tzinfo = UTC, idle_timeout_ms: int = 120_000) -> None:
-        super().__init__()
         self.profile = profile
         self.tz = tz
         self.idle_timeout_ms = idle_timeout_ms
         self._orientation: dict[int, int] = {}
         self._now_ms = 0
+        self._add = _adder(profile)
 
-    # -- NFStream entry points -------------------------------------------------------
-
-    def on_init(self, packet, flow) -> None:
-        try:
-            self._init(packet, flow)
-        except Exception as e:  # a plugin exception would kill the NFStream meter process
-            flow.udps.cic_error = f"{type(e).__name__}: {e}"
-
-    def on_update(self, packet, flow) -> None:
-        try:
-            self._update(packet, flow)
-        except Exception as e:
-            flow.udps.cic_error = f"{type(e).__name__}: {e}"
-
-    def on_expire(self, flow) -> None:
-        try:
-            self._expire(flow)
-        except Exception as e:
-            flow.udps.cic_error = f"{type(e).__name__}: {e}"
-        if getattr(flow.udps, "cic_error", None):
-            flow.udps.cic = None
-
-    def _init(self, packet, flow) -> None:
+    def start(self, packet, flow) -> _FlowState:
+        """The flow's first packet (flow: the NFlow the engine just made from it)."""
         p = self.profile
         s = _FlowState()
-        s.tcp = packet.protocol == TCP
-        s.l4 = s.tcp or packet.protocol == UDP
-        s.src_ip, s.src_port, s.dst_ip, s.dst_port = packet.src_ip, packet.src_port, packet.dst_ip, packet.dst_port
+        protocol = flow.protocol
+        s.tcp = protocol == TCP
+        s.l4 = s.tcp or protocol == UDP
+        s.src_ip, s.src_port, s.dst_ip, s.dst_port = flow.src_ip, flow.src_port, flow.dst_ip, flow.dst_port
         # Forward is decided on the source IP only (spec 2): a flow between two sockets
         # of one host is all forward. fwd_code is the NFStream direction that counts as
         # forward, or -1 for "every packet".
-        s.fwd_code = -1 if packet.src_ip == packet.dst_ip else 0
+        s.fwd_code = -1 if s.src_ip == s.dst_ip else 0
         if p.keep_orientation_after_timeout and self._orientation:
             before = self._orientation.pop(_tuple_key(flow), None)
-            if before is not None and before != hash((packet.src_ip, packet.src_port)) and s.fwd_code == 0:
+            if before is not None and before != hash((s.src_ip, s.src_port)) and s.fwd_code == 0:
                 s.fwd_code = 1
-                s.src_ip, s.src_port, s.dst_ip, s.dst_port = (
-                    packet.dst_ip,
-                    packet.dst_port,
-                    packet.src_ip,
-                    packet.src_port,
-                )
-        t = packet_time_us(packet)
+                s.src_ip, s.src_port, s.dst_ip, s.dst_port = s.dst_ip, s.dst_port, s.src_ip, s.src_port
+        ms = engine_ms(packet.time)
+        t = ms * 1000
         s.first_t = s.last_t = s.start_active = s.end_active = t
         s.n = 0
         s.iat_sq = s.iat_max = 0
@@ -207,64 +216,62 @@ class CicFeatures(NFPlugin):
         s.subflows = 1
         s.fin_f = s.fin_b = s.last_fin_fwd = False
         s.end = ""
-        s.first_flags = (
-            packet.fin,
-            packet.syn,
-            packet.rst,
-            packet.psh,
-            packet.ack,
-            packet.urg,
-            packet.cwr,
-            packet.ece,
-        )
+        s.evicted = False
+        syn, ack = packet.syn, packet.ack
+        s.first_flags = (packet.fin, syn, packet.rst, packet.psh, ack, packet.urg, packet.cwr, packet.ece)
         s.first_fwd = s.fwd_code != 1
         if packet.fin:
-            self._fin(s, s.first_fwd)
-        flow.udps.cic = s
+            _fin(s, s.first_fwd)
         # Does this flow start a conversation (for "unanswered" in the summaries)? A TCP
         # flow only if it begins with a bare SYN: FIN/ACK leftovers of a split flow do not.
-        flow.udps.cic_opens = not s.tcp or (packet.syn and not packet.ack)
-        length = self._add(s, packet, t, s.first_fwd, True)
-        s.first_len = length
-        self._now_ms = packet.time
+        s.opens = not s.tcp or (bool(syn) and not ack)
+        s.first_len = self._add(s, packet, t, s.first_fwd, True)
+        self._now_ms = ms
+        return s
 
-    def _update(self, packet, flow) -> None:
-        s = flow.udps.cic
-        t = packet_time_us(packet)
-        self._now_ms = packet.time
+    def add(self, s: _FlowState, packet) -> bool:
+        """A later packet (the engine has set its direction); True when the flow ends with it (FIN rule)."""
+        ms = packet.time
+        if ms >= _WRAPPED:
+            ms = engine_ms(ms)
+        self._now_ms = ms
+        t = ms * 1000
         code = s.fwd_code
         fwd = code < 0 or packet.direction == code
-        p = self.profile
-        if p.close_on_first_fin:
+        if self.profile.close_on_first_fin:
             if packet.fin:
                 # Java-2017: the FIN packet is added, then the flow is written (no
                 # Active/Idle update for it); the next packet opens an appendix flow.
                 self._add(s, packet, t, fwd, False)
                 s.end = END_FIN
-                flow.expiration_id = -1
-                return
+                return True
         else:
             # RST ends the flow; so does the ACK that answers the last FIN once both sides sent one.
-            closing = packet.rst or (s.fin_f and s.fin_b and packet.ack and fwd != s.last_fin_fwd)
+            rst = packet.rst
+            closing = rst or (s.fin_f and s.fin_b and packet.ack and fwd != s.last_fin_fwd)
             if packet.fin:
-                self._fin(s, fwd)
+                _fin(s, fwd)
             if closing:
-                self._activity(s, t)
+                _activity(s, t)
                 self._add(s, packet, t, fwd, False)
-                s.end = END_RST if packet.rst else END_CLOSED
-                flow.expiration_id = -1
-                return
-        self._activity(s, t)
+                s.end = END_RST if rst else END_CLOSED
+                return True
+        # Active/Idle bookkeeping of spec 3.3 (inline: the hot path)
+        if t - s.end_active > ACTIVITY_TIMEOUT_US:
+            _activity(s, t)
+        else:
+            s.end_active = t
         self._add(s, packet, t, fwd, False)
+        return False
 
-    def _expire(self, flow) -> None:
-        s: _FlowState = flow.udps.cic
+    def finish(self, s: _FlowState, flow) -> FlowResult:
+        """The flow has ended (the engine synced its final values into `flow`)."""
         if not s.end:
-            if getattr(flow.udps, "evicted", False):
+            if s.evicted:
                 s.end = END_EVICTED
             elif flow.expiration_id == 1:
                 s.end = END_ACTIVE
-            elif self._now_ms - flow.bidirectional_last_seen_ms >= self.idle_timeout_ms:
+            elif self._now_ms - engine_ms(flow.bidirectional_last_seen_ms) >= self.idle_timeout_ms:
                 s.end = END_IDLE
             else:
                 s.end = END_CAPTURE
@@ -278,45 +285,25 @@ class CicFeatures(NFPlugin):
                 memory[key] = hash((s.src_ip, s.src_port))
                 if len(memory) > ORIENTATION_MEMORY:
                     del memory[next(iter(memory))]
-        if s.n < 2:
-            flow.udps.cic = None
-            return
-        flow.udps.cic = finalize(s, self.profile, flow.protocol, self.tz)
-        flow.udps.cic_end = s.end
+        return (s if s.n >= 2 else None, s.end, s.opens, "")
 
-    # -- per-packet work (the hot path) ----------------------------------------------
 
-    @staticmethod
-    def _fin(s: _FlowState, fwd: bool) -> None:
-        if fwd:
-            s.fin_f = True
-        else:
-            s.fin_b = True
-        s.last_fin_fwd = fwd
+def _adder(p: FeatureProfile):
+    """The per-packet accumulator for one profile: its switches are constants of the closure, so the hot
+    path reads no profile attribute per packet."""
+    padding = p.count_ethernet_padding
+    last_bwd_window = p.last_backward_window
+    first_flags_only = p.first_packet_flags_only
+    bulk = p.bulk_and_subflows
 
-    @staticmethod
-    def _activity(s: _FlowState, t: int) -> None:
-        """Active/Idle bookkeeping of spec 3.3 (not for the packet that closes a flow)."""
-        if t - s.end_active > ACTIVITY_TIMEOUT_US:
-            span = s.end_active - s.start_active
-            if span > 0:
-                _accumulate(s.active, span)
-            _accumulate(s.idle, t - s.end_active)
-            s.start_active = s.end_active = t
-        else:
-            s.end_active = t
-
-    def _add(self, s: _FlowState, packet, t: int, fwd: bool, first: bool) -> int:
+    def add(s: _FlowState, packet, t: int, fwd: bool, first: bool) -> int:
         """Add one packet to the running statistics; returns its length L."""
-        p = self.profile
         transport = packet.transport_size
-        if s.l4 and transport:  # 0: header not parseable (too short), NFStream gives no ports or flags
-            payload = packet.payload_size
-            header = transport - payload
-            length = payload
-            if p.count_ethernet_padding:
-                ip = packet.ip_packet
-                trailer = len(ip) - packet.ip_size
+        if transport and s.l4:  # 0: header not parseable (too short), NFStream gives no ports or flags
+            length = packet.payload_size
+            header = transport - length
+            if padding:
+                trailer = packet.ip_content_len - packet.ip_size
                 if trailer > 0:
                     length += trailer
         else:
@@ -333,7 +320,8 @@ class CicFeatures(NFPlugin):
                 s.subflows += 1
         s.last_t = t
         s.n += 1
-        if d.n:
+        dn = d.n
+        if dn:
             gap = t - d.last_t
             d.iat_sq += gap * gap
             if gap < d.iat_min:
@@ -347,40 +335,67 @@ class CicFeatures(NFPlugin):
             if length and not first and fwd:
                 d.data_pkts += 1
         d.last_t = t
-        d.n += 1
-        d.bytes += length
-        d.sq += length * length
+        d.n = dn + 1
+        if length:
+            d.bytes += length
+            d.sq += length * length
+            if length > d.max:
+                d.max = length
         if length < d.min:
             d.min = length
-        if length > d.max:
-            d.max = length
         d.hdr += header
         if header < d.min_hdr:
             d.min_hdr = header
         if s.tcp:
-            win = _window(packet.ip_packet, packet.ip_size, transport) if transport else -1
-            if p.last_backward_window and not fwd:
-                d.win_last = win
-            elif d.n == 1:
-                d.win_first = win
-            if not p.first_packet_flags_only:
+            if last_bwd_window and not fwd:
+                d.win_last = _window(packet, transport) if transport else -1
+            elif not dn:
+                d.win_first = _window(packet, transport) if transport else -1
+            if not first_flags_only:
                 flags = s.flags
-                flags[0] += packet.fin
-                flags[1] += packet.syn
-                flags[2] += packet.rst
-                flags[3] += packet.psh
-                flags[4] += packet.ack
-                flags[5] += packet.urg
-                flags[6] += packet.cwr
-                flags[7] += packet.ece
-                d.psh += packet.psh
-                d.urg += packet.urg
+                fin, syn, rst, psh = packet.fin, packet.syn, packet.rst, packet.psh
+                ack, urg, cwr, ece = packet.ack, packet.urg, packet.cwr, packet.ece
+                flags[0] += fin
+                flags[1] += syn
+                flags[2] += rst
+                flags[3] += psh
+                flags[4] += ack
+                flags[5] += urg
+                flags[6] += cwr
+                flags[7] += ece
+                d.psh += psh
+                d.urg += urg
             elif first:
                 d.psh = packet.psh
                 d.urg = packet.urg
-        if p.bulk_and_subflows and length:
+        if bulk and length:
             _bulk(d, s.b if fwd else s.f, t, length)
         return length
+
+    return add
+
+
+def _fin(s: _FlowState, fwd: bool) -> None:
+    if fwd:
+        s.fin_f = True
+    else:
+        s.fin_b = True
+    s.last_fin_fwd = fwd
+
+
+def _activity(s: _FlowState, t: int) -> None:
+    """Active/Idle bookkeeping of spec 3.3 (not for the packet that closes a flow)."""
+    if t - s.end_active > ACTIVITY_TIMEOUT_US:
+        span = s.end_active - s.start_active
+        if span > 0:
+            _accumulate(s.active, span)
+        _accumulate(s.idle, t - s.end_active)
+        s.start_active = s.end_active = t
+    else:
+        s.end_active = t
+
+
+_WRAPPED = 1 << 63
 
 
 def _accumulate(acc: list, value: int) -> None:
@@ -614,4 +629,4 @@ def _bulk_cols(d: _Direction) -> tuple[int, int, int]:
     return d.bulk_bytes // d.bulk_n, d.bulk_pkts // d.bulk_n, rate
 
 
-__all__ = ["CicFeatures", "finalize", "flow_id", "format_timestamp", "TIME_PRECISION_US"]
+__all__ = ["CicFeatures", "FlowResult", "failed", "finalize", "flow_id", "format_timestamp", "TIME_PRECISION_US"]

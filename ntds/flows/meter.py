@@ -19,9 +19,9 @@ from ntds.errors import InputError
 from ntds.flows.captures import CaptureInfo, inspect_capture
 from ntds.flows.clock import engine_ms
 from ntds.flows.engine import CaptureControl
-from ntds.flows.features import CicFeatures
+from ntds.flows.features import CicFeatures, finalize
 from ntds.flows.labels import dataset_label
-from ntds.flows.profiles import FLOW_TIMEOUT_US, FeatureProfile, get_profile
+from ntds.flows.profiles import FLOW_TIMEOUT_US, UNICAUCA, FeatureProfile, get_profile
 from ntds.flows.traffic import FlowTraffic
 from ntds.times import iso_ms
 
@@ -136,7 +136,6 @@ class FlowMeter:
             idle_timeout=FLOW_TIMEOUT_US // 1_000_000,
             active_timeout=FLOW_TIMEOUT_US // 1_000_000,
             accounting_mode=1,  # IP-layer bytes for the summaries; the 87 columns count their own
-            udps=[CicFeatures(self.profile, self.tz, idle_timeout_ms=FLOW_TIMEOUT_US // 1000)],
             n_dissections=20,
             statistical_analysis=False,
             splt_analysis=0,
@@ -148,31 +147,37 @@ class FlowMeter:
 
     def _stream(self, sources: list[str], control: CaptureControl, slot: int = 0) -> Iterator[FlowRecord]:
         source: str | list[str] = sources[0] if len(sources) == 1 else sources
+        control.features = CicFeatures(self.profile, self.tz, idle_timeout_ms=FLOW_TIMEOUT_US // 1000)
         control.install(slot)  # the meters fork when the streamer starts, and take it with them
         try:
             streamer = self._streamer(source)
-            yield from records(streamer, self.on_warning, self.single_packet_flows)
+            yield from records(streamer, self.on_warning, self.single_packet_flows, self.profile, self.tz)
         except ValueError as e:
             # NFStream reports libpcap's open errors (and bad BPF filters) as ValueError.
             raise InputError(f"{', '.join(sources)}: {e}") from None
 
 
 def records(
-    flows: Iterable, on_warning: Callable[[str], None], single_packet_flows: bool = False
+    flows: Iterable,
+    on_warning: Callable[[str], None],
+    single_packet_flows: bool = False,
+    profile: FeatureProfile = UNICAUCA,
+    tz: tzinfo = UTC,
 ) -> Iterator[FlowRecord]:
-    """NFStream flows carrying the plugin's row -> FlowRecords (adds the two label columns)."""
+    """NFStream flows carrying the meter's result -> FlowRecords (the 85 feature columns computed here, in the
+    sensor's process, plus the two label columns)."""
     for flow in flows:
-        row = flow.udps.cic
+        state, end, opens, error = flow.udps
         name, l7 = dataset_label(flow.application_name)
-        if row is None:
-            error = getattr(flow.udps, "cic_error", None)
+        if state is None:
             if error:
-                on_warning(f"flow {flow.src_ip}:{flow.src_port} -> {flow.dst_ip}:{flow.dst_port} skipped: {error}")
+                where = f"{flow.src_ip}:{flow.src_port} -> {flow.dst_ip}:{flow.dst_port}"
+                on_warning(f"flow {where} skipped: {error}")
             elif single_packet_flows:
-                yield FlowRecord(None, None, _traffic(flow, name))
+                yield FlowRecord(None, None, _traffic(flow, name, opens))
             continue
         yield FlowRecord(
-            row + (l7, name),
+            finalize(state, profile, flow.protocol, tz) + (l7, name),
             (
                 flow.application_name,
                 flow.application_category_name,
@@ -184,14 +189,14 @@ def records(
                 flow.user_agent,
                 flow.ip_version,
                 flow.vlan_id,
-                flow.udps.cic_end,
+                end,
                 iso_utc(engine_ms(flow.bidirectional_first_seen_ms)),
             ),
-            _traffic(flow, name),
+            _traffic(flow, name, opens),
         )
 
 
-def _traffic(flow, application: str) -> FlowTraffic:
+def _traffic(flow, application: str, opens: bool) -> FlowTraffic:
     return FlowTraffic(
         engine_ms(flow.bidirectional_first_seen_ms),
         flow.src_ip,
@@ -204,7 +209,7 @@ def _traffic(flow, application: str) -> FlowTraffic:
         flow.dst2src_packets,
         flow.dst2src_bytes,
         application,
-        bool(getattr(flow.udps, "cic_opens", True)),
+        opens,
     )
 
 
