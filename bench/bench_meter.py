@@ -1,15 +1,19 @@
-"""Meter speed: `ntds-sensor features` against bare NFStream on the same capture.
+"""Meter speed: `ntds-sensor features` against bare NFStream on the same capture, same streamer settings.
 
-Generates (once, under bench/data/) a capture of TCP conversations -- handshake,
-16 data packets, FIN exchange -- 256 of them interleaved at a time, with the
-templates built by scapy and the addresses patched in. Then alternates the two
-commands, each in a fresh process, 5 times, and reports the median packets per
-second, their ratio, and the peak memory of each process tree. Memory is also
-measured on a capture half the size, to show it does not grow with the
-number of packets (both captures span more than the 120 s flow timeout, so
-the flow table is in its steady state in both).
+Two captures, written once under bench/data/:
+- generated: TCP conversations (handshake, 16 data packets, FIN exchange), 256 of
+  them interleaved at a time, templates built by scapy, addresses patched in;
+  every conversation ends with FIN, so the FIN rule makes two flows of each;
+- real-mix: every intact Ethernet capture of ../shared/pcaps one after the other
+  (times rebased), repeated to --mix-packets (skipped without ../shared).
+For each, bare NFStream (no plugin), NFStream with an empty NFPlugin and
+`ntds-sensor features` alternate, each in a fresh process, --runs times; the
+median packets per second, the ratios and the peak memory of each process tree
+are reported. Memory is also measured on a generated capture half the size, to
+show it does not grow with the number of packets (both span more than the 120 s
+flow timeout, so the flow table is in its steady state).
 
-    python bench/bench_meter.py [--packets 1000000] [--runs 5]
+    python bench/bench_meter.py [--packets 1000000] [--mix-packets 500000] [--runs 5]
 """
 
 from __future__ import annotations
@@ -119,6 +123,53 @@ def generate(path: Path, packets: int) -> None:
             batch += 1
 
 
+SHARED = HERE.parent.parent / "shared" / "pcaps"
+
+
+def real_mix(path: Path, packets: int) -> int:
+    """Every intact Ethernet capture of ../shared/pcaps, one after the other with their times rebased (a
+    second apart; gaps inside a capture capped at a minute, as some fuzzed files jump by years), the whole
+    set repeated (each round 10 minutes after the last) until `packets` packets.
+    Returns the packets written; 0 when the shared captures are absent."""
+    import dpkt
+
+    from ntds.errors import InputError
+    from ntds.flows.captures import inspect_capture
+
+    sources = []
+    for p in sorted(SHARED.rglob("*")) if SHARED.is_dir() else []:
+        if p.suffix not in (".pcap", ".pcapng"):
+            continue
+        try:
+            info = inspect_capture(p)
+        except InputError:
+            continue
+        if info.link_type == 1 and not info.damaged and info.packets:
+            with open(p, "rb") as fh:
+                reader = dpkt.pcapng.Reader(fh) if info.format == "pcapng" else dpkt.pcap.Reader(fh)
+                records = [(float(ts), bytes(buf)) for ts, buf in reader]
+            base = records[0][0]
+            sources.append([(ts - base, buf) for ts, buf in records])
+    if not sources:
+        return 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written, clock = 0, 1_794_816_000.0
+    with open(path, "wb") as out:
+        out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+        while written < packets:
+            for records in sources:
+                span = 0.0
+                for offset, buf in records:
+                    t = clock + min(max(offset, span), span + 60.0)  # never backwards, no bogus jumps
+                    span = t - clock
+                    out.write(struct.pack("<IIII", int(t), int(round((t % 1) * 1e6)) % 1_000_000, len(buf), len(buf)))
+                    out.write(buf)
+                    written += 1
+                clock += span + 1.0
+            clock += 600.0
+    return written
+
+
 def timed(cmd: list[str]) -> float:
     start = time.perf_counter()
     subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True)
@@ -130,9 +181,38 @@ def peak_kib(cmd: list[str]) -> int:
     return int(out.stdout.strip())
 
 
+def compare(label: str, big: Path, small: Path | None, packets: int, runs: int) -> dict:
+    """`ntds-sensor features` against bare NFStream (same streamer settings) on one capture, alternating."""
+    sensor_cmd = lambda p: [str(BIN / "ntds-sensor"), "features", "-q", str(p), "-o", str(DATA / "out.csv")]  # noqa: E731
+    bare_cmd = lambda p: [sys.executable, "-c", BARE, str(p)]  # noqa: E731
+    empty_cmd = lambda p: [sys.executable, "-c", EMPTY_PLUGIN, str(p)]  # noqa: E731
+    commands = {"nfstream": bare_cmd, "nfstream_empty_plugin": empty_cmd, "sensor": sensor_cmd}
+    times: dict[str, list[float]] = {k: [] for k in commands}
+    for i in range(runs):
+        for name, cmd in commands.items():
+            times[name].append(timed(cmd(big)))
+        print(f"{label} run {i + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), file=sys.stderr)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    pps = {k: packets / v for k, v in med.items()}
+    memory = {"sensor_big_kib": peak_kib(sensor_cmd(big)), "nfstream_big_kib": peak_kib(bare_cmd(big))}
+    if small is not None:
+        memory["sensor_small_kib"] = peak_kib(sensor_cmd(small))
+    return {
+        "capture": label,
+        "packets": packets,
+        "runs": runs,
+        "median_s": med,
+        "packets_per_s": pps,
+        "ratio_sensor_to_nfstream": pps["sensor"] / pps["nfstream"],
+        "ratio_empty_plugin_to_nfstream": pps["nfstream_empty_plugin"] / pps["nfstream"],
+        "peak_memory": memory,
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--packets", type=int, default=1_000_000)
+    ap.add_argument("--mix-packets", type=int, default=500_000)
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
     big = DATA / f"spread-{args.packets}.pcap"
@@ -141,34 +221,32 @@ def main() -> int:
         if not path.exists():
             print(f"generating {path} ({n} packets)", file=sys.stderr)
             generate(path, n)
-    sensor_cmd = lambda p: [str(BIN / "ntds-sensor"), "features", "-q", str(p)]  # noqa: E731
-    bare_cmd = lambda p: [sys.executable, "-c", BARE, str(p)]  # noqa: E731
-    empty_cmd = lambda p: [sys.executable, "-c", EMPTY_PLUGIN, str(p)]  # noqa: E731
-    commands = {"nfstream": bare_cmd, "nfstream_empty_plugin": empty_cmd, "sensor": sensor_cmd}
-    times: dict[str, list[float]] = {k: [] for k in commands}
-    for i in range(args.runs):
-        for name, cmd in commands.items():
-            times[name].append(timed(cmd(big)))
-        print(f"run {i + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), file=sys.stderr)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    pps = {k: args.packets / v for k, v in med.items()}
-    memory = {
-        "sensor_small_kib": peak_kib(sensor_cmd(small)),
-        "sensor_big_kib": peak_kib(sensor_cmd(big)),
-        "nfstream_big_kib": peak_kib(bare_cmd(big)),
-    }
+    results = [compare("generated", big, small, args.packets, args.runs)]
+    mix = DATA / f"real-mix-{args.mix_packets}.pcap"
+    if not mix.exists():
+        print(f"building {mix} from ../shared/pcaps", file=sys.stderr)
+        real_mix(mix, args.mix_packets)
+    if mix.exists():
+        n = sum(1 for _ in _records(mix))
+        results.append(compare("real-mix", mix, None, n, args.runs))
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "packets": args.packets,
-        "runs": args.runs,
-        "median_s": med,
-        "packets_per_s": pps,
-        "ratio_sensor_to_nfstream": pps["sensor"] / pps["nfstream"],
-        "ratio_empty_plugin_to_nfstream": pps["nfstream_empty_plugin"] / pps["nfstream"],
-        "peak_memory": memory,
+        "command": "python bench/bench_meter.py " + " ".join(sys.argv[1:]),
+        "when": time.strftime("%Y-%m-%d"),
+        "results": results,
     }
     print(json.dumps(result, indent=2))
     return 0
+
+
+def _records(path: Path):
+    """Record headers of a little-endian microsecond pcap (the mix this script writes)."""
+    with open(path, "rb") as fh:
+        fh.seek(24)
+        while header := fh.read(16):
+            caplen = struct.unpack("<8xI4x", header)[0]
+            fh.seek(caplen, 1)
+            yield caplen
 
 
 if __name__ == "__main__":

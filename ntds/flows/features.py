@@ -184,6 +184,9 @@ class CicFeatures:
         self._orientation: dict[int, int] = {}
         self._now_ms = 0
         self._add = _adder(profile)
+        self.add = _stepper(self, profile)
+        """add(state, packet) -> bool: a later packet (the engine has set its direction); True when the flow
+        ends with it (the FIN rule)."""
 
     def start(self, packet, flow) -> _FlowState:
         """The flow's first packet (flow: the NFlow the engine just made from it)."""
@@ -229,41 +232,6 @@ class CicFeatures:
         self._now_ms = ms
         return s
 
-    def add(self, s: _FlowState, packet) -> bool:
-        """A later packet (the engine has set its direction); True when the flow ends with it (FIN rule)."""
-        ms = packet.time
-        if ms >= _WRAPPED:
-            ms = engine_ms(ms)
-        self._now_ms = ms
-        t = ms * 1000
-        code = s.fwd_code
-        fwd = code < 0 or packet.direction == code
-        if self.profile.close_on_first_fin:
-            if packet.fin:
-                # Java-2017: the FIN packet is added, then the flow is written (no
-                # Active/Idle update for it); the next packet opens an appendix flow.
-                self._add(s, packet, t, fwd, False)
-                s.end = END_FIN
-                return True
-        else:
-            # RST ends the flow; so does the ACK that answers the last FIN once both sides sent one.
-            rst = packet.rst
-            closing = rst or (s.fin_f and s.fin_b and packet.ack and fwd != s.last_fin_fwd)
-            if packet.fin:
-                _fin(s, fwd)
-            if closing:
-                _activity(s, t)
-                self._add(s, packet, t, fwd, False)
-                s.end = END_RST if rst else END_CLOSED
-                return True
-        # Active/Idle bookkeeping of spec 3.3 (inline: the hot path)
-        if t - s.end_active > ACTIVITY_TIMEOUT_US:
-            _activity(s, t)
-        else:
-            s.end_active = t
-        self._add(s, packet, t, fwd, False)
-        return False
-
     def finish(self, s: _FlowState, flow) -> FlowResult:
         """The flow has ended (the engine synced its final values into `flow`)."""
         if not s.end:
@@ -286,6 +254,49 @@ class CicFeatures:
                 if len(memory) > ORIENTATION_MEMORY:
                     del memory[next(iter(memory))]
         return (s if s.n >= 2 else None, s.end, s.opens, "")
+
+
+def _stepper(features: CicFeatures, p: FeatureProfile):
+    """The per-packet step for one profile (the FIN rule, Active/Idle, then the accumulator), as one closure:
+    the meter calls it for every packet after the first."""
+    close_on_first_fin = p.close_on_first_fin
+    accumulate = features._add
+
+    def add(s: _FlowState, packet) -> bool:
+        ms = packet.time
+        if ms >= _WRAPPED:
+            ms = engine_ms(ms)
+        features._now_ms = ms
+        t = ms * 1000
+        code = s.fwd_code
+        fwd = code < 0 or packet.direction == code
+        if close_on_first_fin:
+            if packet.fin:
+                # Java-2017: the FIN packet is added, then the flow is written (no
+                # Active/Idle update for it); the next packet opens an appendix flow.
+                accumulate(s, packet, t, fwd, False)
+                s.end = END_FIN
+                return True
+        else:
+            # RST ends the flow; so does the ACK that answers the last FIN once both sides sent one.
+            rst = packet.rst
+            closing = rst or (s.fin_f and s.fin_b and packet.ack and fwd != s.last_fin_fwd)
+            if packet.fin:
+                _fin(s, fwd)
+            if closing:
+                _activity(s, t)
+                accumulate(s, packet, t, fwd, False)
+                s.end = END_RST if rst else END_CLOSED
+                return True
+        # Active/Idle bookkeeping of spec 3.3 (inline: the hot path)
+        if t - s.end_active > ACTIVITY_TIMEOUT_US:
+            _activity(s, t)
+        else:
+            s.end_active = t
+        accumulate(s, packet, t, fwd, False)
+        return False
+
+    return add
 
 
 def _adder(p: FeatureProfile):
