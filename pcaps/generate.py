@@ -177,7 +177,78 @@ def fixtures() -> dict[str, list]:
     c = Conversation(sport=40011)
     c.tcp(0, True, "S").tcp(217, False, "SA").tcp(431, True, "A")  # whole flow in 431 µs
     out["submillisecond"] = c.packets
+
+    c = Conversation(sport=40012, dport=5002)
+    c.handshake(0)
+    c.tcp(10_000_000, True, "PA", b"k" * 10, window=501)
+    c.tcp(125_000_000, False, "PA", b"z" * 30, window=333)  # after the 120 s split the server speaks first
+    c.tcp(126_000_000, True, "A", window=777)
+    out["continuation_flags"] = c.packets
+
+    c = Conversation(src=CLIENT, dst="198.51.100.7", sport=7000, dport=7001)
+    for us, fwd in ((0, True), (1000, False), (1_000_000, True), (1_001_000, False)):
+        c.udp(us, fwd, Raw(b"u" * 40))
+    for us, fwd in ((201_000_000, True), (201_001_000, False), (202_000_000, True)):  # resumes after 200 s
+        c.udp(us, fwd, Raw(b"v" * 60))
+    out["udp_resume"] = c.packets
+
+    tunnel = []
+    inner = Conversation(src="2001:db8::1", dst="2001:db8::2", sport=40014, dport=80, v6=True)
+    inner.handshake(0).tcp(3000, True, "PA", b"GET / HTTP/1.1\r\n\r\n").tcp(4000, False, "PA", b"o" * 300)
+    for p in inner.packets:  # the same IPv6 packets inside IPv4 (protocol 41) between two routers
+        fwd = p[IPv6].src == "2001:db8::1"
+        outer = IP(src=CLIENT if fwd else "198.51.100.9", dst="198.51.100.9" if fwd else CLIENT, id=1, proto=41)
+        q = Ether(src=CMAC, dst=SMAC) / outer / p[IPv6]
+        q.time = p.time
+        tunnel.append(q)
+    out["six_in_four"] = tunnel
+
+    garbage = []
+    for k, (etype, body) in enumerate(
+        (
+            (0x0800, b"\x00" * 40),  # IPv4 ethertype, version 0
+            (0x0800, bytes([0x42]) + b"\x00" * 39),  # version 4, header length 8 bytes
+            (0x86DD, b"\x60" + b"\x00" * 9),  # IPv6 ethertype, 10 bytes
+            (0x0806, b"\x00\x01\x08\x00\x06\x04\x00\x01" + b"\x00" * 20),  # ARP
+        )
+    ):
+        p = Ether(src=CMAC, dst=SMAC, type=etype) / Raw(body)
+        p.time = at(k * 1000)
+        garbage.append(p)
+    c = Conversation(src=CLIENT, dst="10.1.0.1", sport=7100, dport=7101)
+    c.udp(10_000, True, Raw(b"g" * 20)).udp(11_000, False, Raw(b"h" * 20))
+    out["garbage_frames"] = garbage + c.packets
     return out
+
+
+def raw_fixtures() -> dict[str, tuple[int, int, list[tuple[int, bytes, int]]]]:
+    """Captures scapy cannot write as needed: name -> (link type, snap length, [(µs, captured bytes, length)])."""
+    out = {}
+    c = Conversation(sport=40013, dport=5003)
+    c.handshake(0)
+    c.tcp(3000, True, "PA", b"a" * 20_000)  # segmentation offload: one 20 kB IP packet
+    c.tcp(4000, False, "A")
+    c.tcp(5000, True, "PA", b"b" * 63_000)  # and a 63 kB one
+    c.tcp(6000, False, "A")
+    frames = [(int((p.time - BASE) * 1_000_000), bytes(p)) for p in c.packets]
+    out["offload_full"] = (1, 262144, [(us, f, len(f)) for us, f in frames])
+    out["offload_cut"] = (1, 1514, [(us, f[:1514], len(f)) for us, f in frames])  # snap length 1514
+    hdlc = []
+    c = Conversation(sport=40015, dport=22)
+    c.handshake(0).tcp(3000, True, "PA", b"SSH-2.0-x\r\n").tcp(4000, False, "PA", b"SSH-2.0-y\r\n")
+    for p in c.packets:  # Cisco HDLC: address, control, then the EtherType
+        frame = b"\x0f\x00\x08\x00" + bytes(p[IP])
+        hdlc.append((int((p.time - BASE) * 1_000_000), frame, len(frame)))
+    out["cisco_hdlc"] = (104, 65535, hdlc)
+    return out
+
+
+def write_raw(path: Path, link_type: int, snaplen: int, records: list[tuple[int, bytes, int]]) -> None:
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, snaplen, link_type))
+        for us, data, length in records:
+            t = int(BASE) * 1_000_000 + us
+            fh.write(struct.pack("<IIII", t // 1_000_000, t % 1_000_000, len(data), length) + data)
 
 
 def _tls_record(handshake_type: int, body: bytes) -> bytes:
@@ -351,6 +422,10 @@ def write_all(outdir: Path = HERE) -> list[Path]:
     for name, packets in fixtures().items():
         path = fixture_dir / f"{name}.pcap"
         wrpcap(str(path), packets)
+        written.append(path)
+    for name, (link_type, snaplen, records) in raw_fixtures().items():
+        path = fixture_dir / f"{name}.pcap"
+        write_raw(path, link_type, snaplen, records)
         written.append(path)
     path = outdir / "sample.pcap"
     wrpcap(str(path), sample())

@@ -458,11 +458,12 @@ class ReferenceMeter:
         tcp = P[0].proto == 6
         first = P[0]
         if uni:
-            # Java-2017: PSH/URG counters were only bumped for the first packet, in its direction.
-            r["Fwd.PSH.Flags"] = first.flags["psh"] if fl.forward[0] else 0
-            r["Bwd.PSH.Flags"] = 0 if fl.forward[0] else first.flags["psh"]
-            r["Fwd.URG.Flags"] = first.flags["urg"] if fl.forward[0] else 0
-            r["Bwd.URG.Flags"] = 0 if fl.forward[0] else first.flags["urg"]
+            # Spec 3, columns 37-40: only the first packet's PSH/URG are counted, as forward (Java-2017's
+            # firstPacket runs before a continuation flow's kept orientation is set); Bwd is always 0.
+            r["Fwd.PSH.Flags"] = first.flags["psh"]
+            r["Bwd.PSH.Flags"] = 0
+            r["Fwd.URG.Flags"] = first.flags["urg"]
+            r["Bwd.URG.Flags"] = 0
         else:
             r["Fwd.PSH.Flags"] = sum(P[i].flags["psh"] for i in F)
             r["Bwd.PSH.Flags"] = sum(P[i].flags["psh"] for i in B)
@@ -502,7 +503,7 @@ class ReferenceMeter:
             r["Subflow.Fwd.Packets"], r["Subflow.Fwd.Bytes"] = len(F) // subflows, sum(LF) // subflows
             r["Subflow.Bwd.Packets"], r["Subflow.Bwd.Bytes"] = len(B) // subflows, sum(LB) // subflows
         if tcp:
-            r["Init_Win_bytes_forward"] = P[F[0]].window if F else -1
+            r["Init_Win_bytes_forward"] = P[0].window  # spec 3, column 73: W_1, the flow's first packet
             if B:
                 r["Init_Win_bytes_backward"] = P[B[-1]].window if uni else P[B[0]].window
             else:

@@ -213,8 +213,10 @@ def test_long_flow_split_keeps_orientation(fixtures_dir):
             "Total.Fwd.Packets": 1,
             "Total.Backward.Packets": 1,
             "Flow.Duration": 1_000_000,
-            "Bwd.PSH.Flags": 1,  # the first packet's PSH, counted in its own direction
-            "Fwd.PSH.Flags": 0,
+            "Bwd.PSH.Flags": 0,  # spec 3, 37-38: the first packet's PSH counts forward, Bwd is always 0
+            "Fwd.PSH.Flags": 1,
+            "Init_Win_bytes_forward": 8192,  # W_1: the server's packet opened the flow
+            "Init_Win_bytes_backward": 8192,
             "Timestamp": "16/11/202608:02:05",
         },
     )
@@ -284,3 +286,79 @@ def test_submillisecond_flow(fixtures_dir):
     (r,) = rows("submillisecond", "unicauca")
     # 431 µs in truth, 0 on the millisecond clock: rates become Java's Infinity / NaN
     assert_row(r, {"Flow.Duration": 0, "Flow.Packets.s": math.inf, "Flow.Bytes.s": math.nan, "Fwd.Packets.s": 0.0})
+
+
+def test_continuation_flow_takes_w1_and_the_first_psh_forward(fixtures_dir):
+    """Spec 3, columns 37-40 and 73: after the 120 s split the server's packet opens the continuation flow
+    (the client stays the source). Init_Win_bytes_forward is that packet's window (W_1) and its PSH counts
+    as Fwd.PSH.Flags; Bwd.PSH.Flags stays 0; Init_Win_bytes_backward is the last backward window."""
+    _, second = sorted(rows("continuation_flags", "unicauca"), key=lambda r: r["_start_ms"])
+    assert_row(
+        second,
+        {
+            "Source.IP": C,
+            "Total.Fwd.Packets": 1,  # the client's ACK at 126 s (window 777)
+            "Total.Backward.Packets": 1,  # the server's PSH at 125 s (window 333)
+            "Init_Win_bytes_forward": 333,
+            "Init_Win_bytes_backward": 333,
+            "Fwd.PSH.Flags": 1,
+            "Bwd.PSH.Flags": 0,
+            "Fwd.URG.Flags": 0,
+            "Bwd.URG.Flags": 0,
+        },
+    )
+
+
+def test_udp_flow_resuming_after_an_idle_gap_starts_at_its_first_new_packet(fixtures_dir):
+    first, second = sorted(rows("udp_resume", "unicauca"), key=lambda r: r["_start_ms"])
+    assert_row(first, {"Timestamp": "16/11/202608:00:00", "Flow.Duration": 1_001_000, "Total.Fwd.Packets": 2})
+    # 200 s of silence: a new flow at 201 s (08:03:21), in the old flow's orientation
+    assert_row(
+        second,
+        {
+            "Timestamp": "16/11/202608:03:21",
+            "Source.IP": C,
+            "Source.Port": 7000,
+            "Flow.Duration": 1_000_000,
+            "Total.Fwd.Packets": 2,
+            "Total.Backward.Packets": 1,
+            "Total.Length.of.Fwd.Packets": 120,
+        },
+    )
+    assert second["flow_start_utc"] == "2026-11-16T08:03:21.000000Z"
+
+
+@pytest.mark.parametrize("name", ["offload_full", "offload_cut"])
+def test_segmentation_offload_counts_follow_the_ip_header(name, fixtures_dir):
+    """20 kB and 63 kB IP packets (an end host's capture with segmentation offload), stored whole or cut at
+    1,514 bytes: every packet counts, and L is the TCP payload the IP header announces."""
+    (r,) = rows(name, "unicauca")
+    assert_row(
+        r,
+        {
+            "Total.Fwd.Packets": 4,
+            "Total.Backward.Packets": 3,
+            "Total.Length.of.Fwd.Packets": 20_000 + 63_000,
+            "Fwd.Packet.Length.Max": 63_000,
+            "Max.Packet.Length": 63_000,
+        },
+    )
+
+
+def test_cisco_hdlc_is_metered(fixtures_dir):
+    (r,) = rows("cisco_hdlc", "unicauca")
+    assert_row(r, {"Flow.ID": f"{C}-{S}-40015-22-6", "Total.Fwd.Packets": 3, "Total.Backward.Packets": 2})
+    assert_row(r, {"Total.Length.of.Fwd.Packets": 11, "Total.Length.of.Bwd.Packets": 11.0})  # the SSH banners
+
+
+def test_garbage_frames_make_no_flow(fixtures_dir):
+    """IPv4 and IPv6 ethertypes over garbage, and ARP: no flow with nonsense addresses, the real one kept."""
+    (r,) = rows("garbage_frames", "unicauca")
+    assert r["Flow.ID"] == f"10.1.0.1-{C}-7101-7100-17"
+
+
+def test_six_in_four_is_metered_as_the_inner_flow(fixtures_dir):
+    """A known deviation (README): NFStream decapsulates IP in IP, so ntds meters the inner IPv6 flow where
+    the spec's CICFlowMeter would write one Protocol 0 flow between the tunnel's IPv4 ends."""
+    (r,) = rows("six_in_four", "unicauca")
+    assert_row(r, {"Flow.ID": "2001:db8::1-2001:db8::2-40014-80-6", "Protocol": 6, "Total.Fwd.Packets": 3})

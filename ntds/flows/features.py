@@ -358,9 +358,11 @@ def _adder(p: FeatureProfile):
         if header < d.min_hdr:
             d.min_hdr = header
         if s.tcp:
+            if first:  # spec 3, column 73: W_1, the flow's first packet, whatever its direction
+                s.f.win_first = _window(packet, transport) if transport else -1
             if last_bwd_window and not fwd:
                 d.win_last = _window(packet, transport) if transport else -1
-            elif not dn:
+            elif not dn and not fwd:
                 d.win_first = _window(packet, transport) if transport else -1
             if not first_flags_only:
                 flags = s.flags
@@ -376,9 +378,9 @@ def _adder(p: FeatureProfile):
                 flags[7] += ece
                 d.psh += psh
                 d.urg += urg
-            elif first:
-                d.psh = packet.psh
-                d.urg = packet.urg
+            elif first:  # spec 3, columns 37-40: the first packet's PSH/URG, counted forward; Bwd stays 0
+                s.f.psh = packet.psh
+                s.f.urg = packet.urg
         if bulk and length:
             _bulk(d, s.b if fwd else s.f, t, length)
         return length
