@@ -54,7 +54,7 @@ import pyarrow.parquet as pq
 
 from aggregator.store import Store
 from ntds.atomic import atomic_path
-from ntds.wire.schema import MESSAGE_TYPES, TIERS, Message
+from ntds.wire.schema import MESSAGE_TYPES, TIERS, Message, upgrade_body
 
 log = logging.getLogger("ntds.aggregator.archive")
 
@@ -127,18 +127,28 @@ TABLES: dict[str, pa.Schema] = {
     ),
     "alerts": _schema(
         ("time", _T),
+        ("last_seen", _T),
+        ("kind", _S),
+        ("signature", _S),
+        ("count", _I),
+        ("window_s", _I),
         ("flow_id", _S),
+        ("community_id", _S),
         ("src_ip", _S),
         ("src_port", _I),
         ("dst_ip", _S),
         ("dst_port", _I),
         ("protocol", _I),
         ("application", _S),
+        ("domain", _S),
+        ("pattern", _S),
+        ("baseline_id", _S),
         ("baseline", _S),
         ("score", pa.float64()),
         ("tier", _I),
         ("tier_label", _S),
         ("explanation", _S),
+        ("features", _S),
     ),
     "health": _schema(
         ("created", _T),
@@ -147,6 +157,7 @@ TABLES: dict[str, pa.Schema] = {
         ("flows_active", _I),
         ("flows_evicted", _I),
         ("flows_skipped", _I),
+        ("detector_keys_evicted", _I),
         ("state", _S),
         ("spool_messages", _I),
         ("spool_bytes", _I),
@@ -286,7 +297,8 @@ class Archive:
             flatten = MESSAGE_TYPES[kind].archive
             if flatten is None:
                 continue
-            for table, t, row in flatten(Message(kind, sensor, seq, created, json.loads(body), spool)):
+            message = Message(kind, sensor, seq, created, upgrade_body(kind, json.loads(body)), spool)
+            for table, t, row in flatten(message):
                 groups[(table, t.date(), sensor)].append(row)
         for (table, day, sensor), rows in groups.items():
             folder = _folder(self.root, table, day, sensor)

@@ -7,6 +7,8 @@ itself, streamed) or captures, metered here with the sensor's own meter.
 from __future__ import annotations
 
 import sys
+from collections import Counter
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -19,7 +21,8 @@ from ntds.flows.meter import FlowMeter
 from ntds.networks import DEFAULT_LOCAL_NETWORKS, contains, parse_networks
 from ntds.progress import Progress
 
-COLUMNS = ["ProtocolName", "Source.IP", "Destination.IP", *bl.METRIC_COLUMNS]
+COLUMNS = list(dict.fromkeys(["ProtocolName", "Source.IP", "Destination.IP", *bl.SCORABLE_COLUMNS,
+                               *bl.METRIC_COLUMNS]))  # fmt: skip
 
 
 def local_networks(cidrs: list[str] | None) -> list:
@@ -30,15 +33,31 @@ def local_networks(cidrs: list[str] | None) -> list:
         raise InputError(str(e)) from None
 
 
-def collect(paths: list[Path], profile: str, local_nets: list, offsite_only: bool, progress: bool):
-    """(applications, (n, 9) metrics, flows read) over every input, filtered as asked.
+@dataclass
+class Collected:
+    """What a build needs of its inputs: the scorable flows' applications, metrics and port classes, and
+    every flow's application for the ranking."""
+
+    apps: np.ndarray
+    metrics: np.ndarray
+    classes: np.ndarray
+    counts: dict[str, int]
+    read: int
+
+    def build(self, **options) -> dict:
+        return bl.build(self.apps, self.metrics, classes=self.classes, counts=self.counts, **options)
+
+
+def collect(paths: list[Path], profile: str, local_nets: list, offsite_only: bool, progress: bool) -> Collected:
+    """Every input's flows, filtered as asked (--offsite-only), scorable ones kept for fitting.
 
     Application names are kept as integer codes while reading (a 3.6-million-row
     data set would otherwise hold 3.6 million strings), then turned back into names.
     """
     is_local = lru_cache(maxsize=1 << 18)(lambda address: contains(local_nets, address))
     names: dict[str, int] = {}
-    code_parts, metric_parts = [], []
+    code_parts, metric_parts, class_parts = [], [], []
+    counts: Counter = Counter()
     read = 0
     for path in paths:
         kind = kind_of(path)
@@ -57,17 +76,24 @@ def collect(paths: list[Path], profile: str, local_nets: list, offsite_only: boo
                 src = np.fromiter((is_local(a) for a in cols["Source.IP"].astype(str)), bool, n)
                 dst = np.fromiter((is_local(a) for a in cols["Destination.IP"].astype(str)), bool, n)
                 keep = src != dst
+            all_apps, all_n = np.unique(cols["ProtocolName"][keep].astype(str), return_counts=True)
+            counts.update(dict(zip(all_apps.tolist(), all_n.tolist())))
+            keep &= bl.scorable_columns(cols)
             apps = cols["ProtocolName"][keep]
             uniq, inverse = np.unique(apps.astype(str), return_inverse=True)
             lookup = np.array([names.setdefault(str(u), len(names)) for u in uniq], dtype=np.int32)
             code_parts.append(lookup[inverse] if len(uniq) else np.empty(0, np.int32))
             metric_parts.append(bl.metrics_matrix({c: cols[c][keep] for c in bl.METRIC_COLUMNS}))
+            class_parts.append(bl.service_keys(*(cols[c][keep] for c in ("Protocol", "Source.Port",
+                                                                          "Destination.Port"))))  # fmt: skip
         if bar is not None:
             bar.close()
     if not code_parts:
-        return np.array([], dtype=str), np.empty((0, len(bl.METRICS))), read
+        return Collected(np.array([], dtype=str), np.empty((0, len(bl.METRICS))), np.empty(0, np.int64), {}, read)
     by_code = np.array(list(names), dtype=object)
-    return by_code[np.concatenate(code_parts)], np.vstack(metric_parts), read
+    return Collected(
+        by_code[np.concatenate(code_parts)], np.vstack(metric_parts), np.concatenate(class_parts), dict(counts), read
+    )
 
 
 def build_command(args) -> int:
@@ -78,14 +104,16 @@ def build_command(args) -> int:
             raise InputError(f"{p}: no such file")
     nets = local_networks(args.local_net)
     terminal = sys.stderr.isatty()
-    apps, metrics, read = collect(paths, args.profile, nets, args.offsite_only, terminal)
-    if len(apps) == 0:
-        raise InputError("no flows left to build a baseline from" + (" (--offsite-only)" if args.offsite_only else ""))
+    got = collect(paths, args.profile, nets, args.offsite_only, terminal)
+    read = got.read
+    if len(got.apps) == 0:
+        raise InputError(
+            "no scorable flows to build a baseline from (answered, with payload for TCP)"
+            + (" (--offsite-only)" if args.offsite_only else "")
+        )
     if terminal:
-        print(f"fitting {len(np.unique(apps))} applications on {len(apps)} flows", file=sys.stderr)
-    doc = bl.build(
-        apps,
-        metrics,
+        print(f"fitting {len(np.unique(got.apps))} applications on {len(got.apps)} flows", file=sys.stderr)
+    doc = got.build(
         method=args.method,
         combine=args.combine,
         min_count=args.min_count,
@@ -101,10 +129,13 @@ def build_command(args) -> int:
         bl.save(doc, Path(args.output))
     except OSError as e:
         raise InputError(f"{args.output}: cannot write: {e.strerror or e}") from None
-    modelled = doc["counts"]["modelled"]
+    c = doc["counts"]
+    capped = sum(1 for e in doc["applications"].values() if e["max_tier"] < 5)
     print(
-        f"{args.output}: {len(apps)} flows of {read} read, {doc['counts']['applications']} applications "
-        f"({modelled} with their own entry, the rest scored against all traffic), method {args.method}",
+        f"{args.output}: fitted on {c['flows']} scorable flows of {read} read; {c['applications']} applications, "
+        f"{c['modelled']} with their own entry, {c['port_classes']} port classes, the rest judged as all traffic; "
+        f"{capped} of {len(doc['applications'])} entries too small for tier 5 are capped (see max_tier); "
+        f"method {args.method}",
         file=sys.stderr,
     )
     return 0

@@ -200,6 +200,7 @@ def _report_weekly(args) -> int:
 def _alerts(args) -> int:
     import json
 
+    from ntds.detect.alerts import summary_line
     from ntds.detect.scoring import TIER_LABELS
     from ntds.logs import printable
 
@@ -219,9 +220,8 @@ def _alerts(args) -> int:
         if args.json:
             print(json.dumps({"sensor": sensor, "seq": seq} | a))
         else:
-            why = "; ".join(f"{e['axis']} {e['value']:.4g} vs {e['typical']:.4g}" for e in a["explanation"])
-            flow = f"{a['src_ip']}:{a['src_port']} -> {a['dst_ip']}:{a['dst_port']}"
-            print(printable(f"{a['time']}  {sensor}  tier {a['tier']}  {a['application']}  {flow}  {why}", 1000))
+            why = "; ".join(e.get("text") or e["axis"] for e in a["explanation"])
+            print(printable(f"{sensor}  {summary_line(a)}  ({why})", 1000))
     if not args.json:
         print(f"{shown} alerts", file=sys.stderr)
     return 0
@@ -282,11 +282,12 @@ def _baseline_plots(args) -> int:
         doc = Baseline.load(first).doc
     else:
         from aggregator.baseline_build import collect, local_networks
-        from ntds.detect.baseline import build
 
         paths = [Path(p) for p in args.inputs]
-        apps, metrics, _ = collect(paths, args.profile, local_networks(None), False, sys.stderr.isatty())
-        doc = build(apps, metrics, method=args.method, min_count=args.min_count, feature_profile=args.profile)
+        got = collect(paths, args.profile, local_networks(None), False, sys.stderr.isatty())
+        if len(got.apps) == 0:
+            raise InputError("no scorable flows to plot (answered, with payload for TCP)")
+        doc = got.build(method=args.method, min_count=args.min_count, feature_profile=args.profile)
     try:
         written = plot_all(doc, Path(args.output))
     except OSError as e:

@@ -20,7 +20,7 @@ from zmq.utils.monitor import parse_monitor_message
 from aggregator.store import Store
 from aggregator.zap import ZapHandler
 from ntds.logs import printable
-from ntds.wire.schema import MAX_FRAME, VERSION, Message, WireError, ack, decode, encode
+from ntds.wire.schema import MAX_FRAME, Message, WireError, ack, decode, encode
 
 log = logging.getLogger("ntds.aggregator.receiver")
 HEARTBEAT_MS = 5000
@@ -138,13 +138,13 @@ class Receiver:
         for event in result.events:
             log.warning("%s", event)
         self.rejected.update(rejections)
-        acks: dict[tuple[bytes, str, str], list[int]] = defaultdict(list)
+        acks: dict[tuple[bytes, str, str, int], list[int]] = defaultdict(list)
         for identity, m in batch:
-            acks[(identity, m.sensor, m.spool)].append(m.seq)
-        for (identity, sensor, spool), seqs in acks.items():
-            # Version 1 sensors (no spool id) are answered in version 1. A peer gone since resends, and the
-            # duplicate is acknowledged then.
-            frame = encode(ack(sensor, spool, seqs), version=VERSION if spool else 1)
+            acks[(identity, m.sensor, m.spool, m.version)].append(m.seq)
+        for (identity, sensor, spool, version), seqs in acks.items():
+            # Older sensors are answered in their own version. A peer gone since resends, and the duplicate is
+            # acknowledged then.
+            frame = encode(ack(sensor, spool, seqs), version=version)
             with contextlib.suppress(zmq.ZMQError):
                 self.socket.send_multipart([identity, frame], flags=zmq.NOBLOCK)
         return len(batch)

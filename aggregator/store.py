@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ntds.errors import InputError
-from ntds.wire.schema import Message, wire_time
+from ntds.wire.schema import Message, upgrade_body, wire_time
 
 log = logging.getLogger("ntds.aggregator.store")
 
-DATA_TIME = {"summary": "interval_start", "alert": "time"}
+DATA_TIME = {"summary": "interval_start", "alert": "first_seen"}
 """The body field holding a message's data time; other types are dated by their creation."""
 
 SCHEMA = """
@@ -88,7 +88,7 @@ class Store:
             self.db.executescript(SCHEMA.replace("CREATE INDEX IF NOT EXISTS", "CREATE INDEX"))
             rows = self.db.execute("SELECT id, sensor, seq, type, created, received, body FROM messages_v1")
             for id_, sensor, seq, kind, created, received, body in rows.fetchall():
-                when = data_time(Message(kind, sensor, seq, created, json.loads(body)))
+                when = data_time(Message(kind, sensor, seq, created, upgrade_body(kind, json.loads(body))))
                 self.db.execute(
                     "INSERT INTO messages (id, sensor, spool, seq, type, created, received, data_time, body)"
                     " VALUES (?, ?, '', ?, ?, ?, ?, ?, ?)",
@@ -189,7 +189,7 @@ class Store:
                 "sensor": s,
                 "last_seen": t,
                 "hello": json.loads(h) if h else None,
-                "health": json.loads(x) if x else None,
+                "health": upgrade_body("health", json.loads(x)) if x else None,
                 "spool_restarts": restarts,
                 "seq_backwards": backwards,
             }
@@ -223,14 +223,14 @@ class Store:
         return cur.rowcount
 
     def alerts(self, sensor: str | None = None, since: float | None = None) -> list[tuple[str, int, dict]]:
-        """Stored alerts as (sensor, seq, body), oldest first by flow time."""
+        """Stored alerts as (sensor, seq, body), oldest first by first seen (bodies as the current schema)."""
         sql, args = "SELECT sensor, seq, body FROM messages WHERE type = 'alert'", []
         if sensor:
             sql, args = sql + " AND sensor = ?", [*args, sensor]
         if since is not None:
             sql, args = sql + " AND data_time >= ?", [*args, since]
         rows = self.db.execute(sql + " ORDER BY data_time, sensor, seq", args)
-        return [(s, q, json.loads(b)) for s, q, b in rows]
+        return [(s, q, upgrade_body("alert", json.loads(b))) for s, q, b in rows]
 
 
 def open_store(path: str | Path, create: bool = False, check: bool = False) -> Store:

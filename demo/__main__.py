@@ -35,6 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 WEEK = "2026-W47"
 SENSOR = "campus-tap"
+DETECTORS = {"exfiltration": {"floor_bytes": 2_000_000}}
+"""The demo site's detector settings (sensor.yaml `detectors:`): a small site lowers the exfiltration floor."""
 
 
 def say(text: str) -> None:
@@ -83,6 +85,8 @@ def configure(run: Path, baseline: Path) -> tuple[Path, Path]:
         f"sensor_key: keys/{SENSOR}.key_secret\nserver_key: keys/server.key\nspool_dir: spool\n"
         f"local_networks: {json.dumps([campus.LOCAL_NET])}\nlocal_servers: {json.dumps(campus.SERVERS)}\n"
         "min_alert_tier: 3\nsummary_interval_s: 60\n"
+        "# a dozen hosts: a few MB a day to one outside host is already far beyond anyone's habit\n"
+        f"detectors: {json.dumps(DETECTORS)}\n"
     )
     return agg, sensor
 
@@ -106,17 +110,17 @@ def summary(report: dict, html: Path) -> str:
         f"{t['packets']:,} packets, {t['bytes'] / 1e6:,.1f} MB, {len(report['applications'])} applications "
         f"({', '.join(x['application'] for x in report['applications'][:5])}, ...)",
         "scored flows by tier: " + ", ".join(f"{k}: {sum(n)}" for k, n in enumerate(a["flows_per_tier_per_day"])),
-        "alerts sent (tier 3+): " + ", ".join(f"tier {k}: {n}" for k, n in enumerate(a["alerts_per_tier"]) if k >= 3),
+        "alerts sent by kind: " + ", ".join(f"{k} {n}" for k, n in a["alerts_per_kind"].items()),
         "top 5 alerts:",
     ]
     for x in a["rarest"][:5]:
-        why = "; ".join(f"{e['axis']} {e['value']:.4g} (typical {e['typical']:.4g})" for e in x["explanation"])
-        flow = f"{x['src_ip']}:{x['src_port']} -> {x['dst_ip']}:{x['dst_port']}"
-        lines.append(f"  tier {x['tier']} {x['application']:<8} {flow}  {x['time'][:19]}  {why}")
+        count = f" x{x['count']}" if x["count"] > 1 else ""
+        lines.append(f"  tier {x['tier']} {x['kind']}{count}  {x['time'][:19]}  {x['signature']}")
     hosts = a["hosts"][:3]
     if hosts:
         lines.append(
-            "hosts by alerts started (rarest tier first): " + ", ".join(f"{h['src_ip']} ({h['alerts']})" for h in hosts)
+            "hosts the alerts name (strongest first): "
+            + ", ".join(f"{h['src_ip']} ({', '.join(h['kinds'])})" for h in hosts)
         )
     return "\n".join(printable(line, 10_000) for line in lines)  # names from the network, never escapes
 

@@ -8,7 +8,8 @@ address the site's?), so they share one default and one matcher.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import lru_cache
 
 DEFAULT_LOCAL_NETWORKS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "fc00::/7", "fe80::/10")
 """RFC 1918, IPv4 link-local, IPv6 unique-local and link-local."""
@@ -52,3 +53,9 @@ def contains(networks: list[Network], address: str) -> bool:
     except ValueError:
         return False
     return any(ip in n for n in networks if n.version == ip.version)
+
+
+def matcher(networks: Iterable[str] = DEFAULT_LOCAL_NETWORKS) -> Callable[[str], bool]:
+    """`contains` for one fixed list, cached per address (the detectors ask for every flow)."""
+    nets = parse_networks(networks)
+    return lru_cache(maxsize=1 << 16)(lambda address: contains(nets, address))

@@ -24,7 +24,8 @@ from ntds.errors import InputError
 
 @dataclass(frozen=True)
 class Setting:
-    """kind: str, int, list (of strings), choice (one of `choices`), path (a file or folder)."""
+    """kind: str, int, list (of strings), choice (one of `choices`), path (a file or folder), mapping (of
+    names to settings of their own, checked by `check`)."""
 
     kind: str
     default: Any
@@ -167,6 +168,11 @@ def load_values(path: str | Path, settings: dict[str, Setting], skip_exists: fro
                 raise fail(key, f"must be at least {s.low}")
             if s.high is not None and value > s.high:
                 raise fail(key, f"must be at most {s.high}")
+        elif s.kind == "mapping":
+            if value is None:
+                value = {}
+            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+                raise fail(key, "must be a mapping of names to settings")
         elif s.kind == "list":
             if isinstance(value, str):
                 value = [value]
@@ -177,7 +183,7 @@ def load_values(path: str | Path, settings: dict[str, Setting], skip_exists: fro
             value = Path(value) if Path(value).is_absolute() else base / value
             if s.must_exist and key not in skip_exists and not value.exists():
                 missing.append(fail(key, f"names {value}, which does not exist"))
-        if s.check is not None and value not in ("", None):
+        if s.check is not None and value not in ("", None, {}):
             problem = s.check(value)
             if problem:
                 raise fail(key, problem)

@@ -95,6 +95,20 @@ def cmd_score(args: argparse.Namespace) -> int:
         return _fail(f"{args.output or 'standard output'}: cannot write: {e.strerror or e}", EXIT_OUTPUT)
 
 
+def cmd_detectors(args: argparse.Namespace) -> int:
+    """Every host-level detector: what it finds, its options with defaults and meanings (sensor.yaml)."""
+    import sys as _sys
+
+    from ntds.detect.hosts import DETECTORS
+
+    for kind, cls in DETECTORS.items():
+        doc = (_sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+        print(f"{kind}: {doc}")
+        for name, option in cls.OPTIONS.items():
+            print(f"  {name}: {option.default!r}  # {option.meaning}")
+    return 0
+
+
 def print_summary(summary: Counter, total: int) -> None:
     """Per-application flow counts, most common first (on stderr, next to the data on stdout)."""
     print(f"{total} flows, {len(summary)} applications", file=sys.stderr)
@@ -132,19 +146,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "score",
-        help="score flows against a baseline and print alerts",
-        description="Score every flow of the inputs (captures, metered first, or CSV/Parquet files of the 87 "
-        "columns) against a baseline; write alerts at or above --min-tier as JSON lines.",
+        help="run the sensor's detection over captures or flow files and print alerts",
+        description="Judge every flow of the inputs (captures, metered first, or CSV/Parquet files of the 87 "
+        "columns, read in order as one stream) exactly as `run` and `replay` do: rarity against the baseline, the "
+        "host-level detectors, grouping. Alerts at or above the minimum tier are written as JSON lines.",
     )
     s.add_argument("inputs", nargs="+", type=Path, metavar="INPUT")
-    s.add_argument("--baseline", required=True, type=Path, help="baseline file (from ntds-aggregator baseline build)")
-    s.add_argument("--min-tier", type=int, default=3, choices=range(0, 6), help="lowest tier written (default: 3)")
-    s.add_argument("--all", action="store_true", help="write every flow's score and tier (overrides --min-tier)")
-    s.add_argument("-o", "--output", type=Path, help="write JSON lines here (default: stdout)")
+    s.add_argument("--config", type=Path, help="sensor.yaml: its baseline, minimum tier, detectors, grouping and "
+                   "local networks apply (flags below override)")  # fmt: skip
+    s.add_argument("--baseline", type=Path, help="baseline file (from ntds-aggregator baseline build)")
     s.add_argument(
-        "--profile", choices=sorted(PROFILES), default="unicauca", help="feature profile (default: unicauca)"
+        "--min-tier", type=int, choices=range(0, 6), help="lowest tier written (default: 3, or the config's)"
     )
-    s.add_argument("--summary", action="store_true", help="print flows per tier and the 5 rarest flows on stderr")
+    s.add_argument("--all", action="store_true", help="every scored flow on its own line, ungrouped (tier 0 up)")
+    s.add_argument("-o", "--output", type=Path, help="write JSON lines here (default: stdout)")
+    s.add_argument("--profile", choices=sorted(PROFILES), help="feature profile (default: unicauca, or the config's)")
+    s.add_argument("--summary", action="store_true", help="print tiers, findings and the strongest alerts on stderr")
     s.set_defaults(func=cmd_score)
 
     k = sub.add_parser("keygen", help="write this sensor's CURVE key pair (secret file mode 0600)")
@@ -176,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--wait", type=float, default=60.0, help="seconds to wait for acknowledgements (default: 60)")
     rp.add_argument("--insecure", action="store_true", help="plain text, no keys (tests on loopback only)")
     rp.set_defaults(func=cmd_replay)
+
+    d = sub.add_parser("detectors", help="list the host-level detectors and their options (sensor.yaml detectors:)")
+    d.set_defaults(func=cmd_detectors)
 
     cc = sub.add_parser("check-config", help="validate sensor.yaml and print the effective configuration")
     cc.add_argument("config", type=Path, metavar="FILE")

@@ -38,6 +38,30 @@ def missing_interfaces(names: list[str]) -> list[str]:
     return out
 
 
+def _detectors(value: dict) -> str | None:
+    from ntds.detect.detection import build_detectors
+
+    try:
+        build_detectors(value)
+    except (TypeError, ValueError) as e:
+        return f"is not valid: {e}"
+    return None
+
+
+def _grouping(value: dict) -> str | None:
+    from ntds.detect.grouping import GroupingOptions
+
+    known = GroupingOptions.MEANINGS
+    for k, v in value.items():
+        if k not in known:
+            return f"has unknown key {k!r} (known: {', '.join(known)})"
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 10**9:
+            return f"{k} must be a whole number from 0 to 1000000000"
+    if value.get("groups", 1) < 1:
+        return "groups must be at least 1"
+    return None
+
+
 def _endpoint(value: str) -> str | None:
     return None if value.startswith(("tcp://", "ipc://")) else "must be tcp://HOST:PORT (or ipc://PATH)"
 
@@ -72,8 +96,21 @@ class SensorConfig(Settings):
         "choice", "unicauca", "feature profile; must match the baseline's", choices=tuple(sorted(PROFILES))
     )
     min_alert_tier: int = setting(
-        "int", 3, "flows of this rarity tier or rarer are sent as alerts (0-5)", low=0, high=5, reload=True
+        "int",
+        3,
+        "alerts of this tier or rarer are sent (flows: rarity; host-level: their documented mapping)",
+        low=0,
+        high=5,
+        reload=True,
     )
+    detectors: dict = setting(
+        "mapping", {}, "host-level detectors: per kind, enabled: false or options that differ from the defaults "
+        "(ntds-sensor detectors lists them)", check=_detectors,
+    )  # fmt: skip
+    alert_grouping: dict = setting(
+        "mapping", {}, "grouping of repeated alerts and the hourly alert budget: group_wait_s (60), group_interval_s "
+        "(3600), budget_per_hour (60), groups (20000)", check=_grouping,
+    )  # fmt: skip
     summary_interval_s: int = setting("int", 60, "seconds per summary", low=1, high=86400)
     health_interval_s: int = setting("int", 60, "seconds between health messages", low=1, high=86400, reload=True)
     aggregator: str = setting("str", "tcp://127.0.0.1:5555", "the aggregator's endpoint", check=_endpoint)
@@ -103,6 +140,12 @@ class SensorConfig(Settings):
     @property
     def spool(self) -> Path:
         return self.spool_dir / "spool.db"
+
+    @property
+    def grouping(self):
+        from ntds.detect.grouping import GroupingOptions
+
+        return GroupingOptions(**self.alert_grouping)
 
 
 def load(path: str | Path, insecure: bool = False) -> SensorConfig:

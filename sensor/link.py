@@ -53,8 +53,8 @@ class Link:
         self.bad_acks = 0
 
     def close(self) -> None:
-        self.socket.close()
-        self.context.term()
+        # Everything unacknowledged is still in the spool: nothing to linger for.
+        self.context.destroy(linger=0)
 
     def pump(self, timeout_ms: int = 100) -> None:
         """Send what the window allows, resend what is overdue, take in acknowledgements."""

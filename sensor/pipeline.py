@@ -30,12 +30,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ntds.detect.alerts import COLUMNS, scored_alerts
 from ntds.detect.baseline import Baseline
+from ntds.detect.detection import Detection
 from ntds.errors import InputError
 from ntds.flows.engine import CaptureControl
-from ntds.flows.files import records_to_columns
-from ntds.flows.meter import EXTRA_COLUMNS, FlowMeter, FlowRecord
+from ntds.flows.meter import FlowMeter, FlowRecord
 from ntds.notify import Notifier
 from ntds.progress import Progress
 from ntds.wire import schema as wire
@@ -59,7 +58,6 @@ QUEUE = 50_000
 SLOTS_PER_SOURCE = 16
 DRAIN_ON_STOP_S = 10.0
 """How long `run` keeps trying to deliver the spool after SIGTERM; the rest waits in the spool."""
-_START = EXTRA_COLUMNS.index("flow_start_utc")
 
 
 @dataclass
@@ -109,12 +107,20 @@ class Pipeline:
         self._stop_requested = False
         self._reload_requested = False
         self._pending: list[FlowRecord] = []
+        self._early: FlowRecord | _Done | None = None
         self._last_flush = time.monotonic()
         self._data_clock_ms = 0
         self._rate_mark = (time.monotonic(), 0)
         # Everything that can fail on bad input fails here, before any capture opens.
         self.baseline = Baseline.load(cfg.baseline, feature_profile=cfg.feature_profile)
         self.summariser = self._summariser(cfg)
+        self.detection = Detection(
+            self.baseline,
+            min_tier=cfg.min_alert_tier,
+            detectors=cfg.detectors,
+            grouping=cfg.grouping,
+            local=lambda ip: self.summariser.classes.is_local(ip),
+        )
         self.meter = FlowMeter(
             cfg.feature_profile,
             n_meters=cfg.n_meters,
@@ -215,8 +221,7 @@ class Pipeline:
         if isinstance(item, _Done) and item.error is not None:
             self.control.stop()
             raise item.error
-        if item is not None:
-            self.queue.put(item)
+        self._early = item  # the loop takes it first: putting it back would move the first flow to the end
         return threads
 
     def _capture(self, source: Callable[[], Iterator[FlowRecord]]) -> None:
@@ -236,10 +241,12 @@ class Pipeline:
         next_tick = next_health = time.monotonic()
         last_wake = 0.0
         while done < sources:
-            try:
-                item = self.queue.get(timeout=0.25)
-            except queue.Empty:
-                item = None
+            item, self._early = self._early, None
+            if item is None:
+                try:
+                    item = self.queue.get(timeout=0.25)
+                except queue.Empty:
+                    item = None
             while item is not None:
                 if isinstance(item, _Done):
                     done += 1
@@ -283,24 +290,14 @@ class Pipeline:
         """Score the pending flows as one batch, spool their alerts, count them in the summaries."""
         pending, self._pending = self._pending, []
         self._last_flush = time.monotonic()
-        judged = [r for r in pending if in_time_range(r.traffic.start_ms)]
-        if len(judged) < len(pending):
+        dated = [r for r in pending if in_time_range(r.traffic.start_ms) and in_time_range(r.traffic.end_ms)]
+        if len(dated) < len(pending):
             # A clock outside what the wire can carry (a fuzzed capture): counted in health, never sent.
-            self.counters.skipped += len(pending) - len(judged)
-            pending = judged
-        recorded = [r for r in pending if r.features is not None]
-        tiers: list[int] = []
-        if recorded:
-            cols = records_to_columns(recorded, COLUMNS)
-            scored, found = scored_alerts(self.baseline, cols, [r.extra[_START] for r in recorded],
-                                          self.cfg.min_alert_tier)  # fmt: skip
-            tiers = scored.tolist()
-            if found:
-                self.spool.append([("alert", a) for a in found])
-                self.counters.alerts += len(found)
-        it = iter(tiers)
-        for r in pending:
-            tier = None if r.features is None else next(it)
+            self.counters.skipped += len(pending) - len(dated)
+            pending = dated
+        judged = self.detection.process(pending)
+        self._spool_alerts(judged.alerts)
+        for r, tier in zip(pending, judged.tiers):
             self.summariser.add(r.traffic, tier)
             self.counters.packets += r.traffic.packets_fwd + r.traffic.packets_bwd
             if tier is not None:
@@ -309,10 +306,18 @@ class Pipeline:
         self.counters.flows += len(pending)
         self.notify.watchdog()
 
+    def _spool_alerts(self, alerts: list[dict]) -> None:
+        if alerts:
+            self.spool.append([("alert", a) for a in alerts])
+            self.counters.alerts += len(alerts)
+
     def _close_intervals(self) -> None:
-        """Live: intervals close by the wall clock. Replay: by the capture's own clock."""
+        """Live: intervals close, and grouped alerts fall due, by the wall clock. Replay: by the capture's own
+        clock (the flows move it), so a replay sends what `score` prints."""
         self.summariser.capture(self._packets_seen(), self.control.packets_dropped, self.control.flows_active)
         now_ms = int(time.time() * 1000) if self.live else self._data_clock_ms
+        if self.live:
+            self._spool_alerts(self.detection.advance(now_ms))
         self._spool_summaries(self.summariser.close(now_ms))
 
     def _spool_summaries(self, bodies: list[dict]) -> None:
@@ -336,8 +341,9 @@ class Pipeline:
             "flows_active": self.control.flows_active if state == "running" else 0,
         }
         return wire.health(
-            capture, self.control.flows_evicted, self.counters.skipped, state, st.messages, st.bytes, st.dropped
-        )
+            capture, self.control.flows_evicted, self.counters.skipped, state, st.messages, st.bytes, st.dropped,
+            self.detection.evicted,
+        )  # fmt: skip
 
     def status(self) -> str:
         """The progress and STATUS line: packets as the capture delivers them (not as flows finish)."""
@@ -353,6 +359,7 @@ class Pipeline:
         )
 
     def _finish(self, link: Link) -> int:
+        self._spool_alerts(self.detection.close())
         self.summariser.capture(self._packets_seen(), self.control.packets_dropped, 0)
         self._spool_summaries(self.summariser.close(None))
         deadline = time.monotonic() + self.drain_s
@@ -393,6 +400,7 @@ class Pipeline:
             log.warning("reload: %s changed; these take effect at the next restart", ", ".join(fixed))
         self._flush()  # flows scored so far keep the baseline they were scored with
         self.baseline = baseline
+        self.detection.reload(baseline, cfg.min_alert_tier)
         self.summariser.classes, self.summariser.geo = classes, geo  # from the next flow on
         self.cfg = cfg
         self.spool.append([("hello", self._hello())])

@@ -1,4 +1,15 @@
-"""`ntds-sensor score`: flows in (captures or flow files), scored alerts out, one JSON object per line."""
+"""`ntds-sensor score`: flows in (captures or flow files), alerts out, one JSON object per line.
+
+The same `Detection` as `run` and `replay` (per-flow rarity, host-level
+detectors, grouping and budget), in one pass over the inputs in order, so a
+capture scored here gives the alerts its replay sent. With `--config` the
+sensor's own settings apply (baseline, minimum tier, detectors, grouping,
+local networks); without, the defaults.
+
+Flow files (the 87 columns) carry no single-packet flows, no server names and
+no IP byte counts, so host-level detectors see less of them than of a capture:
+scans of unanswered probes and DNS names are only visible in captures.
+"""
 
 from __future__ import annotations
 
@@ -10,33 +21,96 @@ from pathlib import Path
 
 import numpy as np
 
-from ntds.detect.alerts import COLUMNS, scored_alerts
+from ntds.detect.alerts import summary_line
 from ntds.detect.baseline import Baseline
+from ntds.detect.detection import Detection, observed
+from ntds.detect.grouping import GroupingOptions
 from ntds.detect.scoring import TIER_LABELS
 from ntds.errors import InputError
-from ntds.flows.files import kind_of, read_flow_table, records_to_columns, table_time
-from ntds.flows.meter import EXTRA_COLUMNS, FlowMeter
+from ntds.flows.columns import COLUMNS as FLOW_COLUMNS
+from ntds.flows.files import kind_of, read_flow_table, table_time
+from ntds.flows.meter import FlowMeter
+from ntds.flows.traffic import FlowTraffic
 from ntds.logs import printable
-from ntds.wire.schema import TIME_MAX, TIME_MIN
+from ntds.networks import DEFAULT_LOCAL_NETWORKS, matcher
+from ntds.times import parse_time
+from ntds.wire.schema import TIME_MAX, TIME_MIN, in_time_range
+
+CHUNK = 4096
 
 
-def _chunks(path: Path, profile: str, skipped: list[int]) -> Iterator[tuple[dict, list[str]]]:
-    """(column arrays, start times) per chunk of one input; flows whose time no alert can carry (a bogus
-    capture clock) are left out and counted in skipped[0]."""
-    if kind_of(path) == "capture":
-        meter = FlowMeter(profile, on_warning=lambda m: print(f"ntds-sensor: warning: {m}", file=sys.stderr))
-        records = list(meter.read([path]))
-        start = EXTRA_COLUMNS.index("flow_start_utc")
-        chunks = [(records_to_columns(records, COLUMNS), [r.extra[start] for r in records])]
-    else:
-        chunks = ((cols, [table_time(t) for t in cols["Timestamp"]]) for cols in read_flow_table(path, COLUMNS))
-    for cols, times in chunks:
-        keep = np.array([t is not None and not t.startswith("@") for t in times], dtype=bool)
-        if not keep.all():
-            skipped[0] += int((~keep).sum())
-            cols = {k: v[keep] for k, v in cols.items()}
-            times = [t for t, k in zip(times, keep) if k]
-        yield cols, times
+def _table_records(path: Path, skipped: list[int]) -> Iterator[list]:
+    """Chunks of a flow file as records Detection reads (87 columns and the traffic they imply)."""
+    for cols in read_flow_table(path, list(FLOW_COLUMNS)):
+        n = len(cols["Flow.ID"])
+        rows = list(zip(*(cols[c] for c in FLOW_COLUMNS)))
+        out = []
+        for i in range(n):
+            t = table_time(cols["Timestamp"][i])
+            if t is None:
+                skipped[0] += 1
+                continue
+            start = int(parse_time(t).timestamp() * 1000)
+            duration_ms = int(max(float(cols["Flow.Duration"][i]), 0.0) / 1000) if np.isfinite(
+                float(cols["Flow.Duration"][i])) else 0  # fmt: skip
+            fwd_payload = int(cols["Total.Length.of.Fwd.Packets"][i])
+            bwd_payload = int(cols["Total.Length.of.Bwd.Packets"][i])
+            traffic = FlowTraffic(
+                start_ms=start,
+                src_ip=str(cols["Source.IP"][i]),
+                dst_ip=str(cols["Destination.IP"][i]),
+                src_port=int(cols["Source.Port"][i]),
+                dst_port=int(cols["Destination.Port"][i]),
+                protocol=int(cols["Protocol"][i]),
+                packets_fwd=int(cols["Total.Fwd.Packets"][i]),
+                bytes_fwd=fwd_payload + max(int(cols["Fwd.Header.Length"][i]), 0),
+                packets_bwd=int(cols["Total.Backward.Packets"][i]),
+                bytes_bwd=bwd_payload + max(int(cols["Bwd.Header.Length"][i]), 0),
+                application=str(cols["ProtocolName"][i]),
+                end_ms=start + duration_ms,
+                payload=fwd_payload + bwd_payload,
+                rst=float(cols["RST.Flag.Count"][i]) > 0,
+            )
+            out.append(observed(rows[i], traffic))
+        yield out
+
+
+def _capture_records(path: Path, profile: str, skipped: list[int]) -> Iterator[list]:
+    meter = FlowMeter(
+        profile,
+        single_packet_flows=True,
+        on_warning=lambda m: print(printable(f"ntds-sensor: warning: {m}", 1000), file=sys.stderr),
+    )
+    batch = []
+    for r in meter.read([path]):
+        if not (in_time_range(r.traffic.start_ms) and in_time_range(r.traffic.end_ms)):
+            skipped[0] += 1
+            continue
+        batch.append(r)
+        if len(batch) >= CHUNK:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _settings(args):
+    """(baseline path, profile, min tier, detectors, grouping, local matcher) from --config and the flags."""
+    detectors, grouping, nets = {}, GroupingOptions(), list(DEFAULT_LOCAL_NETWORKS)
+    baseline, profile, min_tier = args.baseline, args.profile, args.min_tier
+    if args.config is not None:
+        from sensor.config import load as load_config
+
+        cfg = load_config(args.config, insecure=True)
+        detectors, grouping, nets = cfg.detectors, cfg.grouping, cfg.local_networks
+        baseline = baseline or cfg.baseline
+        profile = profile or cfg.feature_profile
+        min_tier = cfg.min_alert_tier if min_tier is None else min_tier
+    if baseline is None:
+        raise InputError("give --baseline (or --config with a sensor.yaml naming one)")
+    if args.all:  # every scored flow on its own line: no grouping, no budget
+        min_tier, grouping = 0, GroupingOptions(group_wait_s=0, group_interval_s=0, budget_per_hour=2**62)
+    return baseline, profile or "unicauca", 3 if min_tier is None else min_tier, detectors, grouping, matcher(nets)
 
 
 def score_command(args) -> int:
@@ -44,44 +118,57 @@ def score_command(args) -> int:
         kind_of(p)
         if not p.exists():
             raise InputError(f"{p}: no such file")
-    baseline = Baseline.load(args.baseline, feature_profile=args.profile)
-    min_tier = 0 if args.all else args.min_tier
+    baseline_path, profile, min_tier, detectors, grouping, local = _settings(args)
+    baseline = Baseline.load(baseline_path, feature_profile=profile)
+    detection = Detection(baseline, min_tier=min_tier, detectors=detectors, grouping=grouping, local=local)
     tiers = [0] * len(TIER_LABELS)
     skipped = [0]
-    top: list[tuple[float, int, dict]] = []
+    top: list[tuple[int, float, int, dict]] = []
+    written = 0
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
+
+    def emit(alerts: list[dict]) -> None:
+        nonlocal written
+        for alert in alerts:
+            written += 1
+            out.write(json.dumps(alert, allow_nan=False) + "\n")
+            if args.summary:
+                heapq.heappush(top, (alert["tier"], alert["score"], -written, alert))
+                if len(top) > 10:
+                    heapq.heappop(top)
+
     try:
         for path in args.inputs:
-            for cols, times in _chunks(path, args.profile, skipped):
-                for alert in scored_alerts(baseline, cols, times, 0 if args.summary else min_tier)[1]:
-                    tiers[alert["tier"]] += 1
-                    if args.summary:
-                        heapq.heappush(top, (alert["score"], sum(tiers), alert))
-                        if len(top) > 5:
-                            heapq.heappop(top)
-                    if alert["tier"] >= min_tier:
-                        out.write(json.dumps(alert, allow_nan=False) + "\n")
+            chunks = (
+                _capture_records(path, profile, skipped)
+                if kind_of(path) == "capture"
+                else _table_records(path, skipped)
+            )
+            for records in chunks:
+                judged = detection.process(records)
+                for t in judged.tiers:
+                    if t is not None:
+                        tiers[t] += 1
+                emit(judged.alerts)
+        emit(detection.close())
     finally:
         if out is not sys.stdout:
             out.close()
     if skipped[0]:
-        print(f"ntds-sensor: warning: {skipped[0]} flows skipped: their start time is outside "
+        print(f"ntds-sensor: warning: {skipped[0]} flows skipped: their time is outside "
               f"{TIME_MIN:%Y-%m-%d} .. {TIME_MAX:%Y-%m-%d} (a bogus capture clock)", file=sys.stderr)  # fmt: skip
     if args.summary:
-        print_summary(tiers, [a for _, _, a in sorted(top, key=lambda x: (-x[0], x[1]))])
+        print_summary(tiers, detection, written, [a for *_, a in sorted(top, key=lambda x: x[:3], reverse=True)])
     return 0
 
 
-def print_summary(tiers: list[int], top: list[dict]) -> None:
-    """Flows per tier and the rarest flows with their explanations, on stderr."""
-    print(f"{sum(tiers)} flows scored", file=sys.stderr)
+def print_summary(tiers: list[int], detection: Detection, written: int, top: list[dict]) -> None:
+    """Scored flows per tier, host-level findings, and the strongest alerts in words, on stderr."""
+    print(f"{sum(tiers)} flows scored against the baseline", file=sys.stderr)
     for k, n in enumerate(tiers):
         print(f"  tier {k} ({TIER_LABELS[k]}): {n}", file=sys.stderr)
-    print("rarest flows:", file=sys.stderr)
+    findings = ", ".join(f"{k} {n}" for k, n in sorted(detection.stats.findings.items())) or "none"
+    print(f"host-level findings before grouping: {findings}", file=sys.stderr)
+    print(f"{written} alerts written; the strongest:", file=sys.stderr)
     for a in top:
-        why = ", ".join(f"{e['axis']} {e['value']:.4g} (typical {e['typical']:.4g})" for e in a["explanation"][:2])
-        line = (
-            f"  tier {a['tier']} score {a['score']:.2f} {a['application']} {a['src_ip']}:{a['src_port']} -> "
-            f"{a['dst_ip']}:{a['dst_port']} [{a['baseline']}] {why}"
-        )
-        print(printable(line, 1000), file=sys.stderr)
+        print(printable("  " + summary_line(a), 1000), file=sys.stderr)

@@ -61,3 +61,26 @@ def site_pcap(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("pcap") / "site.pcap"
     wrpcap(str(path), site_traffic(300))
     return path
+
+
+@pytest.fixture
+def zmq_context():
+    """A ZeroMQ context destroyed (linger 0) however the test ends: a context left to the garbage collector
+    with an open socket would block the whole run in its finaliser."""
+    import zmq
+
+    ctx = zmq.Context()
+    yield ctx
+    ctx.destroy(linger=0)
+
+
+def every_flow_an_alert() -> dict:
+    """sensor.yaml settings for transport tests: each scored flow is one alert (no grouping, no budget, no
+    host-level detectors), so alerts can be counted against flows."""
+    from ntds.detect.hosts import DETECTORS
+
+    return {
+        "min_alert_tier": 0,
+        "alert_grouping": {"group_wait_s": 0, "group_interval_s": 0, "budget_per_hour": 10**9},
+        "detectors": {kind: {"enabled": False} for kind in DETECTORS},
+    }

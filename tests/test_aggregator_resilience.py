@@ -94,8 +94,7 @@ class Plain:
         return seqs
 
     def close(self) -> None:
-        self.dealer.close()
-        self.ctx.term()
+        self.ctx.destroy(linger=0)
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
@@ -168,7 +167,7 @@ def test_serve_stops_when_its_store_breaks_underneath_it(tmp_path):
     one_line_error(again, "store")
 
 
-def test_a_connection_flood_at_a_low_file_limit_locks_nobody_out(tmp_path):
+def test_a_connection_flood_at_a_low_file_limit_locks_nobody_out(tmp_path, zmq_context):
     """Hundreds of idle TCP connections and CURVE handshakes with unknown keys at a limit of 256 open
     files: the key check survives, the legitimate sensor delivers, the flood is counted, SIGTERM stops it."""
     site = Site(tmp_path)
@@ -186,7 +185,7 @@ def test_a_connection_flood_at_a_low_file_limit_locks_nobody_out(tmp_path):
                 idle.append(socket.create_connection(("127.0.0.1", site.port), timeout=2))
             except OSError:
                 break
-        ctx = zmq.Context()
+        ctx = zmq_context
         strangers = []
         for _ in range(150):
             public, secret = zmq.curve_keypair()
@@ -207,8 +206,7 @@ def test_a_connection_flood_at_a_low_file_limit_locks_nobody_out(tmp_path):
         for s in idle:
             s.close()
         for s in strangers:
-            s.close()
-        ctx.term()
+            s.close(linger=0)
         wait(lambda: count(site.store, "SELECT COALESCE(SUM(count), 0) FROM rejections WHERE reason='unknown_key'")
              > 0, 20, "the refusals to be counted")  # fmt: skip
         agg.send_signal(signal.SIGTERM)

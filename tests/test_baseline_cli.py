@@ -35,7 +35,12 @@ def test_build_from_csv_equals_build_from_capture(tmp_path, fixtures_dir):
     da, db = json.loads(a.read_text()), json.loads(b.read_text())
     assert da["applications"] == db["applications"]
     assert da["ranking"] == db["ranking"]
-    assert da["counts"]["flows"] == 17 and da["format"] == "ntds-baseline"
+    rows = list(__import__("csv").DictReader(csv.open()))
+    scorable = [r for r in rows if float(r["Total.Backward.Packets"]) > 0 and (r["Protocol"] != "6" or float(
+        r["Total.Length.of.Fwd.Packets"]) + float(r["Total.Length.of.Bwd.Packets"]) > 0)]  # fmt: skip
+    assert da["flows_read"] == len(rows) == 17 and da["format"] == "ntds-baseline"
+    assert da["counts"]["flows"] == len(scorable) < 17  # handshakes and unanswered flows are not fitted
+    assert sum(r["count"] for r in da["ranking"]) == 17  # but every flow counts in the ranking
 
 
 def test_score_a_capture_and_its_csv_alike(tmp_path, fixtures_dir):
@@ -48,9 +53,11 @@ def test_score_a_capture_and_its_csv_alike(tmp_path, fixtures_dir):
     assert from_pcap.returncode == 0 and from_csv.returncode == 0, from_pcap.stderr + from_csv.stderr
     pa = [json.loads(line) for line in from_pcap.stdout.splitlines()]
     pb = [json.loads(line) for line in from_csv.stdout.splitlines()]
-    assert len(pa) == len(pb) == 17
+    pa, pb = [a for a in pa if a["kind"] == "flow"], [a for a in pb if a["kind"] == "flow"]
+    assert len(pa) == len(pb) == 12  # every scorable flow, tier 0 up
     for x, y in zip(pa, pb):
-        x.pop("time"), y.pop("time")
+        for k in ("first_seen", "last_seen"):  # a flow file's Timestamp has whole seconds
+            x.pop(k), y.pop(k)
         assert x == y
     assert {a["baseline"] for a in pa} == {"application", "all-traffic"}
     assert all(0 <= a["tier"] <= 5 and a["explanation"] for a in pa)
@@ -74,7 +81,8 @@ def test_offsite_only_keeps_flows_with_one_local_end(tmp_path, fixtures_dir):
     p = run("ntds-aggregator", "baseline", "build", SAMPLE, "-o", base, "--min-count", "1", "--offsite-only")
     assert p.returncode == 0, p.stderr
     doc = json.loads(base.read_text())
-    assert doc["counts"]["flows"] == 12 and doc["flows_read"] == 17
+    assert sum(r["count"] for r in doc["ranking"]) == 12 and doc["flows_read"] == 17
+    assert 0 < doc["counts"]["flows"] < 12  # of those, the scorable ones are fitted
     assert "NTP" not in doc["applications"]
 
 
@@ -112,14 +120,21 @@ def test_score_summary_counts_tiers_and_lists_the_rarest(tmp_path, fixtures_dir)
     every = [
         json.loads(x) for x in run("ntds-sensor", "score", SAMPLE, "--baseline", base, "--all").stdout.splitlines()
     ]
+    flows = [a for a in every if a["kind"] == "flow"]
     lines = p.stderr.splitlines()
-    assert lines[0] == f"{len(every)} flows scored"
+    assert lines[0] == f"{len(flows)} flows scored against the baseline"
     for k in range(6):
-        assert f"tier {k} (" in lines[1 + k] and lines[1 + k].endswith(f": {sum(a['tier'] == k for a in every)}")
-    rarest = [line for line in lines[lines.index("rarest flows:") + 1 :]]
-    best = max(every, key=lambda a: a["score"])
-    assert f"score {best['score']:.2f} {best['application']}" in rarest[0]
-    assert p.stdout == "".join(json.dumps(a) + "\n" for a in every if a["tier"] >= 5)
+        assert f"tier {k} (" in lines[1 + k] and lines[1 + k].endswith(f": {sum(a['tier'] == k for a in flows)}")
+    assert lines[7].startswith("host-level findings before grouping: ")
+    written = [json.loads(x) for x in p.stdout.splitlines()]
+    # grouped: every tier-5 flow is in some alert's count
+    assert sum(a["count"] for a in written if a["kind"] == "flow") == sum(a["tier"] == 5 for a in flows)
+    assert all(a["tier"] >= 5 for a in written)
+    strongest = lines[lines.index(f"{len(written)} alerts written; the strongest:") + 1 :]
+    assert len(strongest) == min(len(written), 10)
+    if written:
+        best = max(written, key=lambda a: (a["tier"], a["score"]))
+        assert best["signature"] in strongest[0]
 
 
 def test_score_output_is_a_valid_wire_alert_body(tmp_path, fixtures_dir):

@@ -48,12 +48,10 @@ def check(r: dict) -> list[str]:
     # after a 120 s split and opens with a backward packet, within the backward range
     in_fwd = r["Fwd.Packet.Length.Min"] - 1e-6 <= first_len <= r["Fwd.Packet.Length.Max"] + 1e-6
     in_bwd = b > 0 and r["Bwd.Packet.Length.Min"] - 1e-6 <= first_len <= r["Bwd.Packet.Length.Max"] + 1e-6
-    if r["Fwd.PSH.Flags"]:  # the first packet had PSH and was forward
-        need(in_fwd, "first length within the forward range")
-    elif r["Bwd.PSH.Flags"]:  # the first packet had PSH and was backward
-        need(in_bwd, "first length within the backward range")
-    else:  # the row does not tell the first packet's direction
-        need(in_fwd or in_bwd, "first length within one direction's range")
+    # Fwd.PSH.Flags only says the first packet had PSH (counted forward whatever its direction, spec 3), so the
+    # row never tells the first packet's direction
+    need(r["Bwd.PSH.Flags"] == 0 and r["Bwd.URG.Flags"] == 0, "Bwd.PSH/URG.Flags are always 0")
+    need(in_fwd or in_bwd, "first length within one direction's range")
     need(math.isclose(r["Packet.Length.Mean"] * (n + 1), r["Average.Packet.Size"] * n, rel_tol=1e-9, abs_tol=1e-9),
          "Packet.Length.Mean x (N+1) = Average.Packet.Size x N")  # fmt: skip
     rate = r["Flow.Bytes.s"]

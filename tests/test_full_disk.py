@@ -14,7 +14,7 @@ import sqlite3
 import subprocess
 
 import pytest
-from test_sensor_agent import Agent, scored
+from test_sensor_agent import Agent, scored, stored
 from test_transport import wait
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="needs root to mount tmpfs")
@@ -63,7 +63,6 @@ def test_aggregator_with_a_full_disk_acknowledges_nothing_it_did_not_store(tmp_p
             with sqlite3.connect(f"file:{agent.store}?mode=ro", uri=True) as db:
                 seqs = [s for (s,) in db.execute("SELECT seq FROM messages ORDER BY seq")]
             assert seqs == list(range(1, len(seqs) + 1))  # every message once, none missing
-            stored = {(a["flow_id"], a["time"]): a["tier"] for a in agent.rows("alert")}
-            assert stored == scored(site_pcap, tmp_path)
+            assert stored(agent) == scored(site_pcap, tmp_path, agent.config)
         finally:
             agent.stop()

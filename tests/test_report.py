@@ -19,8 +19,9 @@ from datetime import date
 import pytest
 
 from aggregator.report.weekly import Week, compute
+from tests import week_scenario
 from tests.conftest import ROOT
-from tests.week_scenario import DAYS, WEEK, build_archive, expected
+from tests.week_scenario import DAYS, FINDINGS, WEEK, build_archive, expected, flow_id
 
 
 @pytest.fixture(scope="module")
@@ -93,10 +94,9 @@ def test_alert_tiers_rarest_and_per_application(site, report):
     e = expected(site[3])
     a = report["alerts"]
     assert a["flows_per_tier_per_day"] == e["tiers_per_day"]
-    assert [x["flow_id"] for x in a["rarest"]] == [
-        f"{x.flow.src_ip}-{x.flow.dst_ip}-{x.flow.src_port}-{x.flow.dst_port}-{x.flow.protocol}" for x in e["rarest"]
-    ]
-    assert all(x["explanation"][0]["axis"] == "volume" for x in a["rarest"])
+    assert [(x["kind"], x["flow_id"] or x["src_ip"], x["tier"]) for x in a["rarest"]] == e["rarest"]
+    assert all(x["explanation"][0]["axis"] == "volume" for x in a["rarest"] if x["kind"] == "flow")
+    assert all(x["explanation"][0]["text"] for x in a["rarest"])  # words, with units
     per_app = {r["application"]: r["tiers"] for r in a["tiers_per_application"]}
     truth_week = [x for x in site[3] if date(2026, 11, 16) <= _day(x) <= date(2026, 11, 22)]
     for app, tiers in per_app.items():
@@ -260,14 +260,19 @@ def test_alerts_command_lists_and_filters(site, config):
     p = _cli("alerts", "--config", config, "--json", "--min-tier", 4, "--sensor", "tap-b", "--since", "2026-11-20")
     assert p.returncode == 0, p.stderr
     got = [json.loads(line) for line in p.stdout.splitlines()]
-    want = [x for x in truth if x.sensor == "tap-b" and x.tier >= 4 and _day(x) >= date(2026, 11, 20)]
-    assert [(a["flow_id"], a["tier"]) for a in got] == [
-        (f"{x.flow.src_ip}-{x.flow.dst_ip}-{x.flow.src_port}-{x.flow.dst_port}-{x.flow.protocol}", x.tier) for x in want
-    ]
-    assert want and [a["time"] for a in got] == sorted(a["time"] for a in got)
+    want = sorted(
+        [(x.flow.start_ms, flow_id(x), x.tier) for x in truth
+         if x.sensor == "tap-b" and x.tier >= 4 and _day(x) >= date(2026, 11, 20)]
+        + [(week_scenario._ms(day, hour), host, tier) for sensor, _, host, _, _, _, tier, day, hour in FINDINGS
+           if sensor == "tap-b" and tier >= 4 and day >= 4]
+    )  # fmt: skip
+    assert [(a["flow_id"] or a["src_ip"], a["tier"]) for a in got] == [w[1:] for w in want]
+    assert any(a["kind"] == "port-scan" for a in got) and any(a["kind"] == "flow" for a in got)
+    assert [a["first_seen"] for a in got] == sorted(a["first_seen"] for a in got)
     text = _cli("alerts", "--config", config)
-    assert text.returncode == 0 and f"{len(truth)} alerts" in text.stderr
-    assert len(text.stdout.splitlines()) == len(truth)
+    assert text.returncode == 0 and f"{len(truth) + len(FINDINGS)} alerts" in text.stderr
+    assert len(text.stdout.splitlines()) == len(truth) + len(FINDINGS)
+    assert "port-scan  tier 5" in text.stdout and "10.1.0.13" in text.stdout
 
 
 @pytest.mark.parametrize(
@@ -303,12 +308,42 @@ def test_alert_hosts(site, report):
         x for x in site[3] if x.tier is not None and x.tier >= 3 and date(2026, 11, 16) <= _day(x) <= date(2026, 11, 22)
     ]
     want: dict[str, list[int]] = {}
+    kinds: dict[str, dict[str, int]] = {}
     for x in truth:
         want.setdefault(x.flow.src_ip, [0] * 6)[x.tier] += 1
+        kinds.setdefault(x.flow.src_ip, {}).setdefault("flow", 0)
+        kinds[x.flow.src_ip]["flow"] += 1
+    for _, kind, host, _, _, _, tier, _, _ in FINDINGS:
+        want.setdefault(host, [0] * 6)[tier] += 1
+        kinds.setdefault(host, {}).setdefault(kind, 0)
+        kinds[host][kind] += 1
     got = {h["src_ip"]: h["tiers"] for h in report["alerts"]["hosts"]}
     assert got == want
+    assert {h["src_ip"]: h["kinds"] for h in report["alerts"]["hosts"]} == kinds
     order = [(-h["max_tier"], -h["alerts"]) for h in report["alerts"]["hosts"]]
     assert order == sorted(order)
+
+
+def test_scanners_and_beacons(report):
+    """The per-host view against the scenario's host-level alerts."""
+    scans = [f for f in FINDINGS if f[1] in ("port-scan", "host-sweep")]
+    want = {}
+    for host in {f[2] for f in scans}:
+        mine = [f for f in scans if f[2] == host]
+        ports = [f for f in mine if f[1] == "port-scan"]
+        sweeps = [f for f in mine if f[1] == "host-sweep"]
+        want[host] = {
+            "alerts": len(mine), "max_tier": max(f[6] for f in mine), "hosts_scanned": len({f[3] for f in ports}),
+            "ports_swept": len({f[4] for f in sweeps}), "most_ports": max((f[5] for f in ports), default=0),
+            "most_hosts": max((f[5] for f in sweeps), default=0),
+        }  # fmt: skip
+    got = {x["src_ip"]: {k: x[k] for k in want[x["src_ip"]]} for x in report["alerts"]["scanners"]}
+    assert got == want
+    assert [x["src_ip"] for x in report["alerts"]["scanners"]] == ["203.0.113.9", "10.1.0.13"]  # tier 5 first
+    (b,) = report["alerts"]["beacons"]
+    assert (b["src_ip"], b["dst_ip"], b["dst_port"], b["tier"], b["connections"]) == ("10.1.0.12", "81.2.69.160",
+                                                                                       443, 5, 90)  # fmt: skip
+    assert b["interval_s"] == 300.0 + 90 and b["first_seen"].startswith("2026-11-18T12:00")
 
 
 def test_pairs_beyond_the_listed_ones_are_counted(tmp_path):
@@ -349,7 +384,13 @@ def test_strings_from_the_network_are_text_in_charts_pages_csv_and_terminals(tmp
     body["peer_pairs"] = [dict(body["peer_pairs"][0], a=HOSTILE[0], b=HOSTILE[1])]
     body["applications"] = [dict(body["applications"][0], application=name) for name in HOSTILE]
     body["countries"] = [dict(body["countries"][0], country="$$")]
-    alert = wire.EXAMPLES["alert"] | {"time": "2026-11-18T08:00:01Z", "application": HOSTILE[2], "src_ip": HOSTILE[3]}
+    alert = wire.EXAMPLES["alert"] | {
+        "first_seen": "2026-11-18T08:00:01Z",
+        "last_seen": "2026-11-18T08:00:02Z",
+        "application": HOSTILE[2],
+        "src_ip": HOSTILE[3],
+        "signature": HOSTILE[0],
+    }
     msgs = [
         wire.Message("summary", "tap-z", 1, wire.now_iso(), body),
         wire.Message("alert", "tap-z", 2, wire.now_iso(), alert),
@@ -381,9 +422,13 @@ def test_alerts_read_source_to_destination(report, tmp_path):
     html = write(report, tmp_path / "r").read_text()
     rarest = report["alerts"]["rarest"]
     assert rarest
+
+    def end(ip, port):
+        return f"{ip}:{port}" if port else ip
+
     for a in rarest:
-        assert f"{a['src_ip']}:{a['src_port']} &rarr; {a['dst_ip']}:{a['dst_port']}" in html
+        assert f"{end(a['src_ip'], a['src_port'])} &rarr; {end(a['dst_ip'], a['dst_port'])}" in html
     table = list(csv.DictReader((tmp_path / "r" / "rarest_alerts.csv").open()))
     assert [(r["source"], r["destination"]) for r in table] == [
-        (f"{a['src_ip']}:{a['src_port']}", f"{a['dst_ip']}:{a['dst_port']}") for a in rarest
+        (end(a["src_ip"], a["src_port"]), end(a["dst_ip"], a["dst_port"])) for a in rarest
     ]

@@ -8,7 +8,18 @@ import math
 import numpy as np
 import pytest
 
-from ntds.detect.baseline import ALL_TRAFFIC, AXIS_INDEX, METRICS, Baseline, build, save
+from ntds.detect.baseline import (
+    ALL_TRAFFIC,
+    AXIS_INDEX,
+    METRICS,
+    Baseline,
+    build,
+    class_name,
+    entry_kind,
+    save,
+    service_keys,
+    supported_tier,
+)
 from ntds.detect.scoring import AXES, SCORERS, PseudoSigma, RobustLog, Scorer, make_scorer, tier_of, tier_thresholds
 from ntds.errors import InputError
 
@@ -124,7 +135,69 @@ def test_explanation_names_the_most_unusual_axis(tmp_path):
     expl = b.explain("WEB", x[AXIS_INDEX], scored.per_axis[0])
     assert expl[0]["axis"] == "duration" and expl[0]["value"] == 1e9
     assert expl[0]["score"] == pytest.approx(scored.per_axis[0][AXES.index("duration")], abs=1e-4)
-    assert scored.tier[0] == 5
+    assert expl[0]["text"].startswith("duration 16.7 min, typically ")  # 1e9 µs = 1,000 s, in words
+    # 3,000 WEB flows show a 1 in 100 event, not rarer: the far tier is capped there, and said so
+    assert scored.tier[0] == 2 == supported_tier(3000) and scored.capped[0]
+
+
+def test_supported_tier_by_hand():
+    # tier k needs MIN_EXCEEDANCES (5) x 10**k flows
+    assert [supported_tier(n) for n in (0, 49, 50, 499, 500, 4999, 5000, 49_999, 50_000, 500_000, 10**9)] == [
+        0, 0, 1, 1, 2, 2, 3, 3, 4, 5, 5]  # fmt: skip
+
+
+def test_fallback_entries_are_fitted_on_the_flows_they_judge(tmp_path):
+    """application -> port class -> all traffic, each fitted on exactly the flows it will judge."""
+    rng = np.random.default_rng(4)
+    big = ["WEB"] * 3000 + ["DNS"] * 2000
+    rare = [f"RARE{i}" for i in range(600)]  # 600 applications of one flow each, all on TCP/445
+    odd = [f"ODD{i}" for i in range(150)]  # and 150 on ports of their own
+    apps = np.array(big + rare + odd)
+    n = len(apps)
+    proto = np.full(n, 6)
+    sport = rng.integers(40000, 60000, n)
+    dport = np.concatenate([np.full(3000, 443), np.full(2000, 53), np.full(600, 445), rng.integers(1024, 30000, 150)])
+    proto[3000:5000] = 17
+    M = rng.lognormal(5, 1, size=(n, len(METRICS)))
+    doc = build(apps, M, classes=service_keys(proto, sport, dport), min_count=100)
+    entries = doc["applications"]
+    assert set(entries) == {"WEB", "DNS", "*TCP/445*", ALL_TRAFFIC}
+    assert entries["*TCP/445*"]["count"] == 600 and entries[ALL_TRAFFIC]["count"] == 150
+    for name, rows in (("*TCP/445*", slice(5000, 5600)), (ALL_TRAFFIC, slice(5600, n))):
+        assert entries[name]["model"] == RobustLog().fit(M[rows][:, AXIS_INDEX]).params()
+    save(doc, tmp_path / "b.json")
+    b = Baseline.load(tmp_path / "b.json")
+    classes = service_keys([6, 6, 6, 17, 6], [50000, 50000, 445, 50000, 50000], [443, 445, 50123, 9999, 8081])
+    got = b.entries(["WEB", "NEW", "NEW", "NEW", "DNS"], classes)
+    # a known application keeps its own entry; unseen ones on 445 (either direction) go to the port class
+    assert got == ["WEB", "*TCP/445*", "*TCP/445*", ALL_TRAFFIC, "DNS"]
+    assert entry_kind("*TCP/445*") == "port class TCP/445" and class_name(int(classes[1])) == "*TCP/445*"
+
+
+def test_tiers_hold_on_held_out_traffic():
+    """Calibration measured on flows the baseline never saw: the share of a fresh sample at tier k or above
+    stays near 1 in 10**k where the entry supports tier k, and nothing is claimed beyond."""
+    rng = np.random.default_rng(8)
+    train = rng.lognormal(5, 1, size=(60_000, len(METRICS)))
+    held_out = rng.lognormal(5, 1, size=(400_000, len(METRICS)))
+    doc = build(np.array(["A"] * len(train)), train, min_count=100)
+    b = Baseline(doc)
+    assert doc["applications"]["A"]["max_tier"] == 4
+    tiers = b.score(np.array(["A"] * len(held_out)), held_out).tier
+    for k in (1, 2, 3):
+        share = float((tiers >= k).mean())
+        assert 10.0**-k / 2 <= share <= 10.0**-k * 2, (k, share)
+    assert int((tiers >= 5).sum()) == 0
+
+
+def test_version_1_baselines_still_load(tmp_path):
+    doc = _doc()
+    doc["version"] = 1
+    for e in doc["applications"].values():
+        e.pop("max_tier"), e.pop("judges")
+    save(doc, tmp_path / "v1.json")
+    b = Baseline.load(tmp_path / "v1.json")
+    assert b.caps["WEB"] == supported_tier(3000) and b.class_keys == {}
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ import pytest
 from netns import veth_namespaces
 from test_transport import free_port, wait
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, every_flow_an_alert
 
 BIN = Path(sys.executable).parent
 BASELINE = ROOT / "config" / "baseline.json"
@@ -48,7 +48,7 @@ class Agent:
             "baseline": str(self.baseline),
             "spool_dir": str(root / "spool"),
             "aggregator": f"tcp://127.0.0.1:{self.port}",
-            "min_alert_tier": 0,
+            **every_flow_an_alert(),
             "health_interval_s": 1,
             "local_networks": ["10.1.0.0/16"],
         } | settings
@@ -97,30 +97,56 @@ def agent(tmp_path):
     a.stop()
 
 
-def scored(pcap: Path, tmp: Path) -> dict[tuple[str, str], int]:
-    """(Flow.ID, start) -> tier, from `ntds-sensor score --all` on the same packets."""
+def _key(a: dict) -> tuple:
+    return (a["first_seen"], a["kind"], a["flow_id"], a["src_ip"], a["pattern"], a["tier"], a["last_seen"])
+
+
+def scored(pcap: Path, tmp: Path, config: Path) -> list[dict]:
+    """Every alert `ntds-sensor score --config` (the sensor's own settings) writes for the same packets."""
     out = tmp / f"{pcap.stem}-scores.jsonl"
     p = subprocess.run(
-        [str(BIN / "ntds-sensor"), "score", str(pcap), "--baseline", str(BASELINE), "--all", "-o", str(out)],
+        [str(BIN / "ntds-sensor"), "score", str(pcap), "--config", str(config), "-o", str(out)],
         capture_output=True,
         text=True,
     )
     assert p.returncode == 0, p.stderr
-    return {(a["flow_id"], a["time"]): a["tier"] for a in map(json.loads, out.read_text().splitlines())}
+    return sorted(map(json.loads, out.read_text().splitlines()), key=_key)
 
 
-def stored(agent: Agent) -> dict[tuple[str, str], int]:
+def stored(agent: Agent) -> list[dict]:
     alerts = agent.rows("alert")
-    keyed = {(a["flow_id"], a["time"]): a["tier"] for a in alerts}
-    assert len(keyed) == len(alerts)  # no flow twice
-    return keyed
+    assert len({_key(a) for a in alerts}) == len(alerts)  # nothing twice
+    return sorted(alerts, key=_key)
+
+
+def test_replay_sends_what_score_finds_with_detection_at_its_defaults(tmp_path):
+    """Host-level detectors and grouping on, as shipped: the alerts a replay delivers are exactly those
+    `ntds-sensor score --config` prints for the same capture (one pass, the flows' own clock)."""
+    from tests import detection_week as week
+
+    cap = week.Capture(seed=4)
+    week.scan_dropped(cap, week.START + 600, host="10.1.0.77", target="10.1.0.2")
+    week.http_brute_force(cap, week.START + 1200, host="10.1.0.78", target="10.1.0.80")
+    week.icmp_tunnel(cap, week.START + 2000, host="10.1.0.79")
+    pcap = cap.write(tmp_path / "attacks.pcap")
+    agent = Agent(tmp_path, min_alert_tier=3, alert_grouping={}, detectors={})
+    try:
+        agent.aggregator()
+        p = agent.sensor("replay", str(pcap))
+        assert p.wait(120) == 0, agent.log()
+        got = stored(agent)
+        assert got == scored(pcap, tmp_path, agent.config)
+        assert {(a["kind"], a["src_ip"]) for a in got} >= {
+            ("port-scan", "10.1.0.77"), ("brute-force", "10.1.0.78"), ("icmp-tunnel", "10.1.0.79")}  # fmt: skip
+    finally:
+        agent.stop()
 
 
 def test_replay_publishes_every_flow_and_summary(agent, site_pcap, tmp_path):
     agent.aggregator()
     p = agent.sensor("replay", str(site_pcap))
     assert p.wait(120) == 0, agent.log()
-    assert stored(agent) == scored(site_pcap, tmp_path)
+    assert stored(agent) == scored(site_pcap, tmp_path, agent.config)
     # Summaries count every flow NFStream made, single-packet ones too, and every packet of the file.
     packets = sum(1 for _ in dpkt.pcap.Reader(site_pcap.open("rb")))
     summaries = agent.rows("summary")
@@ -155,7 +181,7 @@ def test_sigterm_during_replay_loses_no_flow(agent, site_pcap, tmp_path):
     n = int(re.search(r"stopped after (\d+) packets", agent.log()).group(1))
     total = sum(1 for _ in dpkt.pcap.Reader(site_pcap.open("rb")))
     assert 0 < n < total  # it did stop early
-    expected = scored(prefix(site_pcap, n, tmp_path / "prefix.pcap"), tmp_path)
+    expected = scored(prefix(site_pcap, n, tmp_path / "prefix.pcap"), tmp_path, agent.config)
     assert expected and stored(agent) == expected
     assert sum(s["packets"] for s in agent.rows("summary")) == n
 
@@ -366,4 +392,4 @@ def test_replay_with_the_aggregator_down_keeps_everything_in_the_spool(agent, si
     with sqlite3.connect(f"file:{agent.store}?mode=ro", uri=True) as db:
         seqs = [s for (s,) in db.execute("SELECT seq FROM messages WHERE sensor = 'tap-01' ORDER BY seq")]
     assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) > 2 * spooled - 10  # both runs, nothing missing
-    assert len(agent.rows("alert")) == 2 * len(scored(site_pcap, tmp_path))
+    assert len(agent.rows("alert")) == 2 * len(scored(site_pcap, tmp_path, agent.config))

@@ -64,7 +64,7 @@ def test_captures_after_2038_replay_with_their_own_times(agent, tmp_path, start_
     p = agent.sensor("replay", str(capture))
     assert p.wait(120) == 0, agent.log()
     alerts = agent.rows("alert")
-    assert len(alerts) == 20 and all(a["time"].startswith(day) for a in alerts), alerts[0]["time"]
+    assert len(alerts) == 20 and all(a["first_seen"].startswith(day) for a in alerts), alerts[0]["first_seen"]
     assert {s["interval_start"][:10] for s in agent.rows("summary")} == {day}
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import zmq
-from conftest import FIXTURES, ROOT
+from conftest import FIXTURES, ROOT, every_flow_an_alert
 from synthetic import udp_flows
 
 BIN = Path(sys.executable).parent
@@ -76,14 +76,15 @@ class Site:
         return p
 
     def sensor_config(self, key: str = "tap", spool: str = "spool") -> Path:
-        """sensor.yaml for `ntds-sensor replay`: every flow is sent (min_alert_tier 0), 1 s summaries."""
+        """sensor.yaml for `ntds-sensor replay`: every scored flow is sent (min_alert_tier 0, no grouping), 1 s
+        summaries."""
         path = self.root / f"sensor-{key}-{spool}.yaml"
         values = {
             "sensor_id": "tap-01",
             "baseline": str(BASELINE),
             "spool_dir": str(self.root / spool),
             "aggregator": self.endpoint,
-            "min_alert_tier": 0,
+            **every_flow_an_alert(),
             "summary_interval_s": 1,
             "sensor_key": str(self.root / key / "tap-01.key_secret"),
             "server_key": str(self.root / "agg" / "server.key"),
@@ -181,7 +182,7 @@ def _meters_of(pid: int) -> list[int]:
     return children
 
 
-def test_intruders_are_refused_and_the_sensor_is_unaffected(site):
+def test_intruders_are_refused_and_the_sensor_is_unaffected(site, zmq_context):
     capture = site.flows(30)
     site.aggregator()
     # a key that is not in the allow-list, claiming the legitimate sensor's name
@@ -190,20 +191,18 @@ def test_intruders_are_refused_and_the_sensor_is_unaffected(site):
     # raw garbage on the TCP port, and a client speaking plain text to the CURVE port
     with socket.create_connection(("127.0.0.1", site.port)) as s:
         s.sendall(os.urandom(4096))
-    plain_ctx = zmq.Context()
-    plain = plain_ctx.socket(zmq.DEALER)
+    plain = zmq_context.socket(zmq.DEALER)
     plain.linger = 0
     plain.connect(site.endpoint)
     plain.send(b"hello in plain text")
     # a legitimate key sending garbage frames
-    ctx = zmq.Context()
-    dealer = ctx.socket(zmq.DEALER)
+    dealer = zmq_context.socket(zmq.DEALER)
     from ntds.wire.keys import load_pair, load_public
 
     dealer.curve_publickey, dealer.curve_secretkey = load_pair(site.root / "tap" / "tap-01.key_secret")
     dealer.curve_serverkey = load_public(site.root / "agg" / "server.key")
     dealer.connect(site.endpoint)
-    for junk in (b"garbage", b'{"v": 3}', b"[" * 50, b"x" * 70000):
+    for junk in (b"garbage", b'{"v": 99}', b"[" * 50, b"x" * 70000):
         dealer.send(junk)
     legit = site.replay(capture)
     assert legit.wait(timeout=120) == 0, legit.stderr.read()
@@ -217,11 +216,9 @@ def test_intruders_are_refused_and_the_sensor_is_unaffected(site):
     wait(lambda: count(site.store, "SELECT COALESCE(SUM(count), 0) FROM rejections WHERE reason='handshake'") >= 1,
          10, "the plain-text client to be counted")  # fmt: skip
     plain.close()
-    plain_ctx.term()
     log = (site.root / "aggregator.log").read_text()
     assert "refused CURVE peer 127.0.0.1" in log
     dealer.close(linger=0)
-    ctx.term()
     listing = run("ntds-aggregator", "sensors", "--config", site.config, check=True).stdout.splitlines()
     # the replay said goodbye (health state "stopping") with nothing left in its spool
     assert listing[1].split()[:2] == ["tap-01", "stopped"] and listing[1].split()[-2:] == ["0", "0"]

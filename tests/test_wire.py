@@ -26,7 +26,7 @@ APP = SUMMARY["applications"][0]
 
 def frame(**changes) -> bytes:
     obj = {
-        "v": 2,
+        "v": 3,
         "type": "summary",
         "sensor": "tap-01",
         "spool": "0123456789abcdef",
@@ -43,7 +43,7 @@ def frame(**changes) -> bytes:
     [
         (b"\xff\xfe", "not a JSON message"),
         (b"[1, 2]", "not a JSON object"),
-        (frame(v=3), "schema version 3"),
+        (frame(v=4), "schema version 4"),
         (frame(v=True), "schema version True"),
         (frame(type="exploit"), "unknown message type"),
         (frame(seq="1"), "wrong type"),
@@ -194,10 +194,29 @@ def test_fuzzed_times_are_valid_in_range_or_wire_errors(created):
 
 def test_version_1_frames_are_upgraded():
     """A sensor not yet upgraded (schema v1: no spool id, older health) is still heard."""
-    health = {k: v for k, v in EXAMPLES["health"].items() if k not in ("flows_evicted", "flows_skipped", "state")}
+    health = {k: v for k, v in EXAMPLES["health"].items()
+              if k not in ("flows_evicted", "flows_skipped", "state", "detector_keys_evicted")}  # fmt: skip
     obj = {"v": 1, "type": "health", "sensor": "tap-01", "seq": 5, "created": "2026-11-16T08:00:00Z", "body": health}
     m = decode(json.dumps(obj).encode())
     assert m.spool == "" and m.body["state"] == "running" and m.body["flows_evicted"] == 0
     ack = wire.ack("tap-01", "", [5])
     v1 = json.loads(encode(ack, version=1))
     assert v1["v"] == 1 and "spool" not in v1 and v1["body"] == {"seqs": [5]}
+
+
+def test_version_2_alerts_are_upgraded_to_flow_alerts():
+    """A version 2 sensor's alert (one rare flow, no kind) arrives as a flow alert of count 1, its explanation in
+    words; the sensor is acknowledged in version 2."""
+    v2 = {k: v for k, v in EXAMPLES["alert"].items() if k not in (
+        "kind", "signature", "first_seen", "last_seen", "count", "window_s", "domain", "pattern", "community_id",
+        "baseline_id", "features")}  # fmt: skip
+    v2["time"] = "2026-11-16T08:00:00.100000Z"
+    v2["explanation"] = [{k: v for k, v in e.items() if k != "text"} for e in v2["explanation"]]
+    obj = {"v": 2, "type": "alert", "sensor": "tap-01", "spool": "0123456789abcdef", "seq": 7,
+           "created": "2026-11-16T08:00:01Z", "body": v2}  # fmt: skip
+    m = decode(json.dumps(obj).encode())
+    assert m.version == 2 and m.body["kind"] == "flow" and m.body["count"] == 1
+    assert m.body["first_seen"] == m.body["last_seen"] == v2["time"] and "time" not in m.body
+    assert m.body["explanation"][0]["text"] == "payload volume 99 MB, typically 6 kB"
+    assert wire.upgrade_body("alert", m.body) == m.body  # idempotent: stored bodies are upgraded again on reading
+    assert json.loads(encode(wire.ack("tap-01", "0123456789abcdef", [7]), version=2))["v"] == 2

@@ -46,6 +46,38 @@ HEALTH = {"tap-a": [(date(2026, 11, 15), 2), (date(2026, 11, 19), 5), (date(2026
 DROPS_PER_DAY = 7
 
 
+def _ms(day: int, hour: int) -> int:
+    return int(datetime(2026, 11, 16 + day, hour, tzinfo=UTC).timestamp() * 1000)
+
+
+FINDINGS = [
+    # (sensor, kind, host, target, port, count, tier, day, hour): host-level alerts as the detectors send them
+    ("tap-a", "port-scan", "10.1.0.13", "10.1.0.2", 0, 120, 4, 1, 9),
+    ("tap-a", "port-scan", "10.1.0.13", "10.1.0.14", 0, 30, 3, 1, 10),
+    ("tap-a", "host-sweep", "10.1.0.13", "", 445, 80, 3, 2, 9),
+    ("tap-b", "port-scan", "203.0.113.9", "10.1.0.11", 0, 1500, 5, 4, 3),
+    ("tap-a", "beacon", "10.1.0.12", "81.2.69.160", 443, 40, 4, 2, 12),
+    ("tap-a", "beacon", "10.1.0.12", "81.2.69.160", 443, 90, 5, 3, 12),
+    ("tap-a", "brute-force", "10.1.0.15", "10.1.0.2", 22, 60, 3, 5, 23),
+]
+"""Host-level alerts of week 47, by construction: the report's scanners and beacons are checked against these."""
+
+
+def host_alerts() -> list[tuple[str, dict]]:
+    from ntds.detect.alerts import host_alert
+    from ntds.detect.hosts.base import Finding
+
+    out = []
+    for sensor, kind, host, target, port, count, tier, day, hour in FINDINGS:
+        f = Finding(kind=kind, src_ip=host, first_ms=_ms(day, hour), last_ms=_ms(day, hour) + 600_000, count=count,
+                    window_s=300, tier=tier, score=tier + count / 10_000, signature=f"{kind} by {host}",
+                    facts=[{"what": "interval" if kind == "beacon" else "count", "value": 300.0 + count,
+                            "typical": 0.0, "score": 1.0, "text": f"{count} of them"}],
+                    dst_ip=target, dst_port=port, protocol=6, pattern=f"{target}:{port}")  # fmt: skip
+        out.append((sensor, host_alert(f, "scenario baseline")))
+    return out
+
+
 @dataclass
 class Truth:
     """One flow and what it is by construction."""
@@ -111,23 +143,32 @@ def flows() -> list[Truth]:
     return out
 
 
-def alert_body(x: Truth) -> dict:
+def flow_id(x: Truth) -> str:
     f = x.flow
-    return {
-        "time": datetime.fromtimestamp(f.start_ms / 1000, UTC).isoformat().replace("+00:00", "Z"),
-        "flow_id": f"{f.src_ip}-{f.dst_ip}-{f.src_port}-{f.dst_port}-{f.protocol}",
-        "src_ip": f.src_ip,
-        "src_port": f.src_port,
-        "dst_ip": f.dst_ip,
-        "dst_port": f.dst_port,
-        "protocol": f.protocol,
-        "application": f.application,
-        "baseline": "application",
-        "score": x.score,
-        "tier": x.tier,
-        "tier_label": f"tier {x.tier}",
-        "explanation": [{"axis": "volume", "value": float(f.bytes_fwd), "typical": 100.0, "score": x.score}],
-    }
+    return f"{f.src_ip}-{f.dst_ip}-{f.src_port}-{f.dst_port}-{f.protocol}"
+
+
+def alert_body(x: Truth) -> dict:
+    """A flow alert as a version 2 sensor sent it, upgraded as the aggregator upgrades it."""
+    f = x.flow
+    return wire.upgrade_body(
+        "alert",
+        {
+            "time": datetime.fromtimestamp(f.start_ms / 1000, UTC).isoformat().replace("+00:00", "Z"),
+            "flow_id": f"{f.src_ip}-{f.dst_ip}-{f.src_port}-{f.dst_port}-{f.protocol}",
+            "src_ip": f.src_ip,
+            "src_port": f.src_port,
+            "dst_ip": f.dst_ip,
+            "dst_port": f.dst_port,
+            "protocol": f.protocol,
+            "application": f.application,
+            "baseline": "application",
+            "score": x.score,
+            "tier": x.tier,
+            "tier_label": f"tier {x.tier}",
+            "explanation": [{"axis": "volume", "value": float(f.bytes_fwd), "typical": 100.0, "score": x.score}],
+        },
+    )
 
 
 def build_archive(folder: Path, min_alert_tier: int = 3) -> tuple[Store, Archive, list[Truth]]:
@@ -160,6 +201,9 @@ def build_archive(folder: Path, min_alert_tier: int = 3) -> tuple[Store, Archive
             s.capture(1000 * i, DROPS_PER_DAY * i, 3)
             for body in s.close():
                 send("summary", body, wire.now_iso())
+        for owner, body in host_alerts():
+            if owner == sensor:
+                send("alert", body, wire.now_iso())
         store.store(messages)
     archive = Archive(folder / "archive")
     archive.export(store, today=date(2026, 11, 24))
@@ -225,9 +269,11 @@ def expected(truth: list[Truth], sensors: list[str] | None = None) -> dict:
     e["unanswered"] = unanswered
     e["pairs"] = dict(pairs)
     e["countries"] = dict(countries)
-    e["rarest"] = sorted(
-        (x for x in week if x.tier is not None and x.tier >= 3),
-        key=lambda x: (-x.tier, -x.score, x.flow.start_ms),
-    )[:20]
+    flows = [(x.tier, x.score, x.flow.start_ms, "flow", flow_id(x)) for x in week if x.tier is not None and x.tier >= 3]
+    hosts = [(tier, tier + count / 10_000, _ms(day, hour), kind, host)
+             for sensor, kind, host, _, _, count, tier, day, hour in FINDINGS
+             if sensors is None or sensor in sensors]  # fmt: skip
+    e["rarest"] = [(kind, who, tier) for tier, _, _, kind, who in sorted(
+        flows + hosts, key=lambda a: (-a[0], -a[1], a[2]))[:20]]  # fmt: skip
     e["drops"] = {s: DROPS_PER_DAY * sum(1 for d in DAYS[s] if d in days) for s in DAYS}
     return e

@@ -1,5 +1,9 @@
-"""Section 4, alerts: scored flows per tier per day, the rarest alerts, the hosts that started alerts, tiers per
-application."""
+"""Section 4, alerts: scored flows per tier per day, the strongest alerts, the per-host view (hosts by alert
+kind, scanners, beacons), tiers per application.
+
+Alerts arrive grouped (a count per alert), so the week's alert table is small:
+it is read whole and the per-host views are made from it with pandas. Alerts
+an older sensor sent (no kind) count as flow alerts."""
 
 from __future__ import annotations
 
@@ -19,19 +23,30 @@ KEY = "alerts"
 RAREST = 20
 HOSTS = 20
 """Source hosts listed by alerts started."""
+SCAN_KINDS = ("port-scan", "host-sweep")
+LISTED = 50
+"""Scanners and beacons listed."""
+_COLUMNS = ["sensor", "seq", "time", "last_seen", "kind", "signature", "count", "flow_id", "src_ip", "src_port",
+            "dst_ip", "dst_port", "protocol", "application", "domain", "baseline", "score", "tier", "tier_label",
+            "explanation"]  # fmt: skip
 
 
 def lazy(q: Query) -> dict:
-    alerts = q.frame("alerts")
-    return {
-        "rarest": alerts.nlargest(RAREST, ["tier", "score"]),
-        "count": alerts.groupby("tier").size(split_out=1),
-        "hosts": alerts.groupby(["src_ip", "tier"]).size(split_out=1),
-    }
+    return {"week": q.frame("alerts")[_COLUMNS]}
+
+
+def _week_alerts(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.copy()
+    frame["kind"] = frame["kind"].fillna("flow")
+    frame["signature"] = frame["signature"].fillna("")
+    frame["count"] = frame["count"].fillna(1).astype("int64")
+    frame["last_seen"] = frame["last_seen"].fillna(frame["time"])
+    return frame
 
 
 def assemble(q: Query, r: dict) -> dict:
-    apps, alert_count = r["applications.apps"], r["alerts.count"]
+    apps, week = r["applications.apps"], _week_alerts(r["alerts.week"])
+    alert_count = week.groupby("tier").size()
     per_day = [[0] * 7 for _ in range(TIERS)]
     if len(apps):
         day = apps.index.get_level_values("day")
@@ -48,9 +63,12 @@ def assemble(q: Query, r: dict) -> dict:
     return {
         "flows_per_tier_per_day": per_day,
         "alerts_per_tier": [int(alert_count.get(k, 0)) for k in range(TIERS)],
-        "rarest": _rarest(r["alerts.rarest"]),
+        "alerts_per_kind": {str(k): int(n) for k, n in sorted(week.groupby("kind").size().items())},
+        "rarest": _rarest(week.nlargest(RAREST, ["tier", "score"])),
         "tiers_per_application": per_app,
-        "hosts": _hosts(r["alerts.hosts"]),
+        "hosts": _hosts(week),
+        "scanners": _scanners(week),
+        "beacons": _beacons(week),
     }
 
 
@@ -61,7 +79,11 @@ def _rarest(rarest: pd.DataFrame) -> list[dict]:
         listed.append(
             {
                 "sensor": a.sensor,
+                "kind": a.kind,
+                "signature": a.signature,
+                "count": int(a.count),
                 "time": iso(a.time.to_pydatetime(), "auto"),
+                "last_seen": iso(a.last_seen.to_pydatetime(), "auto"),
                 "flow_id": a.flow_id,
                 "src_ip": a.src_ip,
                 "src_port": int(a.src_port),
@@ -78,22 +100,69 @@ def _rarest(rarest: pd.DataFrame) -> list[dict]:
     return listed
 
 
-def _hosts(counts: pd.Series) -> list[dict]:
-    """Source hosts by the alerts they started, rarest tier first: a scan is many ordinary-looking
-    flows from one host, which a list of single rare flows does not show."""
-    hosts: dict[str, list[int]] = {}
-    for (ip, tier), n in counts.items():
-        hosts.setdefault(ip, [0] * TIERS)[int(tier)] += int(n)
-    rows = [{"src_ip": ip, "alerts": sum(t), "max_tier": max(k for k in range(TIERS) if t[k]), "tiers": t}
-            for ip, t in hosts.items()]  # fmt: skip
+def _hosts(week: pd.DataFrame) -> list[dict]:
+    """Hosts by the alerts that name them as responsible, per kind and tier, strongest first: a scan is many
+    ordinary-looking flows from one host, which a list of single rare flows does not show."""
+    rows = []
+    for ip, mine in week.groupby("src_ip"):
+        if not ip:  # overflow summaries name no host
+            continue
+        tiers = [int((mine["tier"] == k).sum()) for k in range(TIERS)]
+        kinds = {str(k): int(n) for k, n in sorted(mine.groupby("kind").size().items())}
+        rows.append({"src_ip": ip, "alerts": len(mine), "max_tier": int(mine["tier"].max()), "tiers": tiers,
+                     "kinds": kinds})  # fmt: skip
     rows.sort(key=lambda h: (-h["max_tier"], -h["alerts"], h["src_ip"]))
     return rows[:HOSTS]
 
 
+def _scanners(week: pd.DataFrame) -> list[dict]:
+    """Source hosts of scan alerts: the targets they probed and the most ports (port scans) or hosts (sweeps) one
+    alert counted failing."""
+    scans = week[week["kind"].isin(SCAN_KINDS)]
+    rows = []
+    for ip, mine in scans.groupby("src_ip"):
+        ports = mine[mine["kind"] == "port-scan"]
+        sweeps = mine[mine["kind"] == "host-sweep"]
+        rows.append({
+            "src_ip": ip, "alerts": len(mine), "max_tier": int(mine["tier"].max()),
+            "hosts_scanned": int(ports["dst_ip"].nunique()), "ports_swept": int(sweeps["dst_port"].nunique()),
+            "most_ports": int(ports["count"].max()) if len(ports) else 0,
+            "most_hosts": int(sweeps["count"].max()) if len(sweeps) else 0,
+            "first_seen": iso(mine["time"].min().to_pydatetime(), "auto"),
+            "last_seen": iso(mine["last_seen"].max().to_pydatetime(), "auto"),
+        })  # fmt: skip
+    rows.sort(key=lambda h: (-h["max_tier"], -max(h["most_ports"], h["most_hosts"]), h["src_ip"]))
+    return rows[:LISTED]
+
+
+def _beacons(week: pd.DataFrame) -> list[dict]:
+    """Beacon alerts per (client, destination, port): the strongest one's interval, connections and score."""
+    beacons = week[week["kind"] == "beacon"]
+    rows = []
+    for (src, dst, port), mine in beacons.groupby(["src_ip", "dst_ip", "dst_port"]):
+        best = mine.sort_values(["tier", "score"], ascending=False).iloc[0]
+        facts = {e["axis"]: e for e in json.loads(best["explanation"])}
+        rows.append({
+            "src_ip": src, "dst_ip": dst, "dst_port": int(port), "application": best["application"],
+            "tier": int(best["tier"]), "score": float(best["score"]), "connections": int(mine["count"].max()),
+            "interval_s": float(facts["interval"]["value"]) if "interval" in facts else None,
+            "first_seen": iso(mine["time"].min().to_pydatetime(), "auto"),
+            "last_seen": iso(mine["last_seen"].max().to_pydatetime(), "auto"),
+        })  # fmt: skip
+    rows.sort(key=lambda b: (-b["tier"], -b["score"], b["src_ip"]))
+    return rows[:LISTED]
+
+
+def endpoint(ip: str, port: int) -> str:
+    """An address with its port, where a port applies (host-level alerts name hosts, not ports)."""
+    return f"{ip}:{port}" if port else ip
+
+
 def explain(explanation: list[dict]) -> str:
-    """One line per alert: which radar axes were unusual, and how far from typical."""
+    """One line per alert: what made it an alert, in words with units (numbers for alerts that have no words)."""
     return "; ".join(
-        f"{e['axis']} {e['value']:.4g} (typical {e['typical']:.4g}, score {e['score']:.2f})" for e in explanation
+        e.get("text") or f"{e['axis']} {e['value']:.4g} (typical {e['typical']:.4g}, score {e['score']:.2f})"
+        for e in explanation
     )
 
 
@@ -107,26 +176,115 @@ def tables(report: dict) -> dict:
             [[d] + [a["flows_per_tier_per_day"][k][i] for k in range(TIERS)] for i, d in enumerate(days)],
         ),
         "rarest_alerts": (
-            ["tier", "score", "time", "sensor", "application", "source", "destination", "flow_id", "explanation"],
+            [
+                "tier",
+                "score",
+                "kind",
+                "count",
+                "first_seen",
+                "last_seen",
+                "sensor",
+                "application",
+                "source",
+                "destination",
+                "flow_id",
+                "signature",
+                "explanation",
+            ],
             [
                 [
                     x["tier"],
                     x["score"],
+                    x["kind"],
+                    x["count"],
                     x["time"],
+                    x["last_seen"],
                     x["sensor"],
                     x["application"],
-                    f"{x['src_ip']}:{x['src_port']}",
-                    f"{x['dst_ip']}:{x['dst_port']}",
+                    endpoint(x["src_ip"], x["src_port"]),
+                    endpoint(x["dst_ip"], x["dst_port"]),
                     x["flow_id"],
+                    x["signature"],
                     explain(x["explanation"]),
                 ]
                 for x in a["rarest"]
             ],
         ),
         "alert_hosts": (
-            ["src_ip", "alerts", "max_tier", *tiers],
-            [[h["src_ip"], h["alerts"], h["max_tier"], *h["tiers"]] for h in a["hosts"]],
-        ),
+            ["src_ip", "alerts", "max_tier", *tiers, "kinds"],
+            [
+                [
+                    h["src_ip"],
+                    h["alerts"],
+                    h["max_tier"],
+                    *h["tiers"],
+                    "; ".join(f"{k} {n}" for k, n in h["kinds"].items()),
+                ]
+                for h in a["hosts"]
+            ],
+        ),  # fmt: skip
+        "scanners": (
+            [
+                "src_ip",
+                "alerts",
+                "max_tier",
+                "hosts_scanned",
+                "most_ports",
+                "ports_swept",
+                "most_hosts",
+                "first_seen",
+                "last_seen",
+            ],
+            [
+                [
+                    x[k]
+                    for k in (
+                        "src_ip",
+                        "alerts",
+                        "max_tier",
+                        "hosts_scanned",
+                        "most_ports",
+                        "ports_swept",
+                        "most_hosts",
+                        "first_seen",
+                        "last_seen",
+                    )
+                ]
+                for x in a["scanners"]
+            ],
+        ),  # fmt: skip
+        "beacons": (
+            [
+                "src_ip",
+                "dst_ip",
+                "dst_port",
+                "application",
+                "tier",
+                "score",
+                "connections",
+                "interval_s",
+                "first_seen",
+                "last_seen",
+            ],
+            [
+                [
+                    x[k]
+                    for k in (
+                        "src_ip",
+                        "dst_ip",
+                        "dst_port",
+                        "application",
+                        "tier",
+                        "score",
+                        "connections",
+                        "interval_s",
+                        "first_seen",
+                        "last_seen",
+                    )
+                ]
+                for x in a["beacons"]
+            ],
+        ),  # fmt: skip
         "tiers_per_application": (
             ["application", *tiers],
             [[r["application"], *r["tiers"]] for r in a["tiers_per_application"]],

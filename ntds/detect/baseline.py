@@ -1,12 +1,30 @@
 """The per-application baseline: what normal looks like, in one versioned JSON file.
 
 Built by `ntds-aggregator baseline build` from flow records, read by the sensor
-to score every flow locally. The file holds, per application (ProtocolName):
-the notebook's nine population metrics (count, mode, median, mean, std), the
-fitted scorer's parameters and the five tier thresholds learned from the
-application's own flows; plus the application ranking and an all-traffic entry
-(`ALL_TRAFFIC`) for applications too rare or never seen. JSON, not pickle: it
-is read on every sensor and must be safe to load and easy to review.
+to score every flow locally. The file holds, per entry: the notebook's nine
+population metrics (count, mode, median, mean, std), the fitted scorer's
+parameters, the five tier thresholds and the highest tier the entry's size
+supports; plus the application ranking. JSON, not pickle: it is read on every
+sensor and must be safe to load and easy to review.
+
+Entries form a fallback chain, each fitted on exactly the flows it will judge:
+
+1. an application (ProtocolName) with at least `min_count` scorable flows;
+2. a port class ("TCP/445", "UDP/high"): flows of applications without an
+   entry, by protocol and service port, where the class has `min_count` flows;
+3. all traffic: the flows neither of the above judges.
+
+Only scorable flows are learned and judged: answered, and for TCP carrying
+payload. Single-packet, unanswered, refused and handshake-only flows are what
+the host-level detectors and the unanswered counters are for; as a population
+they are degenerate (all-zero axes) and would make every real conversation look
+rare.
+
+A tier is claimed only where the entry's own flows show it: tier k needs at
+least MIN_EXCEEDANCES x 10**k flows (5,000 for "1 in 1000"). A smaller entry's
+flows are capped at the highest tier it supports, instead of extrapolating a
+tail its data never showed (bench/bench_scoring.py measures the calibration
+on held-out traffic).
 """
 
 from __future__ import annotations
@@ -19,14 +37,29 @@ from pathlib import Path
 import numpy as np
 
 from ntds.atomic import atomic_write_text
-from ntds.detect.scoring import AXES, SCORERS, TIER_LABELS, make_scorer, tier_of, tier_thresholds
+from ntds.detect.explain import axis_text
+from ntds.detect.scoring import (
+    AXES,
+    MIN_EXCEEDANCES,
+    SCORERS,
+    TIER_LABELS,
+    make_scorer,
+    tier_of,
+    tier_thresholds,
+)
 from ntds.errors import InputError
 from ntds.flows.clock import TIME_PRECISION_US
 from ntds.times import now_iso
 
 FORMAT = "ntds-baseline"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
+"""Version 1 files (no port classes, no tier caps) still load: their caps are derived from the counts."""
 ALL_TRAFFIC = "*all-traffic*"
+HIGH_PORT = 32768
+"""Ports from here up are clients' ephemeral ports (Linux starts at 32768, Windows at 49152)."""
+_CLASS_SCALE = 100_000
+_HIGH = 99_999
 
 METRICS: dict[str, str | tuple[str, ...]] = {
     "flowrate": "Flow.Bytes.s",
@@ -58,6 +91,63 @@ def metrics_matrix(columns: dict[str, np.ndarray]) -> np.ndarray:
         else:
             out.append(np.asarray(columns[source], dtype=float))
     return np.column_stack(out) if out else np.empty((0, len(METRICS)))
+
+
+def service_keys(protocol, src_port, dst_port) -> np.ndarray:
+    """Integer key of each flow's port class: protocol and service port (the destination's if it is below
+    HIGH_PORT, else the source's if that is, else "high"); no port for protocols without ports."""
+    proto = np.asarray(protocol, dtype=np.int64)
+    sport = np.asarray(src_port, dtype=np.int64)
+    dport = np.asarray(dst_port, dtype=np.int64)
+    port = np.where(dport < HIGH_PORT, dport, np.where(sport < HIGH_PORT, sport, _HIGH))
+    port = np.where((proto == 6) | (proto == 17) | (proto == 132), port, 0)
+    return proto * _CLASS_SCALE + port
+
+
+PROTOCOL_NAMES = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6", 132: "SCTP"}
+
+
+def class_name(key: int) -> str:
+    """The entry name of a port class key: "*TCP/445*", "*UDP/high*", "*ICMP*"."""
+    proto, port = divmod(int(key), _CLASS_SCALE)
+    name = PROTOCOL_NAMES.get(proto, f"IP-{proto}")
+    if proto not in (6, 17, 132):
+        return f"*{name}*"
+    return f"*{name}/{'high' if port == _HIGH else port}*"
+
+
+def entry_kind(name: str) -> str:
+    """What an entry is, in words (the alert's `baseline` field)."""
+    if name == ALL_TRAFFIC:
+        return "all-traffic"
+    if name.startswith("*") and name.endswith("*"):
+        return f"port class {name[1:-1]}"
+    return "application"
+
+
+def scorable(protocol, packets_bwd, payload) -> np.ndarray:
+    """Flows a baseline judges: answered, and for TCP carrying payload (see the module's docstring)."""
+    proto = np.asarray(protocol, dtype=float)
+    return (np.asarray(packets_bwd, dtype=float) > 0) & ((proto != 6) | (np.asarray(payload, dtype=float) > 0))
+
+
+SCORABLE_COLUMNS = ("Protocol", "Source.Port", "Destination.Port", "Total.Backward.Packets")
+
+
+def scorable_columns(cols: dict) -> np.ndarray:
+    """`scorable` from a flow table's columns (volume is the two payload totals)."""
+    payload = np.asarray(cols["Total.Length.of.Fwd.Packets"], dtype=float) + np.asarray(
+        cols["Total.Length.of.Bwd.Packets"], dtype=float
+    )
+    return scorable(cols["Protocol"], cols["Total.Backward.Packets"], payload)
+
+
+def supported_tier(count: int) -> int:
+    """Highest tier an entry of `count` flows can claim: k with count >= MIN_EXCEEDANCES * 10**k."""
+    k = 0
+    while k < len(TIER_LABELS) - 1 and count >= MIN_EXCEEDANCES * 10 ** (k + 1):
+        k += 1
+    return k
 
 
 def _stats(values: np.ndarray) -> dict:
@@ -122,22 +212,26 @@ def build(
     apps: np.ndarray,
     metrics: np.ndarray,
     *,
+    classes: np.ndarray | None = None,
     method: str = "robust",
     combine: str | None = None,
     min_count: int = 100,
     feature_profile: str = "unicauca",
     inputs: list[str] | None = None,
     extra_meta: dict | None = None,
+    counts: dict[str, int] | None = None,
 ) -> dict:
-    """The baseline document from per-flow application names and (n, 9) metrics."""
+    """The baseline document from scorable flows' application names, (n, 9) metrics and port class keys
+    (`service_keys`; None: no class entries). `counts`: flows per application of all flows read (scorable
+    or not) for the ranking; default: the scorable ones."""
     apps = np.asarray(apps).astype(str)
     if len(apps) == 0:
-        raise InputError("no flows to build a baseline from")
-    names, counts = np.unique(apps, return_counts=True)
+        raise InputError("no scorable flows to build a baseline from (answered, with payload for TCP)")
+    names, app_counts = np.unique(apps, return_counts=True)
     entries: dict[str, dict] = {}
     combine_used = None
 
-    def entry(mask: np.ndarray) -> dict:
+    def entry(mask: np.ndarray, judges: str) -> dict:
         nonlocal combine_used
         M = metrics[mask]
         X = M[:, AXIS_INDEX]
@@ -145,18 +239,36 @@ def build(
         combine_used = scorer.combine
         scores, per_axis = scorer.score_many(X)
         tiers = tier_thresholds(scores)
+        n = int(mask.sum())
+        cap = supported_tier(n)
         return {
-            "count": int(mask.sum()),
+            "count": n,
+            "judges": judges,
+            "max_tier": cap,
             "metrics": {name: {**_stats(M[:, i]), "histogram": _histogram(M[:, i])} for i, name in enumerate(METRICS)},
             "model": scorer.params(),
             "tiers": tiers,
-            "radar_sample": _radar_sample(per_axis, tier_of(scores, tiers)),
+            "radar_sample": _radar_sample(per_axis, np.minimum(tier_of(scores, tiers), cap)),
         }
 
-    for name, n in zip(names, counts):
+    rest = np.ones(len(apps), dtype=bool)
+    for name, n in zip(names, app_counts):
         if n >= min_count:
-            entries[str(name)] = entry(apps == name)
-    entries[ALL_TRAFFIC] = entry(np.ones(len(apps), dtype=bool))
+            mask = apps == name
+            entries[str(name)] = entry(mask, "flows of this application")
+            rest &= ~mask
+    if classes is not None and rest.any():
+        keys = np.asarray(classes)
+        uniq, n_class = np.unique(keys[rest], return_counts=True)
+        for key, n in zip(uniq, n_class):
+            if n >= min_count:
+                mask = rest & (keys == key)
+                entries[class_name(key)] = entry(mask, "flows of applications without an entry, on this port class")
+                rest &= ~mask
+    if rest.sum() >= min(min_count, len(apps)):
+        entries[ALL_TRAFFIC] = entry(rest, "flows no application or port class entry judges")
+    else:  # every flow has an entry: unseen traffic is judged against all of it (said in `judges`)
+        entries[ALL_TRAFFIC] = entry(np.ones(len(apps), dtype=bool), "unseen traffic, fitted on all flows")
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -168,10 +280,16 @@ def build(
         "combine": combine_used,
         "axes": list(AXES),
         "min_count": min_count,
-        "counts": {"flows": int(len(apps)), "applications": int(len(names)), "modelled": len(entries) - 1},
+        "counts": {
+            "flows": int(len(apps)),
+            "applications": int(len(names)),
+            "modelled": sum(1 for k in entries if entry_kind(k) == "application"),
+            "port_classes": sum(1 for k in entries if entry_kind(k).startswith("port class")),
+        },
     }
     meta.update(extra_meta or {})
-    return {**meta, "ranking": ranking({str(k): int(v) for k, v in zip(names, counts)}), "applications": entries}
+    ranked = counts or {str(k): int(v) for k, v in zip(names, app_counts)}
+    return {**meta, "ranking": ranking(ranked), "applications": entries}
 
 
 def save(doc: dict, path: Path) -> None:
@@ -187,6 +305,8 @@ class ScoredFlows:
     tier: np.ndarray
     per_axis: np.ndarray
     entry: list[str]
+    capped: np.ndarray
+    """Flows whose score passed a threshold beyond their entry's supported tier (the tier says the cap)."""
 
 
 class Baseline:
@@ -199,10 +319,18 @@ class Baseline:
         self.profile = doc["feature_profile"]
         self.scorers = {}
         self.tiers = {}
+        self.caps: dict[str, int] = {}
+        self.counts: dict[str, int] = {}
+        self.class_keys: dict[int, str] = {}
         for name, e in doc["applications"].items():
             scorer = make_scorer(self.method, doc["combine"]).load(e["model"])
             self.scorers[name] = scorer
             self.tiers[name] = e["tiers"]
+            self.counts[name] = e["count"]
+            self.caps[name] = e.get("max_tier", supported_tier(e["count"]))
+        for key_name in self.scorers:
+            if entry_kind(key_name).startswith("port class"):
+                self.class_keys[_class_key(key_name)] = key_name
 
     @property
     def id(self) -> str:
@@ -231,9 +359,10 @@ class Baseline:
             ) from None
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise InputError(f"{p}: not an ntds baseline file")
-        if doc.get("version") != VERSION:
+        if doc.get("version") not in READABLE_VERSIONS:
             raise InputError(
-                f"{p}: baseline format version {doc.get('version')!r}, this sensor reads version {VERSION}"
+                f"{p}: baseline format version {doc.get('version')!r:.20}, this sensor reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}"
             )
         if feature_profile is not None and doc.get("feature_profile") != feature_profile:
             raise InputError(
@@ -247,25 +376,42 @@ class Baseline:
             raise InputError(f"{p}: corrupt baseline ({e})") from None
         return baseline
 
-    def score(self, apps, metrics: np.ndarray) -> ScoredFlows:
-        """Score a batch: each flow against its application's entry, else the all-traffic one."""
+    def entries(self, apps, classes=None) -> list[str]:
+        """The entry that judges each flow: its application's, else its port class's, else all traffic."""
+        apps = np.asarray(apps).astype(str)
+        keys = np.full(len(apps), ALL_TRAFFIC, dtype=object)
+        if len(apps) == 0:
+            return []
+        uniq, inverse = np.unique(apps, return_inverse=True)
+        own = np.array([u in self.scorers and entry_kind(u) == "application" for u in uniq])[inverse]
+        keys[own] = apps[own]
+        if classes is not None and self.class_keys and not own.all():
+            rest = ~own
+            cu, cinv = np.unique(np.asarray(classes)[rest], return_inverse=True)
+            names = np.array([self.class_keys.get(int(k), ALL_TRAFFIC) for k in cu], dtype=object)
+            keys[rest] = names[cinv]
+        return keys.tolist()
+
+    def score(self, apps, metrics: np.ndarray, classes=None) -> ScoredFlows:
+        """Score a batch: each flow against the entry that judges it (`entries`)."""
         apps = np.asarray(apps).astype(str)
         n = len(apps)
         X = np.asarray(metrics, dtype=float)[:, AXIS_INDEX]
         score = np.zeros(n)
         tier = np.zeros(n, dtype=int)
+        capped = np.zeros(n, dtype=bool)
         per_axis = np.zeros((n, len(AXES)))
-        entry = [ALL_TRAFFIC] * n
-        for name in np.unique(apps):
-            mask = apps == name
-            key = name if name in self.scorers else ALL_TRAFFIC
-            s, pa = self.scorers[key].score_many(X[mask])
+        entry = self.entries(apps, classes)
+        keys = np.array(entry, dtype=object)
+        for name in set(entry):
+            mask = keys == name
+            s, pa = self.scorers[name].score_many(X[mask])
             score[mask], per_axis[mask] = s, pa
-            tier[mask] = tier_of(s, self.tiers[key])
-            if key != ALL_TRAFFIC:
-                for i in np.flatnonzero(mask):
-                    entry[i] = key
-        return ScoredFlows(score, tier, per_axis, entry)
+            raw = tier_of(s, self.tiers[name])
+            cap = self.caps[name]
+            tier[mask] = np.minimum(raw, cap)
+            capped[mask] = raw > cap
+        return ScoredFlows(score, tier, per_axis, entry, capped)
 
     def explain(self, entry: str, x_axes: np.ndarray, per_axis: np.ndarray, top: int = 3) -> list[dict]:
         """The axes that contributed most: the flow's value, the baseline's typical value, the axis score."""
@@ -277,9 +423,29 @@ class Baseline:
                 "value": float(x_axes[j]),
                 "typical": float(typical[j]),
                 "score": round(float(per_axis[j]), 4),
+                "text": axis_text(AXES[j], float(x_axes[j]), float(typical[j])),
             }
             for j in order
         ]
+
+
+def _class_key(name: str) -> int:
+    """The key of a port class entry name (inverse of class_name); ValueError for a malformed name."""
+    inner = name[1:-1]
+    proto_name, _, port = inner.partition("/")
+    protos = {v: k for k, v in PROTOCOL_NAMES.items()}
+    proto = protos.get(proto_name)
+    if proto is None and proto_name.startswith("IP-") and proto_name[3:].isdigit():
+        proto = int(proto_name[3:])
+    if proto is None or not 0 <= proto <= 255:
+        raise ValueError(f"entry {name[:40]!r}: not a port class")
+    if proto not in (6, 17, 132):
+        return proto * _CLASS_SCALE
+    if port == "high":
+        return proto * _CLASS_SCALE + _HIGH
+    if not port.isdigit() or not 0 <= int(port) < HIGH_PORT:
+        raise ValueError(f"entry {name[:40]!r}: not a port class")
+    return proto * _CLASS_SCALE + int(port)
 
 
 MAX_FILE_BYTES = 64 * 2**20
@@ -335,6 +501,23 @@ def validate(doc: dict) -> None:
             raise ValueError(f"{where}.tiers: expected 5 non-negative numbers")
         if any(t[i] > t[i + 1] for i in range(4)) or t[4] <= 0:
             raise ValueError(f"{where}.tiers: must not decrease, and the rarest must be above 0")
+        cap = e.get("max_tier", 0)
+        if not isinstance(cap, int) or isinstance(cap, bool) or not 0 <= cap <= 5:
+            raise ValueError(f"{where}.max_tier: expected a whole number from 0 to 5")
+        if entry_kind(name).startswith("port class"):
+            _class_key(name)
 
 
-__all__ = ["ALL_TRAFFIC", "Baseline", "METRICS", "TIER_LABELS", "build", "metrics_matrix", "save"]
+__all__ = [
+    "ALL_TRAFFIC",
+    "Baseline",
+    "METRICS",
+    "TIER_LABELS",
+    "build",
+    "class_name",
+    "entry_kind",
+    "metrics_matrix",
+    "save",
+    "scorable",
+    "service_keys",
+]

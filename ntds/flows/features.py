@@ -143,6 +143,8 @@ class _FlowState:
         "end",
         "opens",
         "evicted",
+        "payload",
+        "rst",
     )
 
 
@@ -161,12 +163,13 @@ def _window(packet, transport_size: int) -> int:
 
 FlowResult = tuple
 """What a finished flow carries back to the sensor on NFStream's `udps` slot: (state or None, end reason,
-opens, error). The state (None for a single-packet flow) becomes the 85 columns in the sensor's process
-(`finalize`), so the meter spends its time on packets, not on arithmetic a second core can do."""
+opens, error, payload bytes, reset seen). The state (None for a single-packet flow) becomes the 85 columns
+in the sensor's process (`finalize`), so the meter spends its time on packets, not on arithmetic a second
+core can do; payload and reset are what the host-level detectors need of every flow."""
 
 
 def failed(error: Exception, end: str = "", opens: bool = True) -> FlowResult:
-    return (None, end, opens, f"{type(error).__name__}: {error}")
+    return (None, end, opens, f"{type(error).__name__}: {error}", 0, False)
 
 
 class CicFeatures:
@@ -220,6 +223,8 @@ class CicFeatures:
         s.fin_f = s.fin_b = s.last_fin_fwd = False
         s.end = ""
         s.evicted = False
+        s.payload = 0
+        s.rst = False
         syn, ack = packet.syn, packet.ack
         s.first_flags = (packet.fin, syn, packet.rst, packet.psh, ack, packet.urg, packet.cwr, packet.ece)
         s.first_fwd = s.fwd_code != 1
@@ -253,7 +258,7 @@ class CicFeatures:
                 memory[key] = hash((s.src_ip, s.src_port))
                 if len(memory) > ORIENTATION_MEMORY:
                     del memory[next(iter(memory))]
-        return (s if s.n >= 2 else None, s.end, s.opens, "")
+        return (s if s.n >= 2 else None, s.end, s.opens, "", s.payload, s.rst)
 
 
 def _stepper(features: CicFeatures, p: FeatureProfile):
@@ -312,6 +317,7 @@ def _adder(p: FeatureProfile):
         transport = packet.transport_size
         if transport and s.l4:  # 0: header not parseable (too short), NFStream gives no ports or flags
             length = packet.payload_size
+            s.payload += length
             header = transport - length
             if padding:
                 trailer = packet.ip_content_len - packet.ip_size
@@ -358,6 +364,8 @@ def _adder(p: FeatureProfile):
         if header < d.min_hdr:
             d.min_hdr = header
         if s.tcp:
+            if packet.rst:
+                s.rst = True
             if first:  # spec 3, column 73: W_1, the flow's first packet, whatever its direction
                 s.f.win_first = _window(packet, transport) if transport else -1
             if last_bwd_window and not fwd:

@@ -167,14 +167,14 @@ def records(
     """NFStream flows carrying the meter's result -> FlowRecords (the 85 feature columns computed here, in the
     sensor's process, plus the two label columns)."""
     for flow in flows:
-        state, end, opens, error = flow.udps
+        state, end, opens, error, payload, rst = flow.udps
         name, l7 = dataset_label(flow.application_name)
         if state is None:
             if error:
                 where = f"{flow.src_ip}:{flow.src_port} -> {flow.dst_ip}:{flow.dst_port}"
                 on_warning(f"flow {where} skipped: {error}")
             elif single_packet_flows:
-                yield FlowRecord(None, None, _traffic(flow, name, opens))
+                yield FlowRecord(None, None, _traffic(flow, name, opens, payload, rst))
             continue
         yield FlowRecord(
             finalize(state, profile, flow.protocol, tz) + (l7, name),
@@ -192,11 +192,11 @@ def records(
                 end,
                 iso_utc(engine_ms(flow.bidirectional_first_seen_ms)),
             ),
-            _traffic(flow, name, opens),
+            _traffic(flow, name, opens, payload, rst),
         )
 
 
-def _traffic(flow, application: str, opens: bool) -> FlowTraffic:
+def _traffic(flow, application: str, opens: bool, payload: int, rst: bool) -> FlowTraffic:
     return FlowTraffic(
         engine_ms(flow.bidirectional_first_seen_ms),
         flow.src_ip,
@@ -210,6 +210,10 @@ def _traffic(flow, application: str, opens: bool) -> FlowTraffic:
         flow.dst2src_bytes,
         application,
         opens,
+        engine_ms(flow.bidirectional_last_seen_ms),
+        payload,
+        rst,
+        flow.requested_server_name or "",
     )
 
 

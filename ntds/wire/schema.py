@@ -2,7 +2,7 @@
 
 Every message is one ZeroMQ frame holding one UTF-8 JSON object, the envelope:
 
-    {"v": 2, "type": "alert", "sensor": "tap-01", "spool": "9f3c61d2a07b44e5", "seq": 42,
+    {"v": 3, "type": "alert", "sensor": "tap-01", "spool": "9f3c61d2a07b44e5", "seq": 42,
      "created": "2026-11-23T08:00:00.123456Z", "body": {...}}
 
 `seq` is the sensor's own sequence number: it starts at 1, grows by one per
@@ -13,10 +13,13 @@ sent: (sensor, spool, seq, created) names a message exactly once however often
 it is resent. The aggregator answers with an `ack` naming the spool and the
 sequence numbers it has stored.
 
-Version 1 sensors (no spool id, no health state) are still accepted: their
-frames are upgraded to version 2 on decoding (`upgrade_v1`) and answered with
-version 1 acknowledgements, so a sensor can be upgraded after the aggregator
-without losing what its spool holds.
+Older sensors are still accepted: version 1 (no spool id, no health state)
+and version 2 (alerts for single flows only) frames are upgraded to version 3
+on decoding (`upgrade`): a version 2 alert becomes a `flow` alert with a count
+of 1, first and last seen at the flow's start. Each sensor is acknowledged in
+its own version, so a sensor can be upgraded after the aggregator without
+losing what its spool holds. Bodies stored by an older aggregator are
+upgraded the same way when read (`upgrade_body`).
 
 Each message type is one `MessageType`: its fields, an example body, its rank
 when the spool must drop something, and how it is flattened into archive rows
@@ -41,8 +44,8 @@ from datetime import UTC, datetime
 
 from ntds.times import now_iso, parse_time
 
-VERSION = 2
-ACCEPTED_VERSIONS = (1, 2)
+VERSION = 3
+ACCEPTED_VERSIONS = (1, 2, 3)
 MAX_FRAME = 65536
 """Largest accepted frame in bytes; an alert is about 1 KB, a busy summary about 30 KB."""
 INT_MAX = 2**53 - 1
@@ -73,9 +76,10 @@ class WireError(ValueError):
 class F:
     """One field: its kind, what it means, and for objects and lists their own fields.
 
-    kinds: int (0..2^63-1), num (finite), str, time (ISO-8601 with a zone), obj
+    kinds: int (0..`top`), num (finite), str, time (ISO-8601 with a zone), obj
     (exactly `fields`), objs (a list of such objects, at most `max_items`), ints
-    (a list of ints, of `length` items when set).
+    (a list of ints, of `length` items when set), nums (an object of at most
+    `max_items` names, each a finite number).
     """
 
     kind: str
@@ -98,6 +102,8 @@ class Message:
     body: dict
     spool: str = ""
     """The sending spool's id ("" for version 1 sensors)."""
+    version: int = 3
+    """The schema version the sender wrote (acknowledgements go back in it)."""
 
 
 ArchiveRow = tuple[str, datetime, dict]
@@ -138,7 +144,7 @@ DIRECTIONAL = {
 FLOWS_BYTES = {"flows": F("int", "flows of this kind"), "bytes": F("int", "their IP bytes, both directions")}
 
 ENVELOPE: dict[str, F] = {
-    "v": F("int", "schema version (2; version 1 frames are upgraded on decoding)"),
+    "v": F("int", "schema version (3; version 1 and 2 frames are upgraded on decoding)"),
     "type": F("str", "hello, alert, summary, health or ack", max_len=16),
     "sensor": F("str", "the sensor's id; the aggregator only accepts the id bound to the sender's key", max_len=64),
     "spool": F(
@@ -170,56 +176,166 @@ HELLO = MessageType(
 
 
 def _archive_alert(m: Message) -> Iterable[ArchiveRow]:
-    t = parse_time(m.body["time"])
-    yield "alerts", t, _base(m) | m.body | {"time": t, "explanation": json.dumps(m.body["explanation"])}
+    b = m.body
+    t = parse_time(b["first_seen"])
+    row = {k: v for k, v in b.items() if k not in ("first_seen", "last_seen", "explanation", "features")}
+    yield (
+        "alerts",
+        t,
+        _base(m)
+        | row
+        | {
+            "time": t,
+            "last_seen": parse_time(b["last_seen"]),
+            "explanation": json.dumps(b["explanation"]),
+            "features": json.dumps(b["features"]),
+        },
+    )
 
+
+ALERT_KINDS_MEANING = (
+    "flow (one flow rare for the baseline entry that judged it), a host-level detector's kind (port-scan, "
+    "host-sweep, brute-force, beacon, long-connection, dns-tunnel, exfiltration, icmp-tunnel), or overflow "
+    "(alerts beyond the sensor's hourly budget, summarised)"
+)
 
 ALERT = MessageType(
     "alert",
-    "one flow judged rare against the sensor's baseline",
+    "something worth a look: a rare flow, or what a host-level detector concluded about one host; repeats of "
+    "one (kind, host, application, pattern) within the sensor's grouping window arrive as one alert with a count",
     {
-        "time": F("time", "flow start, ISO-8601 UTC"),
-        "flow_id": F("str", "CICFlowMeter Flow.ID"),
-        "src_ip": F("str", "Source.IP"),
-        "src_port": F("int", "Source.Port", top=65535),
-        "dst_ip": F("str", "Destination.IP"),
-        "dst_port": F("int", "Destination.Port", top=65535),
-        "protocol": F("int", "Protocol as in the flow record", top=255),
-        "application": F("str", "ProtocolName"),
-        "baseline": F("str", "application or all-traffic: which baseline entry judged the flow"),
-        "score": F("num", "anomaly score"),
-        "tier": F("int", "rarity tier 0..5", top=TIERS - 1),
-        "tier_label": F("str", "common event .. 1 in 100000 event"),
+        "kind": F("str", ALERT_KINDS_MEANING, max_len=32),
+        "signature": F("str", "one line in words: what, who, how much (Suricata's alert.signature)", max_len=512),
+        "first_seen": F("time", "start of the first flow behind the alert, ISO-8601 UTC"),
+        "last_seen": F("time", "end of the last flow behind it"),
+        "count": F("int", "occurrences folded into this alert (flows, or the detector's findings)"),
+        "window_s": F("int", "the detector's window in seconds (0 for a single flow)", top=INT_MAX),
+        "src_ip": F("str", "the responsible host: the flow's source, the scanner, the client", max_len=64),
+        "src_port": F("int", "source port of the flow (0 where no single flow applies)", top=65535),
+        "dst_ip": F("str", "destination host, where one applies", max_len=64),
+        "dst_port": F("int", "destination port, where one applies (0 otherwise)", top=65535),
+        "protocol": F(
+            "int",
+            "IP protocol number; flow alerts: as in the flow record (the unicauca profile writes 0 for "
+            "protocols other than TCP and UDP)",
+            top=255,
+        ),  # fmt: skip
+        "application": F("str", "ProtocolName of the flow(s), where one applies", max_len=128),
+        "domain": F("str", "registered domain, where one applies (dns-tunnel)", max_len=256),
+        "pattern": F(
+            "str", "what repeats of this kind and host are grouped on (a port, a destination...)", max_len=256
+        ),  # fmt: skip
+        "flow_id": F("str", "CICFlowMeter Flow.ID of the flow (flow alerts)", max_len=256),
+        "community_id": F("str", "Community ID flow hash v1 of the flow (flow alerts over TCP, UDP, SCTP)", max_len=64),
+        "baseline_id": F("str", "the baseline the sensor judged with when it raised the alert", max_len=128),
+        "baseline": F(
+            "str",
+            "flow alerts: the entry that judged the flow (application, port class P/N, all-traffic); host-level "
+            "alerts: detector",
+            max_len=128,
+        ),
+        "score": F("num", "the detector's score (flow: anomaly score; host-level: strength against the threshold)"),
+        "tier": F(
+            "int", "rarity tier 1..5 (1 in 10 .. 1 in 100000); host-level detectors: documented mapping", top=TIERS - 1
+        ),  # fmt: skip
+        "tier_label": F("str", "common event .. 1 in 100000 event", max_len=32),
         "explanation": F(
             "objs",
-            "the radar axes that contributed most, largest first",
+            "what made it an alert, strongest first",
             {
-                "axis": F("str", "radar axis name"),
-                "value": F("num", "the flow's value on that axis"),
-                "typical": F("num", "the baseline's typical value"),
-                "score": F("num", "the axis score"),
+                "axis": F("str", "radar axis or fact name", max_len=64),
+                "value": F("num", "the observed value"),
+                "typical": F("num", "the typical value (flow) or threshold (host-level)"),
+                "score": F("num", "how far out it is"),
+                "text": F("str", "the same in words, with units", max_len=1024),
             },
             max_items=16,
         ),
+        "features": F(
+            "nums",
+            "flow alerts: the flow's numeric CICFlowMeter columns by their data set names (non-finite values "
+            "left out); empty for host-level alerts",
+            max_items=100,
+        ),
     },
     {
-        "time": "2026-11-16T08:00:00.100000Z",
-        "flow_id": "10.1.0.10-93.184.216.34-42000-443-6",
+        "kind": "flow",
+        "signature": "Rare GOOGLE flow 10.1.0.10 -> 93.184.216.34:443: payload volume 99 MB, typically 6 kB",
+        "first_seen": "2026-11-16T08:00:00.100000Z",
+        "last_seen": "2026-11-16T08:01:40.100000Z",
+        "count": 1,
+        "window_s": 0,
         "src_ip": "10.1.0.10",
         "src_port": 42000,
         "dst_ip": "93.184.216.34",
         "dst_port": 443,
         "protocol": 6,
         "application": "GOOGLE",
+        "domain": "",
+        "pattern": "443 volume high",
+        "flow_id": "10.1.0.10-93.184.216.34-42000-443-6",
+        "community_id": "1:LQU9qZlK+B5F3KDmev6m5PMibrg=",
+        "baseline_id": "2026-11-23T02:00:00Z robust",
         "baseline": "application",
         "score": 3.25,
         "tier": 3,
         "tier_label": "1 in 1000 event",
-        "explanation": [{"axis": "volume", "value": 9.9e7, "typical": 6000.0, "score": 8.1}],
+        "explanation": [
+            {
+                "axis": "volume",
+                "value": 9.9e7,
+                "typical": 6000.0,
+                "score": 8.1,
+                "text": "payload volume 99 MB, typically 6 kB",
+            }
+        ],  # fmt: skip
+        "features": {"Flow.Duration": 100000000.0, "Total.Fwd.Packets": 900.0},
     },
     drop_rank=3,
     archive=_archive_alert,
 )
+
+
+def upgrade_body(kind: str, body: dict) -> dict:
+    """A body of an older schema version as version 3 (idempotent: a version 3 body is returned as is).
+
+    Version 2 alerts were single rare flows: first and last seen at the flow's start, a count of 1, the
+    explanation's text made from its numbers."""
+    if kind == "health" and isinstance(body, dict):
+        return {"flows_evicted": 0, "flows_skipped": 0, "state": "running", "detector_keys_evicted": 0} | body
+    if kind != "alert" or not isinstance(body, dict) or "time" not in body:
+        return body
+    from ntds.detect.explain import axis_text
+
+    b = dict(body)
+    t = b.pop("time")
+    explanation = b.get("explanation")
+    if isinstance(explanation, list):
+        b["explanation"] = [
+            e | {"text": _v2_text(e, axis_text)} if isinstance(e, dict) and "text" not in e else e for e in explanation
+        ]
+    app, src, dst, port = b.get("application", ""), b.get("src_ip", ""), b.get("dst_ip", ""), b.get("dst_port", 0)
+    return {
+        "kind": "flow",
+        "signature": f"Rare {app} flow {src} -> {dst}:{port}",
+        "first_seen": t,
+        "last_seen": t,
+        "count": 1,
+        "window_s": 0,
+        "domain": "",
+        "pattern": "",
+        "community_id": "",
+        "baseline_id": "",
+        "features": {},
+    } | b
+
+
+def _v2_text(e: dict, axis_text) -> str:
+    try:
+        return axis_text(str(e["axis"]), float(e["value"]), float(e["typical"]))
+    except (KeyError, TypeError, ValueError):
+        return ""
+
 
 # -- summary ----------------------------------------------------------------------------
 
@@ -385,6 +501,11 @@ HEALTH = MessageType(
         "flows_active": F("int", "flows open in the meter now"),
         "flows_evicted": F("int", "flows expired early since start because the flow table was full (max_flows)"),
         "flows_skipped": F("int", "flows not judged since start: dated outside the valid time range"),
+        "detector_keys_evicted": F(
+            "int",
+            "since start: hosts, pairs or groups the host-level detectors and the alert grouping stopped tracking "
+            "because their tables were full (a flood of sources; each table's cap is a setting)",
+        ),
         "state": F(
             "str", "running, or stopping (the sensor's last message before it exits)", choices=("running", "stopping")
         ),  # fmt: skip
@@ -398,6 +519,7 @@ HEALTH = MessageType(
         "flows_active": 3,
         "flows_evicted": 0,
         "flows_skipped": 0,
+        "detector_keys_evicted": 0,
         "state": "running",
         "spool_messages": 0,
         "spool_bytes": 0,
@@ -444,7 +566,7 @@ def hello(baseline_id: str, feature_profile: str) -> dict:
 
 def health(
     capture: dict, flows_evicted: int, flows_skipped: int, state: str, spool_messages: int, spool_bytes: int,
-    dropped: dict,
+    dropped: dict, detector_keys_evicted: int = 0,
 ) -> dict:  # fmt: skip
     """capture: packets_seen, packets_dropped, flows_active (since start)."""
     return {
@@ -453,6 +575,7 @@ def health(
         "flows_active": capture["flows_active"],
         "flows_evicted": flows_evicted,
         "flows_skipped": flows_skipped,
+        "detector_keys_evicted": detector_keys_evicted,
         "state": state,
         "spool_messages": spool_messages,
         "spool_bytes": spool_bytes,
@@ -514,6 +637,14 @@ def _value(f: F, v, where: str) -> None:
                 if not isinstance(item, dict):
                     raise WireError(f"{where}[{i}]: not an object")
                 _check(f.fields, item, f"{where}[{i}]")
+    elif f.kind == "nums":
+        ok = isinstance(v, dict) and len(v) <= f.max_items
+        ok = ok and all(
+            isinstance(k, str)
+            and len(k) <= 64
+            and ((_is_int(x) and abs(x) <= INT_MAX) or (isinstance(x, float) and math.isfinite(x)))
+            for k, x in v.items()
+        )
     elif f.kind == "ints":
         ok = isinstance(v, list) and len(v) <= f.max_items and all(_is_int(x) and 0 <= x <= f.top for x in v)
         ok = ok and (f.length is None or len(v) == f.length)
@@ -534,7 +665,7 @@ def _check(fields: dict[str, F], obj: dict, where: str) -> None:
 def encode(message: Message, version: int = VERSION) -> bytes:
     """One frame for a message; validated the same way the receiver will.
 
-    version=1 is only for acknowledging version 1 sensors, which know no spool ids."""
+    Older versions are only for acknowledging older sensors (version 1 knows no spool ids)."""
     obj = {"v": version, "type": message.type, "sensor": message.sensor}
     if version >= 2:
         obj["spool"] = message.spool
@@ -544,12 +675,16 @@ def encode(message: Message, version: int = VERSION) -> bytes:
     return frame
 
 
-def upgrade_v1(obj: dict) -> dict:
-    """A version 1 frame's object as version 2: no spool id, and health without the fields v2 added."""
-    obj = {**obj, "v": VERSION, "spool": ""}
+def upgrade(obj: dict) -> dict:
+    """A version 1 or 2 frame's object as version 3: no spool id (v1), bodies of the fields later versions
+    added (`upgrade_body`)."""
+    version = obj.get("v")
+    obj = {**obj, "v": VERSION}
+    if version == 1:
+        obj["spool"] = ""
     body = obj.get("body")
-    if obj.get("type") == "health" and isinstance(body, dict):
-        obj["body"] = {"flows_evicted": 0, "flows_skipped": 0, "state": "running"} | body
+    if isinstance(body, dict):
+        obj["body"] = upgrade_body(str(obj.get("type")), body)
     return obj
 
 
@@ -570,8 +705,8 @@ def decode(frame: bytes) -> Message:
     version = obj.get("v")
     if isinstance(version, bool) or version not in ACCEPTED_VERSIONS:
         raise WireError(f"schema version {version!r:.20}, expected {VERSION}", "version")
-    if version == 1:
-        obj = upgrade_v1(obj)
+    if version != VERSION:
+        obj = upgrade(obj)
     _check(ENVELOPE, obj, "envelope")
     kind = obj["type"]
     if kind not in SCHEMA:
@@ -579,7 +714,7 @@ def decode(frame: bytes) -> Message:
     if not obj["sensor"]:
         raise WireError("envelope: sensor must be non-empty")
     _check(SCHEMA[kind], obj["body"], kind)
-    return Message(kind, obj["sensor"], obj["seq"], obj["created"], obj["body"], obj["spool"])
+    return Message(kind, obj["sensor"], obj["seq"], obj["created"], obj["body"], obj["spool"], version)
 
 
 def _no_constants(name: str):

@@ -1,0 +1,175 @@
+"""Detection: the one place finished flows become alerts (capture -> features -> **detect** -> publish).
+
+`ntds-sensor run`, `replay` and `score` all hand their flows, in the order
+they finished, to one `Detection`:
+
+1. per flow, rarity against the baseline, for scorable flows only (answered,
+   and for TCP carrying payload; see ntds.detect.baseline), in numpy batches;
+2. every flow, single-packet and unanswered ones included, through each
+   enabled host-level detector (ntds.detect.hosts);
+3. the alerts of both, at or above `min_tier`, through the grouping and the
+   hourly budget (ntds.detect.grouping), on the flows' own clock.
+
+The result depends only on the flows and their order, so offline scoring of
+a capture gives exactly the alerts a replay of it sent.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ntds.detect.alerts import COLUMNS, features_map, flow_alert, host_alert
+from ntds.detect.baseline import AXIS_INDEX, Baseline, metrics_matrix, scorable_columns, service_keys
+from ntds.detect.grouping import Grouper, GroupingOptions
+from ntds.detect.hosts import DETECTORS, Detector
+from ntds.flows.files import records_to_columns
+from ntds.flows.traffic import FlowTraffic
+
+
+@dataclass
+class Judged:
+    """What one batch came to: each flow's tier (None: not scored) and the alerts now due."""
+
+    tiers: list[int | None]
+    alerts: list[dict]
+
+
+@dataclass
+class DetectionStats:
+    scored: int = 0
+    findings: Counter = field(default_factory=Counter)
+    """Host-level findings by kind, before grouping."""
+    flow_alerts: int = 0
+    """Flows at or above min_tier, before grouping."""
+
+
+class _Observed:
+    """A flow as detection reads it: traffic always, the 87 columns when the meter recorded them."""
+
+    __slots__ = ("features", "traffic")
+
+    def __init__(self, features: tuple | None, traffic: FlowTraffic) -> None:
+        self.features = features
+        self.traffic = traffic
+
+
+def build_detectors(settings: dict[str, dict] | None, local: Callable[[str], bool] | None = None) -> list[Detector]:
+    """The enabled detectors with their options (sensor.yaml `detectors:`; every detector is on by default)."""
+    settings = settings or {}
+    unknown = set(settings) - set(DETECTORS)
+    if unknown:
+        raise ValueError(f"unknown detector {sorted(unknown)[0]!r} (known: {', '.join(DETECTORS)})")
+    out = []
+    for kind, cls in DETECTORS.items():
+        options = dict(settings.get(kind) or {})
+        if options.pop("enabled", True) is False:
+            continue
+        out.append(cls(local=local, **options))
+    return out
+
+
+class Detection:
+    """Flows in, grouped alerts out; see the module docstring."""
+
+    def __init__(
+        self,
+        baseline: Baseline,
+        *,
+        min_tier: int = 3,
+        detectors: dict[str, dict] | None = None,
+        grouping: GroupingOptions | None = None,
+        local: Callable[[str], bool] | None = None,
+    ) -> None:
+        self.baseline = baseline
+        self.min_tier = min_tier
+        self.detectors = build_detectors(detectors, local)
+        self.grouper = Grouper(grouping)
+        self.stats = DetectionStats()
+        self.clock_ms = 0
+
+    @property
+    def evicted(self) -> int:
+        """Keys the detectors and the grouping stopped tracking because their tables were full."""
+        return sum(d.evicted for d in self.detectors) + self.grouper.evicted
+
+    def process(self, records: Sequence[Any]) -> Judged:
+        """One batch of finished flows (objects with `.features` (87 columns or None) and `.traffic`)."""
+        tiers: list[int | None] = [None] * len(records)
+        flow_alerts: dict[int, dict] = {}
+        recorded = [i for i, r in enumerate(records) if r.features is not None]
+        if recorded:
+            cols = records_to_columns([records[i] for i in recorded], COLUMNS)
+            mask = scorable_columns(cols)
+            if mask.any():
+                picked = np.flatnonzero(mask)
+                sub = {k: v[mask] for k, v in cols.items()}
+                self._score([records[recorded[j]] for j in picked], [recorded[j] for j in picked], sub, tiers,
+                            flow_alerts)  # fmt: skip
+        out: list[dict] = []
+        grouper = self.grouper
+        for i, r in enumerate(records):
+            t = r.traffic
+            now = t.end_ms if t.end_ms > t.start_ms else t.start_ms
+            if now > self.clock_ms:
+                self.clock_ms = now
+                out += grouper.advance(now)
+            for d in self.detectors:
+                for f in d.findings(t):
+                    self.stats.findings[f.kind] += 1
+                    if f.tier >= self.min_tier:
+                        out += grouper.add(host_alert(f, self.baseline.id), self.clock_ms)
+            alert = flow_alerts.get(i)
+            if alert is not None:
+                out += grouper.add(alert, self.clock_ms)
+        return Judged(tiers, out)
+
+    def _score(self, records, positions, cols, tiers, flow_alerts) -> None:
+        apps = cols["ProtocolName"].astype(str)
+        M = metrics_matrix(cols)
+        classes = service_keys(cols["Protocol"], cols["Source.Port"], cols["Destination.Port"])
+        scored = self.baseline.score(apps, M, classes)
+        self.stats.scored += len(apps)
+        for j, pos in enumerate(positions):
+            tiers[pos] = int(scored.tier[j])
+        axes = M[:, AXIS_INDEX]
+        for j in np.flatnonzero(scored.tier >= self.min_tier):
+            r, entry = records[j], scored.entry[j]
+            tier = int(scored.tier[j])
+            self.stats.flow_alerts += 1
+            flow_alerts[positions[j]] = flow_alert(
+                r.traffic,
+                str(cols["Flow.ID"][j]),
+                entry,
+                float(scored.score[j]),
+                tier,
+                self.baseline.explain(entry, axes[j], scored.per_axis[j]),
+                self.baseline.id,
+                features_map(r.features),
+                capped_at=tier if scored.capped[j] else None,
+                protocol=int(cols["Protocol"][j]),
+            )
+
+    def advance(self, now_ms: int) -> list[dict]:
+        """Groups due by `now_ms` (a live sensor's wall clock when no flow has ended for a while)."""
+        if now_ms <= self.clock_ms:
+            return []
+        self.clock_ms = now_ms
+        return self.grouper.advance(now_ms)
+
+    def close(self) -> list[dict]:
+        """Every alert still being grouped: the end of the input, or a sensor stopping."""
+        return self.grouper.close()
+
+    def reload(self, baseline: Baseline, min_tier: int) -> None:
+        """SIGHUP: a new baseline and minimum tier from the next flow on; detector state is kept."""
+        self.baseline, self.min_tier = baseline, min_tier
+
+
+def observed(features: tuple | None, traffic: FlowTraffic) -> _Observed:
+    """Wrap a flow read from a flow file (no meter record) for `Detection.process`."""
+    return _Observed(features, traffic)

@@ -1,0 +1,162 @@
+"""Exfiltration: a local host sending one external destination far more than it sends anyone as a rule.
+
+Per (local host, external destination) the bytes sent (from the local side)
+and received are kept in hourly buckets over a sliding day; per local host, the
+largest daily volume it sent any destination on each of its recent days. A
+pair is suspect when its last day's upload is above an absolute floor, above
+`factor` times the host's own recent norm (the median of those daily maxima,
+once the host has `min_history_days` of history; before that, `new_host_factor`
+times the floor), and mostly one way (upload at least `ratio` times the
+download). A slow leak spread over hours adds up in the day's
+buckets; a host that backs up to the same cloud every night has that volume as
+its norm and stays quiet.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from ntds.detect.explain import duration, size
+from ntds.detect.hosts.base import Detector, Finding, Option, is_group, register, tiered
+from ntds.flows.traffic import FlowTraffic
+
+HOUR_MS = 3_600_000
+DAY_HOURS = 24
+
+
+class _Pair:
+    __slots__ = ("up", "down", "hour", "first_ms", "last_ms", "reported_tier")
+
+    def __init__(self) -> None:
+        self.up = [0] * DAY_HOURS  # bytes sent per hour of the sliding day (ring, indexed by hour % 24)
+        self.down = [0] * DAY_HOURS
+        self.hour = -1  # the newest hour written
+        self.first_ms = self.last_ms = 0
+        self.reported_tier = 0
+
+    def advance(self, hour: int) -> None:
+        if self.hour < 0:
+            self.hour = hour
+            return
+        for h in range(self.hour + 1, min(hour, self.hour + DAY_HOURS) + 1):
+            self.up[h % DAY_HOURS] = self.down[h % DAY_HOURS] = 0
+        self.hour = max(self.hour, hour)
+
+
+class _Host:
+    __slots__ = ("days", "day", "day_max")
+
+    def __init__(self) -> None:
+        self.days: list[int] = []  # largest daily upload to one destination, recent days
+        self.day = -1
+        self.day_max = 0
+
+
+@register
+class Exfiltration(Detector):
+    kind = "exfiltration"
+    OPTIONS = {
+        "floor_bytes": Option(100_000_000, "bytes one host must send one external destination in a day", 1),
+        "factor": Option(10.0, "times the host's own usual daily maximum to one destination", 1),
+        "ratio": Option(3.0, "upload must be this many times the download", 0),
+        "history_days": Option(7, "days of each host's history kept for its norm", 1),
+        "min_history_days": Option(2, "days of history before a host's own norm is trusted", 1),
+        "new_host_factor": Option(5.0, "until then the threshold is this many times the floor", 1),
+        "pairs": Option(100_000, "(host, destination) pairs tracked at once", 100),
+        "hosts": Option(20_000, "local hosts with a history kept", 100),
+    }
+    TIERS = (1, 5, 25)  # the excess over the threshold
+
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        self.pairs_table = self.table(self.pairs)
+        self.hosts_table = self.table(self.hosts)
+
+    def _sides(self, flow: FlowTraffic) -> tuple[str, str, int, int] | None:
+        """(local host, external destination, bytes sent by the local host, bytes received)."""
+        src_local, dst_local = self.local(flow.src_ip), self.local(flow.dst_ip)
+        if src_local == dst_local or is_group(flow.dst_ip) or is_group(flow.src_ip):
+            return None
+        if src_local:
+            return flow.src_ip, flow.dst_ip, flow.bytes_fwd, flow.bytes_bwd
+        return flow.dst_ip, flow.src_ip, flow.bytes_bwd, flow.bytes_fwd
+
+    def learn_one(self, flow: FlowTraffic) -> None:
+        sides = self._sides(flow)
+        if sides is None:
+            return
+        host, remote, up, down = sides
+        hour = flow.start_ms // HOUR_MS
+        p = self.pairs_table.get((host, remote), _Pair)
+        p.advance(hour)
+        p.up[hour % DAY_HOURS] += up
+        p.down[hour % DAY_HOURS] += down
+        p.first_ms = p.first_ms or flow.start_ms
+        p.last_ms = max(p.last_ms, flow.end_ms)
+        h = self.hosts_table.get(host, _Host)
+        day = hour // DAY_HOURS
+        if day != h.day:
+            if h.day >= 0:
+                h.days = (h.days + [h.day_max])[-self.history_days :]
+            h.day, h.day_max = day, 0
+        h.day_max = max(h.day_max, sum(p.up))
+
+    def score_one(self, flow: FlowTraffic) -> Finding | None:
+        sides = self._sides(flow)
+        if sides is None:
+            return None
+        host, remote, _, _ = sides
+        p = self.pairs_table.rows.get((host, remote))
+        h = self.hosts_table.rows.get(host)
+        if p is None or h is None:
+            return None
+        sent, received = sum(p.up), sum(p.down)
+        if sent < self.floor_bytes or sent < self.ratio * received:
+            return None
+        known = len(h.days) >= self.min_history_days
+        norm = statistics.median(h.days) if h.days else 0
+        threshold = max(self.floor_bytes, self.factor * norm) if known else self.floor_bytes * self.new_host_factor
+        if sent < threshold:
+            return None
+        tier = tiered(sent / threshold, self.TIERS)
+        if tier <= p.reported_tier:
+            return None
+        p.reported_tier = tier
+        span = (p.last_ms - p.first_ms) / 1000
+        usual = (
+            f"usually at most {size(norm)} a day to one destination"
+            if known
+            else f"{len(h.days)} days of history, too few for a norm"
+        )
+        return Finding(
+            kind=self.kind,
+            src_ip=host,
+            dst_ip=remote,
+            protocol=flow.protocol,
+            application=flow.application,
+            first_ms=p.first_ms,
+            last_ms=p.last_ms,
+            count=sent,
+            window_s=DAY_HOURS * 3600,
+            tier=tier,
+            score=sent / threshold,
+            signature=f"Exfiltration to {remote}: {size(sent)} sent in {duration(max(span, 1) * 1e6)}, "
+            f"{size(received)} received",
+            facts=[
+                {
+                    "what": "bytes sent",
+                    "value": sent,
+                    "typical": norm,
+                    "score": sent / threshold,
+                    "text": f"{size(sent)} sent to {remote} in the last day ({usual}; threshold {size(threshold)})",
+                },
+                {
+                    "what": "upload/download",
+                    "value": sent / max(received, 1),
+                    "typical": self.ratio,
+                    "score": sent / max(received, 1) / self.ratio,
+                    "text": f"{size(sent)} up against {size(received)} down",
+                },
+            ],
+            pattern=remote,
+        )

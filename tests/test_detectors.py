@@ -1,0 +1,237 @@
+"""Host-level detectors: the contract every registered one keeps, and each one on its scenario and near misses.
+
+Scenarios are real captures (tests/detection_week.py writes the frames) metered by the
+sensor's own meter (NFStream) and judged by the sensor's own `Detection`:
+a few days of an ordinary campus with every planted attack, each from its own
+host. Each detector must name its attacker, and no host-level alert may name
+the campus's ordinary hosts: the busy client, the peer-to-peer client, the
+discovery broadcasters, the monitoring station, the nightly backup, the hosts
+polling the update server.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ntds.detect.baseline import Baseline
+from ntds.detect.detection import Detection
+from ntds.detect.grouping import Grouper, GroupingOptions
+from ntds.detect.hosts import DETECTORS
+from ntds.detect.hosts.beacon import beacon_score, bowley
+from ntds.detect.hosts.dns import registered_domain
+from ntds.flows.meter import FlowMeter
+from ntds.flows.traffic import FlowTraffic
+from tests import detection_week as campus
+
+ROOT = Path(__file__).resolve().parent.parent
+BASELINE = ROOT / "config" / "baseline.json"
+BIN = Path(sys.executable).parent
+
+
+def _flow(src="10.0.0.1", dst="10.0.0.2", sport=40000, dport=80, proto=6, t=0, **kw) -> FlowTraffic:
+    values = dict(start_ms=t, src_ip=src, dst_ip=dst, src_port=sport, dst_port=dport, protocol=proto,
+                  packets_fwd=1, bytes_fwd=60, packets_bwd=0, bytes_bwd=0, application="Unknown", end_ms=t)  # fmt: skip
+    return FlowTraffic(**(values | kw))
+
+
+# -- the contract ---------------------------------------------------------------------------------
+
+
+def _random_flow(rng: random.Random, t: int) -> FlowTraffic:
+    proto = rng.choice((6, 17, 1))
+    answered = rng.random() < 0.5
+    return _flow(
+        src=f"{rng.randrange(1, 223)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}",
+        dst=f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}",
+        sport=rng.randrange(1024, 65536), dport=rng.randrange(1, 65536), proto=proto, t=t, end_ms=t + 50,
+        packets_fwd=rng.randint(1, 50), bytes_fwd=rng.randint(40, 10**7), packets_bwd=answered * rng.randint(1, 50),
+        bytes_bwd=answered * rng.randint(40, 10**6), payload=rng.randint(0, 5000), application=rng.choice(
+            ("DNS", "TLS", "Unknown", "HTTP")), server_name=f"{rng.getrandbits(40):x}.example.com",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", list(DETECTORS))
+def test_every_registered_detector_keeps_the_contract(kind):
+    cls = DETECTORS[kind]
+    assert cls.kind == kind
+    assert sys.modules[cls.__module__].__doc__, "a detector's module says why it works the way it does"
+    assert cls.OPTIONS and all(o.meaning for o in cls.OPTIONS.values())
+    with pytest.raises(ValueError, match="unknown option"):
+        cls(no_such_option=1)
+    for name, option in cls.OPTIONS.items():
+        bad = "x" if not isinstance(option.default, str) else 1
+        with pytest.raises(ValueError, match=name):
+            cls(**{name: bad})
+    # bounded memory: a flood of random sources with every table at its smallest never grows past the caps
+    small = {k: 100 for k, o in cls.OPTIONS.items() if o.low == 100}
+    assert small, "every detector bounds its tables with an option"
+    a, b = cls(**small), cls(**small)
+    rng = random.Random(5)
+    found_a, found_b = [], []
+    for i in range(20_000):
+        flow = _random_flow(rng, i * 10)
+        found_a += a.findings(flow)
+        b.learn_one(flow)
+        got = b.score_one(flow)
+        found_b += [got] if got is not None else []
+        assert all(len(t) <= t.limit for t in a.tables)
+    assert a.evicted > 0 and a.size <= sum(t.limit for t in a.tables)
+    assert [f.__dict__ for f in found_a] == [f.__dict__ for f in found_b]  # findings = learn_one + score_one
+    for f in found_a:
+        assert f.kind == kind and 1 <= f.tier <= 5 and f.signature and f.facts
+
+
+def test_detector_options_come_from_the_sensor_config(tmp_path):
+    from sensor.config import load
+
+    cfg = tmp_path / "sensor.yaml"
+    base = f"sensor_id: t\nbaseline: {BASELINE}\nsensor_key: k\nserver_key: k\n"
+    cfg.write_text(base + "detectors:\n  port-scan: {ports: 40}\n  beacon: {enabled: false}\n")
+    c = load(cfg, insecure=True)
+    d = Detection(Baseline.load(BASELINE), detectors=c.detectors)
+    kinds = [x.kind for x in d.detectors]
+    assert "beacon" not in kinds and next(x for x in d.detectors if x.kind == "port-scan").ports == 40
+    for text, message in (
+        ("detectors:\n  port-scan: {portz: 4}\n", "unknown option 'portz'"),
+        ("detectors:\n  nope: {}\n", "unknown detector 'nope'"),
+        ("detectors:\n  port-scan: {ports: -3}\n", "port-scan.ports must be at least"),
+        ("detectors: [1, 2]\n", "must be a mapping"),
+        ("alert_grouping: {group_wait: 5}\n", "unknown key 'group_wait'"),
+    ):
+        cfg.write_text(base + text)
+        p = subprocess.run([str(BIN / "ntds-sensor"), "check-config", str(cfg), "--insecure"], capture_output=True,
+                           text=True)  # fmt: skip
+        assert p.returncode != 0 and message in p.stderr and "Traceback" not in p.stderr, p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1
+
+
+# -- building blocks against hand computations ------------------------------------------------------
+
+
+def test_beacon_score_by_hand():
+    # a metronome: equal gaps and sizes -> skew 0, MAD 0 -> 1.0 each; size smallness 1 - 100/65535
+    score, parts = beacon_score([0, 10, 20, 30, 40, 50], [100] * 6)
+    assert parts["ts"] == 1.0 and parts["ds"] == pytest.approx((1 + 1 + 1 - 100 / 65535) / 3)
+    assert score == pytest.approx((1 + parts["ds"]) / 2)
+    # Bowley skewness of 1, 2, 3, 10: quartiles (inclusive) 1.75, 2.5, 4.75 -> (4.75 + 1.75 - 5) / 3 = 0.5
+    assert bowley([1, 2, 3, 10]) == pytest.approx(0.5)
+    # random gaps score far lower than a jittered period
+    rng = random.Random(1)
+    times = [0]
+    for _ in range(40):
+        times.append(times[-1] + int(rng.expovariate(1 / 300_000)))
+    jittered = [k * 300_000 + rng.randint(-60_000, 60_000) for k in range(40)]
+    assert beacon_score(times, [500] * 41)[1]["ts"] < 0.6 < beacon_score(sorted(jittered), [500] * 40)[1]["ts"]
+
+
+def test_registered_domain_uses_the_public_suffix_list():
+    assert registered_domain("a.b.example.co.uk") == "example.co.uk"
+    assert registered_domain("x.y.github.io") == "y.github.io"  # a private suffix of the list
+    assert registered_domain("4.3.2.1.in-addr.arpa") == "" and registered_domain("printer.local") == ""
+    assert registered_domain("co.uk") == ""
+
+
+def test_grouping_folds_repeats_escalates_at_once_and_keeps_to_the_budget():
+    def alert(host, tier=3, t="2026-11-16T08:00:00Z", kind="flow", pattern="445 volume low"):
+        return {"kind": kind, "src_ip": host, "application": "SMB", "pattern": pattern, "tier": tier, "score": tier,
+                "count": 1, "first_seen": t, "last_seen": t, "baseline_id": "b", "signature": "s"}  # fmt: skip
+
+    g = Grouper(GroupingOptions(group_wait_s=60, group_interval_s=3600, budget_per_hour=3))
+    out = []
+    for k in range(17):  # 17 identical knocks of one host within a minute: one alert, count 17
+        out += g.add(alert("10.0.0.9"), 1000 + k * 1000)
+        out += g.advance(1000 + k * 1000)
+    assert out == []
+    out += g.advance(62_000)
+    assert [(a["src_ip"], a["count"]) for a in out] == [("10.0.0.9", 17)]
+    # a repeat of a higher tier goes out with the next step of the clock, not an hour later
+    g.add(alert("10.0.0.9", tier=5), 70_000)
+    assert [(a["tier"], a["count"]) for a in g.advance(70_001)] == [(5, 1)]
+    # the third alert of the hour is the last one sent; the rest are summarised in one overflow alert
+    sent = []
+    for k in range(6):
+        g.add(alert(f"10.0.1.{k}"), 80_000)
+    sent = g.advance(200_000)
+    assert len(sent) == 1
+    out = g.advance(3_600_000 + 1)  # the next hour: the overflow of the last one
+    assert [a["kind"] for a in out] == ["overflow"] and out[0]["count"] == 5
+    assert "5 more alerts in 5 groups" in out[0]["signature"]
+    off = Grouper(GroupingOptions(group_wait_s=0, group_interval_s=0, budget_per_hour=100))
+    assert len(off.add(alert("a"), 1) + off.add(alert("a"), 1)) == 2  # both waits 0: no grouping
+
+
+# -- scenarios on real captures -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def campus_alerts(tmp_path_factory) -> tuple[list[dict], Detection]:
+    """Four days of a 30-host campus with every planted attack, metered and judged once."""
+    path, _ = campus.week(tmp_path_factory.mktemp("campus") / "campus.pcap", hosts=30, days=4, seed=3)
+    detection = Detection(Baseline.load(BASELINE))
+    meter = FlowMeter("unicauca", single_packet_flows=True)
+    alerts, batch = [], []
+    for record in meter.read([path]):
+        batch.append(record)
+        if len(batch) == 512:
+            alerts += detection.process(batch).alerts
+            batch = []
+    alerts += detection.process(batch).alerts + detection.close()
+    return alerts, detection
+
+
+@pytest.mark.parametrize("attack", campus.ATTACKS, ids=[a.name for a in campus.ATTACKS])
+def test_each_attack_is_found_and_names_its_host(campus_alerts, attack):
+    alerts, _ = campus_alerts
+    kinds = {a["kind"] for a in alerts if a["src_ip"] == attack.host}
+    assert attack.kind in kinds, (attack.name, kinds)
+    mine = [a for a in alerts if a["kind"] == attack.kind and a["src_ip"] == attack.host]
+    a = mine[0]
+    assert 3 <= a["tier"] <= 5 and a["count"] >= 1 and a["explanation"] and a["baseline"] == "detector"
+    assert all(e["text"] for e in a["explanation"])
+    assert a["first_seen"] <= a["last_seen"]
+
+
+def test_ordinary_hosts_raise_no_host_level_alert(campus_alerts):
+    """The near misses: the busy client, the peer-to-peer client, the discovery broadcasters, the monitoring
+    station, the nightly backup and every host polling the update server stay quiet."""
+    alerts, detection = campus_alerts
+    attackers = {a.host for a in campus.ATTACKS}
+    victims = {campus.FILES, campus.MAIL, campus.GIT, campus.INTRANET}
+    wrong = [
+        (a["kind"], a["src_ip"], a["signature"])
+        for a in alerts
+        if a["kind"] != "flow" and a["src_ip"] not in attackers and a["src_ip"] not in victims
+    ]
+    assert wrong == []
+    # and the attacks' findings were really made on metered flows of the whole capture
+    assert detection.stats.findings["port-scan"] >= 2 and detection.stats.scored > 1000
+
+
+def test_offline_score_equals_what_a_replay_would_send(tmp_path):
+    """`ntds-sensor score` runs the same detection in one pass: the capture in two halves gives the same alerts
+    as in one piece (the grouping runs on the flows' clock, not on how the input was chunked)."""
+    cap = campus.Capture(seed=9)
+    campus.scan_resets(cap, campus.START + 3600)
+    campus.http_brute_force(cap, campus.START + 7200)
+    campus.dns_tunnel(cap, campus.START + 9000)
+    path = cap.write(tmp_path / "attacks.pcap")
+    out = tmp_path / "alerts.jsonl"
+    p = subprocess.run([str(BIN / "ntds-sensor"), "score", str(path), "--baseline", str(BASELINE), "-o", str(out)],
+                       capture_output=True, text=True)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    alerts = [json.loads(line) for line in out.read_text().splitlines()]
+    detection = Detection(Baseline.load(BASELINE))
+    records = list(FlowMeter("unicauca", single_packet_flows=True).read([path]))
+    again = []
+    for k in range(0, len(records), 7):  # odd batch sizes
+        again += detection.process(records[k : k + 7]).alerts
+    again += detection.close()
+    assert alerts == again
+    assert {(a["kind"], a["src_ip"]) for a in alerts} >= {
+        ("port-scan", "10.20.1.30"), ("brute-force", "10.20.1.32"), ("dns-tunnel", "10.20.1.34")}  # fmt: skip
