@@ -46,7 +46,7 @@ from ntds.detect import baseline as bl  # noqa: E402
 from ntds.detect.detection import Detection  # noqa: E402
 from ntds.detect.hosts import DETECTORS  # noqa: E402
 from ntds.flows.meter import FlowMeter  # noqa: E402
-from tests import campus  # noqa: E402
+from tests import detection_week as campus  # noqa: E402
 
 
 def build_baseline(path: Path, out: Path) -> dict:

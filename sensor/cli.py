@@ -156,7 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "local networks apply (flags below override)")  # fmt: skip
     s.add_argument("--baseline", type=Path, help="baseline file (from ntds-aggregator baseline build)")
     s.add_argument(
-        "--min-tier", type=int, choices=range(0, 6), help="lowest tier written (default: 3, or the config's)"
+        "--min-tier",
+        type=int,
+        choices=range(0, 6),
+        help="lowest tier written, flow and host-level alike (default: the config's, else 3 host-level, 4 flows)",
     )
     s.add_argument("--all", action="store_true", help="every scored flow on its own line, ungrouped (tier 0 up)")
     s.add_argument("-o", "--output", type=Path, help="write JSON lines here (default: stdout)")

@@ -96,13 +96,13 @@ class SensorConfig(Settings):
         "choice", "unicauca", "feature profile; must match the baseline's", choices=tuple(sorted(PROFILES))
     )
     min_alert_tier: int = setting(
-        "int",
-        3,
-        "alerts of this tier or rarer are sent (flows: rarity; host-level: their documented mapping)",
-        low=0,
-        high=5,
-        reload=True,
-    )
+        "int", 3, "host-level alerts of this tier or stronger are sent (each detector's documented mapping)",
+        low=0, high=5, reload=True,
+    )  # fmt: skip
+    min_flow_tier: int = setting(
+        "int", 4, "flows of this rarity tier or rarer are sent as flow alerts (tier k: about 1 scored flow in 10^k)",
+        low=0, high=5, reload=True,
+    )  # fmt: skip
     detectors: dict = setting(
         "mapping", {}, "host-level detectors: per kind, enabled: false or options that differ from the defaults "
         "(ntds-sensor detectors lists them)", check=_detectors,

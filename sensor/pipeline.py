@@ -117,6 +117,7 @@ class Pipeline:
         self.detection = Detection(
             self.baseline,
             min_tier=cfg.min_alert_tier,
+            min_flow_tier=cfg.min_flow_tier,
             detectors=cfg.detectors,
             grouping=cfg.grouping,
             local=lambda ip: self.summariser.classes.is_local(ip),
@@ -400,8 +401,9 @@ class Pipeline:
             log.warning("reload: %s changed; these take effect at the next restart", ", ".join(fixed))
         self._flush()  # flows scored so far keep the baseline they were scored with
         self.baseline = baseline
-        self.detection.reload(baseline, cfg.min_alert_tier)
+        self.detection.reload(baseline, cfg.min_alert_tier, cfg.min_flow_tier)
         self.summariser.classes, self.summariser.geo = classes, geo  # from the next flow on
         self.cfg = cfg
         self.spool.append([("hello", self._hello())])
-        log.info("reloaded: baseline %s (%s), minimum alert tier %d", cfg.baseline, baseline.method, cfg.min_alert_tier)
+        log.info("reloaded: baseline %s (%s), minimum tiers %d (host-level), %d (flows)", cfg.baseline, baseline.method,
+                 cfg.min_alert_tier, cfg.min_flow_tier)  # fmt: skip

@@ -95,9 +95,11 @@ def _capture_records(path: Path, profile: str, skipped: list[int]) -> Iterator[l
 
 
 def _settings(args):
-    """(baseline path, profile, min tier, detectors, grouping, local matcher) from --config and the flags."""
+    """(baseline path, profile, (host-level, flow) min tiers, detectors, grouping, local matcher) from --config
+    and the flags; --min-tier sets both tiers."""
     detectors, grouping, nets = {}, GroupingOptions(), list(DEFAULT_LOCAL_NETWORKS)
     baseline, profile, min_tier = args.baseline, args.profile, args.min_tier
+    tiers = (3, 4)
     if args.config is not None:
         from sensor.config import load as load_config
 
@@ -105,12 +107,14 @@ def _settings(args):
         detectors, grouping, nets = cfg.detectors, cfg.grouping, cfg.local_networks
         baseline = baseline or cfg.baseline
         profile = profile or cfg.feature_profile
-        min_tier = cfg.min_alert_tier if min_tier is None else min_tier
+        tiers = (cfg.min_alert_tier, cfg.min_flow_tier)
     if baseline is None:
         raise InputError("give --baseline (or --config with a sensor.yaml naming one)")
+    if min_tier is not None:
+        tiers = (min_tier, min_tier)
     if args.all:  # every scored flow on its own line: no grouping, no budget
-        min_tier, grouping = 0, GroupingOptions(group_wait_s=0, group_interval_s=0, budget_per_hour=2**62)
-    return baseline, profile or "unicauca", 3 if min_tier is None else min_tier, detectors, grouping, matcher(nets)
+        tiers, grouping = (0, 0), GroupingOptions(group_wait_s=0, group_interval_s=0, budget_per_hour=2**62)
+    return baseline, profile or "unicauca", tiers, detectors, grouping, matcher(nets)
 
 
 def score_command(args) -> int:
@@ -118,9 +122,10 @@ def score_command(args) -> int:
         kind_of(p)
         if not p.exists():
             raise InputError(f"{p}: no such file")
-    baseline_path, profile, min_tier, detectors, grouping, local = _settings(args)
+    baseline_path, profile, (min_tier, min_flow_tier), detectors, grouping, local = _settings(args)
     baseline = Baseline.load(baseline_path, feature_profile=profile)
-    detection = Detection(baseline, min_tier=min_tier, detectors=detectors, grouping=grouping, local=local)
+    detection = Detection(baseline, min_tier=min_tier, min_flow_tier=min_flow_tier, detectors=detectors,
+                          grouping=grouping, local=local)  # fmt: skip
     tiers = [0] * len(TIER_LABELS)
     skipped = [0]
     top: list[tuple[int, float, int, dict]] = []

@@ -81,6 +81,7 @@ def every_flow_an_alert() -> dict:
 
     return {
         "min_alert_tier": 0,
+        "min_flow_tier": 0,
         "alert_grouping": {"group_wait_s": 0, "group_interval_s": 0, "budget_per_hour": 10**9},
         "detectors": {kind: {"enabled": False} for kind in DETECTORS},
     }

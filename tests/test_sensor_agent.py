@@ -225,10 +225,10 @@ def test_sighup_refuses_a_bad_baseline_and_takes_a_good_one(agent, site_pcap):
     wait(lambda: "reload refused" in agent.log(), 20, "the refusal")
     assert p.poll() is None  # still running, on the old baseline
     shutil.copy(BASELINE, agent.baseline)
-    agent.config.write_text(agent.config.read_text().replace("min_alert_tier: 0", "min_alert_tier: 5"))
+    agent.config.write_text(agent.config.read_text().replace("min_flow_tier: 0", "min_flow_tier: 5"))
     p.send_signal(signal.SIGHUP)
     wait(lambda: "reloaded: baseline" in agent.log(), 20, "the reload")
-    assert "minimum alert tier 5" in agent.log()
+    assert "minimum tiers 0 (host-level), 5 (flows)" in agent.log()
     p.send_signal(signal.SIGTERM)
     assert p.wait(60) == 0, agent.log()
     assert len(agent.rows("hello")) == 2  # a fresh hello names the baseline now in use

@@ -7,8 +7,14 @@ they finished, to one `Detection`:
    and for TCP carrying payload; see ntds.detect.baseline), in numpy batches;
 2. every flow, single-packet and unanswered ones included, through each
    enabled host-level detector (ntds.detect.hosts);
-3. the alerts of both, at or above `min_tier`, through the grouping and the
-   hourly budget (ntds.detect.grouping), on the flows' own clock.
+3. the alerts of both (flows at or above `min_flow_tier`, host-level findings
+   at or above `min_tier`) through the grouping and the hourly budget
+   (ntds.detect.grouping), on the flows' own clock.
+
+A calibrated tier k flags about 1 scored flow in 10**k by construction, so the
+per-flow default is tier 4 (about one alert per 10,000 scored flows before
+grouping); the host-level detectors, which only fire on behaviour, default to
+tier 3.
 
 The result depends only on the flows and their order, so offline scoring of
 a capture gives exactly the alerts a replay of it sent.
@@ -45,7 +51,7 @@ class DetectionStats:
     findings: Counter = field(default_factory=Counter)
     """Host-level findings by kind, before grouping."""
     flow_alerts: int = 0
-    """Flows at or above min_tier, before grouping."""
+    """Flows at or above min_flow_tier, before grouping."""
 
 
 class _Observed:
@@ -81,12 +87,14 @@ class Detection:
         baseline: Baseline,
         *,
         min_tier: int = 3,
+        min_flow_tier: int = 4,
         detectors: dict[str, dict] | None = None,
         grouping: GroupingOptions | None = None,
         local: Callable[[str], bool] | None = None,
     ) -> None:
         self.baseline = baseline
         self.min_tier = min_tier
+        self.min_flow_tier = min_flow_tier
         self.detectors = build_detectors(detectors, local)
         self.grouper = Grouper(grouping)
         self.stats = DetectionStats()
@@ -137,7 +145,7 @@ class Detection:
         for j, pos in enumerate(positions):
             tiers[pos] = int(scored.tier[j])
         axes = M[:, AXIS_INDEX]
-        for j in np.flatnonzero(scored.tier >= self.min_tier):
+        for j in np.flatnonzero(scored.tier >= self.min_flow_tier):
             r, entry = records[j], scored.entry[j]
             tier = int(scored.tier[j])
             self.stats.flow_alerts += 1
@@ -165,9 +173,9 @@ class Detection:
         """Every alert still being grouped: the end of the input, or a sensor stopping."""
         return self.grouper.close()
 
-    def reload(self, baseline: Baseline, min_tier: int) -> None:
-        """SIGHUP: a new baseline and minimum tier from the next flow on; detector state is kept."""
-        self.baseline, self.min_tier = baseline, min_tier
+    def reload(self, baseline: Baseline, min_tier: int, min_flow_tier: int) -> None:
+        """SIGHUP: a new baseline and minimum tiers from the next flow on; detector state is kept."""
+        self.baseline, self.min_tier, self.min_flow_tier = baseline, min_tier, min_flow_tier
 
 
 def observed(features: tuple | None, traffic: FlowTraffic) -> _Observed:
