@@ -69,7 +69,7 @@ def judge(path: Path, baseline: Path) -> dict:
 
     def run(batch):
         judged = detection.process(batch)
-        sent.extend((detection.clock_ms, a) for a in judged.alerts)
+        sent.extend(zip(judged.due_ms, judged.alerts))
         for r, tier in zip(batch, judged.tiers):
             benign = r.traffic.src_ip not in attackers and r.traffic.dst_ip not in attackers
             flows["benign" if benign else "attack"] += 1

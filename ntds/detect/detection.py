@@ -43,6 +43,8 @@ class Judged:
 
     tiers: list[int | None]
     alerts: list[dict]
+    due_ms: list[int] = field(default_factory=list)
+    """The data time each alert went out at (its group's wait over, or the escalation seen): time to detect."""
 
 
 @dataclass
@@ -119,22 +121,28 @@ class Detection:
                 self._score([records[recorded[j]] for j in picked], [recorded[j] for j in picked], sub, tiers,
                             flow_alerts)  # fmt: skip
         out: list[dict] = []
+        due: list[int] = []
         grouper = self.grouper
+
+        def sent(alerts: list[dict]) -> None:
+            out.extend(alerts)
+            due.extend([self.clock_ms] * len(alerts))
+
         for i, r in enumerate(records):
             t = r.traffic
             now = t.end_ms if t.end_ms > t.start_ms else t.start_ms
             if now > self.clock_ms:
                 self.clock_ms = now
-                out += grouper.advance(now)
+                sent(grouper.advance(now))
             for d in self.detectors:
                 for f in d.findings(t):
                     self.stats.findings[f.kind] += 1
                     if f.tier >= self.min_tier:
-                        out += grouper.add(host_alert(f, self.baseline.id), self.clock_ms)
+                        sent(grouper.add(host_alert(f, self.baseline.id), self.clock_ms))
             alert = flow_alerts.get(i)
             if alert is not None:
-                out += grouper.add(alert, self.clock_ms)
-        return Judged(tiers, out)
+                sent(grouper.add(alert, self.clock_ms))
+        return Judged(tiers, out, due)
 
     def _score(self, records, positions, cols, tiers, flow_alerts) -> None:
         apps = cols["ProtocolName"].astype(str)

@@ -12,7 +12,8 @@ around their median, so it lowers the score only a little.
 State is bounded: at most `pairs` pairs, each keeping its latest `keep`
 connections; a pair is judged once it has `connections` connections over at
 least `min_span_s`, and again at most every `every_s` of data time. Protocols
-that are regular by design (NTP, DNS, discovery) are left out by application,
+that are regular by design (NTP, DNS, discovery, messaging and push services
+that nDPI names by their servers) are left out by application,
 and so are popular destinations (more than `max_clients` local clients call
 them): an update server every host polls is regular but not a covert channel,
 while C2 is rare by nature (RITA's prevalence). A typical interval under
@@ -33,7 +34,10 @@ from ntds.detect.hosts.base import Detector, Finding, Option, is_group, register
 from ntds.flows.traffic import FlowTraffic
 
 REGULAR_BY_DESIGN = ["NTP", "DNS", "MDNS", "SSDP", "LLMNR", "NETBIOS", "DHCP", "DHCPV6", "IGMP", "ICMP", "IP_ICMP",
-                     "IP_ICMPV6", "STUN", "SNMP", "SYSLOG"]  # fmt: skip
+                     "IP_ICMPV6", "STUN", "SNMP", "SYSLOG",
+                     # messaging and push services keep a heartbeat by design (nDPI names them by their servers)
+                     "WHATSAPP", "SIGNAL", "TELEGRAM", "MESSENGER", "APPLEPUSH", "TEAMS", "SKYPE_TEAMS",
+                     "SLACK"]  # fmt: skip
 
 
 def bowley(values: list[float]) -> float:

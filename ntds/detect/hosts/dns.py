@@ -17,7 +17,9 @@ from ntds.detect.explain import duration, size
 from ntds.detect.hosts.base import Detector, Finding, Option, register, tiered
 from ntds.flows.traffic import FlowTraffic
 
-DNS_PORTS = (53, 5353, 853)
+DNS_PORTS = (53, 5353)
+"""Plain DNS, where the requested server name is the query name. DNS over TLS (853) and HTTPS carry the
+resolver's name instead, and many lookups per connection: neither signal applies."""
 
 
 @lru_cache(maxsize=1)
@@ -52,7 +54,7 @@ class DnsTunnel(Detector):
     OPTIONS = {
         "unique_names": Option(60, "unique names under one registered domain from one client that make a tunnel", 2),
         "packets": Option(300, "or DNS packets to that domain (a tunnel reuses one conversation)", 2),
-        "bytes": Option(60_000, "or DNS bytes (IP bytes, both directions)", 1),
+        "bytes": Option(250_000, "or DNS bytes (IP bytes, both directions): a download through TXT answers", 1),
         "window_s": Option(600, "sliding window, seconds", 1),
         "names_kept": Option(4000, "unique names remembered per (client, domain)", 10),
         "sources": Option(50_000, "(client, domain) keys tracked at once", 100),
@@ -65,7 +67,7 @@ class DnsTunnel(Detector):
 
     @staticmethod
     def _dns(flow: FlowTraffic) -> bool:
-        return bool(flow.server_name) and (flow.dst_port in DNS_PORTS or flow.application.upper() in ("DNS", "MDNS"))
+        return bool(flow.server_name) and flow.dst_port in DNS_PORTS
 
     def _key(self, flow: FlowTraffic) -> tuple[str, str] | None:
         if not self._dns(flow):
