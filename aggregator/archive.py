@@ -257,9 +257,9 @@ class Archive:
                 last = batch[-1][0]
                 store.set_state(STATE_KEY, last)
                 done += len(batch)
-            self._merge(today or datetime.now(UTC).date())
-            if retention_days:
+            if retention_days:  # before merging: a merge must not give rows past retention a newer file
                 self._expire(store, retention_days, last)
+            self._merge(today or datetime.now(UTC).date())
         return done
 
     def _check_identity(self, store: Store) -> None:

@@ -96,6 +96,44 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--json", action="store_true", help="one JSON object per alert")
     al.set_defaults(func=_alerts)
 
+    ui = sub.add_parser(
+        "ui",
+        help="the alert manager: web UI, JSON API and Prometheus metrics on ui_listen",
+        description="Serve the alert manager (queue, alerts, hosts, sensors, silences, reports, deliveries, audit "
+        "log; /api/...; /metrics) from the store, on ui_listen (127.0.0.1:8080 by default). Accounts: "
+        "`ntds-aggregator user`.",
+    )
+    ui.add_argument("--config", required=True, help="aggregator.yaml")
+    ui.set_defaults(func=_ui)
+
+    us = sub.add_parser("user", help="alert manager accounts: add, list, remove, passwd, token")
+    usub = us.add_subparsers(dest="user_command", required=True, metavar="ACTION")
+    ua = usub.add_parser("add", help="add an operator (password from --password-file, a prompt, or stdin)")
+    ua.add_argument("name")
+    ua.add_argument("--role", choices=("viewer", "analyst"), default="viewer", help="default: viewer (read-only)")
+    ua.add_argument("--password-file", help="file holding the password (first line)")
+    ua.add_argument("--one-time", action="store_true", help="generate a password that works for one login, print it")
+    up = usub.add_parser("passwd", help="set an operator's password (ends their sessions)")
+    up.add_argument("name")
+    up.add_argument("--password-file", help="file holding the password (first line)")
+    ur = usub.add_parser("remove", help="remove an operator and their sessions and tokens")
+    ur.add_argument("name")
+    usub.add_parser("list", help="list operators and roles")
+    ut = usub.add_parser("token", help="print a new API token for scripts (Authorization: Bearer TOKEN)")
+    ut.add_argument("name")
+    ut.add_argument("--days", type=int, default=365, help="valid for this many days (default: 365)")
+    for parser_ in (ua, up, ur, ut, usub.choices["list"]):
+        parser_.add_argument("--config", required=True, help="aggregator.yaml")
+    us.set_defaults(func=_user)
+
+    dv = sub.add_parser("deliveries", help="broadcast deliveries: list them, retry parked ones")
+    dv.add_argument("action", nargs="?", choices=("list", "retry"), default="list")
+    dv.add_argument("ids", nargs="*", type=int, metavar="ID", help="retry: these (default: every failed one)")
+    dv.add_argument("--config", required=True, help="aggregator.yaml")
+    dv.add_argument("--status", choices=("pending", "delivered", "failed"), help="list: only this status")
+    dv.add_argument("--json", action="store_true", help="list: one JSON object per delivery")
+    dv.set_defaults(func=_deliveries)
+
     se = sub.add_parser("sensors", help="list sensors: status, last seen, backlog, drops")
     se.add_argument("--config", required=True, help="aggregator.yaml")
     se.add_argument("--json", action="store_true", help="one JSON object per sensor")
@@ -268,6 +306,103 @@ def _sensors(args) -> int:
         backlog = "-" if r["backlog"] is None else r["backlog"]
         drops = "-" if r["drops"] is None else r["drops"]
         print(f"{printable(r['sensor'], 15):<16}{r['status']:<9}{seen:<22}{backlog:>9}{drops:>8}")
+    return 0
+
+
+def _ui(args) -> int:
+    from aggregator.config import load
+    from aggregator.store import open_store
+    from aggregator.ui.app import serve
+    from ntds.logs import setup
+
+    setup(PROG)
+    cfg = load(args.config, insecure=True)
+    open_store(cfg.store, create=True).close()  # the schema exists before the first page asks
+    import logging
+
+    logging.getLogger("ntds.aggregator").info("alert manager on http://%s/", cfg.ui_listen)
+    serve(cfg)
+    return 0
+
+
+def _password(path: str | None, prompt: str) -> str:
+    import getpass
+
+    if path:
+        try:
+            return open(path, encoding="utf-8").readline().rstrip("\n")  # noqa: SIM115
+        except OSError as e:
+            raise InputError(f"{path}: cannot read the password: {e.strerror or e}") from None
+    if sys.stdin.isatty():
+        first, second = getpass.getpass(prompt), getpass.getpass("again: ")
+        if first != second:
+            raise InputError("the passwords differ")
+        return first
+    return sys.stdin.readline().rstrip("\n")
+
+
+def _user(args) -> int:
+    import secrets
+
+    from aggregator.config import load
+    from aggregator.manager import Manager, connect
+    from aggregator.store import open_store
+
+    cfg = load(args.config, insecure=True)
+    open_store(cfg.store, create=True).close()
+    m = Manager(connect(cfg.store))
+    try:
+        if args.user_command == "add":
+            if args.one_time:
+                password = secrets.token_urlsafe(18)
+                m.add_user(args.name, args.role, password, one_time=True)
+                print(password)
+            else:
+                m.add_user(args.name, args.role, _password(args.password_file, f"password for {args.name}: "))
+            print(f"added {args.name} ({args.role})", file=sys.stderr)
+        elif args.user_command == "passwd":
+            m.set_password(args.name, _password(args.password_file, f"new password for {args.name}: "))
+            print(f"password of {args.name} changed; their sessions are ended", file=sys.stderr)
+        elif args.user_command == "remove":
+            m.remove_user(args.name)
+            print(f"removed {args.name}", file=sys.stderr)
+        elif args.user_command == "token":
+            print(m.api_token(args.name, args.days))
+        else:
+            for u in m.users():
+                print(f"{u['name']}\t{u['role']}")
+    finally:
+        m.db.close()
+    return 0
+
+
+def _deliveries(args) -> int:
+    import json
+
+    from aggregator.broadcast.outbox import deliveries, retry
+    from aggregator.manager import connect
+
+    cfg, store = _open_store(args.config)
+    store.close()
+    db = connect(cfg.store)
+    try:
+        if args.action == "retry":
+            n = retry(db, args.ids or None)
+            print(f"{n} deliveries queued again", file=sys.stderr)
+            return 0
+        rows = deliveries(db, args.status)
+    finally:
+        db.close()
+    for d in rows:
+        if args.json:
+            print(json.dumps(d))
+        else:
+            print(f"{d['id']}\t{d['receiver']}\t{d['status']}\t{d['attempts']} attempts\t{d['alerts']} alerts\t"
+                  f"{d['last_error']}")  # fmt: skip
+    if not args.json:
+        failed = sum(1 for d in rows if d["status"] == "failed")
+        print(f"{len(rows)} deliveries" + (f", {failed} failed (retry with: deliveries retry)" if failed else ""),
+              file=sys.stderr)  # fmt: skip
     return 0
 
 

@@ -11,6 +11,32 @@ from pathlib import Path
 from ntds.settings import Settings, setting
 
 
+def _receivers(value: list) -> str | None:
+    from aggregator.broadcast.routes import parse_receivers
+
+    try:
+        parse_receivers(value, Path("."))
+    except ValueError as e:
+        return f"is not valid: {e}"
+    return None
+
+
+def _broadcast(value: dict) -> str | None:
+    from aggregator.broadcast.outbox import BroadcastOptions
+
+    for k, v in value.items():
+        if k not in BroadcastOptions.MEANINGS:
+            return f"has unknown key {k!r} (known: {', '.join(BroadcastOptions.MEANINGS)})"
+        if not isinstance(v, int | float) or isinstance(v, bool) or not 0 < v <= 10**7:
+            return f"{k} must be a positive number"
+    return None
+
+
+def _listen(value: str) -> str | None:
+    host, _, port = value.rpartition(":")
+    return None if host and port.isdigit() and 0 < int(port) < 65536 else "must be HOST:PORT"
+
+
 def _country(value: str) -> str | None:
     return None if len(value) == 2 and value.isalpha() and value.isupper() else "must be an ISO 3166 alpha-2 code"
 
@@ -31,6 +57,43 @@ class AggregatorConfig(Settings):
                                   high=36500)  # fmt: skip
     archive_interval_s: int = setting("int", 30, "seconds between archive exports while serving", low=1, high=86400)
     site_country: str = setting("str", "", "ISO code of the site's country: the world map's origin", check=_country)
+    receivers: list = setting(
+        "records", [], "where alerts can go: webhook, syslog, email, eve receivers (README: Broadcast)",
+        check=_receivers,
+    )  # fmt: skip
+    routes: list = setting("records", [], "which alerts go to which receivers, grouped how (README: Broadcast)")
+    broadcast: dict = setting(
+        "mapping", {}, "delivery retries: max_attempts (12), backoff_s (5), max_backoff_s (600), keep_delivered_days "
+        "(30)", check=_broadcast,
+    )  # fmt: skip
+    ui_listen: str = setting("str", "127.0.0.1:8080", "where the alert manager (ntds-aggregator ui) listens",
+                             check=_listen)  # fmt: skip
+    ui_secure_cookies: str = setting(
+        "choice", "auto", "session cookies marked Secure (HTTPS only): auto = unless the UI listens on loopback",
+        choices=("auto", "yes", "no"),
+    )  # fmt: skip
+    reports: Path = setting("path", "/var/lib/ntds-aggregator/reports", "folder of weekly reports the UI lists")
+
+    @classmethod
+    def finish(cls, path: Path, values: dict) -> dict:
+        from aggregator.broadcast.routes import parse_receivers, parse_routes
+        from ntds.errors import InputError
+
+        try:
+            receivers = parse_receivers(values["receivers"], path.resolve().parent)
+            parse_routes(values["routes"], receivers)
+        except ValueError as e:
+            raise InputError(f"{path}: {e}") from None
+        return values
+
+    @property
+    def broadcast_setup(self):
+        """(routes, receivers, options) of the broadcast, validated."""
+        from aggregator.broadcast.outbox import BroadcastOptions
+        from aggregator.broadcast.routes import parse_receivers, parse_routes
+
+        receivers = parse_receivers(self.receivers, self.path.resolve().parent)
+        return parse_routes(self.routes, receivers), receivers, BroadcastOptions(**self.broadcast)
 
 
 def load(path: str | Path, insecure: bool = False) -> AggregatorConfig:

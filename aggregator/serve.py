@@ -16,6 +16,7 @@ import threading
 import time
 
 from aggregator.archive import Archiver
+from aggregator.broadcast.outbox import Broadcaster
 from aggregator.config import AggregatorConfig
 from aggregator.receiver import Receiver, StoreBroken
 from aggregator.store import open_store
@@ -55,6 +56,10 @@ class Server:
             raise InputError(f"{cfg.endpoint}: cannot listen: {e}") from None
         self.archiver = Archiver(cfg)
         self.workers: list[threading.Thread] = [self.archiver]
+        routes, receivers, options = cfg.broadcast_setup
+        self.broadcaster = Broadcaster(cfg.store, routes, receivers, options) if routes else None
+        if self.broadcaster is not None:
+            self.workers.append(self.broadcaster)
         if self.receiver.zap is not None:
             self.workers.append(self.receiver.zap)
         self.notify = Notifier()
@@ -68,7 +73,7 @@ class Server:
     def _stop(self) -> bool:
         dead = [w.name for w in self.workers if not w.is_alive()]
         if dead and not self._stopping:
-            reason = getattr(self.archiver, "failure", None) if "archiver" in dead else None
+            reason = next((getattr(w, "failure", None) for w in self.workers if w.name in dead), None)
             self.failure = f"the {', '.join(dead)} thread stopped" + (f": {reason}" if reason else "")
         return self._stopping or self.failure is not None
 
@@ -89,6 +94,10 @@ class Server:
         log.info("listening on %s (%s), up to %d open files", self.receiver.endpoint,
                  "CURVE" if self.receiver.secure else "plain", self.files)  # fmt: skip
         self.archiver.start()
+        if self.broadcaster is not None:
+            self.broadcaster.start()
+            log.info("broadcasting to %d receivers over %d routes", len(self.broadcaster.outbox.receivers),
+                     len(self.broadcaster.outbox.routes))  # fmt: skip
         self.notify.ready(f"listening on {self.receiver.endpoint}")
         try:
             self.receiver.serve(self._stop, self._tick)
@@ -97,6 +106,8 @@ class Server:
         finally:
             self.notify.stopping()
             self.receiver.close()
+            if self.broadcaster is not None:
+                self.broadcaster.stop()
             self.store.close()
             self.archiver.stop(final_export=self.failure is None)
         if self.failure:

@@ -46,7 +46,41 @@ CREATE TABLE IF NOT EXISTS sensors (
     spool TEXT NOT NULL DEFAULT '', max_seq INTEGER NOT NULL DEFAULT 0,
     spool_restarts INTEGER NOT NULL DEFAULT 0, seq_backwards INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS rejections (reason TEXT PRIMARY KEY, count INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY, sensor TEXT NOT NULL, kind TEXT NOT NULL, src_ip TEXT NOT NULL, dst_ip TEXT NOT NULL,
+    dst_port INTEGER NOT NULL, application TEXT NOT NULL, tier INTEGER NOT NULL, count INTEGER NOT NULL,
+    first_seen REAL NOT NULL, last_seen REAL NOT NULL, signature TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'new', assignee TEXT NOT NULL DEFAULT '', updated REAL NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS alerts_first_seen ON alerts (first_seen);
+CREATE INDEX IF NOT EXISTS alerts_src ON alerts (src_ip, first_seen);
+CREATE INDEX IF NOT EXISTS alerts_kind ON alerts (kind, first_seen);
+CREATE TRIGGER IF NOT EXISTS alert_forgotten AFTER DELETE ON messages WHEN OLD.type = 'alert' BEGIN
+    DELETE FROM alerts WHERE id = OLD.id;
+END;
 """
+
+
+def _alert_columns(row: str) -> str:
+    """SQL for the indexed columns of an alert body (version 2 bodies, stored by an older aggregator, included)."""
+    b = f"{row}.body"
+    last = f"COALESCE(json_extract({b}, '$.last_seen'), json_extract({b}, '$.time'))"
+    return (
+        f"COALESCE(json_extract({b}, '$.kind'), 'flow'), json_extract({b}, '$.src_ip'), json_extract({b}, '$.dst_ip'), "
+        f"json_extract({b}, '$.dst_port'), json_extract({b}, '$.application'), json_extract({b}, '$.tier'), "
+        f"COALESCE(json_extract({b}, '$.count'), 1), {row}.data_time, (julianday({last}) - 2440587.5) * 86400.0, "
+        f"COALESCE(json_extract({b}, '$.signature'), '')"
+    )
+
+
+_INDEXED = "id, sensor, kind, src_ip, dst_ip, dst_port, application, tier, count, first_seen, last_seen, signature"
+SCHEMA += f"""
+CREATE TRIGGER IF NOT EXISTS alert_indexed AFTER INSERT ON messages WHEN NEW.type = 'alert' BEGIN
+    INSERT OR IGNORE INTO alerts ({_INDEXED}) VALUES (NEW.id, NEW.sensor, {_alert_columns("NEW")});
+END;
+"""
+"""`alerts` is the alert manager's index of the stored alerts (the queue's filters and counts, and each alert's
+triage status), kept by triggers in the same transaction as the message itself: an alert is never stored
+without its index row, and forgetting a message forgets its row."""
 
 
 def data_time(m: Message) -> float:
@@ -74,6 +108,7 @@ class Store:
         self.db.execute("PRAGMA synchronous=FULL")
         self._migrate()
         self.db.executescript(SCHEMA)
+        self._index_alerts()
 
     def _migrate(self) -> None:
         """Stores written before spool ids (0.1): rebuild the messages and sensors tables in place."""
@@ -104,6 +139,19 @@ class Store:
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+
+    def _index_alerts(self) -> None:
+        """Alerts stored before the index existed (an upgraded aggregator) get their index rows once."""
+        missing = self.db.execute(
+            "SELECT COUNT(*) FROM messages m WHERE m.type = 'alert' "
+            "AND NOT EXISTS (SELECT 1 FROM alerts a WHERE a.id = m.id)"
+        ).fetchone()[0]
+        if missing:
+            log.info("%s: indexing %d stored alerts for the alert manager", self.path, missing)
+            self.db.execute(
+                f"INSERT OR IGNORE INTO alerts ({_INDEXED}) SELECT m.id, m.sensor, {_alert_columns('m')} "
+                "FROM messages m WHERE m.type = 'alert'"
+            )
 
     def close(self) -> None:
         self.db.close()

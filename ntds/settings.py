@@ -25,7 +25,7 @@ from ntds.errors import InputError
 @dataclass(frozen=True)
 class Setting:
     """kind: str, int, list (of strings), choice (one of `choices`), path (a file or folder), mapping (of
-    names to settings of their own, checked by `check`)."""
+    names to settings of their own, checked by `check`), records (a list of mappings, checked by `check`)."""
 
     kind: str
     default: Any
@@ -168,6 +168,11 @@ def load_values(path: str | Path, settings: dict[str, Setting], skip_exists: fro
                 raise fail(key, f"must be at least {s.low}")
             if s.high is not None and value > s.high:
                 raise fail(key, f"must be at most {s.high}")
+        elif s.kind == "records":
+            if value is None:
+                value = []
+            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+                raise fail(key, "must be a list of mappings")
         elif s.kind == "mapping":
             if value is None:
                 value = {}
@@ -183,7 +188,7 @@ def load_values(path: str | Path, settings: dict[str, Setting], skip_exists: fro
             value = Path(value) if Path(value).is_absolute() else base / value
             if s.must_exist and key not in skip_exists and not value.exists():
                 missing.append(fail(key, f"names {value}, which does not exist"))
-        if s.check is not None and value not in ("", None, {}):
+        if s.check is not None and value not in ("", None, {}, []):
             problem = s.check(value)
             if problem:
                 raise fail(key, problem)

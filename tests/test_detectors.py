@@ -49,7 +49,8 @@ def _random_flow(rng: random.Random, t: int) -> FlowTraffic:
     return _flow(
         src=f"{rng.randrange(1, 223)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}",
         dst=f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}",
-        sport=rng.randrange(1024, 65536), dport=rng.randrange(1, 65536), proto=proto, t=t, end_ms=t + 50,
+        sport=rng.randrange(1024, 65536), dport=rng.choice((53, 22, 443, rng.randrange(1, 65536))), proto=proto,
+        t=t, end_ms=t + 50,
         packets_fwd=rng.randint(1, 50), bytes_fwd=rng.randint(40, 10**7), packets_bwd=answered * rng.randint(1, 50),
         bytes_bwd=answered * rng.randint(40, 10**6), payload=rng.randint(0, 5000), application=rng.choice(
             ("DNS", "TLS", "Unknown", "HTTP")), server_name=f"{rng.getrandbits(40):x}.example.com",

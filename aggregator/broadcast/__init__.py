@@ -1,0 +1,2 @@
+"""Alert broadcast: routes and receivers (`routes`), how each receiver is reached (`senders`), and the durable
+outbox that ties them to the store (`outbox`)."""

@@ -1,0 +1,272 @@
+"""Receivers: how one notification (a group of alerts with its idempotency key) reaches a destination.
+
+Each sender raises on any failure (the outbox retries with backoff) and
+returns only once the destination has the notification:
+
+- webhook: HTTP POST of the JSON notification; the body is signed with
+  HMAC-SHA256 under the receiver's secret (`X-Ntds-Signature: sha256=HEX`),
+  the key travels as `Idempotency-Key`; any 2xx is success.
+- syslog: one RFC 5424 message per alert, over UDP (one datagram each) or TCP
+  (octet-counted framing, RFC 6587); the alert's fields as structured data,
+  the signature as the message; severity from the tier.
+- email: one message per notification over SMTP, upgraded with STARTTLS when
+  the server offers it (or required, or never, as configured); the
+  Message-ID is derived from the idempotency key.
+- eve: one JSON object per alert appended to a file in the shape of
+  Suricata's EVE alerts (Filebeat, Vector and Logstash read it as such), each
+  with the delivery key; fsynced, rotated by size. A delivery whose key is
+  already in the file (a crash between writing and recording) is not written
+  twice.
+
+Every string that came from a sensor is untrusted: it is escaped for the
+format it goes into (JSON, syslog structured data, e-mail headers and text).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import smtplib
+import socket
+import ssl
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from pathlib import Path
+
+from aggregator.broadcast.routes import ReceiverConfig
+from ntds.logs import printable
+
+SEVERITY = {5: 2, 4: 3, 3: 4}
+"""Alert tier -> syslog severity (critical, error, warning; lower tiers notice)."""
+EVE_SEVERITY = {5: 1, 4: 1, 3: 2}
+"""Alert tier -> EVE alert.severity (1 highest, 3 lowest)."""
+ENTERPRISE = 32473
+"""Private enterprise number of RFC 5612's documentation range, for the structured-data id."""
+
+
+class Sender:
+    def __init__(self, cfg: ReceiverConfig) -> None:
+        self.cfg = cfg
+        self.o = cfg.options
+
+    def send(self, note: dict) -> None:
+        raise NotImplementedError
+
+
+def body_of(note: dict) -> bytes:
+    return json.dumps(note, separators=(",", ":"), sort_keys=True, ensure_ascii=True).encode()
+
+
+def signature(secret: bytes, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+class Webhook(Sender):
+    def __init__(self, cfg: ReceiverConfig) -> None:
+        super().__init__(cfg)
+        self.secret = Path(self.o["secret_file"]).read_bytes().strip()
+
+    def send(self, note: dict) -> None:
+        body = body_of(note)
+        request = urllib.request.Request(
+            self.o["url"],
+            data=body,
+            method="POST",
+            headers={
+                "Content-Type": "application/json",
+                "User-Agent": "ntds-aggregator",
+                "Idempotency-Key": note["idempotency_key"],
+                "X-Ntds-Signature": signature(self.secret, body),
+            },
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.o["timeout_s"]) as response:  # noqa: S310 - configured URL
+                if not 200 <= response.status < 300:
+                    raise OSError(f"HTTP {response.status}")
+        except urllib.error.HTTPError as e:
+            raise OSError(f"HTTP {e.code}") from None
+
+
+def _sd_value(value) -> str:
+    """An RFC 5424 PARAM-VALUE: UTF-8 with `"`, `\\` and `]` escaped; control characters made visible."""
+    text = printable(str(value), 1000)
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
+
+
+def syslog_message(alert: dict, key: str, facility: int, hostname: str) -> bytes:
+    """One RFC 5424 message for one alert."""
+    severity = SEVERITY.get(alert.get("tier", 0), 5)
+    stamp = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    msgid = "".join(c for c in str(alert.get("kind", "alert")) if 33 <= ord(c) <= 126)[:32] or "-"
+    params = {"key": key, "sensor": alert.get("sensor", ""), "kind": alert.get("kind", ""),
+              "tier": alert.get("tier", 0), "count": alert.get("count", 1), "src_ip": alert.get("src_ip", ""),
+              "dst_ip": alert.get("dst_ip", ""), "dst_port": alert.get("dst_port", 0),
+              "application": alert.get("application", ""), "first_seen": alert.get("first_seen", ""),
+              "community_id": alert.get("community_id", "")}  # fmt: skip
+    sd = f"[ntds@{ENTERPRISE} " + " ".join(f'{k}="{_sd_value(v)}"' for k, v in params.items()) + "]"
+    host = "".join(c for c in hostname if 33 <= ord(c) <= 126)[:255] or "-"
+    header = f"<{facility * 8 + severity}>1 {stamp} {host} ntds {os.getpid()} {msgid} {sd} "
+    return header.encode() + b"\xef\xbb\xbf" + printable(str(alert.get("signature", "")), 2000).encode()
+
+
+class Syslog(Sender):
+    def send(self, note: dict) -> None:
+        hostname = socket.gethostname()
+        messages = [syslog_message(a, note["idempotency_key"], self.o["facility"], hostname) for a in note["alerts"]]
+        address = (self.o["host"], self.o["port"])
+        if self.o["protocol"] == "udp":
+            with socket.socket(socket.AF_INET6 if ":" in self.o["host"] else socket.AF_INET, socket.SOCK_DGRAM) as s:
+                for m in messages:
+                    s.sendto(m, address)
+            return
+        with socket.create_connection(address, timeout=self.o["timeout_s"]) as s:
+            s.sendall(b"".join(str(len(m)).encode() + b" " + m for m in messages))
+            s.shutdown(socket.SHUT_WR)
+            s.settimeout(self.o["timeout_s"])
+            with contextlib.suppress(TimeoutError):
+                s.recv(1)  # wait for the listener to close: the messages were read
+
+
+def _header(text: str) -> str:
+    """A header value from untrusted text: one line, printable."""
+    return printable(text.replace("\r", " ").replace("\n", " "), 200)
+
+
+def email_message(note: dict, sender: str, to: list[str]) -> EmailMessage:
+    alerts = note["alerts"]
+    top = max(alerts, key=lambda a: (a.get("tier", 0), a.get("count", 1)))
+    more = f" (+{len(alerts) - 1} more)" if len(alerts) > 1 else ""
+    m = EmailMessage()
+    m["From"], m["To"] = sender, ", ".join(to)
+    m["Subject"] = _header(f"[ntds] tier {top.get('tier')} {top.get('kind')} {top.get('src_ip')}{more}")
+    domain = sender.rpartition("@")[2] or "ntds.invalid"
+    m["Message-ID"] = f"<{hashlib.sha256(note['idempotency_key'].encode()).hexdigest()[:32]}@{domain}>"
+    lines = [f"{len(alerts)} alert(s) for route {note['route']} ({'reminder' if note['repeat'] else 'new'}):", ""]
+    for a in alerts:
+        lines += [
+            f"tier {a.get('tier')} {a.get('kind')} x{a.get('count', 1)}  {a.get('first_seen')} .. {a.get('last_seen')}",
+            f"  sensor {a.get('sensor')}  {a.get('src_ip')} -> {a.get('dst_ip')}:{a.get('dst_port')}  "
+            f"{a.get('application')}",
+            f"  {a.get('signature')}",
+            *(f"  - {e.get('text', '')}" for e in a.get("explanation", [])),
+            "",
+        ]
+    lines.append(f"delivery {note['idempotency_key']}")
+    m.set_content("\n".join(printable(line, 2000) for line in lines))
+    return m
+
+
+class Email(Sender):
+    def send(self, note: dict) -> None:
+        o = self.o
+        message = email_message(note, o["from"], o["to"])
+        with smtplib.SMTP(o["smtp_host"], o["smtp_port"], timeout=o["timeout_s"]) as smtp:
+            smtp.ehlo()
+            if o["starttls"] != "never" and smtp.has_extn("starttls"):
+                context = ssl.create_default_context(cafile=o["ca_file"] or None)
+                smtp.starttls(context=context)
+                smtp.ehlo()
+            elif o["starttls"] == "require":
+                raise OSError(f"{o['smtp_host']} does not offer STARTTLS, which this receiver requires")
+            if o["username"]:
+                smtp.login(o["username"], Path(o["password_file"]).read_text().strip())
+            smtp.send_message(message)
+
+
+def eve_record(alert: dict, key: str) -> dict:
+    """One alert in the shape of a Suricata EVE alert event (with ntds's own fields under `ntds`)."""
+    proto = {6: "TCP", 17: "UDP", 1: "ICMP", 58: "IPv6-ICMP"}.get(alert.get("protocol", 0), str(alert.get("protocol")))
+    return {
+        "timestamp": alert.get("first_seen"),
+        "event_type": "alert",
+        "src_ip": alert.get("src_ip"),
+        "src_port": alert.get("src_port", 0),
+        "dest_ip": alert.get("dst_ip"),
+        "dest_port": alert.get("dst_port", 0),
+        "proto": proto,
+        "app_proto": alert.get("application", ""),
+        "community_id": alert.get("community_id", ""),
+        "alert": {
+            "action": "allowed",
+            "signature": alert.get("signature", ""),
+            "category": alert.get("kind", ""),
+            "severity": EVE_SEVERITY.get(alert.get("tier", 0), 3),
+        },
+        "ntds": {"delivery": key, **{k: v for k, v in alert.items() if k not in ("features",)}},
+    }
+
+
+class Eve(Sender):
+    TAIL = 4 * 2**20
+    """Bytes of the current file read back at start to know which deliveries it already holds."""
+
+    def __init__(self, cfg: ReceiverConfig) -> None:
+        super().__init__(cfg)
+        self.path = Path(self.o["path"])
+        self.seen: deque[str] = deque(maxlen=20_000)
+        self._loaded = False
+
+    def _load(self) -> None:
+        self._loaded = True
+        if not self.path.exists():
+            return
+        with self.path.open("rb") as fh:
+            fh.seek(max(0, self.path.stat().st_size - self.TAIL))
+            for line in fh.read().splitlines():
+                try:
+                    self.seen.append(json.loads(line)["ntds"]["delivery"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+
+    def send(self, note: dict) -> None:
+        if not self._loaded:
+            self._load()
+        key = note["idempotency_key"]
+        if key in self.seen:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and self.path.stat().st_size >= self.o["rotate_mb"] * 2**20:
+            self._rotate()
+        data = b"".join(json.dumps(eve_record(a, key), separators=(",", ":")).encode() + b"\n" for a in note["alerts"])
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.seen.append(key)
+
+    def _rotate(self) -> None:
+        keep = self.o["keep"]
+        for k in range(keep - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{k}")
+            if older.exists():
+                older.replace(self.path.with_name(f"{self.path.name}.{k + 1}"))
+        self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+
+
+SENDERS: dict[str, type[Sender]] = {"webhook": Webhook, "syslog": Syslog, "email": Email, "eve": Eve}
+
+
+class RateLimit:
+    """At most `per_minute` deliveries in any minute: a flood waits, it is never dropped."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self.sent: deque[float] = deque()
+
+    def ready(self, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        while self.sent and now - self.sent[0] >= 60:
+            self.sent.popleft()
+        return len(self.sent) < self.per_minute
+
+    def take(self, now: float | None = None) -> None:
+        self.sent.append(time.monotonic() if now is None else now)

@@ -1,0 +1,71 @@
+"""Prometheus metrics of the aggregator, read from the store at each scrape (`prometheus_client`).
+
+The store is the truth (the receiver, the broadcaster and the UI are separate
+threads or processes), so the metrics are computed from it on demand rather
+than counted in one process: a scrape of the UI sees what `serve` stored.
+Label values are sensor ids, alert kinds and receiver names, never strings
+from traffic.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from aggregator.manager import Manager
+from aggregator.sensors import describe
+from aggregator.store import Store
+
+
+class StoreCollector:
+    def __init__(self, store: Store, manager: Manager) -> None:
+        self.store = store
+        self.manager = manager
+
+    def collect(self):
+        db = self.store.db
+        stored = CounterMetricFamily("ntds_messages_stored", "messages stored, by type", labels=["type"])
+        for kind, n in db.execute("SELECT type, COUNT(*) FROM messages GROUP BY type"):
+            stored.add_metric([kind], n)
+        yield stored
+        rejected = CounterMetricFamily("ntds_messages_rejected", "messages and connections refused, by reason",
+                                       labels=["reason"])  # fmt: skip
+        for reason, n in db.execute("SELECT reason, count FROM rejections"):
+            rejected.add_metric([reason], n)
+        yield rejected
+        now = time.time()
+        seen = GaugeMetricFamily("ntds_sensor_last_seen_seconds", "seconds since each sensor's last message",
+                                 labels=["sensor"])  # fmt: skip
+        packets = CounterMetricFamily("ntds_sensor_packets", "packets the sensor's capture delivered",
+                                      labels=["sensor"])  # fmt: skip
+        drops = CounterMetricFamily("ntds_sensor_packets_dropped", "packets the capture dropped", labels=["sensor"])
+        backlog = GaugeMetricFamily("ntds_sensor_spool_messages", "messages waiting in the sensor's spool",
+                                    labels=["sensor"])  # fmt: skip
+        for row in self.store.sensors():
+            s = describe(row, now)
+            seen.add_metric([s["sensor"]], s["age_s"])
+            packets.add_metric([s["sensor"]], s["packets_seen"] or 0)
+            drops.add_metric([s["sensor"]], s["packets_dropped"] or 0)
+            backlog.add_metric([s["sensor"]], s["backlog"] or 0)
+        yield from (seen, packets, drops, backlog)
+        alerts = CounterMetricFamily("ntds_alerts", "alerts stored, by kind and tier", labels=["kind", "tier"])
+        for kind, tier, n in db.execute("SELECT kind, tier, COUNT(*) FROM alerts GROUP BY kind, tier"):
+            alerts.add_metric([kind, str(tier)], n)
+        yield alerts
+        outbox = GaugeMetricFamily("ntds_broadcast_deliveries", "outbox deliveries by receiver and status",
+                                   labels=["receiver", "status"])  # fmt: skip
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'outbox'").fetchone():
+            for receiver, status, n in db.execute("SELECT receiver, status, COUNT(*) FROM outbox GROUP BY 1, 2"):
+                outbox.add_metric([receiver, status], n)
+        yield outbox
+        silences = GaugeMetricFamily("ntds_silences_active", "silences in force")
+        silences.add_metric([], len(self.manager.silences(active_only=True)))
+        yield silences
+
+
+def exposition(store: Store, manager: Manager) -> bytes:
+    registry = CollectorRegistry()
+    registry.register(StoreCollector(store, manager))
+    return generate_latest(registry)
