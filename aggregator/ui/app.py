@@ -109,7 +109,7 @@ def create_app(cfg: AggregatorConfig) -> Flask:
             g.bearer = g.user is not None
         else:
             g.user = manager().user_for(request.cookies.get(COOKIE, ""), "session")
-        if request.endpoint in ("login", "metrics"):
+        if request.endpoint in ("login", "metrics", "favicon"):
             return None
         if g.user is None:
             if g.api:
@@ -156,7 +156,8 @@ def create_app(cfg: AggregatorConfig) -> Flask:
     @app.route("/login", methods=["GET", "POST"])
     def login():
         if request.method == "GET":
-            token = secrets.token_urlsafe(24)
+            # the same token while the form is open: another tab or a favicon fetch must not invalidate it
+            token = request.cookies.get(LOGIN_COOKIE, "")[:64] or secrets.token_urlsafe(24)
             response = Response(render_template("login.html", user=None, csrf=token, error="",
                                                 next=request.args.get("next", "/")))  # fmt: skip
             response.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="Strict", secure=secure, max_age=600)
@@ -179,6 +180,10 @@ def create_app(cfg: AggregatorConfig) -> Flask:
         response.set_cookie(COOKIE, session, httponly=True, samesite="Strict", secure=secure, max_age=12 * 3600)
         response.delete_cookie(LOGIN_COOKIE)
         return response
+
+    @app.get("/favicon.ico")
+    def favicon():
+        return Response(status=204)
 
     @app.post("/logout")
     def logout():
