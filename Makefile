@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench fixtures baseline clean system-packages
+.PHONY: demo ui test lint bench fixtures baseline clean system-packages
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ fixtures: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m demo
 
+# The alert manager over the demo's store, on 127.0.0.1:8080, with a one-time login it prints.
+ui: $(STAMP)
+	$(BIN)/python -m demo.ui
+
 # The starter baseline shipped in config/: rebuilt from the project's own generated traffic.
 baseline: $(STAMP)
 	$(BIN)/python -m pcaps.generate --site-traffic build/site-traffic.pcap
@@ -31,11 +35,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Debian packages the tests drive: headless Chromium (report rendering), tcpreplay
+# Debian packages the tests drive: headless Chromium and its driver (report rendering, alert manager), tcpreplay
 # (live capture), systemd-analyze (unit files), iproute2 (network namespaces).
 DEB_PACKAGES := chromium chromium-driver tcpreplay systemd iproute2
 system-packages:
-	@if command -v chromium >/dev/null && command -v tcpreplay >/dev/null && command -v systemd-analyze >/dev/null \
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v tcpreplay >/dev/null && command -v systemd-analyze >/dev/null \
 	    && command -v ip >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing $(DEB_PACKAGES)"; \
@@ -52,6 +56,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_report.py
 	$(BIN)/python bench/bench_sensor.py
 	$(BIN)/python bench/bench_transport.py
+	$(BIN)/python bench/bench_detection.py
+	$(BIN)/python bench/bench_broadcast.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

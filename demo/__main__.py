@@ -35,6 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 WEEK = "2026-W47"
 SENSOR = "campus-tap"
+UI_PORT = 8080
+"""Where `make ui` serves the alert manager over the demo's store (aggregator.yaml `ui_listen`)."""
 DETECTORS = {"exfiltration": {"floor_bytes": 2_000_000}}
 """The demo site's detector settings (sensor.yaml `detectors:`): a small site lowers the exfiltration floor."""
 
@@ -77,7 +79,11 @@ def configure(run: Path, baseline: Path) -> tuple[Path, Path]:
     agg = run / "aggregator.yaml"
     agg.write_text(
         f"endpoint: tcp://127.0.0.1:{port}\nserver_key: keys/server.key_secret\nallow_list: allow\n"
-        f"store: store.db\narchive: archive\nsite_country: {campus.SITE_COUNTRY}\n"
+        f"store: store.db\narchive: archive\nsite_country: {campus.SITE_COUNTRY}\nreports: reports\n"
+        "# every alert, as it arrives, to an EVE-style JSON-lines file (what Filebeat or Vector would read)\n"
+        "receivers: [{name: eve-file, type: eve, path: eve.json}]\n"
+        "routes: [{receivers: [eve-file], group_wait_s: 0, group_interval_s: 0}]\n"
+        f"ui_listen: 127.0.0.1:{UI_PORT}\n"
     )
     sensor = run / "sensor.yaml"
     sensor.write_text(
@@ -151,12 +157,12 @@ def run_demo(work: Path, days: int = campus.DAYS) -> dict:
             aggregator.kill()
             aggregator.wait()
     say(f"building the weekly report for {WEEK}")
-    out = run / "report"
+    out = run / "reports" / f"report-{WEEK}"
     html = Path(
         tool("ntds-aggregator", "report", "weekly", "--week", WEEK, "-o", out, "--config", agg_cfg).stdout.strip()
     )
     report = json.loads((out / "report.json").read_text())
-    return {"report": report, "html": html, "run": run, "week_pcap": week}
+    return {"report": report, "html": html, "run": run, "week_pcap": week, "eve": run / "eve.json"}
 
 
 def main() -> int:
@@ -171,7 +177,11 @@ def main() -> int:
         say("interrupted; every process it started has been stopped")
         return 130
     print(summary(result["report"], result["html"]))
+    eve = result["eve"]
+    delivered = sum(1 for _ in eve.open()) if eve.exists() else 0
+    print(f"broadcast: {delivered} alerts delivered to {eve} (EVE JSON lines)")
     say(f"done in {time.monotonic() - started:.0f} s; open {result['html']} in a browser (it works offline)")
+    say("triage the alerts in the alert manager: make ui (prints a one-time login; Ctrl-C stops it)")
     return 0
 
 

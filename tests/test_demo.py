@@ -6,6 +6,7 @@ planted anomalies from pcaps/campus.py's manifest; neither from ntds code.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from datetime import UTC, datetime
 
@@ -88,4 +89,16 @@ def test_demo_stops_everything_and_prints_a_summary(demo):
     text = summary(first["report"], first["html"])
     assert str(first["html"]) in text and "top 5 alerts:" in text and "port-scan" in text
     assert text.count("\n  tier ") == min(5, len(first["report"]["alerts"]["rarest"])) >= 3
-    assert first["html"].exists() and (first["run"] / "report" / "applications.csv").exists()
+    assert first["html"].exists() and (first["html"].parent / "applications.csv").exists()
+
+
+def test_demo_broadcasts_every_alert_to_the_eve_file(demo):
+    """The demo's route sends each alert to an EVE JSON-lines file: one line per alert the report counts,
+    naming the planted hosts, each line valid JSON with the EVE fields a SIEM shipper expects."""
+    first = demo[0]
+    lines = [json.loads(x) for x in first["eve"].read_text().splitlines()]
+    per_kind = first["report"]["alerts"]["alerts_per_kind"]
+    assert len(lines) == sum(per_kind.values()) >= 3
+    assert {x["event_type"] for x in lines} == {"alert"}
+    planted = {campus.PLANTED[k]["src"] for k in ("bulk upload", "dns tunnelling", "port scan")}
+    assert {x["src_ip"] for x in lines} == planted

@@ -91,3 +91,8 @@ def axis_text(axis: str, v: float, typical: float) -> str:
 def rate(count: float, seconds: float, what: str) -> str:
     """ "120 ports in 5 min"-style counts over a window."""
     return f"{count:,.0f} {what} in {duration(seconds * 1e6)}"
+
+
+def plural(count: int, noun: str) -> str:
+    """ "1 unique name", "2 unique names": signatures are read by people."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from ntds.detect.explain import duration, size
+from ntds.detect.explain import duration, plural, size
 from ntds.detect.hosts.base import Detector, Finding, Option, register, tiered
 from ntds.flows.traffic import FlowTraffic
 
@@ -128,7 +128,7 @@ class DnsTunnel(Detector):
             window_s=self.window_s,
             tier=tier,
             score=strongest,
-            signature=f"DNS tunnel under {domain}: {len(d.names)} unique names, {d.packets} packets, "
+            signature=f"DNS tunnel under {domain}: {plural(len(d.names), 'unique name')}, {d.packets} packets, "
             f"{size(d.bytes)} in {duration(max(span, 1) * 1e6)}",
             facts=[
                 {

@@ -25,11 +25,12 @@ DAY_HOURS = 24
 
 
 class _Pair:
-    __slots__ = ("up", "down", "hour", "first_ms", "last_ms", "reported_tier")
+    __slots__ = ("up", "down", "flows", "hour", "first_ms", "last_ms", "reported_tier")
 
     def __init__(self) -> None:
         self.up = [0] * DAY_HOURS  # bytes sent per hour of the sliding day (ring, indexed by hour % 24)
         self.down = [0] * DAY_HOURS
+        self.flows = [0] * DAY_HOURS  # flows per hour: the alert's count is flows, not bytes
         self.hour = -1  # the newest hour written
         self.first_ms = self.last_ms = 0
         self.reported_tier = 0
@@ -39,7 +40,7 @@ class _Pair:
             self.hour = hour
             return
         for h in range(self.hour + 1, min(hour, self.hour + DAY_HOURS) + 1):
-            self.up[h % DAY_HOURS] = self.down[h % DAY_HOURS] = 0
+            self.up[h % DAY_HOURS] = self.down[h % DAY_HOURS] = self.flows[h % DAY_HOURS] = 0
         self.hour = max(self.hour, hour)
 
 
@@ -91,6 +92,7 @@ class Exfiltration(Detector):
         p.advance(hour)
         p.up[hour % DAY_HOURS] += up
         p.down[hour % DAY_HOURS] += down
+        p.flows[hour % DAY_HOURS] += 1
         p.first_ms = p.first_ms or flow.start_ms
         p.last_ms = max(p.last_ms, flow.end_ms)
         h = self.hosts_table.get(host, _Host)
@@ -136,7 +138,7 @@ class Exfiltration(Detector):
             application=flow.application,
             first_ms=p.first_ms,
             last_ms=p.last_ms,
-            count=sent,
+            count=sum(p.flows),
             window_s=DAY_HOURS * 3600,
             tier=tier,
             score=sent / threshold,
