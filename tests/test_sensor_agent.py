@@ -299,21 +299,32 @@ SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 
 @pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze (Debian package systemd; make test installs it)")
 def test_systemd_units_verify(tmp_path):
-    """systemd-analyze verify accepts both units (their /opt/ntds paths pointed at this checkout); a unit with
-    an unknown key, as a control, is reported."""
-    for name in ("ntds-sensor", "ntds-aggregator", "bad"):
-        text = (ROOT / "systemd" / f"{name}.service").read_text() if name != "bad" else "[Service]\nBogus=1\n"
-        unit = tmp_path / f"{name}.service"
-        unit.write_text(text.replace("/opt/ntds", str(ROOT)) + ("ExecStart=/bin/true\n" if name == "bad" else ""))
-        p = subprocess.run([SYSTEMD_ANALYZE, "verify", str(unit)], capture_output=True, text=True)
-        if name == "bad":
+    """systemd-analyze verify accepts every unit and the report timer (their /opt/ntds paths pointed at this
+    checkout); a unit with an unknown key, as a control, is reported."""
+    units = sorted(p.name for p in (ROOT / "systemd").iterdir() if p.suffix in (".service", ".timer"))
+    assert units == ["ntds-aggregator-ui.service", "ntds-aggregator.service", "ntds-report.service",
+                     "ntds-report.timer", "ntds-sensor.service"]  # fmt: skip
+    for name in units:  # the timer's service must sit beside it
+        text = (ROOT / "systemd" / name).read_text()
+        (tmp_path / name).write_text(text.replace("/opt/ntds", str(ROOT)))
+    (tmp_path / "bad.service").write_text("[Service]\nBogus=1\nExecStart=/bin/true\n")
+    for name in [*units, "bad.service"]:
+        p = subprocess.run([SYSTEMD_ANALYZE, "verify", str(tmp_path / name)], capture_output=True, text=True)
+        if name == "bad.service":
             assert "Unknown key" in p.stderr
-        else:
-            assert p.returncode == 0 and p.stderr.strip() == "" and p.stdout.strip() == "", p.stderr
-            assert "Type=notify" in text and "WatchdogSec=" in text and "NoNewPrivileges=yes" in text
-            assert "ProtectSystem=strict" in text and "Restart=on-failure" in text
+            continue
+        assert p.returncode == 0 and p.stderr.strip() == "" and p.stdout.strip() == "", (name, p.stderr)
+        text = (ROOT / "systemd" / name).read_text()
+        if name.endswith(".service"):
+            assert "NoNewPrivileges=yes" in text and "ProtectSystem=strict" in text and "User=ntds" in text
+    for name in ("ntds-sensor.service", "ntds-aggregator.service"):
+        text = (ROOT / "systemd" / name).read_text()
+        assert "Type=notify" in text and "WatchdogSec=" in text and "Restart=on-failure" in text
     sensor = (ROOT / "systemd" / "ntds-sensor.service").read_text()
     assert "CapabilityBoundingSet=CAP_NET_RAW CAP_NET_ADMIN" in sensor and "StateDirectory=" in sensor
+    report = (ROOT / "systemd" / "ntds-report.service").read_text()
+    assert "Type=oneshot" in report and "WorkingDirectory=/var/lib/ntds-aggregator/reports" in report
+    assert "OnCalendar=Mon" in (ROOT / "systemd" / "ntds-report.timer").read_text()
 
 
 TCPREPLAY = shutil.which("tcpreplay")
