@@ -269,14 +269,20 @@ class Manager:
         where, args = f.sql()
         rows = self.db.execute(
             "SELECT sensor, kind, src_ip, application, COUNT(*), SUM(count), MAX(tier), MIN(first_seen), "
-            "MAX(last_seen), MAX(id), SUM(status = 'new'), MAX(signature) "
+            "MAX(last_seen), MAX(id), SUM(status = 'new') "
             f"FROM alerts WHERE {where} GROUP BY sensor, kind, src_ip, application "
             "ORDER BY MAX(first_seen) DESC LIMIT ?",
             (*args, f.limit),
         ).fetchall()
+        # the newest alert's signature names each group (read for the shown groups only: the grouping itself
+        # reads nothing but the alerts_group index)
+        newest_ids = [r[9] for r in rows]
+        signatures = dict(self.db.execute(f"SELECT id, signature FROM alerts WHERE id IN ({','.join('?' * len(rows))})",
+                                          newest_ids)) if rows else {}  # fmt: skip
         active = self.silences(active_only=True)
         out = []
-        for sensor, kind, src, app, n, occurrences, tier, first, last, newest, fresh, signature in rows:
+        for sensor, kind, src, app, n, occurrences, tier, first, last, newest, fresh in rows:
+            signature = signatures.get(newest, "")
             probe = {"kind": kind, "src_ip": src, "application": app}
             silence = next((x["id"] for x in active if matches(x["matchers"], probe, sensor)), None)
             if silence is not None and not f.silenced:

@@ -16,6 +16,14 @@ DEFAULT_LOCAL_NETWORKS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+PROTOCOL_NAMES = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6", 132: "SCTP"}
+"""IANA names of the IP protocols people read about; others are shown as "IP-<number>"."""
+
+
+def protocol_name(number: int) -> str:
+    """ "TCP" for 6: signatures, entry names and pages show names, not numbers."""
+    return PROTOCOL_NAMES.get(number, f"IP-{number}")
+
 
 def parse_networks(items: Iterable[str], what: str = "local_networks") -> list[Network]:
     """Addresses or CIDR networks; ValueError naming `what` and the bad item."""

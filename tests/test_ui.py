@@ -96,8 +96,20 @@ def login(browser, site: Site, name: str) -> None:
     assert "/login" in browser.current_url
     browser.find_element(By.ID, "name").send_keys(name)
     browser.find_element(By.ID, "password").send_keys("correct horse battery staple")
-    browser.find_element(By.ID, "login").click()
+    follow(browser, browser.find_element(By.ID, "login"))
     wait(lambda: browser.find_elements(By.ID, "queue"), 10, "the queue")
+
+
+def follow(browser, element) -> None:
+    """Click what submits a form or follows a link, and wait until the next page has replaced this one (a click
+    returns before a POST and its redirect have finished loading)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = browser.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(browser, 15).until(expected_conditions.staleness_of(page))
 
 
 def rows(browser) -> list[str]:
@@ -114,13 +126,13 @@ def test_analyst_triages_filters_silences_and_expires(site, browser):
     assert len(rows(browser)) == 8
     # filter: one kind
     Select(browser.find_element(By.ID, "f-kind")).select_by_visible_text("beacon")
-    browser.find_element(By.ID, "apply").click()
+    follow(browser, browser.find_element(By.ID, "apply"))
     assert [r.split()[1] for r in rows(browser)] == ["beacon"]
     # the hostile signature is text: shown, escaped, never run
     assert SCRIPT in browser.find_element(By.ID, "queue").text and browser.title != "pwned"
     assert "&lt;script&gt;" in browser.page_source
     # open it: flow identity source -> destination, the explanation, the baseline, the host's timeline
-    browser.find_element(By.CSS_SELECTOR, "a.alert-link").click()
+    follow(browser, browser.find_element(By.CSS_SELECTOR, "a.alert-link"))
     assert browser.find_element(By.ID, "flow").text.startswith("10.9.0.7 → 10.9.255.1")
     assert "20 ports failed" in browser.find_element(By.ID, "explanation").text
     assert "detector, test baseline" in browser.find_element(By.ID, "baseline").text
@@ -128,7 +140,7 @@ def test_analyst_triages_filters_silences_and_expires(site, browser):
     # acknowledge with a comment: the status changes, the history and the audit log say who and why
     Select(browser.find_element(By.ID, "action")).select_by_visible_text("acknowledge")
     browser.find_element(By.ID, "comment").send_keys("known scanner, ticket 42")
-    browser.find_element(By.ID, "do").click()
+    follow(browser, browser.find_element(By.ID, "do"))
     assert browser.find_element(By.ID, "status").text == "acknowledged"
     assert "known scanner, ticket 42" in browser.find_element(By.ID, "history").text
     browser.get(site.base + "/audit")
@@ -136,7 +148,7 @@ def test_analyst_triages_filters_silences_and_expires(site, browser):
     # a silence on port scans from 10.9.0.0/24: new matching alerts are hidden and not broadcast
     browser.get(site.base + "/silences?kind=port-scan&host=10.9.0.0/24")
     browser.find_element(By.ID, "s-reason").send_keys("authorised pentest")
-    browser.find_element(By.ID, "s-create").click()
+    follow(browser, browser.find_element(By.ID, "s-create"))
     assert "active" in browser.find_element(By.ID, "silences").text
     site.agg.send([finding(20), finding(21, kind="brute-force")])  # 10.9.0.21 port-scan, 10.9.0.22 brute force
     wait(lambda: "10.9.0.22" in site.eve.read_text(), 20, "the unsilenced alert's broadcast")
@@ -149,7 +161,7 @@ def test_analyst_triages_filters_silences_and_expires(site, browser):
     assert "10.9.0.21" in "\n".join(rows(browser))
     # expire it: later alerts show and go out again
     browser.get(site.base + "/silences")
-    browser.find_element(By.CSS_SELECTOR, "button.revoke").click()
+    follow(browser, browser.find_element(By.CSS_SELECTOR, "button.revoke"))
     assert "revoked by ana" in browser.find_element(By.ID, "silences").text
     site.agg.send([finding(23)])
     wait(lambda: "10.9.0.24" in site.eve.read_text(), 20, "the broadcast after the silence")
@@ -159,7 +171,7 @@ def test_analyst_triages_filters_silences_and_expires(site, browser):
     browser.get(site.base + "/sensors")
     assert "tap-01" in browser.find_element(By.ID, "sensors").text
     browser.get(site.base + "/reports")
-    browser.find_element(By.LINK_TEXT, "report-2026-W47").click()
+    follow(browser, browser.find_element(By.LINK_TEXT, "report-2026-W47"))
     assert "weekly W47" in browser.page_source
 
 
@@ -167,7 +179,7 @@ def test_a_viewer_reads_but_cannot_change_anything(site, browser):
     from selenium.webdriver.common.by import By
 
     login(browser, site, "vic")
-    browser.find_element(By.CSS_SELECTOR, "a.alert-link").click()
+    follow(browser, browser.find_element(By.CSS_SELECTOR, "a.alert-link"))
     assert not browser.find_elements(By.ID, "act")  # no action form
     cookie = browser.get_cookie("ntds_session")["value"]
     me = _request(site, "/api/me", cookie=cookie)

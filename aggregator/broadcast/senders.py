@@ -42,6 +42,7 @@ from pathlib import Path
 
 from aggregator.broadcast.routes import ReceiverConfig
 from ntds.logs import printable
+from ntds.networks import protocol_name
 
 SEVERITY = {5: 2, 4: 3, 3: 4}
 """Alert tier -> syslog severity (critical, error, warning; lower tiers notice)."""
@@ -182,7 +183,8 @@ class Email(Sender):
 
 def eve_record(alert: dict, key: str) -> dict:
     """One alert in the shape of a Suricata EVE alert event (with ntds's own fields under `ntds`)."""
-    proto = {6: "TCP", 17: "UDP", 1: "ICMP", 58: "IPv6-ICMP"}.get(alert.get("protocol", 0), str(alert.get("protocol")))
+    number = alert.get("protocol", 0)
+    proto = "IPv6-ICMP" if number == 58 else protocol_name(number)  # Suricata's name for ICMPv6
     return {
         "timestamp": alert.get("first_seen"),
         "event_type": "alert",

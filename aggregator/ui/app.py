@@ -40,6 +40,7 @@ from ntds.detect.explain import duration, size
 from ntds.detect.scoring import TIER_LABELS
 from ntds.errors import InputError
 from ntds.logs import printable
+from ntds.networks import protocol_name
 
 COOKIE = "ntds_session"
 LOGIN_COOKIE = "ntds_login"
@@ -83,6 +84,7 @@ def create_app(cfg: AggregatorConfig) -> Flask:
     app.jinja_env.filters["duration"] = lambda s: duration((s or 0) * 1e6)
     app.jinja_env.filters["size"] = size
     app.jinja_env.filters["thousands"] = lambda v: f"{v:,}" if isinstance(v, int) else v
+    app.jinja_env.filters["protocol"] = lambda n: protocol_name(n) if isinstance(n, int) else n
     app.jinja_env.globals.update(tier_labels=TIER_LABELS, actions=ACTIONS, statuses=STATUSES,
                                  silence_fields=SILENCE_FIELDS)  # fmt: skip
 

@@ -49,6 +49,7 @@ from ntds.detect.scoring import (
 )
 from ntds.errors import InputError
 from ntds.flows.clock import TIME_PRECISION_US
+from ntds.networks import PROTOCOL_NAMES, protocol_name
 from ntds.times import now_iso
 
 FORMAT = "ntds-baseline"
@@ -104,13 +105,10 @@ def service_keys(protocol, src_port, dst_port) -> np.ndarray:
     return proto * _CLASS_SCALE + port
 
 
-PROTOCOL_NAMES = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6", 132: "SCTP"}
-
-
 def class_name(key: int) -> str:
     """The entry name of a port class key: "*TCP/445*", "*UDP/high*", "*ICMP*"."""
     proto, port = divmod(int(key), _CLASS_SCALE)
-    name = PROTOCOL_NAMES.get(proto, f"IP-{proto}")
+    name = protocol_name(proto)
     if proto not in (6, 17, 132):
         return f"*{name}*"
     return f"*{name}/{'high' if port == _HIGH else port}*"

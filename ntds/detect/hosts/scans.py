@@ -23,8 +23,7 @@ from ntds.detect.hosts.base import (
     tiered,
 )
 from ntds.flows.traffic import FlowTraffic
-
-PROTO_NAMES = {6: "TCP", 17: "UDP", 1: "ICMP", 58: "ICMPv6"}
+from ntds.networks import protocol_name
 
 
 def _next_level(threshold: float, levels: tuple[float, float, float], reported_tier: int) -> float:
@@ -97,7 +96,7 @@ class PortScan(Detector):
             return None
         w.reported_tier = tier
         ports = sorted(w.seen)
-        proto = PROTO_NAMES.get(flow.protocol, str(flow.protocol))
+        proto = protocol_name(flow.protocol)
         span = (w.last_ms - w.first_ms) / 1000
         return Finding(
             kind=self.kind,
@@ -176,7 +175,7 @@ class HostSweep(Detector):
         if tier <= w.reported_tier:
             return None
         w.reported_tier = tier
-        proto = PROTO_NAMES.get(flow.protocol, str(flow.protocol))
+        proto = protocol_name(flow.protocol)
         span = (w.last_ms - w.first_ms) / 1000
         return Finding(
             kind=self.kind,

@@ -1,0 +1,232 @@
+"""Broadcast and alert manager: alerts per second through routing and grouping to a webhook, and the time the
+queue page takes to serve over a store of 100,000 alerts.
+
+1. Throughput. --alerts host-level alerts (from --hosts hosts, several kinds) are
+   stored as the receiver stores them; the outbox (`aggregator.broadcast.outbox`,
+   the serve process's own code) routes them, groups them by (kind, src_ip) with
+   no group wait, and delivers each group as one HMAC-signed POST to a webhook
+   on 127.0.0.1 until every alert is delivered. The comparison, in the same run:
+   the same request bodies POSTed by plain urllib (one request per group, no
+   store, no signature), the floor any sender pays on this machine.
+2. The alert manager. --queue-alerts alerts are stored, a real `ntds-aggregator
+   ui` process serves them, and a logged-in client asks for the queue page
+   (grouped by kind, host and application, newest first), the same page with
+   a filter (kind and minimum tier) and the JSON API's queue, --runs each. The
+   server time is the request's round trip on loopback.
+
+    python bench/bench_broadcast.py [--alerts 20000] [--hosts 2000] [--queue-alerts 100000] [--runs 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.cookiejar
+import json
+import os
+import platform
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+BIN = Path(sys.executable).parent
+
+from aggregator.broadcast.outbox import BroadcastOptions, Outbox  # noqa: E402
+from aggregator.broadcast.routes import parse_receivers, parse_routes  # noqa: E402
+from aggregator.manager import Manager, connect  # noqa: E402
+from aggregator.store import open_store  # noqa: E402
+from ntds.detect.alerts import host_alert  # noqa: E402
+from ntds.detect.hosts.base import Finding  # noqa: E402
+from ntds.wire import schema as wire  # noqa: E402
+
+KINDS = ("port-scan", "host-sweep", "brute-force", "beacon", "dns-tunnel", "exfiltration")
+T0_MS = 1_794_816_000_000  # 2026-11-16
+
+
+def alerts(n: int, hosts: int) -> list[wire.Message]:
+    out = []
+    for k in range(n):
+        h = k % hosts
+        f = Finding(kind=KINDS[k % len(KINDS)], src_ip=f"10.{h // 62500}.{h // 250 % 250}.{h % 250 + 1}",
+                    first_ms=T0_MS + k * 20, last_ms=T0_MS + k * 20 + 500, count=20, window_s=300,
+                    tier=3 + k % 3, score=1.5, signature=f"Finding {k}", dst_ip="192.0.2.7", protocol=6,
+                    facts=[{"what": "ports", "value": 20.0, "typical": 15.0, "score": 1.3, "text": "20 ports"}],
+                    pattern="192.0.2.7")  # fmt: skip
+        body = host_alert(f, "bench baseline")
+        out.append(wire.Message("alert", f"tap-{k % 4:02d}", k + 1, wire.now_iso(), body, "0123456789abcdef"))
+    return out
+
+
+def fill(store_path: Path, messages: list[wire.Message]) -> None:
+    store = open_store(store_path, create=True)
+    for i in range(0, len(messages), 5000):
+        store.store(messages[i : i + 5000])
+    store.close()
+
+
+class Hook:
+    """A webhook on 127.0.0.1 that keeps the bodies it receives (204 to each)."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"
+
+            def do_POST(self):  # noqa: N802 - http.server's name
+                owner.bodies.append(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def throughput(tmp: Path, n: int, hosts: int) -> dict:
+    store = tmp / "broadcast.db"
+    fill(store, alerts(n, hosts))
+    hook = Hook()
+    secret = tmp / "hook.secret"
+    secret.write_text("bench-secret\n")
+    receivers = parse_receivers([{"name": "hook", "type": "webhook", "url": hook.url, "secret_file": str(secret),
+                                  "rate_per_minute": 10_000_000}], tmp)  # fmt: skip
+    routes = parse_routes(
+        [{"receivers": ["hook"], "group_by": ["kind", "src_ip"], "group_wait_s": 0, "group_interval_s": 0}], receivers
+    )
+    outbox = Outbox(connect(store), routes, receivers, BroadcastOptions())
+    started = time.perf_counter()
+    delivered = 0
+    while delivered < n:
+        outbox.route()
+        outbox.dispatch()
+        outbox.deliver(limit=1000)
+        delivered = sum(len(json.loads(b)["alerts"]) for b in hook.bodies)
+        if time.perf_counter() - started > 600:
+            raise SystemExit(f"bench: only {delivered} of {n} alerts delivered in 10 minutes")
+    outbox_s = time.perf_counter() - started
+    assert delivered == n, (delivered, n)
+    bodies = list(hook.bodies)
+    started = time.perf_counter()
+    for body in bodies:
+        request = urllib.request.Request(hook.url, data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+    bare_s = time.perf_counter() - started
+    hook.server.shutdown()
+    outbox.db.close()
+    return {"alerts": n, "requests": len(bodies), "outbox_s": outbox_s, "bare_post_s": bare_s}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def login(base: str, name: str, password: str) -> urllib.request.OpenerDirector:
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    form = opener.open(base + "/login", timeout=30).read().decode()
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form).group(1)
+    data = urllib.parse.urlencode({"name": name, "password": password, "csrf": csrf, "next": "/"}).encode()
+    opener.open(base + "/login", data=data, timeout=60).read()
+    return opener
+
+
+def queue_page(tmp: Path, n: int, runs: int) -> dict:
+    store = tmp / "queue.db"
+    started = time.perf_counter()
+    fill(store, alerts(n, max(1, n // 10)))
+    fill_s = time.perf_counter() - started
+    port = free_port()
+    cfg = tmp / "agg.yaml"
+    cfg.write_text(f"endpoint: tcp://127.0.0.1:{free_port()}\nstore: {store}\narchive: {tmp / 'archive'}\n"
+                   f"ui_listen: 127.0.0.1:{port}\n")  # fmt: skip
+    m = Manager(connect(store))
+    m.add_user("bench", "viewer", "a long bench password")
+    m.db.close()
+    ui = subprocess.Popen([str(BIN / "ntds-aggregator"), "ui", "--config", str(cfg)], stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        end = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(base + "/login", timeout=1).read()
+                break
+            except OSError:
+                if time.monotonic() > end:
+                    raise SystemExit("bench: the UI did not start") from None
+                time.sleep(0.2)
+        opener = login(base, "bench", "a long bench password")
+        pages = {"queue": "/", "queue, kind and tier filter": "/?kind=dns-tunnel&min_tier=4",
+                 "api queue": "/api/queue"}  # fmt: skip
+        out = {"alerts": n, "fill_s": fill_s}
+        for label, path in pages.items():
+            opener.open(base + path, timeout=60).read()  # warm: the page cache of the store
+            times, size = [], 0
+            for _ in range(runs):
+                t = time.perf_counter()
+                size = len(opener.open(base + path, timeout=60).read())
+                times.append(time.perf_counter() - t)
+            out[label] = {"median_ms": statistics.median(times) * 1000, "max_ms": max(times) * 1000, "bytes": size}
+        return out
+    finally:
+        ui.terminate()
+        ui.wait(20)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--alerts", type=int, default=20_000)
+    ap.add_argument("--hosts", type=int, default=2_000)
+    ap.add_argument("--queue-alerts", type=int, default=100_000)
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    result: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                                "platform": platform.platform()}}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = []
+        for i in range(3):
+            (Path(tmp) / f"t{i}").mkdir()
+            runs.append(throughput(Path(tmp) / f"t{i}", args.alerts, args.hosts))
+        outbox_s = statistics.median(r["outbox_s"] for r in runs)
+        bare_s = statistics.median(r["bare_post_s"] for r in runs)
+        result["throughput"] = {"alerts": args.alerts, "requests": runs[0]["requests"], "runs": runs,
+                                "outbox_alerts_per_s": args.alerts / outbox_s,
+                                "bare_alerts_per_s": args.alerts / bare_s, "ratio": bare_s / outbox_s}  # fmt: skip
+        t = result["throughput"]
+        print(f"broadcast: {args.alerts:,} alerts in {t['requests']:,} webhook requests: outbox "
+              f"{outbox_s:.2f} s ({t['outbox_alerts_per_s']:,.0f} alerts/s), bare urllib POSTs {bare_s:.2f} s "
+              f"({t['bare_alerts_per_s']:,.0f} alerts/s), ratio {t['ratio']:.2f}x (median of 3)")  # fmt: skip
+        q = Path(tmp) / "q"
+        q.mkdir()
+        result["queue"] = queue_page(q, args.queue_alerts, args.runs)
+        for label, v in result["queue"].items():
+            if isinstance(v, dict):
+                print(f"ui over {args.queue_alerts:,} alerts: {label}: median {v['median_ms']:.0f} ms, "
+                      f"max {v['max_ms']:.0f} ms ({v['bytes']:,} bytes; median of {args.runs})")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
