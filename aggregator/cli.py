@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sqlite3
 import sys
+import time
+from pathlib import Path
 
 from aggregator import __version__
 from ntds.detect.scoring import SCORERS
@@ -58,6 +60,30 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--min-count", type=int, default=100, help="when INPUT is flows")
     pl.add_argument("--profile", choices=sorted(PROFILES), default="unicauca", help="when INPUT is flows")
     pl.set_defaults(func=_baseline_plots)
+
+    bk = bsub.add_parser("keygen", help="write the Ed25519 key pair baselines are signed with",
+                         description="baseline-signing.key (secret, mode 0600: aggregator.yaml baseline_signing_key) "
+                         "and baseline-signing.pub (every sensor's baseline_key).")  # fmt: skip
+    bk.add_argument("--out", required=True, help="folder for the two files")
+    bk.set_defaults(func=_baseline_keygen)
+    pr = bsub.add_parser(
+        "promote", help="sign a baseline and make it the active version; serve pushes it to every sensor",
+        description="Check FILE as a sensor loads it, sign it with baseline_signing_key, keep it as a new version "
+        "(with its inputs, the checks and your note) and make it active. `serve` pushes the active version to "
+        "each sensor that runs another one (at its next hello or health message).",
+    )  # fmt: skip
+    pr.add_argument("file", help="baseline file (from `baseline build`)")
+    pr.add_argument("--note", default="", help="why: kept with the version")
+    pr.add_argument("--config", required=True, help="aggregator.yaml")
+    pr.set_defaults(func=_baseline_versions)
+    rb = bsub.add_parser("rollback", help="make an earlier version active again (default: the one before)")
+    rb.add_argument("--to", type=int, metavar="VERSION", help="this version (see `baseline versions`)")
+    rb.add_argument("--config", required=True, help="aggregator.yaml")
+    rb.set_defaults(func=_baseline_versions)
+    vs = bsub.add_parser("versions", help="every promoted version, newest first; * marks the active one")
+    vs.add_argument("--json", action="store_true", help="JSON lines")
+    vs.add_argument("--config", required=True, help="aggregator.yaml")
+    vs.set_defaults(func=_baseline_versions)
 
     k = sub.add_parser("keygen", help="write the aggregator's CURVE key pair (secret file mode 0600)")
     k.add_argument("--out", required=True, help="folder for NAME.key and NAME.key_secret")
@@ -139,6 +165,58 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--json", action="store_true", help="one JSON object per sensor")
     se.set_defaults(func=_sensors)
     return parser
+
+
+def _baseline_keygen(args) -> int:
+    from ntds.wire.signing import generate
+
+    public, secret = generate(args.out)
+    print(f"wrote {secret} (secret: aggregator.yaml baseline_signing_key) and {public} (sensor.yaml baseline_key)",
+          file=sys.stderr)  # fmt: skip
+    return 0
+
+
+def _baseline_versions(args) -> int:
+    import json
+
+    from aggregator import baselines
+    from aggregator.config import load
+    from aggregator.store import open_store
+    from ntds.logs import printable
+
+    cfg = load(args.config, insecure=True)
+    open_store(cfg.store, create=True).close()
+    db = baselines.connect(cfg.store)
+    try:
+        if args.baseline_command == "promote":
+            v = baselines.promote(db, Path(args.file), cfg.baseline_signing_key, args.note, by=_operator())
+            print(f"version {v['version']} ({v['baseline_id']}) is active; serve pushes it to every sensor",
+                  file=sys.stderr)  # fmt: skip
+        elif args.baseline_command == "rollback":
+            v = baselines.rollback(db, args.to)
+            print(f"version {v['version']} ({v['baseline_id']}) is active again; serve pushes it to every sensor",
+                  file=sys.stderr)  # fmt: skip
+        else:
+            for v in baselines.versions(db):
+                if args.json:
+                    print(json.dumps(v))
+                    continue
+                when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(v["promoted"]))
+                mark = "*" if v["active"] else " "
+                print(f"{mark} {v['version']:>4}  {when}  {printable(v['baseline_id'], 60)}  {v['entries']} entries  "
+                      f"{printable(v['promoted_by'], 20)}  {printable(v['note'], 200)}")  # fmt: skip
+    finally:
+        db.close()
+    return 0
+
+
+def _operator() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "cli"
 
 
 def _keygen(args) -> int:

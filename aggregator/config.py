@@ -51,6 +51,10 @@ class AggregatorConfig(Settings):
     allow_list: Path = setting(
         "path", "/etc/ntds/sensors", "folder of admitted sensors' public keys", must_exist=True, secret=True
     )
+    baseline_signing_key: Path = setting(
+        "path", "/etc/ntds/keys/baseline-signing.key", "the Ed25519 key `baseline promote` signs baselines with "
+        "(`baseline keygen`); sensors hold its .pub as baseline_key", secret=True,
+    )  # fmt: skip
     store: Path = setting("path", "/var/lib/ntds-aggregator/store.db", "the durable message store (SQLite)")
     archive: Path = setting("path", "/var/lib/ntds-aggregator/archive", "the Parquet archive reports read")
     retention_days: int = setting("int", 400, "days of data kept, counted from arrival (0: everything)", low=0,

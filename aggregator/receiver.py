@@ -20,7 +20,7 @@ from zmq.utils.monitor import parse_monitor_message
 from aggregator.store import Store
 from aggregator.zap import ZapHandler
 from ntds.logs import printable
-from ntds.wire.schema import MAX_FRAME, Message, WireError, ack, decode, encode
+from ntds.wire.schema import MAX_FRAME, MESSAGE_TYPES, Message, WireError, ack, decode, encode
 
 log = logging.getLogger("ntds.aggregator.receiver")
 HEARTBEAT_MS = 5000
@@ -67,6 +67,8 @@ class Receiver:
         # port) are counted with the other rejections, from the socket's own event stream.
         self.monitor = self.socket.get_monitor_socket(HANDSHAKE_EVENTS)
         self.store = store
+        self.pusher = None
+        """The baseline pusher (aggregator.baselines.Pusher), when serve pushes baselines."""
         self.rejected: Counter[str] = Counter()
         self.stored = 0
         self.store_errors = 0
@@ -107,7 +109,7 @@ class Receiver:
                 rejections[e.reason] += 1
                 log.warning("rejected a %s message: %s", e.reason, e)
                 continue
-            if msg.type == "ack":
+            if MESSAGE_TYPES[msg.type].drop_rank is None:  # only the aggregator sends acks and baselines
                 rejections["malformed"] += 1
                 continue
             if self.secure:
@@ -147,6 +149,11 @@ class Receiver:
             frame = encode(ack(sensor, spool, seqs), version=version)
             with contextlib.suppress(zmq.ZMQError):
                 self.socket.send_multipart([identity, frame], flags=zmq.NOBLOCK)
+        if self.pusher is not None:
+            for identity, m in batch:
+                for part in self.pusher.offer(m):
+                    with contextlib.suppress(zmq.ZMQError):  # a peer gone since is offered it again when back
+                        self.socket.send_multipart([identity, encode(part)], flags=zmq.NOBLOCK)
         return len(batch)
 
     def _handshake_failures(self) -> Counter[str]:

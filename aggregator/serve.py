@@ -16,6 +16,7 @@ import threading
 import time
 
 from aggregator.archive import Archiver
+from aggregator.baselines import Pusher
 from aggregator.broadcast.outbox import Broadcaster
 from aggregator.config import AggregatorConfig
 from aggregator.receiver import Receiver, StoreBroken
@@ -54,6 +55,7 @@ class Server:
         except Exception as e:  # zmq errors on bind name the endpoint problem
             self.store.close()
             raise InputError(f"{cfg.endpoint}: cannot listen: {e}") from None
+        self.receiver.pusher = Pusher(cfg.store)
         self.archiver = Archiver(cfg)
         self.workers: list[threading.Thread] = [self.archiver]
         routes, receivers, options = cfg.broadcast_setup
@@ -106,6 +108,7 @@ class Server:
         finally:
             self.notify.stopping()
             self.receiver.close()
+            self.receiver.pusher.close()
             if self.broadcaster is not None:
                 self.broadcaster.stop()
             self.store.close()

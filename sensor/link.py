@@ -51,6 +51,8 @@ class Link:
         self.sent = 0
         self.acked = 0
         self.bad_acks = 0
+        self.downstream: list = []
+        """Baseline parts the aggregator pushed, in arrival order (sensor.baseline_updates takes them)."""
 
     def close(self) -> None:
         # Everything unacknowledged is still in the spool: nothing to linger for.
@@ -82,6 +84,9 @@ class Link:
                     msg = decode(reply)
                 except WireError:
                     self.bad_acks += 1
+                    continue
+                if msg.type == "baseline" and msg.sensor == self.spool.sensor_id:
+                    self.downstream.append(msg)  # the pipeline takes these between batches
                     continue
                 if msg.type != "ack" or msg.spool != self.spool.spool_id:
                     self.bad_acks += 1  # not an ack, or one for a spool this sensor no longer has

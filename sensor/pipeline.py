@@ -40,6 +40,7 @@ from ntds.progress import Progress
 from ntds.wire import schema as wire
 from ntds.wire.keys import load_pair, load_public
 from ntds.wire.schema import TIERS, in_time_range
+from sensor.baseline_updates import BaselineUpdates, Refused
 from sensor.config import SensorConfig
 from sensor.config import load as load_config
 from sensor.geo import GeoIP
@@ -112,7 +113,11 @@ class Pipeline:
         self._data_clock_ms = 0
         self._rate_mark = (time.monotonic(), 0)
         # Everything that can fail on bad input fails here, before any capture opens.
-        self.baseline = Baseline.load(cfg.baseline, feature_profile=cfg.feature_profile)
+        self.updates = BaselineUpdates(cfg.baseline_key, cfg.feature_profile, cfg.spool_dir)
+        # A baseline the aggregator pushed (and signed) earlier wins over the configured file, which stays the
+        # fallback: the configured one is still loaded, so a bad file is an error at start either way.
+        configured = Baseline.load(cfg.baseline, feature_profile=cfg.feature_profile)
+        self.baseline = self.updates.stored() or configured
         self.summariser = self._summariser(cfg)
         self.detection = Detection(
             self.baseline,
@@ -279,6 +284,7 @@ class Pipeline:
                 next_tick = now + 1.0
                 self._close_intervals()
                 link.pump(0)
+                self._take_pushed(link)
                 self.notify.watchdog()
                 self.notify.status(self.status())
                 self.progress.note(self.status())
@@ -286,6 +292,27 @@ class Pipeline:
                 next_health = now + self.cfg.health_interval_s
                 self.spool.append([("health", self._health())])
         self._flush()
+
+    def _take_pushed(self, link: Link) -> None:
+        """Parts of a pushed baseline: a complete, verified one is swapped in like a SIGHUP's, and the hello that
+        names it tells the aggregator (and every later health) that it is active."""
+        parts, link.downstream = link.downstream, []
+        for m in parts:
+            try:
+                baseline = self.updates.take(m)
+            except Refused as e:
+                log.error("refused the baseline the aggregator pushed (version %d): %s; still using %s", m.seq, e,
+                          self.baseline.id)  # fmt: skip
+                continue
+            if baseline is not None:
+                self._swap(baseline, self.cfg)
+                log.info("activated baseline %s (version %d, pushed by the aggregator)", baseline.id, m.seq)
+
+    def _swap(self, baseline: Baseline, cfg: SensorConfig) -> None:
+        self._flush()  # flows scored so far keep the baseline they were scored with
+        self.baseline = baseline
+        self.detection.reload(baseline, cfg.min_alert_tier, cfg.min_flow_tier)
+        self.spool.append([("hello", self._hello())])
 
     def _flush(self) -> None:
         """Score the pending flows as one batch, spool their alerts, count them in the summaries."""
@@ -343,7 +370,7 @@ class Pipeline:
         }
         return wire.health(
             capture, self.control.flows_evicted, self.counters.skipped, state, st.messages, st.bytes, st.dropped,
-            self.detection.evicted,
+            self.detection.evicted, self.baseline.id, self.updates.refused,
         )  # fmt: skip
 
     def status(self) -> str:
@@ -391,7 +418,8 @@ class Pipeline:
         try:
             new = load_config(self.cfg.path, insecure=self.insecure)
             cfg, fixed = self.cfg.reloaded(new)
-            baseline = Baseline.load(cfg.baseline, feature_profile=cfg.feature_profile)
+            configured = Baseline.load(cfg.baseline, feature_profile=cfg.feature_profile)
+            baseline = self.updates.stored() or configured
             classes = TrafficClasses(cfg.local_networks, cfg.local_servers)
             geo = GeoIP(cfg.geoip_database) if cfg.geoip_database != self.cfg.geoip_database else self.summariser.geo
         except Exception as e:  # noqa: BLE001 - a bad file must never stop a running sensor
@@ -399,11 +427,8 @@ class Pipeline:
             return
         if fixed:
             log.warning("reload: %s changed; these take effect at the next restart", ", ".join(fixed))
-        self._flush()  # flows scored so far keep the baseline they were scored with
-        self.baseline = baseline
-        self.detection.reload(baseline, cfg.min_alert_tier, cfg.min_flow_tier)
         self.summariser.classes, self.summariser.geo = classes, geo  # from the next flow on
+        self._swap(baseline, cfg)
         self.cfg = cfg
-        self.spool.append([("hello", self._hello())])
-        log.info("reloaded: baseline %s (%s), minimum tiers %d (host-level), %d (flows)", cfg.baseline, baseline.method,
-                 cfg.min_alert_tier, cfg.min_flow_tier)  # fmt: skip
+        log.info("reloaded: baseline %s (%s), minimum tiers %d (host-level), %d (flows)", baseline.source,
+                 baseline.method, cfg.min_alert_tier, cfg.min_flow_tier)  # fmt: skip

@@ -145,7 +145,7 @@ FLOWS_BYTES = {"flows": F("int", "flows of this kind"), "bytes": F("int", "their
 
 ENVELOPE: dict[str, F] = {
     "v": F("int", "schema version (3; version 1 and 2 frames are upgraded on decoding)"),
-    "type": F("str", "hello, alert, summary, health or ack", max_len=16),
+    "type": F("str", "hello, alert, summary, health (from sensors); ack, baseline (from the aggregator)", max_len=16),
     "sensor": F("str", "the sensor's id; the aggregator only accepts the id bound to the sender's key", max_len=64),
     "spool": F(
         "str",
@@ -302,7 +302,8 @@ def upgrade_body(kind: str, body: dict) -> dict:
     Version 2 alerts were single rare flows: first and last seen at the flow's start, a count of 1, the
     explanation's text made from its numbers."""
     if kind == "health" and isinstance(body, dict):
-        return {"flows_evicted": 0, "flows_skipped": 0, "state": "running", "detector_keys_evicted": 0} | body
+        return {"flows_evicted": 0, "flows_skipped": 0, "state": "running", "detector_keys_evicted": 0,
+                "baseline_id": "", "baselines_refused": 0} | body  # fmt: skip
     if kind != "alert" or not isinstance(body, dict) or "time" not in body:
         return body
     from ntds.detect.explain import axis_text
@@ -489,7 +490,13 @@ SUMMARY = MessageType(
 
 def _archive_health(m: Message) -> Iterable[ArchiveRow]:
     t = parse_time(m.created)
-    yield "health", t, _base(m) | m.body | {"created": t, "spool_dropped": sum(m.body["spool_dropped"].values())}
+    row = {k: v for k, v in m.body.items() if k not in HEALTH_NOT_ARCHIVED}
+    yield "health", t, _base(m) | row | {"created": t, "spool_dropped": sum(m.body["spool_dropped"].values())}
+
+
+HEALTH_NOT_ARCHIVED = ("baseline_id", "baselines_refused")
+"""Health fields the store keeps (the sensors page) but the archive's health table does not: its columns are the
+capture and spool counters the report reads."""
 
 
 HEALTH = MessageType(
@@ -509,6 +516,10 @@ HEALTH = MessageType(
         "state": F(
             "str", "running, or stopping (the sensor's last message before it exits)", choices=("running", "stopping")
         ),  # fmt: skip
+        "baseline_id": F("str", "the baseline the sensor scores with now (as in hello)", max_len=200),
+        "baselines_refused": F(
+            "int", "since start: pushed baselines refused (bad signature, other profile, corrupt, no baseline_key)"
+        ),
         "spool_messages": F("int", "messages waiting in the spool for an acknowledgement (this one not counted)"),
         "spool_bytes": F("int", "their size"),
         # "spool_dropped" is derived below from the types' drop ranks
@@ -521,6 +532,8 @@ HEALTH = MessageType(
         "flows_skipped": 0,
         "detector_keys_evicted": 0,
         "state": "running",
+        "baseline_id": "2026-11-23T02:00:00Z robust",
+        "baselines_refused": 0,
         "spool_messages": 0,
         "spool_bytes": 0,
     },
@@ -539,7 +552,39 @@ ACK = MessageType(
     not_archived="acknowledgements travel back to the sensor and are never stored",
 )
 
-MESSAGE_TYPES: dict[str, MessageType] = {t.name: t for t in (HELLO, ALERT, SUMMARY, HEALTH, ACK)}
+# -- baseline ---------------------------------------------------------------------------
+
+BASELINE_CHUNK = 45_000
+"""Compressed baseline bytes per part: base64 and the envelope keep each part under MAX_FRAME."""
+BASELINE_MAX_PARTS = 256
+"""At most 11 MB of compressed baseline: far beyond any real one (the starter baseline compresses to 60 kB)."""
+
+BASELINE = MessageType(
+    "baseline",
+    "the aggregator's active baseline, pushed to a sensor whose hello or health names another one; in parts "
+    "(seq is the aggregator's version number). The sensor checks the signature against its baseline_key and "
+    "the feature profile, swaps it in, and sends a hello naming it",
+    {
+        "baseline_id": F("str", "the baseline's id (its build time and method)", max_len=200),
+        "sha256": F("str", "SHA-256 of the whole baseline file (hex)", max_len=64),
+        "signature": F("str", "the aggregator's Ed25519 signature of the whole baseline file (hex)", max_len=128),
+        "part": F("int", "this part's number, from 0", top=BASELINE_MAX_PARTS - 1),
+        "parts": F("int", "how many parts the zlib-compressed file was cut into", top=BASELINE_MAX_PARTS),
+        "data": F("str", "this part of the zlib-compressed file, base64", max_len=4 * BASELINE_CHUNK // 3 + 4),
+    },
+    {
+        "baseline_id": "2026-11-23T02:00:00Z robust",
+        "sha256": "9f2c" * 16,
+        "signature": "ab" * 64,
+        "part": 0,
+        "parts": 1,
+        "data": "eJyrrgUAAXUA+Q==",
+    },  # fmt: skip
+    drop_rank=None,
+    not_archived="sent by the aggregator; every promoted version stays in its store (`baseline versions`)",
+)
+
+MESSAGE_TYPES: dict[str, MessageType] = {t.name: t for t in (HELLO, ALERT, SUMMARY, HEALTH, ACK, BASELINE)}
 TYPES = tuple(MESSAGE_TYPES)
 SCHEMA: dict[str, dict[str, F]] = {n: t.fields for n, t in MESSAGE_TYPES.items()}
 EXAMPLES: dict[str, dict] = {n: t.example for n, t in MESSAGE_TYPES.items()}
@@ -566,7 +611,7 @@ def hello(baseline_id: str, feature_profile: str) -> dict:
 
 def health(
     capture: dict, flows_evicted: int, flows_skipped: int, state: str, spool_messages: int, spool_bytes: int,
-    dropped: dict, detector_keys_evicted: int = 0,
+    dropped: dict, detector_keys_evicted: int = 0, baseline_id: str = "", baselines_refused: int = 0,
 ) -> dict:  # fmt: skip
     """capture: packets_seen, packets_dropped, flows_active (since start)."""
     return {
@@ -577,10 +622,43 @@ def health(
         "flows_skipped": flows_skipped,
         "detector_keys_evicted": detector_keys_evicted,
         "state": state,
+        "baseline_id": baseline_id,
+        "baselines_refused": baselines_refused,
         "spool_messages": spool_messages,
         "spool_bytes": spool_bytes,
         "spool_dropped": {k: dropped.get(k, 0) for k in DROP_ORDER},
     }
+
+
+def baseline_parts(sensor: str, version: int, baseline_id: str, content: bytes, signature: str) -> list[Message]:
+    """A baseline file as the parts of one push to `sensor` (compressed, cut, each a message of its own)."""
+    import base64
+    import hashlib
+    import zlib
+
+    packed = zlib.compress(content, 9)
+    chunks = [packed[i : i + BASELINE_CHUNK] for i in range(0, len(packed), BASELINE_CHUNK)] or [b""]
+    if len(chunks) > BASELINE_MAX_PARTS:
+        raise ValueError(f"baseline too large to push ({len(packed):,} bytes compressed)")
+    digest = hashlib.sha256(content).hexdigest()
+    created = now_iso()
+    return [
+        Message(
+            "baseline",
+            sensor,
+            version,
+            created,
+            {
+                "baseline_id": baseline_id,
+                "sha256": digest,
+                "signature": signature,
+                "part": i,
+                "parts": len(chunks),
+                "data": base64.b64encode(chunk).decode("ascii"),
+            },
+        )  # fmt: skip
+        for i, chunk in enumerate(chunks)
+    ]
 
 
 def ack(sensor: str, spool: str, seqs: list[int]) -> Message:

@@ -1,0 +1,185 @@
+"""Baseline versions: promoted, signed, kept, rolled back, and pushed to sensors.
+
+Every promoted baseline is a version in the store (the file's exact bytes, its
+Ed25519 signature, what it was built from, the checks it passed, who promoted it
+and why); exactly one is active. `serve` pushes the active version to every
+sensor whose hello or health names another baseline: a sensor that was offline
+gets it when it reconnects, and one that refuses it (it logs why and counts it in
+health) is offered it again at most once a minute. The baseline is the same for
+every sensor of the site (one aggregator, one site).
+
+Checks before a version is stored: the file loads and validates exactly as a
+sensor loads it (format, version, profile, scorers, tiers) and its id differs
+from the active one's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ntds.detect.baseline import Baseline
+from ntds.errors import InputError
+from ntds.wire import signing
+from ntds.wire.schema import Message, baseline_parts
+
+log = logging.getLogger("ntds.aggregator.baselines")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS baselines (
+    version INTEGER PRIMARY KEY AUTOINCREMENT, baseline_id TEXT NOT NULL, sha256 TEXT NOT NULL, content BLOB NOT NULL,
+    signature TEXT NOT NULL, feature_profile TEXT NOT NULL, method TEXT NOT NULL, entries INTEGER NOT NULL,
+    inputs TEXT NOT NULL, checks TEXT NOT NULL, note TEXT NOT NULL, promoted REAL NOT NULL, promoted_by TEXT NOT NULL,
+    active INTEGER NOT NULL DEFAULT 0);
+"""
+RESEND_S = 60.0
+"""A sensor that still names another baseline is offered the active one again after this long."""
+
+
+@dataclass(frozen=True)
+class Version:
+    version: int
+    baseline_id: str
+    sha256: str
+    content: bytes
+    signature: str
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, timeout=30)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.executescript(SCHEMA)
+    return db
+
+
+def check(content: bytes, source: str = "baseline") -> Baseline:
+    """The file loaded exactly as a sensor loads it (one InputError line for anything wrong)."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as fh:
+        fh.write(content)
+        fh.flush()
+        try:
+            return Baseline.load(fh.name)
+        except InputError as e:
+            raise InputError(str(e).replace(fh.name, source)) from None
+
+
+def active(db: sqlite3.Connection) -> Version | None:
+    row = db.execute(
+        "SELECT version, baseline_id, sha256, content, signature FROM baselines WHERE active = 1"
+    ).fetchone()
+    return Version(row[0], row[1], row[2], bytes(row[3]), row[4]) if row else None
+
+
+def promote(db: sqlite3.Connection, path: Path, signing_key_file: Path, note: str = "", by: str = "cli") -> dict:
+    """Sign `path` and make it the active version; returns the stored version's description."""
+    try:
+        content = Path(path).read_bytes()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read the baseline: {e.strerror or e}") from None
+    baseline = check(content, str(path))
+    key = signing.load_signing_key(signing_key_file)
+    current = active(db)
+    if current is not None and current.baseline_id == baseline.id:
+        raise InputError(f"{path}: baseline {baseline.id} is already the active version {current.version}")
+    checks = {"loads_as_a_sensor_loads_it": True, "entries": len(baseline.scorers),
+              "differs_from_active": current is not None}  # fmt: skip
+    inputs = baseline.doc.get("inputs", [])
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("UPDATE baselines SET active = 0 WHERE active = 1")
+        cur = db.execute(
+            "INSERT INTO baselines (baseline_id, sha256, content, signature, feature_profile, method, entries, inputs, "
+            "checks, note, promoted, promoted_by, active) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+            (baseline.id, hashlib.sha256(content).hexdigest(), content, signing.sign(content, key), baseline.profile,
+             baseline.method, len(baseline.scorers), json.dumps(inputs)[:100_000], json.dumps(checks), note[:2000],
+             time.time(), by),
+        )  # fmt: skip
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return versions(db)[0] | {"version": cur.lastrowid}
+
+
+def rollback(db: sqlite3.Connection, to: int | None = None) -> dict:
+    """Make an earlier version active again (default: the one before the active one)."""
+    current = active(db)
+    if to is None:
+        if current is None:
+            raise InputError("no baseline has been promoted yet")
+        row = db.execute("SELECT MAX(version) FROM baselines WHERE version < ?", (current.version,)).fetchone()
+        if row[0] is None:
+            raise InputError(f"version {current.version} is the first: nothing to roll back to")
+        to = row[0]
+    if not db.execute("SELECT 1 FROM baselines WHERE version = ?", (to,)).fetchone():
+        raise InputError(f"no baseline version {to}")
+    db.execute("BEGIN IMMEDIATE")
+    db.execute("UPDATE baselines SET active = (version = ?)", (to,))
+    db.execute("COMMIT")
+    return next(v for v in versions(db) if v["version"] == to)
+
+
+def versions(db: sqlite3.Connection) -> list[dict]:
+    """Every version, newest first, without the file itself."""
+    rows = db.execute(
+        "SELECT version, baseline_id, sha256, feature_profile, method, entries, inputs, checks, note, promoted, "
+        "promoted_by, active FROM baselines ORDER BY version DESC"
+    )
+    names = ("version", "baseline_id", "sha256", "feature_profile", "method", "entries", "inputs", "checks", "note",
+             "promoted", "promoted_by", "active")  # fmt: skip
+    out = []
+    for r in rows:
+        v = dict(zip(names, r))
+        v["inputs"], v["checks"], v["active"] = json.loads(v["inputs"]), json.loads(v["checks"]), bool(v["active"])
+        out.append(v)
+    return out
+
+
+class Pusher:
+    """Decides, per sensor message, whether that sensor needs the active baseline, and builds the parts."""
+
+    def __init__(self, store_path: str | Path) -> None:
+        self.db = connect(store_path)
+        self._active: Version | None = None
+        self._read = 0.0
+        self._offered: dict[tuple[str, str, str, int], float] = {}
+        self.pushed = 0
+
+    def current(self) -> Version | None:
+        if time.monotonic() - self._read > 5.0:  # `baseline promote` is another process: look again now and then
+            self._read = time.monotonic()
+            try:
+                self._active = active(self.db)
+            except sqlite3.Error as e:  # the receiver's own writes find a broken store; pushing just pauses
+                log.error("cannot read the active baseline: %s", e)
+        return self._active
+
+    def offer(self, m: Message) -> list[Message]:
+        """The parts to send to m's sender, if its hello or health names a baseline other than the active one."""
+        if m.type not in ("hello", "health"):
+            return []
+        v = self.current()
+        if v is None or m.body.get("baseline_id") == v.baseline_id:
+            return []
+        now = time.monotonic()
+        # asked anew: a new spool (a sensor reinstalled), another reported baseline, another active version
+        key = (m.sensor, m.spool, m.body.get("baseline_id", ""), v.version)
+        if now - self._offered.get(key, -RESEND_S) < RESEND_S:
+            return []
+        if len(self._offered) > 100_000:  # bounded: sensors come and go
+            self._offered.clear()
+        self._offered[key] = now
+        self.pushed += 1
+        log.info("pushing baseline version %d (%s) to %s, which runs %s", v.version, v.baseline_id, m.sensor,
+                 m.body.get("baseline_id") or "?")  # fmt: skip
+        return baseline_parts(m.sensor, v.version, v.baseline_id, v.content, v.signature)
+
+    def close(self) -> None:
+        self.db.close()

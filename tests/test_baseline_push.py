@@ -1,0 +1,225 @@
+"""Baselines promoted on the aggregator, signed, pushed over the ZeroMQ link, and checked by the sensor.
+
+End to end with a real `serve` (CURVE) and real `ntds-sensor replay` processes on 127.0.0.1; the pieces
+(assembly, signature, profile, truncation) also in-process on real encoded messages."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from ntds.wire import schema as wire
+from ntds.wire import signing
+from sensor.baseline_updates import PUSHED, BaselineUpdates, Refused
+from tests.conftest import ROOT
+from tests.test_transport import BIN, Site, run
+
+BASELINE = ROOT / "config" / "baseline.json"
+
+
+def variant(path: Path, built: str, profile: str | None = None) -> Path:
+    """The starter baseline under another build time (so another id), optionally claiming another profile."""
+    doc = json.loads(BASELINE.read_text())
+    doc["built"] = built
+    if profile:
+        doc["feature_profile"] = profile
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def baseline_ids(store: Path, kind: str) -> list[str]:
+    with sqlite3.connect(store) as db:
+        rows = db.execute("SELECT body FROM messages WHERE type = ? ORDER BY id", (kind,)).fetchall()
+    return [json.loads(b)["baseline_id"] for (b,) in rows]
+
+
+class PushSite(Site):
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        run("ntds-aggregator", "baseline", "keygen", "--out", root / "sign", check=True)
+        with self.config.open("a") as fh:
+            fh.write("baseline_signing_key: sign/baseline-signing.key\n")
+
+    def sensor_config(self, key: str = "tap", spool: str = "spool") -> Path:
+        path = super().sensor_config(key, spool)
+        with path.open("a") as fh:
+            fh.write(f"baseline_key: {json.dumps(str(self.root / 'sign' / 'baseline-signing.pub'))}\n")
+            fh.write("health_interval_s: 1\n")
+        return path
+
+    def promote(self, path: Path, note: str = "") -> subprocess.CompletedProcess:
+        return run("ntds-aggregator", "baseline", "promote", path, "--note", note, "--config", self.config)
+
+    def replay_realtime(self, capture: Path, spool: str = "spool") -> subprocess.Popen:
+        args = [str(BIN / "ntds-sensor"), "replay", str(capture), "--config", str(self.sensor_config(spool=spool)),
+                "--pace", "realtime", "--wait", "60"]  # fmt: skip
+        p = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+        self.procs.append(p)
+        return p
+
+
+@pytest.fixture
+def push_site(tmp_path):
+    s = PushSite(tmp_path)
+    yield s
+    s.stop()
+
+
+def test_promoted_baseline_reaches_the_sensor_and_judges_what_follows(push_site, tmp_path):
+    site = push_site
+    old_id = json.loads(BASELINE.read_text())["built"]
+    site.aggregator()
+    # week 1 with the configured baseline
+    first = site.replay(site.flows(5))
+    assert first.wait(120) == 0, first.stderr.read()
+    assert {i.split()[0] for i in baseline_ids(site.store, "alert")} == {old_id}
+    # a new version, promoted: listed, signed, active
+    cand = variant(tmp_path / "cand.json", "2026-11-24T01:00:00Z")
+    p = site.promote(cand, "learned from week 1")
+    assert p.returncode == 0, p.stderr
+    listed = run("ntds-aggregator", "baseline", "versions", "--json", "--config", site.config).stdout.splitlines()
+    (v1,) = [json.loads(x) for x in listed]
+    assert v1["active"] and v1["note"] == "learned from week 1" and v1["baseline_id"].startswith("2026-11-24T01")
+    # the running sensor is told at its next hello or health, verifies, swaps, and says so
+    sensor = site.replay_realtime(site.flows(8))
+    assert sensor.wait(120) == 0
+    log = sensor.stderr.read()
+    assert "activated baseline 2026-11-24T01:00:00Z" in log, log
+    assert (tmp_path / "spool" / PUSHED).exists()
+    assert baseline_ids(site.store, "hello")[-1].startswith("2026-11-24T01")
+    assert baseline_ids(site.store, "health")[-1].startswith("2026-11-24T01")
+    # week 2: every alert carries the new id (the pushed baseline outlives the restart)
+    before = len(baseline_ids(site.store, "alert"))
+    second = site.replay(site.flows(6))
+    assert second.wait(120) == 0, second.stderr.read()
+    week2 = baseline_ids(site.store, "alert")[before:]
+    assert len(week2) == 6 and all(i.startswith("2026-11-24T01") for i in week2), week2
+    # a sensor that was never told (its own fresh spool, so no pushed file) gets it when it connects
+    late = site.replay_realtime(site.flows(4), spool="spool-late")
+    assert late.wait(120) == 0
+    assert "activated baseline 2026-11-24T01:00:00Z" in late.stderr.read()
+    assert (tmp_path / "spool-late" / PUSHED).exists()
+
+
+def test_tampered_or_other_profile_baselines_are_refused_and_the_old_one_kept(push_site, tmp_path):
+    site = push_site
+    good = variant(tmp_path / "good.json", "2026-11-24T02:00:00Z")
+    assert site.promote(good).returncode == 0
+    agg = site.aggregator()
+    s = site.replay_realtime(site.flows(3))
+    assert s.wait(120) == 0 and "activated baseline 2026-11-24T02" in s.stderr.read()
+    agg.terminate()
+    agg.wait(30)
+    # someone with write access to the store makes another file active under the good one's signature
+    evil = variant(tmp_path / "evil.json", "2026-11-24T03:00:00Z").read_bytes()
+    with sqlite3.connect(site.store) as db:
+        db.execute("UPDATE baselines SET active = 0")
+        db.execute("INSERT INTO baselines (baseline_id, sha256, content, signature, feature_profile, method, entries, "
+                   "inputs, checks, note, promoted, promoted_by, active) SELECT '2026-11-24T03:00:00Z robust', "
+                   "sha256, ?, signature, feature_profile, method, entries, inputs, checks, 'evil', promoted, "
+                   "'mallory', 1 FROM baselines WHERE version = 1", (evil,))  # fmt: skip
+    site.aggregator()
+    s = site.replay_realtime(site.flows(4))
+    assert s.wait(120) == 0
+    log = s.stderr.read()
+    assert "refused the baseline the aggregator pushed" in log and "signature does not match" in log, log
+    assert "Traceback" not in log
+    assert all(i.startswith("2026-11-24T02") for i in baseline_ids(site.store, "alert")[-4:])
+    refused = [json.loads(b) for (b,) in sqlite3.connect(site.store).execute(
+        "SELECT body FROM messages WHERE type = 'health' ORDER BY id DESC LIMIT 1")]  # fmt: skip
+    assert refused[0]["baselines_refused"] >= 1 and refused[0]["baseline_id"].startswith("2026-11-24T02")
+    # properly signed, but for the other feature profile: refused by the sensor too
+    with sqlite3.connect(site.store) as db:
+        db.execute("DELETE FROM baselines WHERE baseline_id LIKE '2026-11-24T03%'")
+    other = variant(tmp_path / "other.json", "2026-11-24T04:00:00Z", profile="corrected")
+    assert site.promote(other).returncode == 0
+    time.sleep(6)  # the pusher looks for a new active version every 5 s
+    s = site.replay_realtime(site.flows(3), spool="spool")
+    assert s.wait(120) == 0
+    log = s.stderr.read()
+    assert "feature profile 'corrected'" in log, log
+    # and rollback makes the earlier version active again
+    p = run("ntds-aggregator", "baseline", "rollback", "--config", site.config)
+    assert p.returncode == 0 and "is active again" in p.stderr
+    listed = [json.loads(x) for x in run("ntds-aggregator", "baseline", "versions", "--json", "--config",
+                                         site.config).stdout.splitlines()]  # fmt: skip
+    assert [v["baseline_id"][:16] for v in listed if v["active"]] == ["2026-11-24T02:00"]
+
+
+def test_promote_refuses_bad_files_and_keys_in_one_line(push_site, tmp_path):
+    site = push_site
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "ntds-baseline", "version": 2, "applications": ')
+    p = site.promote(bad)
+    assert p.returncode != 0 and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert "bad.json" in p.stderr
+    (tmp_path / "sign" / "baseline-signing.key").chmod(0o644)
+    p = site.promote(variant(tmp_path / "ok.json", "2026-11-24T05:00:00Z"))
+    assert p.returncode != 0 and "readable by others" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    p = run("ntds-aggregator", "baseline", "rollback", "--config", site.config)
+    assert p.returncode != 0 and "no baseline has been promoted" in p.stderr
+
+
+# -- the sensor's checks, in-process on real encoded messages ------------------------------------
+
+
+@pytest.fixture
+def keys(tmp_path):
+    public, secret = signing.generate(tmp_path / "sign")
+    return signing.load_signing_key(secret), public
+
+
+def parts(content: bytes, key, sensor: str = "tap-01", version: int = 1) -> list[wire.Message]:
+    msgs = wire.baseline_parts(sensor, version, "b-id", content, signing.sign(content, key))
+    return [wire.decode(wire.encode(m)) for m in msgs]  # through the strict codec, as the link delivers them
+
+
+def test_a_push_in_many_parts_is_assembled_verified_and_kept(tmp_path, keys):
+    secret, public = keys
+    doc = json.loads(BASELINE.read_text())
+    doc["inputs"] = [secrets.token_hex(32) for _ in range(4000)]  # random text: compresses only to half
+    content = json.dumps(doc).encode()
+    msgs = parts(content, secret)
+    assert len(msgs) >= 3 and all(len(wire.encode(m)) <= wire.MAX_FRAME for m in msgs)
+    updates = BaselineUpdates(public, "unicauca", tmp_path)
+    got = [updates.take(m) for m in reversed(msgs)]  # any order
+    assert got[-1] is not None and got[-1].id == json.loads(BASELINE.read_text())["built"] + " robust"
+    assert (tmp_path / PUSHED).read_bytes() == content
+    again = BaselineUpdates(public, "unicauca", tmp_path).stored()
+    assert again is not None and again.id == got[-1].id
+    # the file on disk changed afterwards: ignored at the next start, the configured baseline is used
+    (tmp_path / PUSHED).write_bytes(content + b"\n")
+    assert BaselineUpdates(public, "unicauca", tmp_path).stored() is None
+
+
+@pytest.mark.parametrize("damage", ["signature", "truncated", "not base64", "sha", "no key", "other key"])
+def test_damaged_pushes_are_refused_and_counted(tmp_path, keys, damage):
+    secret, public = keys
+    content = BASELINE.read_bytes()
+    m = parts(content, secret)[0]
+    body = dict(m.body)
+    key_file: Path | str = public
+    if damage == "signature":
+        body["signature"] = signing.sign(content + b"x", secret)
+    elif damage == "truncated":
+        body["data"] = base64.b64encode(base64.b64decode(body["data"])[:-100]).decode()
+    elif damage == "not base64":
+        body["data"] = "%%%" + body["data"][3:]
+    elif damage == "sha":
+        body["sha256"] = "0" * 64
+    elif damage == "no key":
+        key_file = ""
+    else:
+        other_public, _ = signing.generate(tmp_path / "other")
+        key_file = other_public
+    updates = BaselineUpdates(key_file, "unicauca", tmp_path)
+    with pytest.raises(Refused):
+        updates.take(wire.Message("baseline", "tap-01", 1, m.created, body))
+    assert updates.refused == 1 and not (tmp_path / PUSHED).exists()
