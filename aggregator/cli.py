@@ -80,6 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--to", type=int, metavar="VERSION", help="this version (see `baseline versions`)")
     rb.add_argument("--config", required=True, help="aggregator.yaml")
     rb.set_defaults(func=_baseline_versions)
+    df = bsub.add_parser(
+        "diff", help="what a candidate baseline changes against the current one",
+        description="Entries new and gone, flow counts, the typical value of each axis and the tier 3 threshold "
+        "per entry; axes that moved more than 2x are named. In words, or --json.",
+    )  # fmt: skip
+    df.add_argument("current", help="the baseline in use (a file; `baseline versions` lists the promoted ones)")
+    df.add_argument("candidate", help="the candidate baseline file")
+    df.add_argument("--json", action="store_true", help="the whole comparison as one JSON object")
+    df.set_defaults(func=_baseline_diff)
     vs = bsub.add_parser("versions", help="every promoted version, newest first; * marks the active one")
     vs.add_argument("--json", action="store_true", help="JSON lines")
     vs.add_argument("--config", required=True, help="aggregator.yaml")
@@ -210,6 +219,21 @@ def _baseline_versions(args) -> int:
     return 0
 
 
+def _baseline_diff(args) -> int:
+    import json
+
+    from aggregator.baseline_diff import diff, words
+    from ntds.logs import printable
+
+    d = diff(Path(args.current), Path(args.candidate))
+    if args.json:
+        print(json.dumps(d, indent=1))
+    else:
+        for line in words(d):
+            print(printable(line, 10_000))
+    return 0
+
+
 def _operator() -> str:
     import getpass
 
@@ -295,6 +319,7 @@ def _report_weekly(args) -> int:
     print(f"{PROG}: computing {week} ...", file=sys.stderr)
     with client, archive.reading():
         report = compute(archive, week, args.sensor)
+    _promotions(cfg.store, report["overview"]["baselines"])
     t = report["overview"]["totals"]
     if not t["flows"] and not t["alerts"] and dated and not args.sensor:
         print(
@@ -311,6 +336,32 @@ def _report_weekly(args) -> int:
     )
     print(html)
     return 0
+
+
+def _promotions(store: Path, used: list[dict]) -> None:
+    """Why each baseline was in use: the version, time, operator and note it was promoted with (if it was)."""
+    import sqlite3
+    from datetime import UTC, datetime
+
+    from aggregator import baselines
+    from ntds.times import iso
+
+    known: dict[str, dict] = {}
+    try:
+        db = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=30)
+        try:
+            if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'baselines'").fetchone():
+                known = {v["baseline_id"]: v for v in reversed(baselines.versions(db))}
+        finally:
+            db.close()
+    except sqlite3.Error:
+        pass  # the report is made from the archive; a store it cannot read only leaves "why" blank
+    for row in used:
+        v = known.get(row["baseline_id"])
+        row["version"] = v["version"] if v else None
+        row["promoted"] = iso(datetime.fromtimestamp(v["promoted"], UTC), "seconds") if v else ""
+        row["promoted_by"] = v["promoted_by"] if v else ""
+        row["note"] = v["note"] if v else ""
 
 
 def _alerts(args) -> int:

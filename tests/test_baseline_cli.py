@@ -145,3 +145,35 @@ def test_score_output_is_a_valid_wire_alert_body(tmp_path, fixtures_dir):
     for line in run("ntds-sensor", "score", SAMPLE, "--baseline", base, "--all").stdout.splitlines():
         body = json.loads(line)
         assert decode(encode(Message("alert", "tap-01", 1, now_iso(), body))).body == body
+
+
+def test_baseline_diff_names_new_gone_and_shifted_entries(tmp_path):
+    """A candidate made from the starter baseline by hand: one entry removed, one added (a copy under a new
+    name), one axis's median moved tenfold on log1p scale. The diff must report exactly those."""
+    import math
+
+    start = Path(__file__).resolve().parent.parent / "config" / "baseline.json"
+    doc = json.loads(start.read_text())
+    apps = doc["applications"]
+    names = [n for n in apps if not n.startswith("*")]
+    gone, moved = names[0], names[1]
+    apps["NEWAPP"] = json.loads(json.dumps(apps[gone]))
+    del apps[gone]
+    axis = doc["axes"].index("duration")
+    before = math.expm1(apps[moved]["model"]["log_median"][axis])
+    apps[moved]["model"]["log_median"][axis] = math.log1p(10 * before)
+    doc["built"] = "2026-11-24T06:00:00Z"
+    cand = tmp_path / "cand.json"
+    cand.write_text(json.dumps(doc))
+    p = run("ntds-aggregator", "baseline", "diff", start, cand, "--json")
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    assert d["new"] == ["NEWAPP"] and d["gone"] == [gone]
+    shifted = {c["entry"]: c["shifted"] for c in d["changed"] if c["shifted"]}
+    assert shifted == {moved: ["duration"]}
+    (x,) = [a for c in d["changed"] if c["entry"] == moved for a in c["axes"] if a["axis"] == "duration"]
+    assert abs(x["after"] - 10 * before) < 1e-6 * max(1, before) and abs(x["before"] - before) < 1e-6 * max(1, before)
+    words = run("ntds-aggregator", "baseline", "diff", start, cand).stdout
+    assert f"gone entries (1): {gone}" in words and f"  {moved} (" in words and "duration" in words
+    bad = run("ntds-aggregator", "baseline", "diff", start, tmp_path / "missing.json")
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -45,7 +45,7 @@ class PushSite(Site):
         super().__init__(root)
         run("ntds-aggregator", "baseline", "keygen", "--out", root / "sign", check=True)
         with self.config.open("a") as fh:
-            fh.write("baseline_signing_key: sign/baseline-signing.key\n")
+            fh.write("baseline_signing_key: sign/baseline-signing.key\narchive: archive\n")
 
     def sensor_config(self, key: str = "tap", spool: str = "spool") -> Path:
         path = super().sensor_config(key, spool)
@@ -101,6 +101,18 @@ def test_promoted_baseline_reaches_the_sensor_and_judges_what_follows(push_site,
     assert second.wait(120) == 0, second.stderr.read()
     week2 = baseline_ids(site.store, "alert")[before:]
     assert len(week2) == 6 and all(i.startswith("2026-11-24T01") for i in week2), week2
+    # the weekly report says which baseline judged the sensor's alerts, when, and why it was promoted
+    out = tmp_path / "report"
+    p = run("ntds-aggregator", "report", "weekly", "--week", "2026-W47", "-o", out, "--config", site.config)
+    assert p.returncode == 0, p.stderr
+    used = json.loads((out / "report.json").read_text())["overview"]["baselines"]
+    counted: dict[str, int] = {}
+    for i in baseline_ids(site.store, "alert"):
+        counted[i] = counted.get(i, 0) + 1
+    assert {u["baseline_id"]: u["alerts"] for u in used} == counted
+    (new,) = [u for u in used if u["baseline_id"].startswith("2026-11-24T01")]
+    assert new["version"] == 1 and new["note"] == "learned from week 1"
+    assert "learned from week 1" in (out / "report.html").read_text()
     # a sensor that was never told (its own fresh spool, so no pushed file) gets it when it connects
     late = site.replay_realtime(site.flows(4), spool="spool-late")
     assert late.wait(120) == 0

@@ -27,8 +27,8 @@ SCAN_KINDS = ("port-scan", "host-sweep")
 LISTED = 50
 """Scanners and beacons listed."""
 _COLUMNS = ["sensor", "seq", "time", "last_seen", "kind", "signature", "count", "flow_id", "src_ip", "src_port",
-            "dst_ip", "dst_port", "protocol", "application", "domain", "baseline", "score", "tier", "tier_label",
-            "explanation"]  # fmt: skip
+            "dst_ip", "dst_port", "protocol", "application", "domain", "baseline", "baseline_id", "score", "tier",
+            "tier_label", "explanation"]  # fmt: skip
 
 
 def lazy(q: Query) -> dict:

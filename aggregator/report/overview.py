@@ -1,10 +1,12 @@
-"""Section 1, overview: one row per sensor (hours with data, totals, capture and spool drops)."""
+"""Section 1, overview: one row per sensor (hours with data, totals, capture and spool drops), and the baselines
+that judged each sensor's alerts this week (from the alerts themselves: each carries its baseline's id)."""
 
 from __future__ import annotations
 
 import pandas as pd
 
 from aggregator.report.query import Query
+from ntds.times import iso
 
 KEY = "overview"
 TOTALS = ("flows", "packets", "bytes", "packets_seen", "packets_dropped", "spool_dropped")
@@ -48,12 +50,33 @@ def assemble(q: Query, r: dict) -> dict:
     totals = {k: sum(x[k] for x in rows) for k in TOTALS}
     totals["alerts"] = len(r["alerts.week"])
     totals["hours_with_data"] = sum(x["hours_with_data"] for x in rows)
-    return {"sensors": rows, "totals": totals}
+    return {"sensors": rows, "totals": totals, "baselines": baselines_used(r["alerts.week"])}
+
+
+def baselines_used(alerts: pd.DataFrame) -> list[dict]:
+    """Per sensor, each baseline id its alerts carried, with how many and from when to when: a change of baseline
+    during the week shows as two rows (`ntds-aggregator report` adds the version and the note it was promoted
+    with)."""
+    if not len(alerts):
+        return []
+    ids = alerts["baseline_id"].fillna("").astype(str)
+    frame = alerts.assign(baseline_id=ids)
+    rows = []
+    for (sensor, baseline_id), mine in frame.groupby(["sensor", "baseline_id"]):
+        rows.append({"sensor": sensor, "baseline_id": baseline_id or "(not named: an older sensor)",
+                     "alerts": len(mine), "first": iso(mine["time"].min().to_pydatetime(), "auto"),
+                     "last": iso(mine["time"].max().to_pydatetime(), "auto"),
+                     "version": None, "promoted": "", "promoted_by": "", "note": ""})  # fmt: skip
+    rows.sort(key=lambda x: (x["sensor"], x["first"]))
+    return rows
 
 
 def tables(report: dict) -> dict:
-    sensors = report[KEY]["sensors"]
-    return {"sensors": (list(sensors[0]) if sensors else ["sensor"], [list(r.values()) for r in sensors])}
+    sensors, used = report[KEY]["sensors"], report[KEY]["baselines"]
+    return {
+        "sensors": (list(sensors[0]) if sensors else ["sensor"], [list(r.values()) for r in sensors]),
+        "baselines": (list(used[0]) if used else ["sensor", "baseline_id"], [list(r.values()) for r in used]),
+    }
 
 
 def charts(report: dict, site_country: str) -> dict:
