@@ -125,6 +125,13 @@ class SensorConfig(Settings):
         "path", "/etc/ntds/keys/server.key", "the aggregator's CURVE public key", must_exist=True, secret=True
     )
     spool_dir: Path = setting("path", "/var/lib/ntds-sensor", "folder of the durable spool (spool.db)")
+    flow_records_dir: Path = setting(
+        "path", "", "folder for the sensor's own flow records (87 columns and extras, rotated Parquet); empty: off"
+    )
+    flow_records_file_mb: int = setting("int", 64, "size at which a flow-record file is closed and a new one begun",
+                                        low=1, high=65536)  # fmt: skip
+    flow_records_max_mb: int = setting("int", 1024, "the oldest flow-record files are deleted beyond this total",
+                                       low=1, high=2**24)  # fmt: skip
     spool_limit_mb: int = setting(
         "int", 256, "spool size limit in MB (health, then summaries, then alerts dropped)", low=1
     )

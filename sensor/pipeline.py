@@ -18,6 +18,7 @@ the old one kept, settings that need a restart are named and left alone.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import queue
@@ -43,6 +44,7 @@ from ntds.wire.schema import TIERS, in_time_range
 from sensor.baseline_updates import BaselineUpdates, Refused
 from sensor.config import SensorConfig
 from sensor.config import load as load_config
+from sensor.flow_records import FlowRecords
 from sensor.geo import GeoIP
 from sensor.link import Link
 from sensor.spool import Spool
@@ -147,6 +149,12 @@ class Pipeline:
             self.spool = Spool(cfg.spool, cfg.sensor_id, max_bytes=cfg.spool_limit_mb * 1024 * 1024)
         except Exception as e:  # sqlite3 or OSError: an unwritable or corrupt spool
             raise InputError(f"{cfg.spool}: cannot open the spool: {e}") from None
+        self.records: FlowRecords | None = None
+        if cfg.flow_records_dir:
+            try:
+                self.records = FlowRecords(cfg.flow_records_dir, cfg.flow_records_file_mb, cfg.flow_records_max_mb)
+            except OSError as e:
+                raise InputError(f"{cfg.flow_records_dir}: cannot keep flow records there: {e.strerror or e}") from None
 
     @staticmethod
     def _summariser(cfg: SensorConfig) -> Summariser:
@@ -185,6 +193,9 @@ class Pipeline:
             raise InputError(f"{self.cfg.spool}: cannot write the spool ({e}); what it holds is kept") from None
         finally:
             self.control.stop()
+            if self.records is not None:
+                with contextlib.suppress(OSError):
+                    self.records.close()
             if link is not None:
                 link.close()
             self.spool.close()
@@ -323,6 +334,7 @@ class Pipeline:
             # A clock outside what the wire can carry (a fuzzed capture): counted in health, never sent.
             self.counters.skipped += len(pending) - len(dated)
             pending = dated
+        self._record(pending)
         judged = self.detection.process(pending)
         self._spool_alerts(judged.alerts)
         for r, tier in zip(pending, judged.tiers):
@@ -333,6 +345,16 @@ class Pipeline:
             self._data_clock_ms = max(self._data_clock_ms, r.traffic.start_ms)
         self.counters.flows += len(pending)
         self.notify.watchdog()
+
+    def _record(self, pending: list[FlowRecord]) -> None:
+        """The optional local flow records; a full disk stops them (one log line), never the sensor."""
+        if self.records is None:
+            return
+        try:
+            self.records.write(pending)
+        except OSError as e:
+            log.error("flow records stopped (%s): %s; detection and publishing go on", self.records.folder, e)
+            self.records = None
 
     def _spool_alerts(self, alerts: list[dict]) -> None:
         if alerts:

@@ -404,3 +404,42 @@ def test_replay_with_the_aggregator_down_keeps_everything_in_the_spool(agent, si
         seqs = [s for (s,) in db.execute("SELECT seq FROM messages WHERE sensor = 'tap-01' ORDER BY seq")]
     assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) > 2 * spooled - 10  # both runs, nothing missing
     assert len(agent.rows("alert")) == 2 * len(scored(site_pcap, tmp_path, agent.config))
+
+
+def test_flow_records_rotate_keep_every_flow_and_stay_under_the_cap(tmp_path):
+    """With flow_records_dir set, replay writes every metered flow to rotated Parquet files: the rows are
+    exactly the flows of `ntds-sensor features` on the same capture (a separate command path); with a small
+    cap the oldest files go and the folder stays under it."""
+    import pyarrow.parquet as pq
+
+    from ntds.flows.columns import COLUMNS
+    from tests.synthetic import udp_flows
+
+    capture = udp_flows(tmp_path / "many.pcap", 40_000)
+    records = tmp_path / "records"
+    quiet = {"min_flow_tier": 5, "min_alert_tier": 5, "flow_records_dir": str(records), "flow_records_file_mb": 1}
+    (tmp_path / "uncapped").mkdir()
+    (tmp_path / "capped").mkdir()
+    agent = Agent(tmp_path / "uncapped", **quiet, flow_records_max_mb=1024)
+    try:
+        agent.aggregator()
+        p = agent.sensor("replay", str(capture))
+        assert p.wait(300) == 0, agent.log()
+    finally:
+        agent.stop()
+    files = sorted(records.glob("flows-*.parquet"))
+    assert len(files) >= 2 and not list(records.glob("*.open"))
+    tables = [pq.read_table(f) for f in files]
+    assert all(t.column_names[: len(COLUMNS)] == list(COLUMNS) for t in tables)
+    got = sorted(fid for t in tables for fid in t.column("Flow.ID").to_pylist())
+    assert got == flow_ids(capture, tmp_path)
+    # the same folder with a 1 MB cap: the oldest files go, the total stays under 1 MB
+    agent = Agent(tmp_path / "capped", **quiet, flow_records_max_mb=1)
+    try:
+        agent.aggregator()
+        p = agent.sensor("replay", str(capture))
+        assert p.wait(300) == 0, agent.log()
+    finally:
+        agent.stop()
+    kept = sorted(records.glob("flows-*.parquet"))
+    assert kept and sum(f.stat().st_size for f in kept) <= 2**20 and "deleted" in agent.log()

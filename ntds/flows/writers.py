@@ -66,7 +66,7 @@ class ParquetWriter:
 
     BATCH = 65536
 
-    def __init__(self, path: Path, extra: bool) -> None:
+    def __init__(self, path: Path, extra: bool, batch: int = BATCH) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -83,15 +83,22 @@ class ParquetWriter:
             fields.append(pa.field(name, kind))
         self.schema = pa.schema(fields)
         self.extra = extra
+        self.batch = batch
         self._rows: list[tuple] = []
         self._writer = pq.ParquetWriter(str(path), self.schema)
 
     def write(self, rec: FlowRecord) -> None:
         self._rows.append(rec.features + rec.extra if self.extra else rec.features)
-        if len(self._rows) >= self.BATCH:
-            self._flush()
+        if len(self._rows) >= self.batch:
+            self.flush()
 
-    def _flush(self) -> None:
+    @property
+    def buffered(self) -> int:
+        """Rows not yet written as a row group."""
+        return len(self._rows)
+
+    def flush(self) -> None:
+        """Write the buffered rows as one row group (the file grows on disk)."""
         if not self._rows:
             return
         columns = list(zip(*self._rows))
@@ -100,5 +107,5 @@ class ParquetWriter:
         self._rows.clear()
 
     def close(self) -> None:
-        self._flush()
+        self.flush()
         self._writer.close()
