@@ -19,7 +19,7 @@ from ntds.wire import schema as wire
 from ntds.wire import signing
 from sensor.baseline_updates import PUSHED, BaselineUpdates, Refused
 from tests.conftest import ROOT
-from tests.test_transport import BIN, Site, run
+from tests.test_transport import Site, run
 
 BASELINE = ROOT / "config" / "baseline.json"
 
@@ -58,11 +58,7 @@ class PushSite(Site):
         return run("ntds-aggregator", "baseline", "promote", path, "--note", note, "--config", self.config)
 
     def replay_realtime(self, capture: Path, spool: str = "spool") -> subprocess.Popen:
-        args = [str(BIN / "ntds-sensor"), "replay", str(capture), "--config", str(self.sensor_config(spool=spool)),
-                "--pace", "realtime", "--wait", "60"]  # fmt: skip
-        p = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
-        self.procs.append(p)
-        return p
+        return self.replay(capture, "tap", spool, 60, "--pace", "realtime")
 
 
 @pytest.fixture

@@ -418,15 +418,19 @@ def test_flow_records_rotate_keep_every_flow_and_stay_under_the_cap(tmp_path):
     capture = udp_flows(tmp_path / "many.pcap", 40_000)
     records = tmp_path / "records"
     quiet = {"min_flow_tier": 5, "min_alert_tier": 5, "flow_records_dir": str(records), "flow_records_file_mb": 1}
-    (tmp_path / "uncapped").mkdir()
-    (tmp_path / "capped").mkdir()
-    agent = Agent(tmp_path / "uncapped", **quiet, flow_records_max_mb=1024)
-    try:
-        agent.aggregator()
-        p = agent.sensor("replay", str(capture))
-        assert p.wait(300) == 0, agent.log()
-    finally:
-        agent.stop()
+
+    def replay_with(name: str, **settings) -> str:
+        (tmp_path / name).mkdir()
+        agent = Agent(tmp_path / name, **quiet, **settings)
+        try:
+            agent.aggregator()
+            p = agent.sensor("replay", str(capture))
+            assert p.wait(300) == 0, agent.log()
+            return agent.log()
+        finally:
+            agent.stop()
+
+    replay_with("uncapped", flow_records_max_mb=1024)
     files = sorted(records.glob("flows-*.parquet"))
     assert len(files) >= 2 and not list(records.glob("*.open"))
     tables = [pq.read_table(f) for f in files]
@@ -434,12 +438,6 @@ def test_flow_records_rotate_keep_every_flow_and_stay_under_the_cap(tmp_path):
     got = sorted(fid for t in tables for fid in t.column("Flow.ID").to_pylist())
     assert got == flow_ids(capture, tmp_path)
     # the same folder with a 1 MB cap: the oldest files go, the total stays under 1 MB
-    agent = Agent(tmp_path / "capped", **quiet, flow_records_max_mb=1)
-    try:
-        agent.aggregator()
-        p = agent.sensor("replay", str(capture))
-        assert p.wait(300) == 0, agent.log()
-    finally:
-        agent.stop()
+    log = replay_with("capped", flow_records_max_mb=1)
     kept = sorted(records.glob("flows-*.parquet"))
-    assert kept and sum(f.stat().st_size for f in kept) <= 2**20 and "deleted" in agent.log()
+    assert kept and sum(f.stat().st_size for f in kept) <= 2**20 and "deleted" in log

@@ -126,3 +126,35 @@ def test_sighup_with_a_baseline_that_would_crash_scoring_keeps_the_old_one(agent
     wait(lambda: "reload refused" in agent.log(), 20, "the refusal")
     assert p.wait(60) == 0, agent.log()  # scored on to the end with the old baseline
     assert "Traceback" not in agent.log() and len(agent.rows("alert")) == 1
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            kids += [int(x) for x in open(f"/proc/{pid}/task/{task}/children").read().split()]  # noqa: SIM115
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting to be reaped has died)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_meters_die_with_a_killed_sensor(agent, tmp_path):
+    """kill -9 of the sensor while its NFStream meters read a realtime replay: the meters go too, they are
+    never left running on their own (issue 13, item 9)."""
+    agent.aggregator()
+    capture = udp_flows(tmp_path / "slow.pcap", 120)
+    sensor = agent.sensor("replay", str(capture), "--pace", "realtime")
+    wait(lambda: "capturing from" in agent.log(), 30, "the sensor to start")
+    wait(lambda: _children(sensor.pid), 10, "the meter processes")
+    meters = _children(sensor.pid)
+    assert meters and all(_alive(m) for m in meters)
+    os.kill(sensor.pid, signal.SIGKILL)
+    sensor.wait()
+    wait(lambda: not any(_alive(m) for m in meters), 10, "the meters to die with the sensor")

@@ -92,9 +92,9 @@ class Site:
         path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in values.items()))
         return path
 
-    def replay(self, capture: Path, key: str = "tap", spool: str = "spool", wait_s: float = 120):
+    def replay(self, capture: Path, key: str = "tap", spool: str = "spool", wait_s: float = 120, *extra: str):
         args = [str(BIN / "ntds-sensor"), "replay", str(capture), "--config", str(self.sensor_config(key, spool))]
-        p = subprocess.Popen([*args, "--wait", str(wait_s)], stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen([*args, "--wait", str(wait_s), *extra], stderr=subprocess.PIPE, text=True)
         self.procs.append(p)
         return p
 

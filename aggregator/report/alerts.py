@@ -223,73 +223,24 @@ def tables(report: dict) -> dict:
                 for h in a["hosts"]
             ],
         ),  # fmt: skip
-        "scanners": (
-            [
-                "src_ip",
-                "alerts",
-                "max_tier",
-                "hosts_scanned",
-                "most_ports",
-                "ports_swept",
-                "most_hosts",
-                "first_seen",
-                "last_seen",
-            ],
-            [
-                [
-                    x[k]
-                    for k in (
-                        "src_ip",
-                        "alerts",
-                        "max_tier",
-                        "hosts_scanned",
-                        "most_ports",
-                        "ports_swept",
-                        "most_hosts",
-                        "first_seen",
-                        "last_seen",
-                    )
-                ]
-                for x in a["scanners"]
-            ],
-        ),  # fmt: skip
-        "beacons": (
-            [
-                "src_ip",
-                "dst_ip",
-                "dst_port",
-                "application",
-                "tier",
-                "score",
-                "connections",
-                "interval_s",
-                "first_seen",
-                "last_seen",
-            ],
-            [
-                [
-                    x[k]
-                    for k in (
-                        "src_ip",
-                        "dst_ip",
-                        "dst_port",
-                        "application",
-                        "tier",
-                        "score",
-                        "connections",
-                        "interval_s",
-                        "first_seen",
-                        "last_seen",
-                    )
-                ]
-                for x in a["beacons"]
-            ],
-        ),  # fmt: skip
+        "scanners": _columns(SCANNER_COLUMNS, a["scanners"]),
+        "beacons": _columns(BEACON_COLUMNS, a["beacons"]),
         "tiers_per_application": (
             ["application", *tiers],
             [[r["application"], *r["tiers"]] for r in a["tiers_per_application"]],
         ),
     }
+
+
+SCANNER_COLUMNS = ("src_ip", "alerts", "max_tier", "hosts_scanned", "most_ports", "ports_swept", "most_hosts",
+                   "first_seen", "last_seen")  # fmt: skip
+BEACON_COLUMNS = ("src_ip", "dst_ip", "dst_port", "application", "tier", "score", "connections", "interval_s",
+                  "first_seen", "last_seen")  # fmt: skip
+
+
+def _columns(names: tuple[str, ...], rows: list[dict]) -> tuple[list[str], list[list]]:
+    """A CSV table of some fields of each row, in the order named."""
+    return list(names), [[x[k] for k in names] for x in rows]
 
 
 def charts(report: dict, site_country: str) -> dict:

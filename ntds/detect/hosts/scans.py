@@ -26,6 +26,16 @@ from ntds.flows.traffic import FlowTraffic
 from ntds.networks import protocol_name
 
 
+def _finding(det: Detector, flow: FlowTraffic, w, n: int, threshold: int, tier: int, what: str, text: str,
+             signature: str, **where) -> Finding:  # fmt: skip
+    """A scan finding: `n` failures (ports or hosts) in the window `w` against the detector's `threshold`."""
+    return Finding(
+        kind=det.kind, src_ip=flow.src_ip, protocol=flow.protocol, first_ms=w.first_ms, last_ms=w.last_ms, count=n,
+        window_s=det.window_s, tier=tier, score=n / threshold, signature=signature,
+        facts=[{"what": what, "value": n, "typical": threshold, "score": n / threshold, "text": text}], **where,
+    )  # fmt: skip
+
+
 def _next_level(threshold: float, levels: tuple[float, float, float], reported_tier: int) -> float:
     """The count the next tier needs (tier 3 first, then 4, then 5; nothing beyond 5)."""
     if reported_tier >= 5:
@@ -98,31 +108,12 @@ class PortScan(Detector):
         ports = sorted(w.seen)
         proto = protocol_name(flow.protocol)
         span = (w.last_ms - w.first_ms) / 1000
-        return Finding(
-            kind=self.kind,
-            src_ip=flow.src_ip,
-            dst_ip=flow.dst_ip,
-            protocol=flow.protocol,
-            first_ms=w.first_ms,
-            last_ms=w.last_ms,
-            count=n,
-            window_s=self.window_s,
-            tier=tier,
-            score=n / self.ports,
-            signature=f"Port scan of {flow.dst_ip}: {n} {proto} ports tried, none answered with data",
-            facts=[
-                {
-                    "what": "ports",
-                    "value": n,
-                    "typical": self.ports,
-                    "score": n / self.ports,
-                    "text": f"{n} distinct {proto} ports failed in {duration(max(span, 1) * 1e6)} "
-                    f"(threshold {self.ports} in {duration(self.window_s * 1e6)}); "
-                    f"ports {', '.join(map(str, ports[:8]))}{', ...' if len(ports) > 8 else ''}",
-                }
-            ],
-            pattern=flow.dst_ip,
-        )
+        text = (f"{n} distinct {proto} ports failed in {duration(max(span, 1) * 1e6)} (threshold {self.ports} in "
+                f"{duration(self.window_s * 1e6)}); ports {', '.join(map(str, ports[:8]))}"
+                f"{', ...' if len(ports) > 8 else ''}")  # fmt: skip
+        return _finding(self, flow, w, n, self.ports, tier, "ports", text,
+                        f"Port scan of {flow.dst_ip}: {n} {proto} ports tried, none answered with data",
+                        dst_ip=flow.dst_ip, pattern=flow.dst_ip)  # fmt: skip
 
 
 @register
@@ -177,27 +168,8 @@ class HostSweep(Detector):
         w.reported_tier = tier
         proto = protocol_name(flow.protocol)
         span = (w.last_ms - w.first_ms) / 1000
-        return Finding(
-            kind=self.kind,
-            src_ip=flow.src_ip,
-            dst_port=flow.dst_port,
-            protocol=flow.protocol,
-            first_ms=w.first_ms,
-            last_ms=w.last_ms,
-            count=n,
-            window_s=self.window_s,
-            tier=tier,
-            score=n / self.hosts,
-            signature=f"Host sweep on {proto} port {flow.dst_port}: {n} hosts {where} tried",
-            facts=[
-                {
-                    "what": "hosts",
-                    "value": n,
-                    "typical": self.hosts,
-                    "score": n / self.hosts,
-                    "text": f"{n} hosts {where} failed on {proto} port {flow.dst_port} in "
-                    f"{duration(max(span, 1) * 1e6)} ({failed_share:.0%} of {w.attempts} attempts failed)",
-                }
-            ],
-            pattern=str(flow.dst_port),
-        )
+        text = (f"{n} hosts {where} failed on {proto} port {flow.dst_port} in {duration(max(span, 1) * 1e6)} "
+                f"({failed_share:.0%} of {w.attempts} attempts failed)")  # fmt: skip
+        return _finding(self, flow, w, n, self.hosts, tier, "hosts", text,
+                        f"Host sweep on {proto} port {flow.dst_port}: {n} hosts {where} tried",
+                        dst_port=flow.dst_port, pattern=str(flow.dst_port))  # fmt: skip
