@@ -6,6 +6,11 @@ in the axis's unit) and how far it moved; the tier 3 threshold. An axis whose
 typical value moved by more than `SHIFT` times is called out: the candidate
 will judge that application's flows differently. Both files are loaded and
 validated exactly as a sensor loads them.
+
+With `--flows` (flow records or captures of a recent week, e.g. the sensor's
+own `flow_records_dir` files), both baselines score the same flows and the
+diff says how many would reach each tier: the alert rate each would have
+produced, per 10,000 scored flows.
 """
 
 from __future__ import annotations
@@ -30,7 +35,16 @@ def _typicals(b: Baseline, name: str) -> dict[str, float]:
     return {a: metrics[a]["median"] for a in axes if a in metrics and metrics[a].get("median") is not None}
 
 
-def diff(current_path: Path, candidate_path: Path) -> dict:
+def rates(baseline: Baseline, apps, metrics, classes) -> dict:
+    """Scored flows at each tier or above, and per 10,000 scored flows."""
+    tiers = baseline.score(apps, metrics, classes).tier if len(apps) else []
+    n = len(apps)
+    at_least = [int(sum(1 for t in tiers if t >= k)) for k in range(1, 6)]
+    return {"scored": n, "at_least_tier": at_least,
+            "per_10000": [round(x * 10_000 / n, 2) if n else 0.0 for x in at_least]}  # fmt: skip
+
+
+def diff(current_path: Path, candidate_path: Path, flows: list[Path] | None = None) -> dict:
     cur, cand = Baseline.load(current_path), Baseline.load(candidate_path)
     names_cur, names_cand = set(cur.scorers), set(cand.scorers)
     out: dict = {
@@ -56,6 +70,12 @@ def diff(current_path: Path, candidate_path: Path) -> dict:
             "tier3_before": t_before, "tier3_after": t_after, "axes": axes,
             "shifted": [x["axis"] for x in axes if x["shifted"]],
         })  # fmt: skip
+    if flows:
+        from aggregator.baseline_build import collect, local_networks
+
+        got = collect(flows, cur.profile, local_networks(None), False, False)
+        out["flows"] = {"inputs": [str(f) for f in flows], "current": rates(cur, got.apps, got.metrics, got.classes),
+                        "candidate": rates(cand, got.apps, got.metrics, got.classes)}  # fmt: skip
     return out
 
 
@@ -81,4 +101,10 @@ def words(d: dict) -> list[str]:
                 parts.append(f"{AXIS_WORDS.get(x['axis'], x['axis'])} {value(unit, x['before'])} -> "
                              f"{value(unit, x['after'])}")  # fmt: skip
         lines.append(f"  {c['entry']} ({c['count_before']:,} -> {c['count_after']:,} flows): {'; '.join(parts)}")
+    if "flows" in d:
+        cur, cand = d["flows"]["current"], d["flows"]["candidate"]
+        lines.append(f"on {cur['scored']:,} scored flows of {', '.join(d['flows']['inputs'])}, per 10,000 at tier "
+                     "1+ .. 5+:")  # fmt: skip
+        lines.append(f"  current:   {' / '.join(f'{x:g}' for x in cur['per_10000'])}")
+        lines.append(f"  candidate: {' / '.join(f'{x:g}' for x in cand['per_10000'])}")
     return lines

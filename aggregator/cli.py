@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     df.add_argument("current", help="the baseline in use (a file; `baseline versions` lists the promoted ones)")
     df.add_argument("candidate", help="the candidate baseline file")
+    df.add_argument("--flows", nargs="+", metavar="FILE", help="flow records or captures both baselines score: the "
+                    "alert rate each would have produced")  # fmt: skip
     df.add_argument("--json", action="store_true", help="the whole comparison as one JSON object")
     df.set_defaults(func=_baseline_diff)
     vs = bsub.add_parser("versions", help="every promoted version, newest first; * marks the active one")
@@ -225,7 +227,7 @@ def _baseline_diff(args) -> int:
     from aggregator.baseline_diff import diff, words
     from ntds.logs import printable
 
-    d = diff(Path(args.current), Path(args.candidate))
+    d = diff(Path(args.current), Path(args.candidate), [Path(f) for f in args.flows or []])
     if args.json:
         print(json.dumps(d, indent=1))
     else:

@@ -56,15 +56,15 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
             capture.unlink()
     small, big = rows[0], rows[-1]
-    per_100k = (big["peak_mb_unbounded"] - small["peak_mb_unbounded"]) / (
-        (big["open_flows"] - small["open_flows"]) / 1e5
-    )
+    # the slope between the smallest and the largest table (one size alone has no slope)
+    spread = (big["open_flows"] - small["open_flows"]) / 1e5
+    per_100k = (big["peak_mb_unbounded"] - small["peak_mb_unbounded"]) / spread if spread else None
     print(json.dumps({
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "command": "python bench/bench_flow_table.py " + " ".join(sys.argv[1:]),
         "when": time.strftime("%Y-%m-%d"),
         "rows": rows,
-        "mb_per_100k_open_flows": round(per_100k),
+        "mb_per_100k_open_flows": round(per_100k) if per_100k is not None else None,
         "bound": args.bound,
     }, indent=1))  # fmt: skip
 

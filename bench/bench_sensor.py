@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -193,8 +194,11 @@ def live_rate(pps: int, packets: int, pcap: Path, tool: str = "sensor", meters: 
                     )  # fmt: skip
                     ready = lambda: "capturing from" in log.read_text()  # noqa: E731
                 else:
+                    # its own session: bare NFStream's meters do not die with their parent, so the whole group
+                    # is killed at the end
                     proc = subprocess.Popen(["ip", "netns", "exec", cap, sys.executable, "-c", BARE_LIVE, "vcap",
-                                             str(meters)], stdout=log.open("w"), stderr=subprocess.DEVNULL)  # fmt: skip
+                                             str(meters)], stdout=log.open("w"), stderr=subprocess.DEVNULL,
+                                            start_new_session=True)  # fmt: skip
                     ready = lambda: "packets_processed" in log.read_text()  # noqa: E731
                 end = time.monotonic() + 30
                 while not ready() and time.monotonic() < end:
@@ -217,6 +221,9 @@ def live_rate(pps: int, packets: int, pcap: Path, tool: str = "sensor", meters: 
                 time.sleep(2.5)
                 seen, dropped = _sensor_seen(root, proc) if tool == "sensor" else _bare_seen(log)
             finally:
+                if tool != "sensor" and proc is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
                 for p in (proc, agg):
                     if p is not None and p.poll() is None:
                         p.kill()

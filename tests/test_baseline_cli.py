@@ -177,3 +177,28 @@ def test_baseline_diff_names_new_gone_and_shifted_entries(tmp_path):
     assert f"gone entries (1): {gone}" in words and f"  {moved} (" in words and "duration" in words
     bad = run("ntds-aggregator", "baseline", "diff", start, tmp_path / "missing.json")
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_baseline_diff_counts_what_each_baseline_would_have_raised(tmp_path):
+    """`diff --flows`: the tier counts each baseline gives the same flows equal `ntds-sensor score --all` with
+    that baseline (the sensor's own Detection, a separate path)."""
+    root = Path(__file__).resolve().parent.parent
+    start = root / "config" / "baseline.json"
+    doc = json.loads(start.read_text())
+    for entry in doc["applications"].values():  # a stricter candidate: every threshold lowered
+        entry["tiers"] = [t * 0.8 for t in entry["tiers"]]
+    doc["built"] = "2026-11-24T07:00:00Z"
+    cand = tmp_path / "strict.json"
+    cand.write_text(json.dumps(doc))
+    sample = root / "pcaps" / "sample.pcap"
+    p = run("ntds-aggregator", "baseline", "diff", start, cand, "--flows", sample, "--json")
+    assert p.returncode == 0, p.stderr
+    got = json.loads(p.stdout)["flows"]
+    for which, baseline in (("current", start), ("candidate", cand)):
+        out = tmp_path / f"{which}.jsonl"
+        s = run("ntds-sensor", "score", sample, "--baseline", baseline, "--all", "-o", out)
+        assert s.returncode == 0, s.stderr
+        tiers = [a["tier"] for a in map(json.loads, out.read_text().splitlines()) if a["kind"] == "flow"]
+        assert got[which]["scored"] == len(tiers)
+        assert got[which]["at_least_tier"] == [sum(t >= k for t in tiers) for k in range(1, 6)]
+    assert got["candidate"]["at_least_tier"][0] > got["current"]["at_least_tier"][0]  # stricter: more flagged
