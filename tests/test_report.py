@@ -279,6 +279,7 @@ def test_alerts_command_lists_and_filters(site, config):
     ("args", "words"),
     [
         (["report", "weekly", "--week", "2026-47"], "expected an ISO week"),
+        (["report", "weekly", "--week", "9999-W52"], "outside the weeks ntds holds data for"),
         (["report", "weekly", "--week", "2026-W47", "--sensor", "nobody"], "no data from such a sensor"),
         (["alerts", "--since", "yesterday"], "--since 'yesterday'"),
         (["alerts", "--min-tier", "9"], "--min-tier must be 0..5"),
