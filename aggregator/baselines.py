@@ -77,8 +77,12 @@ def active(db: sqlite3.Connection) -> Version | None:
     return Version(row[0], row[1], row[2], bytes(row[3]), row[4]) if row else None
 
 
-def promote(db: sqlite3.Connection, path: Path, signing_key_file: Path, note: str = "", by: str = "cli") -> dict:
-    """Sign `path` and make it the active version; returns the stored version's description."""
+def promote(
+    db: sqlite3.Connection, path: Path, signing_key_file: Path, note: str = "", by: str = "cli",
+    learned_checks: dict | None = None,
+) -> dict:  # fmt: skip
+    """Sign `path` and make it the active version; returns the stored version's description. `learned_checks`:
+    what `baseline learn` checked (kept with the version)."""
     try:
         content = Path(path).read_bytes()
     except OSError as e:
@@ -90,6 +94,8 @@ def promote(db: sqlite3.Connection, path: Path, signing_key_file: Path, note: st
         raise InputError(f"{path}: baseline {baseline.id} is already the active version {current.version}")
     checks = {"loads_as_a_sensor_loads_it": True, "entries": len(baseline.scorers),
               "differs_from_active": current is not None}  # fmt: skip
+    if learned_checks is not None:
+        checks["learned"] = learned_checks
     inputs = baseline.doc.get("inputs", [])
     db.execute("BEGIN IMMEDIATE")
     try:

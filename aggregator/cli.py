@@ -91,6 +91,25 @@ def build_parser() -> argparse.ArgumentParser:
                     "alert rate each would have produced")  # fmt: skip
     df.add_argument("--json", action="store_true", help="the whole comparison as one JSON object")
     df.set_defaults(func=_baseline_diff)
+    le = bsub.add_parser(
+        "learn", help="a candidate baseline from the sensors' statistics in the archive (no flows needed)",
+        description="Add up the stats messages of the last --weeks weeks (up to --until, default the newest day "
+        "with statistics) from every sensor (or --sensor ...), learn a candidate from all but the newest week "
+        "(held out), and check it on the held-out week (README: Baselines that learn). With --promote, or "
+        "baseline_auto_promote: yes, the candidate is promoted when every check passes.",
+    )  # fmt: skip
+    le.add_argument("--config", required=True, help="aggregator.yaml")
+    le.add_argument("-o", "--output", required=True, help="candidate baseline file to write (JSON)")
+    le.add_argument("--weeks", type=_weeks, default=4, help="weeks of statistics to use (default 4)")
+    le.add_argument("--until", type=_day, metavar="YYYY-MM-DD", help="the last day (default: newest statistics)")
+    le.add_argument("--sensor", nargs="+", metavar="ID", help="only these sensors' statistics (default: every one)")
+    le.add_argument("--min-count", type=int, default=100, help="flows an application needs for its own entry")
+    le.add_argument("--profile", choices=sorted(PROFILES), default=None,
+                    help="feature profile (default: the active baseline's, else unicauca)")  # fmt: skip
+    le.add_argument("--promote", action="store_true", help="promote the candidate if every check passes")
+    le.add_argument("--note", default="", help="why: kept with the version if it is promoted")
+    le.add_argument("--json", action="store_true", help="what was learned and checked, as one JSON object")
+    le.set_defaults(func=_baseline_learn)
     vs = bsub.add_parser("versions", help="every promoted version, newest first; * marks the active one")
     vs.add_argument("--json", action="store_true", help="JSON lines")
     vs.add_argument("--config", required=True, help="aggregator.yaml")
@@ -219,6 +238,74 @@ def _baseline_versions(args) -> int:
     finally:
         db.close()
     return 0
+
+
+def _weeks(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 520:
+        raise argparse.ArgumentTypeError("a number of weeks from 1 to 520")
+    return int(text)
+
+
+def _day(text: str):
+    from datetime import date
+
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a day as YYYY-MM-DD") from None
+
+
+def _baseline_learn(args) -> int:
+    import json
+
+    from aggregator import baselines
+    from aggregator.archive import Archive
+    from aggregator.baseline_learn import learn, words
+    from aggregator.config import load
+    from aggregator.store import open_store
+    from ntds.detect.baseline import save
+
+    cfg = load(args.config, insecure=True)
+    open_store(cfg.store, create=True).close()
+    db = baselines.connect(cfg.store)
+    try:
+        current = baselines.active(db)
+        active = baselines.check(current.content, f"active version {current.version}") if current else None
+        profile = args.profile or (active.profile if active else "unicauca")
+        doc, checks, sp = learn(Archive(cfg.archive), weeks=args.weeks, until=args.until, sensors=args.sensor,
+                                min_count=args.min_count, feature_profile=profile, active=active)  # fmt: skip
+        out = Path(args.output)
+        try:
+            save(doc, out)
+        except OSError as e:
+            raise InputError(f"{out}: cannot write the candidate: {e.strerror or e}") from None
+        learned = doc["learned"]
+        promoted = None
+        wanted = args.promote or cfg.baseline_auto_promote == "yes"
+        if wanted and checks["passed"]:
+            note = args.note or f"learned from {learned['from']}..{learned['to']}, checked on the held-out week"
+            promoted = baselines.promote(db, out, cfg.baseline_signing_key, note, by=_operator(),
+                                         learned_checks=checks)  # fmt: skip
+    finally:
+        db.close()
+    if args.json:
+        print(json.dumps({"candidate": str(out), "learned": learned, "entries": len(doc["applications"]),
+                          "flows": doc["counts"]["flows"], "checks": checks,
+                          "promoted": promoted and promoted["version"]}, indent=1))  # fmt: skip
+    else:
+        held = learned["held_out"]
+        print(f"wrote {out}: {len(doc['applications'])} entries learned from {doc['counts']['flows']:,} flows of "
+              f"{', '.join(learned['sensors'])}, {learned['from']}..{learned['to']}"
+              + (f"; held out {held[0]}..{held[1]}" if held else "; nothing held out (under a day of statistics)"),
+              file=sys.stderr)  # fmt: skip
+        for line in words(checks):
+            print(f"  {line}", file=sys.stderr)
+        if promoted:
+            print(f"version {promoted['version']} ({promoted['baseline_id']}) is active; serve pushes it to every "
+                  "sensor", file=sys.stderr)  # fmt: skip
+        elif wanted:
+            print("not promoted: a check failed (the candidate is kept; `baseline promote` overrides)", file=sys.stderr)
+    return 1 if wanted and not promoted else 0
 
 
 def _baseline_diff(args) -> int:

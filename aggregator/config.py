@@ -55,6 +55,10 @@ class AggregatorConfig(Settings):
         "path", "/etc/ntds/keys/baseline-signing.key", "the Ed25519 key `baseline promote` signs baselines with "
         "(`baseline keygen`); sensors hold its .pub as baseline_key", secret=True,
     )  # fmt: skip
+    baseline_auto_promote: str = setting(
+        "choice", "no", "yes: `baseline learn` promotes its candidate when every documented check passes "
+        "(README: Baselines that learn); no: only with --promote or by hand", choices=("no", "yes"),
+    )  # fmt: skip
     store: Path = setting("path", "/var/lib/ntds-aggregator/store.db", "the durable message store (SQLite)")
     archive: Path = setting("path", "/var/lib/ntds-aggregator/archive", "the Parquet archive reports read")
     retention_days: int = setting("int", 400, "days of data kept, counted from arrival (0: everything)", low=0,

@@ -116,6 +116,10 @@ class SensorConfig(Settings):
         "(3600), budget_per_hour (60), groups (20000)", check=_grouping,
     )  # fmt: skip
     summary_interval_s: int = setting("int", 60, "seconds per summary", low=1, high=86400)
+    stats_interval_s: int = setting(
+        "int", 3600, "seconds per statistics message, what the aggregator learns baselines from (0: none sent)",
+        low=0, high=86400,
+    )  # fmt: skip
     health_interval_s: int = setting("int", 60, "seconds between health messages", low=1, high=86400, reload=True)
     aggregator: str = setting("str", "tcp://127.0.0.1:5555", "the aggregator's endpoint", check=_endpoint)
     sensor_key: Path = setting(
@@ -133,7 +137,7 @@ class SensorConfig(Settings):
     flow_records_max_mb: int = setting("int", 1024, "the oldest flow-record files are deleted beyond this total",
                                        low=1, high=2**24)  # fmt: skip
     spool_limit_mb: int = setting(
-        "int", 256, "spool size limit in MB (health, then summaries, then alerts dropped)", low=1
+        "int", 256, "spool size limit in MB (health, then statistics, summaries, hellos, alerts dropped)", low=1
     )
     geoip_database: Path | None = setting(
         "path", "", "first,last,CC ranges CSV (empty: the bundled iptocc data)", must_exist=True, reload=True

@@ -47,6 +47,7 @@ from sensor.config import load as load_config
 from sensor.flow_records import FlowRecords
 from sensor.geo import GeoIP
 from sensor.link import Link
+from sensor.populations import PopulationStats
 from sensor.spool import Spool
 from sensor.summaries import Summariser
 from sensor.traffic_classes import TrafficClasses
@@ -121,6 +122,7 @@ class Pipeline:
         configured = Baseline.load(cfg.baseline, feature_profile=cfg.feature_profile)
         self.baseline = self.updates.stored() or configured
         self.summariser = self._summariser(cfg)
+        self.populations = PopulationStats(cfg.stats_interval_s) if cfg.stats_interval_s else None
         self.detection = Detection(
             self.baseline,
             min_tier=cfg.min_alert_tier,
@@ -337,6 +339,8 @@ class Pipeline:
         self._record(pending)
         judged = self.detection.process(pending)
         self._spool_alerts(judged.alerts)
+        if self.populations is not None and judged.scored is not None:
+            self.populations.add(judged.scored)
         for r, tier in zip(pending, judged.tiers):
             self.summariser.add(r.traffic, tier)
             self.counters.packets += r.traffic.packets_fwd + r.traffic.packets_bwd
@@ -369,6 +373,13 @@ class Pipeline:
         if self.live:
             self._spool_alerts(self.detection.advance(now_ms))
         self._spool_summaries(self.summariser.close(now_ms))
+        self._spool_stats(now_ms)
+
+    def _spool_stats(self, now_ms: int | None) -> None:
+        if self.populations is not None:
+            bodies = self.populations.close(now_ms, self.baseline.id)
+            if bodies:
+                self.spool.append([("stats", b) for b in bodies])
 
     def _spool_summaries(self, bodies: list[dict]) -> None:
         """Live, capture counters are what changed since the last summary. From files nothing is
@@ -412,6 +423,7 @@ class Pipeline:
         self._spool_alerts(self.detection.close())
         self.summariser.capture(self._packets_seen(), self.control.packets_dropped, 0)
         self._spool_summaries(self.summariser.close(None))
+        self._spool_stats(None)
         deadline = time.monotonic() + self.drain_s
         link.drain(self.drain_s)
         # Health last, so that it reports the backlog left after delivery (0 when all went through), and

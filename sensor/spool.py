@@ -12,7 +12,8 @@ SQLite (standard library) in WAL mode with synchronous=FULL: a commit returns
 only after the data reached the disk, and a batch of messages is one commit.
 
 At the size limit the oldest messages of the least valuable type go first:
-health, then summaries, then alerts (alerts are the last thing ever dropped).
+health, then statistics, summaries, hellos, and alerts last (the order is the
+message types' drop ranks, ntds.wire.schema).
 Every drop is counted, per type, and the counts survive restarts; health
 messages report them.
 """

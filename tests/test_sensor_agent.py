@@ -302,8 +302,9 @@ def test_systemd_units_verify(tmp_path):
     """systemd-analyze verify accepts every unit and the report timer (their /opt/ntds paths pointed at this
     checkout); a unit with an unknown key, as a control, is reported."""
     units = sorted(p.name for p in (ROOT / "systemd").iterdir() if p.suffix in (".service", ".timer"))
-    assert units == ["ntds-aggregator-ui.service", "ntds-aggregator.service", "ntds-report.service",
-                     "ntds-report.timer", "ntds-sensor.service"]  # fmt: skip
+    assert units == ["ntds-aggregator-ui.service", "ntds-aggregator.service", "ntds-baseline-learn.service",
+                     "ntds-baseline-learn.timer", "ntds-report.service", "ntds-report.timer",
+                     "ntds-sensor.service"]  # fmt: skip
     for name in units:  # the timer's service must sit beside it
         text = (ROOT / "systemd" / name).read_text()
         (tmp_path / name).write_text(text.replace("/opt/ntds", str(ROOT)))
@@ -325,6 +326,9 @@ def test_systemd_units_verify(tmp_path):
     report = (ROOT / "systemd" / "ntds-report.service").read_text()
     assert "Type=oneshot" in report and "WorkingDirectory=/var/lib/ntds-aggregator/reports" in report
     assert "OnCalendar=Mon" in (ROOT / "systemd" / "ntds-report.timer").read_text()
+    learn = (ROOT / "systemd" / "ntds-baseline-learn.service").read_text()
+    assert "Type=oneshot" in learn and "baseline learn --config" in learn
+    assert "OnCalendar=Mon *-*-* 05:" in (ROOT / "systemd" / "ntds-baseline-learn.timer").read_text()
 
 
 TCPREPLAY = shutil.which("tcpreplay")

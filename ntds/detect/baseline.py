@@ -206,6 +206,86 @@ def ranking(counts: dict[str, int]) -> list[dict]:
     return rows
 
 
+def plan(apps, classes, counts, min_count: int, unattributed=None) -> list[tuple[str, np.ndarray, str]]:
+    """The fallback chain (see the module docstring): (entry name, which rows it is fitted on and judges, what it
+    judges in words). A row is one flow (`build`) or one group of flows with its count (`baseline learn`);
+    `classes`: port class keys (`service_keys`), None for no class entries; `unattributed`: rows only the
+    all-traffic entry may learn from (a sensor's overflow group)."""
+    apps = np.asarray(apps).astype(str)
+    counts = np.asarray(counts, dtype=np.int64)
+    names, inverse = np.unique(apps, return_inverse=True)
+    free = np.ones(len(apps), dtype=bool) if unattributed is None else ~np.asarray(unattributed, dtype=bool)
+    per_app = np.bincount(inverse[free], weights=counts[free], minlength=len(names))
+    out: list[tuple[str, np.ndarray, str]] = []
+    rest = np.ones(len(apps), dtype=bool)
+    for j, name in enumerate(names):
+        if per_app[j] >= min_count and free[inverse == j].all():
+            mask = inverse == j
+            out.append((str(name), mask, "flows of this application"))
+            rest &= ~mask
+    if classes is not None and (rest & free).any():
+        keys = np.asarray(classes)
+        uniq, cinv = np.unique(keys[rest & free], return_inverse=True)
+        per_class = np.bincount(cinv, weights=counts[rest & free], minlength=len(uniq))
+        for key, n in zip(uniq, per_class):
+            if n >= min_count:
+                mask = rest & free & (keys == key)
+                out.append((class_name(key), mask, "flows of applications without an entry, on this port class"))
+                rest &= ~mask
+    total = int(counts.sum())
+    if counts[rest].sum() >= min(min_count, total) and rest.any():
+        out.append((ALL_TRAFFIC, rest, "flows no application or port class entry judges"))
+    else:  # every flow has an entry: unseen traffic is judged against all of it (said in `judges`)
+        out.append((ALL_TRAFFIC, np.ones(len(apps), dtype=bool), "unseen traffic, fitted on all flows"))
+    return out
+
+
+def entry_document(
+    count: int, judges: str, metrics: dict[str, dict], scorer, scores: np.ndarray, per_axis: np.ndarray,
+    weights: np.ndarray | None = None,
+) -> dict:  # fmt: skip
+    """One entry of the baseline file from its fitted scorer and the scores of its flows (a weighted sample of
+    them with `weights`)."""
+    tiers = tier_thresholds(scores, weights)
+    cap = supported_tier(count)
+    return {
+        "count": count,
+        "judges": judges,
+        "max_tier": cap,
+        "metrics": metrics,
+        "model": scorer.params(),
+        "tiers": tiers,
+        "radar_sample": _radar_sample(per_axis, np.minimum(tier_of(scores, tiers), cap)),
+    }
+
+
+def document(
+    entries: dict[str, dict], *, method: str, combine: str, min_count: int, feature_profile: str, flows: int,
+    ranked: dict[str, int], inputs: list[str] | None = None, extra_meta: dict | None = None,
+) -> dict:  # fmt: skip
+    """The whole baseline file around its entries: format, version, what it was made from, the ranking."""
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "feature_profile": feature_profile,
+        "time_precision_us": TIME_PRECISION_US,
+        "built": now_iso("seconds"),
+        "inputs": inputs or [],
+        "method": method,
+        "combine": combine,
+        "axes": list(AXES),
+        "min_count": min_count,
+        "counts": {
+            "flows": flows,
+            "applications": len(ranked),
+            "modelled": sum(1 for k in entries if entry_kind(k) == "application"),
+            "port_classes": sum(1 for k in entries if entry_kind(k).startswith("port class")),
+        },
+    }
+    meta.update(extra_meta or {})
+    return {**meta, "ranking": ranking(ranked), "applications": entries}
+
+
 def build(
     apps: np.ndarray,
     metrics: np.ndarray,
@@ -225,69 +305,20 @@ def build(
     apps = np.asarray(apps).astype(str)
     if len(apps) == 0:
         raise InputError("no scorable flows to build a baseline from (answered, with payload for TCP)")
-    names, app_counts = np.unique(apps, return_counts=True)
     entries: dict[str, dict] = {}
-    combine_used = None
-
-    def entry(mask: np.ndarray, judges: str) -> dict:
-        nonlocal combine_used
+    combine_used = combine or make_scorer(method).combine
+    for name, mask, judges in plan(apps, classes, np.ones(len(apps), dtype=np.int64), min_count):
         M = metrics[mask]
         X = M[:, AXIS_INDEX]
         scorer = make_scorer(method, combine).fit(X)
-        combine_used = scorer.combine
         scores, per_axis = scorer.score_many(X)
-        tiers = tier_thresholds(scores)
-        n = int(mask.sum())
-        cap = supported_tier(n)
-        return {
-            "count": n,
-            "judges": judges,
-            "max_tier": cap,
-            "metrics": {name: {**_stats(M[:, i]), "histogram": _histogram(M[:, i])} for i, name in enumerate(METRICS)},
-            "model": scorer.params(),
-            "tiers": tiers,
-            "radar_sample": _radar_sample(per_axis, np.minimum(tier_of(scores, tiers), cap)),
-        }
-
-    rest = np.ones(len(apps), dtype=bool)
-    for name, n in zip(names, app_counts):
-        if n >= min_count:
-            mask = apps == name
-            entries[str(name)] = entry(mask, "flows of this application")
-            rest &= ~mask
-    if classes is not None and rest.any():
-        keys = np.asarray(classes)
-        uniq, n_class = np.unique(keys[rest], return_counts=True)
-        for key, n in zip(uniq, n_class):
-            if n >= min_count:
-                mask = rest & (keys == key)
-                entries[class_name(key)] = entry(mask, "flows of applications without an entry, on this port class")
-                rest &= ~mask
-    if rest.sum() >= min(min_count, len(apps)):
-        entries[ALL_TRAFFIC] = entry(rest, "flows no application or port class entry judges")
-    else:  # every flow has an entry: unseen traffic is judged against all of it (said in `judges`)
-        entries[ALL_TRAFFIC] = entry(np.ones(len(apps), dtype=bool), "unseen traffic, fitted on all flows")
-    meta = {
-        "format": FORMAT,
-        "version": VERSION,
-        "feature_profile": feature_profile,
-        "time_precision_us": TIME_PRECISION_US,
-        "built": now_iso("seconds"),
-        "inputs": inputs or [],
-        "method": method,
-        "combine": combine_used,
-        "axes": list(AXES),
-        "min_count": min_count,
-        "counts": {
-            "flows": int(len(apps)),
-            "applications": int(len(names)),
-            "modelled": sum(1 for k in entries if entry_kind(k) == "application"),
-            "port_classes": sum(1 for k in entries if entry_kind(k).startswith("port class")),
-        },
-    }
-    meta.update(extra_meta or {})
+        stats = {name: {**_stats(M[:, i]), "histogram": _histogram(M[:, i])} for i, name in enumerate(METRICS)}
+        entries[name] = entry_document(int(mask.sum()), judges, stats, scorer, scores, per_axis)
+    names, app_counts = np.unique(apps, return_counts=True)
     ranked = counts or {str(k): int(v) for k, v in zip(names, app_counts)}
-    return {**meta, "ranking": ranking(ranked), "applications": entries}
+    return document(entries, method=method, combine=combine_used, min_count=min_count,
+                    feature_profile=feature_profile, flows=int(len(apps)), ranked=ranked, inputs=inputs,
+                    extra_meta=extra_meta)  # fmt: skip
 
 
 def save(doc: dict, path: Path) -> None:
@@ -305,6 +336,9 @@ class ScoredFlows:
     entry: list[str]
     capped: np.ndarray
     """Flows whose score passed a threshold beyond their entry's supported tier (the tier says the cap)."""
+    raw_tier: np.ndarray
+    """The tier before the cap: how rare the flow looked, which decides how likely the sensor's statistics keep it
+    (ntds.detect.population)."""
 
 
 class Baseline:
@@ -398,6 +432,7 @@ class Baseline:
         score = np.zeros(n)
         tier = np.zeros(n, dtype=int)
         capped = np.zeros(n, dtype=bool)
+        raw_tier = np.zeros(n, dtype=int)
         per_axis = np.zeros((n, len(AXES)))
         entry = self.entries(apps, classes)
         keys = np.array(entry, dtype=object)
@@ -406,10 +441,11 @@ class Baseline:
             s, pa = self.scorers[name].score_many(X[mask])
             score[mask], per_axis[mask] = s, pa
             raw = tier_of(s, self.tiers[name])
+            raw_tier[mask] = raw
             cap = self.caps[name]
             tier[mask] = np.minimum(raw, cap)
             capped[mask] = raw > cap
-        return ScoredFlows(score, tier, per_axis, entry, capped)
+        return ScoredFlows(score, tier, per_axis, entry, capped, raw_tier)
 
     def explain(self, entry: str, x_axes: np.ndarray, per_axis: np.ndarray, top: int = 3) -> list[dict]:
         """The axes that contributed most: the flow's value, the baseline's typical value, the axis score."""

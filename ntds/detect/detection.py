@@ -45,6 +45,21 @@ class Judged:
     alerts: list[dict]
     due_ms: list[int] = field(default_factory=list)
     """The data time each alert went out at (its group's wait over, or the escalation seen): time to detect."""
+    scored: Scored | None = None
+    """The batch's scorable flows as the baseline saw them (what the sensor's statistics are made of)."""
+
+
+@dataclass
+class Scored:
+    """Scorable flows of one batch: where they are in it, start time, application, port class, the nine
+    metrics, and the tier before the cap."""
+
+    positions: list[int]
+    start_ms: np.ndarray
+    apps: np.ndarray
+    classes: np.ndarray
+    metrics: np.ndarray
+    raw_tier: np.ndarray
 
 
 @dataclass
@@ -101,6 +116,7 @@ class Detection:
         self.grouper = Grouper(grouping)
         self.stats = DetectionStats()
         self.clock_ms = 0
+        self._scored: Scored | None = None
 
     @property
     def evicted(self) -> int:
@@ -111,6 +127,7 @@ class Detection:
         """One batch of finished flows (objects with `.features` (87 columns or None) and `.traffic`)."""
         tiers: list[int | None] = [None] * len(records)
         flow_alerts: dict[int, dict] = {}
+        self._scored = None
         recorded = [i for i, r in enumerate(records) if r.features is not None]
         if recorded:
             cols = records_to_columns([records[i] for i in recorded], COLUMNS)
@@ -142,7 +159,7 @@ class Detection:
             alert = flow_alerts.get(i)
             if alert is not None:
                 sent(grouper.add(alert, self.clock_ms))
-        return Judged(tiers, out, due)
+        return Judged(tiers, out, due, self._scored)
 
     def _score(self, records, positions, cols, tiers, flow_alerts) -> None:
         apps = cols["ProtocolName"].astype(str)
@@ -150,6 +167,8 @@ class Detection:
         classes = service_keys(cols["Protocol"], cols["Source.Port"], cols["Destination.Port"])
         scored = self.baseline.score(apps, M, classes)
         self.stats.scored += len(apps)
+        start = np.array([r.traffic.start_ms for r in records], dtype=np.int64)
+        self._scored = Scored(positions, start, apps, classes, M, scored.raw_tier)
         for j, pos in enumerate(positions):
             tiers[pos] = int(scored.tier[j])
         axes = M[:, AXIS_INDEX]

@@ -25,9 +25,13 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ntds.detect.population import Histogram
 
 AXES: tuple[str, ...] = ("duration", "volume", "avpktsz", "dnuprat", "pktlenvar", "fwdpktlen", "bwdpktlen")
 
@@ -112,6 +116,25 @@ class Scorer(ABC):
         combined, per_axis = self.score_many(np.asarray(x, dtype=float).reshape(1, len(AXES)))
         return float(combined[0]), per_axis[0]
 
+    LEARNS_FROM_HISTOGRAMS: ClassVar[bool] = False
+    """Whether `fit_histograms` can fit this scorer from per-axis histograms (`baseline learn`)."""
+
+    def fit_histograms(self, hists: Sequence[Histogram]) -> Scorer:
+        """Fit from the seven axes' mergeable histograms (ntds.detect.population) instead of the flows: what
+        `baseline learn` does with the sensors' statistics."""
+        if not self.LEARNS_FROM_HISTOGRAMS:
+            raise ValueError(f"the {self.name} method needs the flows themselves (baseline build); "
+                             f"learning from statistics needs {', '.join(learnable())}")  # fmt: skip
+        if len(hists) != len(AXES) or any(h.count == 0 for h in hists):
+            raise ValueError(f"expected {len(AXES)} non-empty axis histograms")
+        self._fit_histograms(hists)
+        self._seen = np.empty((0, len(AXES)))
+        self.fitted = True
+        return self
+
+    def _fit_histograms(self, hists: Sequence[Histogram]) -> None:
+        raise NotImplementedError
+
     def load(self, params: dict) -> Scorer:
         """Take fitted parameters from a baseline file (as `params` wrote them)."""
         self._load(params)
@@ -147,6 +170,11 @@ SCORERS: dict[str, type[Scorer]] = {}
 def register(cls: type[Scorer]) -> type[Scorer]:
     SCORERS[cls.name] = cls
     return cls
+
+
+def learnable() -> list[str]:
+    """The methods `baseline learn` can fit from statistics."""
+    return [name for name, cls in SCORERS.items() if cls.LEARNS_FROM_HISTOGRAMS]
 
 
 def mode(values: np.ndarray) -> float:
@@ -210,6 +238,20 @@ class RobustLog(Scorer):
         q75, q25 = np.percentile(L, [75, 25], axis=0)
         self.scale_ = np.maximum(np.where(mad > 0, mad, (q75 - q25) / 1.349), self.MIN_SCALE)
 
+    LEARNS_FROM_HISTOGRAMS: ClassVar[bool] = True
+
+    def _fit_histograms(self, hists: Sequence[Histogram]) -> None:
+        from ntds.detect.population import BIN_LOG1P
+
+        self.median_ = np.array([h.quantile_log1p(0.5) for h in hists])
+        # A spread under half a bin is below what the histogram resolves: as `fit` treats a MAD of 0 (a
+        # population mostly of one value), fall back to the interquartile range.
+        raw = np.array([h.mad_log1p(m) for h, m in zip(hists, self.median_)])
+        mad = np.where(raw >= BIN_LOG1P / 2, 1.4826 * raw, 0.0)
+        iqr = np.array([h.quantile_log1p(0.75) - h.quantile_log1p(0.25) for h in hists])
+        iqr = np.where(iqr >= BIN_LOG1P / 2, iqr, 0.0)
+        self.scale_ = np.maximum(np.where(mad > 0, mad, iqr / 1.349), self.MIN_SCALE)
+
     def _per_axis(self, X: np.ndarray) -> np.ndarray:
         return np.abs(np.log1p(np.clip(X, 0, None)) - self.median_) / self.scale_
 
@@ -248,22 +290,60 @@ MIN_EXCEEDANCES = 5
 """A tier's threshold is read off the population only where at least this many flows exceed it."""
 
 
-def tier_thresholds(scores: np.ndarray) -> list[float]:
+def tier_thresholds(scores: np.ndarray, weights: np.ndarray | None = None) -> list[float]:
     """Score thresholds so that about 1 flow in 10**k of this population scores above tier k.
 
     Where the population is too small to see 10**-k directly (fewer than
     MIN_EXCEEDANCES flows above), the tail is extrapolated: scores beyond the 90th
     percentile are fitted as linear in log10(1/p) (an exponential tail) and read
     off at p = 10**-k. Thresholds never decrease with k.
+
+    `weights`: how many flows each score stands for (a weighted sample, as
+    `baseline learn` pools from the sensors' statistics); a tier is then read
+    off directly only where the sample itself holds MIN_EXCEEDANCES flows above
+    it, and the estimated population MIN_EXCEEDANCES too.
     """
+    if weights is not None:
+        return _weighted_tier_thresholds(np.asarray(scores, dtype=float), np.asarray(weights, dtype=float))
     s = np.sort(np.asarray(scores, dtype=float))
     n = len(s)
     if n == 0:
         raise ValueError("no scores to calibrate tiers on")
-    out: list[float] = []
     # empirical survival: P(score > s[i]) ~ (n - 1 - i) / n
     ranks = np.arange(n)
     p_emp = (n - ranks) / n
+
+    def direct(p: float) -> float | None:
+        return float(np.quantile(s, 1 - p, method="higher")) if n * p >= MIN_EXCEEDANCES else None
+
+    return _thresholds(s, p_emp, direct)
+
+
+def _weighted_tier_thresholds(scores: np.ndarray, weights: np.ndarray) -> list[float]:
+    if len(scores) == 0 or weights.sum() <= 0:
+        raise ValueError("no scores to calibrate tiers on")
+    order = np.argsort(scores, kind="stable")
+    s, w = scores[order], weights[order]
+    total = w.sum()
+    above_or_at = np.cumsum(w[::-1])[::-1]  # weight of the flows scoring s[i] or more
+    p_emp = above_or_at / total
+    n = len(s)
+    strictly_above = np.append(above_or_at[1:], 0.0) / total
+
+    def direct(p: float) -> float | None:
+        # the smallest score with at most a fraction p of the weight strictly above it
+        i = int(np.argmax(strictly_above <= p))
+        if total * p < MIN_EXCEEDANCES or n - 1 - i < MIN_EXCEEDANCES:
+            return None
+        return float(s[i])
+
+    return _thresholds(s, p_emp, direct)
+
+
+def _thresholds(s: np.ndarray, p_emp: np.ndarray, direct) -> list[float]:
+    """Tiers 1..5 from sorted scores and their empirical survival: read off where `direct` can, else from the
+    exponential tail fit."""
+    out: list[float] = []
     tail = p_emp <= 0.1
     fit = None
     if tail.sum() >= 3 and np.ptp(s[tail]) > 0:
@@ -271,12 +351,9 @@ def tier_thresholds(scores: np.ndarray) -> list[float]:
         fit = (max(slope, 0.0), intercept)
     for k in range(1, 6):
         p = 10.0**-k
-        if n * p >= MIN_EXCEEDANCES:
-            t = float(np.quantile(s, 1 - p, method="higher"))
-        elif fit is not None:
-            t = float(fit[0] * k + fit[1])
-        else:
-            t = float(s[-1])
+        t = direct(p)
+        if t is None:
+            t = float(fit[0] * k + fit[1]) if fit is not None else float(s[-1])
         out.append(max(t, out[-1]) if out else max(t, 0.0))  # scores are >= 0: so are thresholds
     out[-1] = max(out[-1], MIN_RAREST)
     return out

@@ -2,7 +2,7 @@
 
 Every message is one ZeroMQ frame holding one UTF-8 JSON object, the envelope:
 
-    {"v": 3, "type": "alert", "sensor": "tap-01", "spool": "9f3c61d2a07b44e5", "seq": 42,
+    {"v": 4, "type": "alert", "sensor": "tap-01", "spool": "9f3c61d2a07b44e5", "seq": 42,
      "created": "2026-11-23T08:00:00.123456Z", "body": {...}}
 
 `seq` is the sensor's own sequence number: it starts at 1, grows by one per
@@ -13,10 +13,10 @@ sent: (sensor, spool, seq, created) names a message exactly once however often
 it is resent. The aggregator answers with an `ack` naming the spool and the
 sequence numbers it has stored.
 
-Older sensors are still accepted: version 1 (no spool id, no health state)
-and version 2 (alerts for single flows only) frames are upgraded to version 3
-on decoding (`upgrade`): a version 2 alert becomes a `flow` alert with a count
-of 1, first and last seen at the flow's start. Each sensor is acknowledged in
+Older sensors are still accepted: version 1 (no spool id, no health state),
+version 2 (alerts for single flows only) and version 3 (no statistics) frames
+are upgraded to version 4 on decoding (`upgrade`): a version 2 alert becomes a
+`flow` alert with a count of 1, first and last seen at the flow's start. Each sensor is acknowledged in
 its own version, so a sensor can be upgraded after the aggregator without
 losing what its spool holds. Bodies stored by an older aggregator are
 upgraded the same way when read (`upgrade_body`).
@@ -44,8 +44,8 @@ from datetime import UTC, datetime
 
 from ntds.times import now_iso, parse_time
 
-VERSION = 3
-ACCEPTED_VERSIONS = (1, 2, 3)
+VERSION = 4
+ACCEPTED_VERSIONS = (1, 2, 3, 4)
 MAX_FRAME = 65536
 """Largest accepted frame in bytes; an alert is about 1 KB, a busy summary about 30 KB."""
 INT_MAX = 2**53 - 1
@@ -102,7 +102,7 @@ class Message:
     body: dict
     spool: str = ""
     """The sending spool's id ("" for version 1 sensors)."""
-    version: int = 3
+    version: int = VERSION
     """The schema version the sender wrote (acknowledgements go back in it)."""
 
 
@@ -124,6 +124,8 @@ class MessageType:
     """The message as archive rows (each keeps the message's sensor, spool and seq)."""
     not_archived: str = ""
     """Why a type without `archive` is deliberately left out of the archive."""
+    check: Callable[[dict], None] | None = None
+    """What the fields' own rules cannot say (lengths that must agree, names that must not repeat): ValueError."""
 
 
 def _counts(*names: str, what: str) -> dict[str, F]:
@@ -144,8 +146,10 @@ DIRECTIONAL = {
 FLOWS_BYTES = {"flows": F("int", "flows of this kind"), "bytes": F("int", "their IP bytes, both directions")}
 
 ENVELOPE: dict[str, F] = {
-    "v": F("int", "schema version (3; version 1 and 2 frames are upgraded on decoding)"),
-    "type": F("str", "hello, alert, summary, health (from sensors); ack, baseline (from the aggregator)", max_len=16),
+    "v": F("int", "schema version (4; version 1, 2 and 3 frames are upgraded on decoding)"),
+    "type": F(
+        "str", "hello, alert, summary, stats, health (from sensors); ack, baseline (from the aggregator)", max_len=16
+    ),  # fmt: skip
     "sensor": F("str", "the sensor's id; the aggregator only accepts the id bound to the sender's key", max_len=64),
     "spool": F(
         "str",
@@ -168,7 +172,7 @@ HELLO = MessageType(
         "feature_profile": F("str", "unicauca or corrected"),
     },
     {"software": "0.1.0", "baseline_id": "2026-11-23T02:00:00Z robust", "feature_profile": "unicauca"},
-    drop_rank=2,
+    drop_rank=3,
     not_archived="the store keeps each sensor's latest hello (`ntds-aggregator sensors`)",
 )
 
@@ -291,7 +295,7 @@ ALERT = MessageType(
         ],  # fmt: skip
         "features": {"Flow.Duration": 100000000.0, "Total.Fwd.Packets": 900.0},
     },
-    drop_rank=3,
+    drop_rank=4,
     archive=_archive_alert,
 )
 
@@ -302,8 +306,11 @@ def upgrade_body(kind: str, body: dict) -> dict:
     Version 2 alerts were single rare flows: first and last seen at the flow's start, a count of 1, the
     explanation's text made from its numbers."""
     if kind == "health" and isinstance(body, dict):
-        return {"flows_evicted": 0, "flows_skipped": 0, "state": "running", "detector_keys_evicted": 0,
+        body = {"flows_evicted": 0, "flows_skipped": 0, "state": "running", "detector_keys_evicted": 0,
                 "baseline_id": "", "baselines_refused": 0} | body  # fmt: skip
+        if isinstance(body.get("spool_dropped"), dict):  # version 3 and older spools had no stats to drop
+            body["spool_dropped"] = dict.fromkeys(DROP_ORDER, 0) | body["spool_dropped"]
+        return body
     if kind != "alert" or not isinstance(body, dict) or "time" not in body:
         return body
     from ntds.detect.explain import axis_text
@@ -481,8 +488,129 @@ SUMMARY = MessageType(
         "countries": [{"country": "US", "flows": 9, "bytes_in": 45000, "bytes_out": 6000, "max_tier": 1}],
         "capture": {"packets_seen": 104, "packets_dropped": 0, "flows_active": 3},
     },
-    drop_rank=1,
+    drop_rank=2,
     archive=_archive_summary,
+)
+
+# -- stats ------------------------------------------------------------------------------
+
+
+def _archive_stats(m: Message) -> Iterable[ArchiveRow]:
+    b = m.body
+    t = parse_time(b["interval_start"])
+    base = _base(m) | {"interval_start": t, "interval_s": b["interval_s"], "baseline_id": b["baseline_id"]}
+    for g in b["groups"]:
+        s = g["sample"]
+        group = {"application": g["application"], "port_class": g["port_class"]}
+        yield "population_samples", t, base | group | {
+            "flows": g["flows"], "k": s["k"], "tau": float(s["tau"]), "tiers": s["tiers"], "axes": s["axes"]
+        }  # fmt: skip
+        for h in g["metrics"]:
+            yield "population_histograms", t, base | group | h | {"sum": float(h["sum"]),
+                  "sum_sq": float(h["sum_sq"]), "min": float(h["min"]), "max": float(h["max"])}  # fmt: skip
+
+
+def _check_stats(body: dict) -> None:
+    from ntds.detect.baseline import METRICS
+    from ntds.detect.population import check_wire_group
+
+    for i, g in enumerate(body["groups"]):
+        check_wire_group(g, tuple(METRICS), f"stats.groups[{i}]")
+
+
+def _stats_fields() -> dict[str, F]:
+    from ntds.detect.population import AXIS_TOP, N_BINS, SAMPLE_K
+
+    return {
+        "interval_start": F("time", "interval start, ISO-8601 UTC; a flow belongs to the interval it started in"),
+        "interval_s": F("int", "length of the interval in seconds (stats_interval_s)", top=86400),
+        "baseline_id": F("str", "the baseline whose tiers weighted the samples", max_len=200),
+        "groups": F(
+            "objs",
+            "scorable flows (answered, with payload for TCP) per application and port class. A group too big for "
+            "one message continues in the next with flows 0: every part adds up (`baseline learn` sums them)",
+            {
+                "application": F("str", "ProtocolName", max_len=128),
+                "port_class": F("str", "the flows' port class, as a baseline entry names it (*TCP/443*)", max_len=32),
+                "flows": F("int", "scorable flows in this group (0 in a continuation)"),
+                "metrics": F(
+                    "objs",
+                    "per baseline metric (flowrate, duration, volume, avpktsz, dnuprat, pktlenvar, fwdpktlen, "
+                    f"bwdpktlen, actmean): a histogram of log10(1 + value) in {N_BINS} bins of 1/100 decade",
+                    {
+                        "metric": F("str", "the metric's name", max_len=16),
+                        "first_bin": F("int", "the bin of the first count", top=N_BINS - 1),
+                        "bins": F("ints", "counts from first_bin on (to the last non-empty bin)", max_items=N_BINS),
+                        "non_finite": F("int", "values that were not finite (not in the bins)"),
+                        "sum": F("num", "sum of the finite values"),
+                        "sum_sq": F("num", "sum of their squares"),
+                        "min": F("num", "the least finite value (0 when none)"),
+                        "max": F("num", "the greatest (0 when none)"),
+                    },
+                    max_items=9,
+                ),
+                "sample": F(
+                    "obj",
+                    "a priority sample of the flows' seven axes, rare flows kept 10**tier times as often "
+                    "(ntds.detect.population); each stands for max(10**tier, tau) / 10**tier flows",
+                    {
+                        "k": F("int", "the sample's size limit", top=SAMPLE_K),
+                        "tau": F("num", "the highest priority left out (0: every flow kept)"),
+                        "tiers": F(
+                            "ints", "each kept flow's tier under baseline_id, before the cap", top=5, max_items=SAMPLE_K
+                        ),  # fmt: skip
+                        "axes": F(
+                            "ints",
+                            "each kept flow's seven axes as round(1000 * log1p(value)), flow after flow",
+                            top=AXIS_TOP,
+                            max_items=7 * SAMPLE_K,
+                        ),  # fmt: skip
+                    },
+                ),
+            },
+            max_items=64,
+        ),
+    }
+
+
+STATS = MessageType(
+    "stats",
+    "what baselines are learned from: per stats interval, application and port class, mergeable histograms of the "
+    "nine metrics and a weighted sample of the seven axes (`ntds-aggregator baseline learn`)",
+    _stats_fields(),
+    {
+        "interval_start": "2026-11-16T08:00:00Z",
+        "interval_s": 3600,
+        "baseline_id": "2026-11-23T02:00:00Z robust",
+        "groups": [
+            {
+                "application": "DNS",
+                "port_class": "*UDP/53*",
+                "flows": 2,
+                "metrics": [
+                    {
+                        "metric": "volume",
+                        "first_bin": 211,
+                        "bins": [1, 1],
+                        "non_finite": 0,
+                        "sum": 260.0,
+                        "sum_sq": 33808.0,
+                        "min": 128.0,
+                        "max": 132.0,
+                    }
+                ],  # fmt: skip
+                "sample": {
+                    "k": 256,
+                    "tau": 0.0,
+                    "tiers": [0, 1],
+                    "axes": [9, 4860, 4860, 0, 0, 4174, 4174, 11, 4890, 4890, 0, 0, 4190, 4190],
+                },  # fmt: skip
+            }
+        ],
+    },
+    drop_rank=1,
+    archive=_archive_stats,
+    check=_check_stats,
 )
 
 # -- health -----------------------------------------------------------------------------
@@ -584,7 +712,7 @@ BASELINE = MessageType(
     not_archived="sent by the aggregator; every promoted version stays in its store (`baseline versions`)",
 )
 
-MESSAGE_TYPES: dict[str, MessageType] = {t.name: t for t in (HELLO, ALERT, SUMMARY, HEALTH, ACK, BASELINE)}
+MESSAGE_TYPES: dict[str, MessageType] = {t.name: t for t in (HELLO, ALERT, SUMMARY, STATS, HEALTH, ACK, BASELINE)}
 TYPES = tuple(MESSAGE_TYPES)
 SCHEMA: dict[str, dict[str, F]] = {n: t.fields for n, t in MESSAGE_TYPES.items()}
 EXAMPLES: dict[str, dict] = {n: t.example for n, t in MESSAGE_TYPES.items()}
@@ -792,6 +920,12 @@ def decode(frame: bytes) -> Message:
     if not obj["sensor"]:
         raise WireError("envelope: sensor must be non-empty")
     _check(SCHEMA[kind], obj["body"], kind)
+    check = MESSAGE_TYPES[kind].check
+    if check is not None:
+        try:
+            check(obj["body"])
+        except ValueError as e:
+            raise WireError(str(e)) from None
     return Message(kind, obj["sensor"], obj["seq"], obj["created"], obj["body"], obj["spool"], version)
 
 

@@ -1,0 +1,314 @@
+"""What a baseline is made of, as statistics that add up: sensors count, the aggregator learns.
+
+A baseline entry needs, of the scorable flows it judges, (a) each axis's median
+and spread on log1p scale (the robust scorer's parameters), (b) the quantiles
+of the *combined* score far into the tail (the tier thresholds), and (c) the
+notebook's population metrics. A sensor cannot send its raw flows, and per-axis
+summaries cannot give (b): the combined score is a function of all seven axes
+of one flow at once, under parameters not yet known when the flow is seen.
+
+So each sensor keeps, per interval and per (application, port class), a
+`Population`:
+
+- per metric, a `Histogram` of log10(1 + value) in BINS_PER_DECADE bins per
+  decade (1/100 decade: 2.3% wide), with the count, sum, sum of squares, least
+  and greatest value. Counts add, so histograms merge exactly across intervals
+  and sensors; medians, spreads and quantiles are read off with linear
+  interpolation inside a bin (error well under one bin).
+- a `Sample` of flows' seven axes: a priority sample (Duffield, Lund and Thorup,
+  "Priority sampling for estimation of arbitrary subset sums", 2007) of at most
+  SAMPLE_K flows, weighted by how rare the sensor's active baseline found them
+  (10**tier). Rare flows are kept far more often, so the tail a threshold is
+  read from is well populated, and each kept flow carries the number of flows it
+  stands for, max(w, tau) / w: the estimate of how many flows score above any
+  threshold, under *any* candidate parameters, is unbiased. A sensor whose
+  baseline is stale only makes the estimates noisier, never biased.
+
+The aggregator adds histograms, pools samples (each with its own tau), and
+fits a candidate exactly as `baseline build` would on the flows themselves
+(`learn_entry`); tests/test_learning.py and bench/bench_learn.py measure the
+difference.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ntds.detect.scoring import AXES
+
+BINS_PER_DECADE = 100
+DECADES = 12
+N_BINS = BINS_PER_DECADE * DECADES
+"""log10(1 + value) from 0 to 12: values up to 10**12 (a TB, a 11-day duration in us); larger ones land in the last
+bin."""
+BIN_LOG1P = math.log(10) / BINS_PER_DECADE
+"""One bin's width on the natural log1p scale the robust scorer works on."""
+SAMPLE_K = 256
+"""Flows kept per (application, port class) and interval."""
+AXIS_UNITS = 1000
+"""Sampled axes travel as round(1000 * log1p(value)): 0.1% resolution, small integers on the wire."""
+AXIS_TOP = int(round(AXIS_UNITS * math.log(1 + 10.0**DECADES)))
+MAX_TIER = 5
+
+
+def bin_of(values: np.ndarray) -> np.ndarray:
+    """The histogram bin of each finite value (negative values count as 0)."""
+    v = np.log10(1 + np.clip(values, 0, None)) * BINS_PER_DECADE
+    return np.clip(v.astype(np.int64), 0, N_BINS - 1)
+
+
+@dataclass
+class Histogram:
+    """One metric of one population: log-binned counts plus exact moments and range."""
+
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(N_BINS, dtype=np.int64))
+    non_finite: int = 0
+    total: float = 0.0
+    total_sq: float = 0.0
+    low: float = math.inf
+    high: float = -math.inf
+
+    @property
+    def count(self) -> int:
+        return int(self.counts.sum())
+
+    def add_many(self, values: np.ndarray) -> None:
+        values = np.asarray(values, dtype=float)
+        finite = values[np.isfinite(values)]
+        self.non_finite += len(values) - len(finite)
+        if len(finite):
+            self.counts += np.bincount(bin_of(finite), minlength=N_BINS)
+            self.total += float(finite.sum())
+            self.total_sq += float(np.square(finite).sum())
+            self.low = min(self.low, float(finite.min()))
+            self.high = max(self.high, float(finite.max()))
+
+    def merge(self, other: Histogram) -> None:
+        self.counts += other.counts
+        self.non_finite += other.non_finite
+        self.total += other.total
+        self.total_sq += other.total_sq
+        self.low = min(self.low, other.low)
+        self.high = max(self.high, other.high)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def _cdf_at(self, x: np.ndarray) -> np.ndarray:
+        """Fraction of the population at or below x (in bins, on the log10(1 + value) * 100 scale), counts
+        spread evenly inside each bin."""
+        cum = np.concatenate([[0], np.cumsum(self.counts)]) / max(self.count, 1)
+        return np.interp(x, np.arange(N_BINS + 1), cum)
+
+    def quantile_bins(self, q: float) -> float:
+        """The q-quantile in bins (fractional: linear inside the bin)."""
+        cum = np.concatenate([[0], np.cumsum(self.counts)]) / max(self.count, 1)
+        # the first position where the interpolated cdf reaches q
+        j = int(np.searchsorted(cum, q, side="left"))
+        if j == 0:
+            return 0.0
+        if j > N_BINS:
+            return float(N_BINS)
+        lo, hi = cum[j - 1], cum[j]
+        return (j - 1) + (q - lo) / (hi - lo) if hi > lo else float(j)
+
+    def quantile_log1p(self, q: float) -> float:
+        """The q-quantile of log1p(value) (natural log, the robust scorer's scale)."""
+        return self.quantile_bins(q) * BIN_LOG1P
+
+    def median_value(self) -> float:
+        return float(np.expm1(self.quantile_log1p(0.5)))
+
+    def mad_log1p(self, median_log1p: float) -> float:
+        """Median absolute deviation of log1p(value) around `median_log1p`: the r with half the population within
+        median +- r (by bisection on the interpolated distribution)."""
+        m = median_log1p / BIN_LOG1P
+        lo, hi = 0.0, float(N_BINS)
+        for _ in range(60):
+            r = (lo + hi) / 2
+            inside = self._cdf_at(np.array([m + r]))[0] - self._cdf_at(np.array([m - r]))[0]
+            if inside >= 0.5:
+                hi = r
+            else:
+                lo = r
+        return hi * BIN_LOG1P
+
+    def mode_value(self) -> float:
+        """The centre of the fullest bin (the exact mode of raw values is not mergeable)."""
+        j = int(np.argmax(self.counts))
+        return float(10 ** ((j + 0.5) / BINS_PER_DECADE) - 1)
+
+    def coarse(self, per_bin: int) -> list[int]:
+        """Counts in bins `per_bin` fine bins wide (the baseline file's quarter-decade histogram: 25)."""
+        return self.counts.reshape(-1, per_bin).sum(axis=1).astype(int).tolist()
+
+    def summary(self) -> dict:
+        """The baseline file's population statistics of this metric (as `baseline build` writes them)."""
+        n = self.count
+        if n == 0:
+            return {"count": 0, "non_finite": self.non_finite, "mode": None, "median": None, "mean": None, "std": None}
+        mean = self.total / n
+        return {
+            "count": n,
+            "non_finite": self.non_finite,
+            "mode": self.mode_value(),
+            "median": self.median_value(),
+            "mean": mean,
+            "std": math.sqrt(max(self.total_sq / n - mean * mean, 0.0)),
+        }
+
+    # -- wire ---------------------------------------------------------------------------
+
+    def to_wire(self, metric: str) -> dict:
+        nz = np.flatnonzero(self.counts)
+        first, last = (int(nz[0]), int(nz[-1])) if len(nz) else (0, -1)
+        return {
+            "metric": metric,
+            "first_bin": first,
+            "bins": self.counts[first : last + 1].astype(int).tolist(),
+            "non_finite": self.non_finite,
+            "sum": self.total,
+            "sum_sq": self.total_sq,
+            "min": self.low if len(nz) else 0.0,
+            "max": self.high if len(nz) else 0.0,
+        }
+
+    @classmethod
+    def from_wire(cls, d: dict) -> Histogram:
+        h = cls()
+        bins = d["bins"]
+        h.counts[d["first_bin"] : d["first_bin"] + len(bins)] = bins
+        h.non_finite, h.total, h.total_sq = d["non_finite"], float(d["sum"]), float(d["sum_sq"])
+        if bins:
+            h.low, h.high = float(d["min"]), float(d["max"])
+        return h
+
+
+@dataclass
+class Sample:
+    """A priority sample of flows' axes: each flow has weight w = 10**tier and priority w / u (u uniform in
+    (0, 1]); the SAMPLE_K highest priorities are kept, and tau is the highest priority not kept (0 while
+    nothing was left out). A kept flow stands for max(w, tau) / w flows."""
+
+    axes: np.ndarray = field(default_factory=lambda: np.empty((0, len(AXES)), dtype=np.int64))
+    tiers: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    priority: np.ndarray = field(default_factory=lambda: np.empty(0))
+    tau: float = 0.0
+    k: int = SAMPLE_K
+
+    def add_many(self, axes_values: np.ndarray, tiers: np.ndarray, rng: np.random.Generator) -> None:
+        """Flows' seven axis values (raw) and the rarity tier the active baseline gave them (uncapped)."""
+        tiers = np.clip(np.asarray(tiers, dtype=np.int64), 0, MAX_TIER)
+        u = 1.0 - rng.random(len(tiers))  # (0, 1]
+        prio = 10.0**tiers / u
+        enc = encode_axes(axes_values)
+        axes = np.vstack([self.axes, enc])
+        all_tiers = np.concatenate([self.tiers, tiers])
+        all_prio = np.concatenate([self.priority, prio])
+        if len(all_prio) > self.k:
+            order = np.argpartition(-all_prio, self.k)
+            self.tau = max(self.tau, float(all_prio[order[self.k]]))
+            keep = order[: self.k]
+            axes, all_tiers, all_prio = axes[keep], all_tiers[keep], all_prio[keep]
+        self.axes, self.tiers, self.priority = axes, all_tiers, all_prio
+
+    def stands_for(self) -> np.ndarray:
+        """How many flows each kept flow represents (Horvitz-Thompson weights of the priority sample)."""
+        w = 10.0 ** self.tiers.astype(float)
+        return np.maximum(w, self.tau) / w
+
+    def to_wire(self) -> dict:
+        return {
+            "k": self.k,
+            "tau": self.tau,
+            "tiers": self.tiers.astype(int).tolist(),
+            "axes": self.axes.reshape(-1).astype(int).tolist(),
+        }
+
+
+def encode_axes(values: np.ndarray) -> np.ndarray:
+    """Raw axis values as round(AXIS_UNITS * log1p(value)), non-finite and negative values as 0, capped."""
+    v = np.asarray(values, dtype=float).reshape(-1, len(AXES))
+    v = np.where(np.isfinite(v), np.clip(v, 0, None), 0.0)
+    return np.clip(np.rint(np.log1p(v) * AXIS_UNITS), 0, AXIS_TOP).astype(np.int64)
+
+
+def decode_axes(encoded) -> np.ndarray:
+    """(n, 7) raw axis values from the wire's integers."""
+    return np.expm1(np.asarray(encoded, dtype=float).reshape(-1, len(AXES)) / AXIS_UNITS)
+
+
+@dataclass
+class Pooled:
+    """A sample pooled over intervals and sensors: the axes (raw values) and how many flows each stands for."""
+
+    axes: np.ndarray
+    weight: np.ndarray
+
+    @classmethod
+    def empty(cls) -> Pooled:
+        return cls(np.empty((0, len(AXES))), np.empty(0))
+
+    def __add__(self, other: Pooled) -> Pooled:
+        return Pooled(np.vstack([self.axes, other.axes]), np.concatenate([self.weight, other.weight]))
+
+
+def check_wire_group(g: dict, metrics: tuple[str, ...], where: str) -> None:
+    """ValueError naming what is inconsistent or out of bounds in one group of a stats message (the schema has
+    already checked each field's type and range)."""
+    seen = set()
+    for i, m in enumerate(g["metrics"]):
+        at = f"{where}.metrics[{i}]"
+        if m["metric"] not in metrics or m["metric"] in seen:
+            raise ValueError(f"{at}.metric: not one of the baseline's metrics, or repeated")
+        seen.add(m["metric"])
+        if m["first_bin"] + len(m["bins"]) > N_BINS:
+            raise ValueError(f"{at}.bins: beyond bin {N_BINS - 1}")
+        if m["bins"] and (m["min"] > m["max"] or m["sum_sq"] < 0):
+            raise ValueError(f"{at}: min above max, or a negative sum of squares")
+    s = g["sample"]
+    n = len(s["tiers"])
+    if n > s["k"] or len(s["axes"]) != n * len(AXES) or s["tau"] < 0:
+        raise ValueError(f"{where}.sample: {n} tiers and {len(s['axes'])} axis values for k={s['k']}")
+
+
+class Population:
+    """The scorable flows of one application and port class in one interval: a histogram per metric and a
+    sample of the axes. Everything adds: `merge` two, or send both and let the aggregator add them."""
+
+    def __init__(self, metrics: tuple[str, ...], axis_index: list[int]) -> None:
+        self.metrics = metrics
+        self.axis_index = axis_index
+        self.flows = 0
+        self.hists = [Histogram() for _ in metrics]
+        self.sample = Sample()
+
+    def add_many(self, values: np.ndarray, tiers: np.ndarray, rng: np.random.Generator) -> None:
+        """Flows' metrics ((n, 9), as `metrics_matrix`) and their uncapped tiers under the active baseline."""
+        values = np.asarray(values, dtype=float)
+        n, m = values.shape
+        self.flows += n
+        finite = np.isfinite(values)
+        clean = np.where(finite, values, 0.0)
+        flat = (bin_of(clean) + np.arange(m) * N_BINS)[finite]
+        counts = np.bincount(flat, minlength=m * N_BINS).reshape(m, N_BINS)
+        totals, squares = clean.sum(axis=0), np.square(clean).sum(axis=0)
+        lows = np.where(finite, values, np.inf).min(axis=0)
+        highs = np.where(finite, values, -np.inf).max(axis=0)
+        bad = n - finite.sum(axis=0)
+        for j, h in enumerate(self.hists):
+            h.counts += counts[j]
+            h.non_finite += int(bad[j])
+            h.total += float(totals[j])
+            h.total_sq += float(squares[j])
+            h.low = min(h.low, float(lows[j]))
+            h.high = max(h.high, float(highs[j]))
+        self.sample.add_many(values[:, self.axis_index], tiers, rng)
+
+    def pieces(self) -> list[tuple[str, dict]]:
+        """The wire pieces: one per metric and the sample (a big group is sent in several parts)."""
+        return [("metric", h.to_wire(name)) for name, h in zip(self.metrics, self.hists)] + [
+            ("sample", self.sample.to_wire())
+        ]
