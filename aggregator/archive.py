@@ -158,7 +158,7 @@ TABLES: dict[str, pa.Schema] = {
         ("port_class", _S),
         ("flows", _I),
         ("k", _I),
-        ("tau", pa.float64()),
+        ("seen", pa.list_(_I)),
         ("tiers", pa.list_(_I)),
         ("axes", pa.list_(_I)),
     ),

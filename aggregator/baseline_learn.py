@@ -51,7 +51,7 @@ from ntds.detect.baseline import (
     plan,
     validate,
 )
-from ntds.detect.population import N_BINS, Histogram, decode_axes
+from ntds.detect.population import MAX_TIER, N_BINS, Histogram, decode_axes
 from ntds.detect.scoring import AXES, make_scorer
 from ntds.errors import InputError
 
@@ -63,7 +63,7 @@ MIN_EXPECTED = 20
 ALERT_TIER = 3
 HIST_COLUMNS = ["sensor", "interval_start", "application", "port_class", "metric", "first_bin", "bins",
                 "non_finite", "sum", "sum_sq", "min", "max"]  # fmt: skip
-SAMPLE_COLUMNS = ["sensor", "interval_start", "application", "port_class", "flows", "tau", "tiers", "axes"]
+SAMPLE_COLUMNS = ["sensor", "interval_start", "application", "port_class", "flows", "seen", "tiers", "axes"]
 
 
 @dataclass
@@ -157,12 +157,13 @@ def group_stats(hist: pa.Table | None, samples: pa.Table | None) -> Groups:
     if samples is not None and len(samples):
         np.add.at(flows, s_group, samples["flows"].to_numpy())
         tiers, row, _ = _lists(samples["tiers"])
-        axes = _lists(samples["axes"])[0]
-        w = 10.0 ** tiers.astype(float)
-        tau = samples["tau"].to_numpy()[row]
+        tiers = tiers.astype(np.int64)
+        seen = _lists(samples["seen"])[0].astype(float).reshape(-1, MAX_TIER + 1)
+        cell = row * (MAX_TIER + 1) + tiers
+        kept = np.bincount(cell, minlength=len(samples) * (MAX_TIER + 1))
         sample_group = s_group[row]
-        sample_axes = decode_axes(axes)
-        sample_weight = np.maximum(w, tau) / w
+        sample_axes = decode_axes(_lists(samples["axes"])[0])
+        sample_weight = seen.reshape(-1)[cell] / kept[cell]
     names = list(keys)
     return Groups(
         np.array([a for a, _ in names], dtype=object), np.array([p for _, p in names], dtype=object), flows, counts,
@@ -200,8 +201,9 @@ def candidate(groups: Groups, *, min_count: int, feature_profile: str, inputs: l
     ranked: dict[str, int] = {}
     for app, n in zip(groups.apps, groups.flows):
         ranked[app] = ranked.get(app, 0) + int(n)
+    ranked = {k: v for k, v in ranked.items() if v > 0}
     doc = document(entries, method=method, combine=combine, min_count=min_count, feature_profile=feature_profile,
-                   flows=int(groups.flows.sum()), ranked={k: v for k, v in ranked.items() if v > 0}, inputs=inputs,
+                   flows=int(groups.flows.sum()), ranked=ranked, applications=len(ranked), inputs=inputs,
                    extra_meta=extra_meta)  # fmt: skip
     validate(doc)
     return doc

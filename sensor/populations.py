@@ -24,7 +24,7 @@ import numpy as np
 
 from ntds.detect.baseline import AXIS_INDEX, METRICS, class_name
 from ntds.detect.detection import Scored
-from ntds.detect.population import SAMPLE_K, Population
+from ntds.detect.population import K_PER_TIER, Population
 from ntds.wire.schema import MAX_FRAME
 from sensor.summaries import GRACE_MS, iso_seconds
 
@@ -95,7 +95,7 @@ class PopulationStats:
         def record(app: str, port_class: str, flows: int) -> dict:
             nonlocal size
             rec = {"application": app, "port_class": port_class, "flows": flows, "metrics": [],
-                   "sample": {"k": SAMPLE_K, "tau": 0.0, "tiers": [], "axes": []}}  # fmt: skip
+                   "sample": {"k": K_PER_TIER, "seen": [0] * 6, "tiers": [], "axes": []}}  # fmt: skip
             if size + _size(rec) > BUDGET or len(current) >= MAX_GROUPS_PER_MESSAGE:
                 flush()
             current.append(rec)

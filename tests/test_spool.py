@@ -33,23 +33,25 @@ def test_sequence_numbers_continue_after_a_restart(tmp_path):
     assert again.append([("summary", EXAMPLES["summary"])]) == [4]
 
 
-def test_size_limit_drops_health_then_summaries_and_alerts_last(tmp_path):
+def test_size_limit_drops_health_then_statistics_then_summaries_and_alerts_last(tmp_path):
     def size(kind: str) -> int:
         return len(encode(Message(kind, "tap-01", 1, now_iso(), EXAMPLES[kind], "0123456789abcdef")))
 
-    limit = 5 * size("alert") + 20 * size("summary") + 5 * size("health")  # room for a few health messages
+    limit = 5 * size("alert") + 20 * size("summary") + 3 * size("stats") + 5 * size("health")
     s = Spool(tmp_path / "spool.db", "tap-01", max_bytes=limit)
     s.append([("alert", EXAMPLES["alert"])] * 5)
     s.append([("summary", EXAMPLES["summary"])] * 20)
+    s.append([("stats", EXAMPLES["stats"])] * 3)
     s.append([("health", EXAMPLES["health"])] * 20)
     st = s.stats()
     assert st.bytes <= limit
-    assert st.dropped == {"health": st.dropped["health"], "summary": 0, "hello": 0, "alert": 0}
+    assert st.dropped == {"health": st.dropped["health"], "stats": 0, "summary": 0, "hello": 0, "alert": 0}
     assert 0 < st.dropped["health"] < 20  # the oldest health went first, the newest stayed
-    s.append([("summary", EXAMPLES["summary"])] * 5)  # more summaries: every health message goes first
+    s.append([("summary", EXAMPLES["summary"])] * 5)  # more summaries: every health message goes first, then stats
     st = s.stats()
     kinds = [decode(f).type for _, f in s.pending(10_000)]
     assert st.bytes <= limit and "health" not in kinds and st.dropped["health"] == 20
+    assert "stats" not in kinds and st.dropped["stats"] == 3
     assert st.dropped["summary"] > 0 and kinds.count("alert") == 5 and st.dropped["alert"] == 0
     s.close()
     assert Spool(tmp_path / "spool.db", "tap-01").stats().dropped == st.dropped  # counts survive restarts

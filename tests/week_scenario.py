@@ -187,9 +187,7 @@ def build_archive(folder: Path, min_alert_tier: int = 3) -> tuple[Store, Archive
             messages.append(wire.decode(wire.encode(m)))
 
         for day, dropped in HEALTH.get(sensor, []):
-            body = dict(
-                wire.EXAMPLES["health"], spool_dropped={"hello": 0, "alert": dropped, "summary": 0, "health": 0}
-            )
+            body = dict(wire.EXAMPLES["health"], spool_dropped=dict.fromkeys(wire.DROP_ORDER, 0) | {"alert": dropped})
             send("health", body, f"{day.isoformat()}T12:00:00Z")
         mine = [x for x in truth if x.sensor == sensor]
         for i, day in enumerate(DAYS[sensor], 1):

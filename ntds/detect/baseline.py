@@ -261,9 +261,10 @@ def entry_document(
 
 def document(
     entries: dict[str, dict], *, method: str, combine: str, min_count: int, feature_profile: str, flows: int,
-    ranked: dict[str, int], inputs: list[str] | None = None, extra_meta: dict | None = None,
+    ranked: dict[str, int], applications: int, inputs: list[str] | None = None, extra_meta: dict | None = None,
 ) -> dict:  # fmt: skip
-    """The whole baseline file around its entries: format, version, what it was made from, the ranking."""
+    """The whole baseline file around its entries: format, version, what it was made from, the ranking
+    (`ranked`: flows per application; `applications`: how many the scorable flows held)."""
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -277,7 +278,7 @@ def document(
         "min_count": min_count,
         "counts": {
             "flows": flows,
-            "applications": len(ranked),
+            "applications": applications,
             "modelled": sum(1 for k in entries if entry_kind(k) == "application"),
             "port_classes": sum(1 for k in entries if entry_kind(k).startswith("port class")),
         },
@@ -317,8 +318,8 @@ def build(
     names, app_counts = np.unique(apps, return_counts=True)
     ranked = counts or {str(k): int(v) for k, v in zip(names, app_counts)}
     return document(entries, method=method, combine=combine_used, min_count=min_count,
-                    feature_profile=feature_profile, flows=int(len(apps)), ranked=ranked, inputs=inputs,
-                    extra_meta=extra_meta)  # fmt: skip
+                    feature_profile=feature_profile, flows=int(len(apps)), ranked=ranked, applications=len(names),
+                    inputs=inputs, extra_meta=extra_meta)  # fmt: skip
 
 
 def save(doc: dict, path: Path) -> None:

@@ -15,16 +15,17 @@ So each sensor keeps, per interval and per (application, port class), a
   and greatest value. Counts add, so histograms merge exactly across intervals
   and sensors; medians, spreads and quantiles are read off with linear
   interpolation inside a bin (error well under one bin).
-- a `Sample` of flows' seven axes: a priority sample (Duffield, Lund and Thorup,
-  "Priority sampling for estimation of arbitrary subset sums", 2007) of at most
-  SAMPLE_K flows, weighted by how rare the sensor's active baseline found them
-  (10**tier). Rare flows are kept far more often, so the tail a threshold is
-  read from is well populated, and each kept flow carries the number of flows it
-  stands for, max(w, tau) / w: the estimate of how many flows score above any
-  threshold, under *any* candidate parameters, is unbiased. A sensor whose
-  baseline is stale only makes the estimates noisier, never biased.
+- a `Sample` of flows' seven axes, stratified by how rare the sensor's active
+  baseline found them: per tier 0..5, a uniform sample of at most K_PER_TIER
+  flows and the number of flows that tier saw. A calibrated baseline puts 1 flow
+  in 10**k in tier k, so the rare flows a threshold is read from are kept far
+  more often than common ones, and each kept flow stands for seen / kept flows
+  of its tier: the estimate of how many flows score above any threshold, under
+  *any* candidate parameters, is unbiased (a stratified Horvitz-Thompson
+  estimate). A sensor whose baseline is stale or miscalibrated only fills the
+  strata unevenly, which makes the estimates noisier, never biased.
 
-The aggregator adds histograms, pools samples (each with its own tau), and
+The aggregator adds histograms, pools samples (each flow with its own weight), and
 fits a candidate exactly as `baseline build` would on the flows themselves
 (`learn_entry`); tests/test_learning.py and bench/bench_learn.py measure the
 difference.
@@ -46,8 +47,10 @@ N_BINS = BINS_PER_DECADE * DECADES
 bin."""
 BIN_LOG1P = math.log(10) / BINS_PER_DECADE
 """One bin's width on the natural log1p scale the robust scorer works on."""
-SAMPLE_K = 256
-"""Flows kept per (application, port class) and interval."""
+K_PER_TIER = 43
+"""Flows kept per tier, (application, port class) and interval."""
+SAMPLE_K = K_PER_TIER * 6
+"""At most this many flows sampled per (application, port class) and interval."""
 AXIS_UNITS = 1000
 """Sampled axes travel as round(1000 * log1p(value)): 0.1% resolution, small integers on the wire."""
 AXIS_TOP = int(round(AXIS_UNITS * math.log(1 + 10.0**DECADES)))
@@ -188,44 +191,48 @@ class Histogram:
 
 @dataclass
 class Sample:
-    """A priority sample of flows' axes: each flow has weight w = 10**tier and priority w / u (u uniform in
-    (0, 1]); the SAMPLE_K highest priorities are kept, and tau is the highest priority not kept (0 while
-    nothing was left out). A kept flow stands for max(w, tau) / w flows."""
+    """A sample of flows' axes, stratified by the tier the active baseline gave them: in each tier, a uniform
+    sample of at most K_PER_TIER flows (the K with the smallest random keys), and how many flows that tier
+    saw. A kept flow stands for seen / kept flows of its tier."""
 
     axes: np.ndarray = field(default_factory=lambda: np.empty((0, len(AXES)), dtype=np.int64))
     tiers: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
-    priority: np.ndarray = field(default_factory=lambda: np.empty(0))
-    tau: float = 0.0
-    k: int = SAMPLE_K
+    keys: np.ndarray = field(default_factory=lambda: np.empty(0))
+    seen: np.ndarray = field(default_factory=lambda: np.zeros(MAX_TIER + 1, dtype=np.int64))
+    k: int = K_PER_TIER
 
     def add_many(self, axes_values: np.ndarray, tiers: np.ndarray, rng: np.random.Generator) -> None:
         """Flows' seven axis values (raw) and the rarity tier the active baseline gave them (uncapped)."""
         tiers = np.clip(np.asarray(tiers, dtype=np.int64), 0, MAX_TIER)
-        u = 1.0 - rng.random(len(tiers))  # (0, 1]
-        prio = 10.0**tiers / u
-        enc = encode_axes(axes_values)
-        axes = np.vstack([self.axes, enc])
+        self.seen += np.bincount(tiers, minlength=MAX_TIER + 1)
+        axes = np.vstack([self.axes, encode_axes(axes_values)])
         all_tiers = np.concatenate([self.tiers, tiers])
-        all_prio = np.concatenate([self.priority, prio])
-        if len(all_prio) > self.k:
-            order = np.argpartition(-all_prio, self.k)
-            self.tau = max(self.tau, float(all_prio[order[self.k]]))
-            keep = order[: self.k]
-            axes, all_tiers, all_prio = axes[keep], all_tiers[keep], all_prio[keep]
-        self.axes, self.tiers, self.priority = axes, all_tiers, all_prio
+        keys = np.concatenate([self.keys, rng.random(len(tiers))])
+        if np.bincount(all_tiers, minlength=MAX_TIER + 1).max() > self.k:
+            order = np.lexsort((keys, all_tiers))  # by tier, then key
+            sorted_tiers = all_tiers[order]
+            first = np.searchsorted(sorted_tiers, sorted_tiers, side="left")
+            keep = order[np.arange(len(order)) - first < self.k]
+            axes, all_tiers, keys = axes[keep], all_tiers[keep], keys[keep]
+        self.axes, self.tiers, self.keys = axes, all_tiers, keys
 
     def stands_for(self) -> np.ndarray:
-        """How many flows each kept flow represents (Horvitz-Thompson weights of the priority sample)."""
-        w = 10.0 ** self.tiers.astype(float)
-        return np.maximum(w, self.tau) / w
+        """How many flows each kept flow represents: its tier's flows over its tier's kept flows."""
+        return stands_for(self.tiers, self.seen)
 
     def to_wire(self) -> dict:
         return {
             "k": self.k,
-            "tau": self.tau,
+            "seen": self.seen.astype(int).tolist(),
             "tiers": self.tiers.astype(int).tolist(),
             "axes": self.axes.reshape(-1).astype(int).tolist(),
         }
+
+
+def stands_for(tiers: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """Per kept flow, seen / kept of its tier (one sample's tiers, and its flows seen per tier)."""
+    kept = np.bincount(tiers, minlength=MAX_TIER + 1)
+    return seen[tiers] / np.maximum(kept[tiers], 1)
 
 
 def encode_axes(values: np.ndarray) -> np.ndarray:
@@ -270,8 +277,10 @@ def check_wire_group(g: dict, metrics: tuple[str, ...], where: str) -> None:
             raise ValueError(f"{at}: min above max, or a negative sum of squares")
     s = g["sample"]
     n = len(s["tiers"])
-    if n > s["k"] or len(s["axes"]) != n * len(AXES) or s["tau"] < 0:
-        raise ValueError(f"{where}.sample: {n} tiers and {len(s['axes'])} axis values for k={s['k']}")
+    kept = np.bincount(np.asarray(s["tiers"], dtype=np.int64), minlength=MAX_TIER + 1)
+    if len(s["axes"]) != n * len(AXES) or (kept > np.minimum(s["seen"], s["k"])).any():
+        raise ValueError(f"{where}.sample: {n} tiers and {len(s['axes'])} axis values for k={s['k']} and "
+                         f"seen={s['seen']}")  # fmt: skip
 
 
 class Population:

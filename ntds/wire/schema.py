@@ -503,7 +503,7 @@ def _archive_stats(m: Message) -> Iterable[ArchiveRow]:
         s = g["sample"]
         group = {"application": g["application"], "port_class": g["port_class"]}
         yield "population_samples", t, base | group | {
-            "flows": g["flows"], "k": s["k"], "tau": float(s["tau"]), "tiers": s["tiers"], "axes": s["axes"]
+            "flows": g["flows"], "k": s["k"], "seen": s["seen"], "tiers": s["tiers"], "axes": s["axes"]
         }  # fmt: skip
         for h in g["metrics"]:
             yield "population_histograms", t, base | group | h | {"sum": float(h["sum"]),
@@ -519,7 +519,7 @@ def _check_stats(body: dict) -> None:
 
 
 def _stats_fields() -> dict[str, F]:
-    from ntds.detect.population import AXIS_TOP, N_BINS, SAMPLE_K
+    from ntds.detect.population import AXIS_TOP, K_PER_TIER, N_BINS, SAMPLE_K
 
     return {
         "interval_start": F("time", "interval start, ISO-8601 UTC; a flow belongs to the interval it started in"),
@@ -551,14 +551,12 @@ def _stats_fields() -> dict[str, F]:
                 ),
                 "sample": F(
                     "obj",
-                    "a priority sample of the flows' seven axes, rare flows kept 10**tier times as often "
-                    "(ntds.detect.population); each stands for max(10**tier, tau) / 10**tier flows",
+                    "a sample of the flows' seven axes: per tier under baseline_id (before the cap), a uniform "
+                    "sample of at most k flows (ntds.detect.population); each stands for seen / kept of its tier",
                     {
-                        "k": F("int", "the sample's size limit", top=SAMPLE_K),
-                        "tau": F("num", "the highest priority left out (0: every flow kept)"),
-                        "tiers": F(
-                            "ints", "each kept flow's tier under baseline_id, before the cap", top=5, max_items=SAMPLE_K
-                        ),  # fmt: skip
+                        "k": F("int", "flows kept per tier at most", top=K_PER_TIER),
+                        "seen": F("ints", "flows per tier 0..5 in this group", length=6),
+                        "tiers": F("ints", "each kept flow's tier", top=5, max_items=SAMPLE_K),
                         "axes": F(
                             "ints",
                             "each kept flow's seven axes as round(1000 * log1p(value)), flow after flow",
@@ -600,8 +598,8 @@ STATS = MessageType(
                     }
                 ],  # fmt: skip
                 "sample": {
-                    "k": 256,
-                    "tau": 0.0,
+                    "k": 43,
+                    "seen": [1, 1, 0, 0, 0, 0],
                     "tiers": [0, 1],
                     "axes": [9, 4860, 4860, 0, 0, 4174, 4174, 11, 4890, 4890, 0, 0, 4190, 4190],
                 },  # fmt: skip
