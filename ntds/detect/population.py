@@ -105,10 +105,8 @@ class Histogram:
         cum = np.concatenate([[0], np.cumsum(self.counts)]) / max(self.count, 1)
         return np.interp(x, np.arange(N_BINS + 1), cum)
 
-    def quantile_bins(self, q: float) -> float:
-        """The q-quantile in bins (fractional: linear inside the bin)."""
-        cum = np.concatenate([[0], np.cumsum(self.counts)]) / max(self.count, 1)
-        # the first position where the interpolated cdf reaches q
+    def _position(self, cum: np.ndarray, q: float) -> float:
+        """The first position (in bins, fractional) where the interpolated cdf reaches q."""
         j = int(np.searchsorted(cum, q, side="left"))
         if j == 0:
             return 0.0
@@ -116,6 +114,14 @@ class Histogram:
             return float(N_BINS)
         lo, hi = cum[j - 1], cum[j]
         return (j - 1) + (q - lo) / (hi - lo) if hi > lo else float(j)
+
+    def quantile_bins(self, q: float) -> float:
+        """The q-quantile in bins (fractional: linear inside the bin). Where exactly a fraction q of the flows lies
+        below a gap (an even count split between two clusters), the middle of the gap, as numpy's median takes
+        the mean of the two middle values."""
+        n = max(self.count, 1)
+        cum = np.concatenate([[0], np.cumsum(self.counts)]) / n
+        return (self._position(cum, q) + self._position(cum, min(q + 0.5 / n, 1.0))) / 2
 
     def quantile_log1p(self, q: float) -> float:
         """The q-quantile of log1p(value) (natural log, the robust scorer's scale)."""
@@ -126,17 +132,19 @@ class Histogram:
 
     def mad_log1p(self, median_log1p: float) -> float:
         """Median absolute deviation of log1p(value) around `median_log1p`: the r with half the population within
-        median +- r (by bisection on the interpolated distribution)."""
+        median +- r (by bisection on the interpolated distribution; the middle of a gap, as `quantile_bins`)."""
         m = median_log1p / BIN_LOG1P
-        lo, hi = 0.0, float(N_BINS)
-        for _ in range(60):
-            r = (lo + hi) / 2
-            inside = self._cdf_at(np.array([m + r]))[0] - self._cdf_at(np.array([m - r]))[0]
-            if inside >= 0.5:
-                hi = r
-            else:
-                lo = r
-        return hi * BIN_LOG1P
+        half = 0.5 / max(self.count, 1)
+
+        def smallest(share: float) -> float:
+            lo, hi = 0.0, float(N_BINS)
+            for _ in range(50):
+                r = (lo + hi) / 2
+                inside = self._cdf_at(np.array([m + r]))[0] - self._cdf_at(np.array([m - r]))[0]
+                lo, hi = (lo, r) if inside >= share else (r, hi)
+            return hi
+
+        return (smallest(0.5) + smallest(min(0.5 + half, 1.0))) / 2 * BIN_LOG1P
 
     def mode_value(self) -> float:
         """The centre of the fullest bin (the exact mode of raw values is not mergeable)."""
