@@ -10,7 +10,10 @@ validated exactly as a sensor loads them.
 With `--flows` (flow records or captures of a recent week, e.g. the sensor's
 own `flow_records_dir` files), both baselines score the same flows and the
 diff says how many would reach each tier: the alert rate each would have
-produced, per 10,000 scored flows.
+produced, per 10,000 scored flows. With `--config aggregator.yaml` the same
+is estimated, without any flow file, from the newest week of the sensors'
+statistics in the archive (ntds.detect.population: each sampled flow stands
+for the flows of its stratum).
 """
 
 from __future__ import annotations
@@ -44,7 +47,20 @@ def rates(baseline: Baseline, apps, metrics, classes) -> dict:
             "per_10000": [round(x * 10_000 / n, 2) if n else 0.0 for x in at_least]}  # fmt: skip
 
 
-def diff(current_path: Path, candidate_path: Path, flows: list[Path] | None = None) -> dict:
+def rates_from_statistics(baseline: Baseline, groups) -> dict:
+    """`rates` estimated from the sensors' statistics (each sampled flow weighted by the flows it stands for)."""
+    from aggregator.baseline_learn import sampled_tiers
+
+    tier, _, weight = sampled_tiers(baseline, groups)
+    n = float(weight.sum())
+    at_least = [float(weight[tier >= k].sum()) for k in range(1, 6)]
+    return {"scored": round(n), "at_least_tier": [round(x) for x in at_least],
+            "per_10000": [round(x * 10_000 / n, 2) if n else 0.0 for x in at_least]}  # fmt: skip
+
+
+def diff(current_path: Path, candidate_path: Path, flows: list[Path] | None = None, archive=None) -> dict:
+    """The comparison; with `flows`, both score those flow records; with `archive`, both are estimated on the
+    newest week of the sensors' statistics in it."""
     cur, cand = Baseline.load(current_path), Baseline.load(candidate_path)
     names_cur, names_cand = set(cur.scorers), set(cand.scorers)
     out: dict = {
@@ -76,6 +92,20 @@ def diff(current_path: Path, candidate_path: Path, flows: list[Path] | None = No
         got = collect(flows, cur.profile, local_networks(None), False, False)
         out["flows"] = {"inputs": [str(f) for f in flows], "current": rates(cur, got.apps, got.metrics, got.classes),
                         "candidate": rates(cand, got.apps, got.metrics, got.classes)}  # fmt: skip
+    if archive is not None:
+        from datetime import timedelta
+
+        from aggregator.baseline_learn import newest_day, read_groups
+        from ntds.errors import InputError
+
+        last = newest_day(archive, None)
+        if last is None:
+            raise InputError("the archive holds no statistics yet (sensors send them every stats_interval_s)")
+        first = last - timedelta(days=6)
+        groups, sensors = read_groups(archive, first, last, None)
+        out["statistics"] = {"days": [first.isoformat(), last.isoformat()], "sensors": sensors,
+                             "current": rates_from_statistics(cur, groups),
+                             "candidate": rates_from_statistics(cand, groups)}  # fmt: skip
     return out
 
 
@@ -105,6 +135,13 @@ def words(d: dict) -> list[str]:
         cur, cand = d["flows"]["current"], d["flows"]["candidate"]
         lines.append(f"on {cur['scored']:,} scored flows of {', '.join(d['flows']['inputs'])}, per 10,000 at tier "
                      "1+ .. 5+:")  # fmt: skip
+        lines.append(f"  current:   {' / '.join(f'{x:g}' for x in cur['per_10000'])}")
+        lines.append(f"  candidate: {' / '.join(f'{x:g}' for x in cand['per_10000'])}")
+    if "statistics" in d:
+        st = d["statistics"]
+        cur, cand = st["current"], st["candidate"]
+        lines.append(f"on about {cur['scored']:,} scored flows of {', '.join(st['sensors'])}, {st['days'][0]}.."
+                     f"{st['days'][1]} (estimated from their statistics), per 10,000 at tier 1+ .. 5+:")  # fmt: skip
         lines.append(f"  current:   {' / '.join(f'{x:g}' for x in cur['per_10000'])}")
         lines.append(f"  candidate: {' / '.join(f'{x:g}' for x in cand['per_10000'])}")
     return lines

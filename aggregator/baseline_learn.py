@@ -248,8 +248,8 @@ def read_groups(archive, first: date, last: date, sensors: list[str] | None) -> 
 # -- checks ---------------------------------------------------------------------------
 
 
-def _held_out_tiers(baseline: Baseline, groups: Groups) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(capped tier, the cap of the entry that judged it, weight) of every held-out sampled flow."""
+def sampled_tiers(baseline: Baseline, groups: Groups) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(capped tier, the cap of the entry that judged it, flows it stands for) of every sampled flow."""
     classes, _ = _class_keys(groups.port_classes)
     g, axes, weight = groups.sample(np.ones(len(groups.flows), dtype=bool))
     metrics = np.zeros((len(axes), len(METRICS)))
@@ -268,7 +268,7 @@ def checks(doc: dict, held_out: Groups | None, active: Baseline | None) -> dict:
         out["alert_rate"] = {"passed": False, "why": "no held-out statistics"}
         return out | {"passed": False}
     cand = Baseline(doc, "candidate")
-    tier, cap, weight = _held_out_tiers(cand, held_out)
+    tier, cap, weight = sampled_tiers(cand, held_out)
     tiers = {}
     for k in (1, 2, 3):
         eligible = cap >= k
@@ -288,7 +288,7 @@ def checks(doc: dict, held_out: Groups | None, active: Baseline | None) -> dict:
     if active is None:
         rate_check |= {"passed": True, "why": "no active baseline to compare with"}
     else:
-        a_tier, _, a_weight = _held_out_tiers(active, held_out)
+        a_tier, _, a_weight = sampled_tiers(active, held_out)
         active_rate = float(a_weight[a_tier >= ALERT_TIER].sum()) / float(a_weight.sum())
         rate_check |= {"active_per_10000": active_rate * 1e4, "passed": rate <= 2 * active_rate + 1e-4}
     out["alert_rate"] = rate_check

@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     df.add_argument("candidate", help="the candidate baseline file")
     df.add_argument("--flows", nargs="+", metavar="FILE", help="flow records or captures both baselines score: the "
                     "alert rate each would have produced")  # fmt: skip
+    df.add_argument("--config", help="aggregator.yaml: estimate the alert rate each would have produced on the newest "
+                    "week of the sensors' statistics in the archive (no flow files needed)")  # fmt: skip
     df.add_argument("--json", action="store_true", help="the whole comparison as one JSON object")
     df.set_defaults(func=_baseline_diff)
     le = bsub.add_parser(
@@ -314,7 +316,13 @@ def _baseline_diff(args) -> int:
     from aggregator.baseline_diff import diff, words
     from ntds.logs import printable
 
-    d = diff(Path(args.current), Path(args.candidate), [Path(f) for f in args.flows or []])
+    archive = None
+    if args.config:
+        from aggregator.archive import Archive
+        from aggregator.config import load
+
+        archive = Archive(load(args.config, insecure=True).archive)
+    d = diff(Path(args.current), Path(args.candidate), [Path(f) for f in args.flows or []], archive)
     if args.json:
         print(json.dumps(d, indent=1))
     else:

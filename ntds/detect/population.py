@@ -178,7 +178,7 @@ class Histogram:
         return {
             "metric": metric,
             "first_bin": first,
-            "bins": self.counts[first : last + 1].astype(int).tolist(),
+            "bins": zero_runs(self.counts[first : last + 1]),
             "non_finite": self.non_finite,
             "sum": self.total,
             "sum_sq": self.total_sq,
@@ -189,7 +189,7 @@ class Histogram:
     @classmethod
     def from_wire(cls, d: dict) -> Histogram:
         h = cls()
-        bins = d["bins"]
+        bins = expand_runs(d["bins"])
         h.counts[d["first_bin"] : d["first_bin"] + len(bins)] = bins
         h.non_finite, h.total, h.total_sq = d["non_finite"], float(d["sum"]), float(d["sum_sq"])
         if bins:
@@ -243,6 +243,37 @@ def stands_for(tiers: np.ndarray, seen: np.ndarray) -> np.ndarray:
     return seen[tiers] / np.maximum(kept[tiers], 1)
 
 
+def zero_runs(counts: np.ndarray) -> list[int]:
+    """Counts with each run of n > 1 empty bins written as -n: a thin population costs a few numbers, not one per
+    bin of its range."""
+    out: list[int] = []
+    zeros = 0
+    for c in counts.astype(int).tolist():
+        if c == 0:
+            zeros += 1
+            continue
+        if zeros:
+            out.append(-zeros if zeros > 1 else 0)
+            zeros = 0
+        out.append(c)
+    if zeros:
+        out.append(-zeros if zeros > 1 else 0)
+    return out
+
+
+def expand_runs(runs: list[int]) -> list[int]:
+    """The counts `zero_runs` wrote, bin by bin (ValueError beyond N_BINS bins)."""
+    out: list[int] = []
+    for c in runs:
+        if c < 0:
+            out.extend([0] * -c)
+        else:
+            out.append(c)
+        if len(out) > N_BINS:
+            raise ValueError(f"histogram of more than {N_BINS} bins")
+    return out
+
+
 def encode_axes(values: np.ndarray) -> np.ndarray:
     """Raw axis values as round(AXIS_UNITS * log1p(value)), non-finite and negative values as 0, capped."""
     v = np.asarray(values, dtype=float).reshape(-1, len(AXES))
@@ -279,7 +310,7 @@ def check_wire_group(g: dict, metrics: tuple[str, ...], where: str) -> None:
         if m["metric"] not in metrics or m["metric"] in seen:
             raise ValueError(f"{at}.metric: not one of the baseline's metrics, or repeated")
         seen.add(m["metric"])
-        if m["first_bin"] + len(m["bins"]) > N_BINS:
+        if m["first_bin"] + len(expand_runs(m["bins"])) > N_BINS:
             raise ValueError(f"{at}.bins: beyond bin {N_BINS - 1}")
         if m["bins"] and (m["min"] > m["max"] or m["sum_sq"] < 0):
             raise ValueError(f"{at}: min above max, or a negative sum of squares")

@@ -18,6 +18,8 @@ def _table(fields: dict[str, F], prefix: str = "") -> list[str]:
         kind = {"objs": f"list of objects (at most {f.max_items})", "ints": f"ints[{f.length}]"}.get(f.kind, f.kind)
         if f.kind == "ints" and f.length is None:
             kind = "list of int"
+        if f.kind in ("int", "ints") and f.low != 0:
+            kind += f" (from {f.low:,})"
         if f.kind in ("int", "ints") and f.top != COUNT_MAX:
             kind += f" (up to {f.top:,})"
         if f.choices:

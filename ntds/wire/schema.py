@@ -88,6 +88,8 @@ class F:
     length: int | None = None
     max_items: int = 10_000
     top: int = COUNT_MAX
+    low: int = 0
+    """Least accepted value (int and ints fields)."""
     choices: tuple[str, ...] = ()
     max_len: int = 4096
     """Longest accepted text (str fields)."""
@@ -499,6 +501,8 @@ def _archive_stats(m: Message) -> Iterable[ArchiveRow]:
     b = m.body
     t = parse_time(b["interval_start"])
     base = _base(m) | {"interval_start": t, "interval_s": b["interval_s"], "baseline_id": b["baseline_id"]}
+    from ntds.detect.population import expand_runs
+
     for g in b["groups"]:
         s = g["sample"]
         group = {"application": g["application"], "port_class": g["port_class"]}
@@ -506,8 +510,8 @@ def _archive_stats(m: Message) -> Iterable[ArchiveRow]:
             "flows": g["flows"], "k": s["k"], "seen": s["seen"], "tiers": s["tiers"], "axes": s["axes"]
         }  # fmt: skip
         for h in g["metrics"]:
-            yield "population_histograms", t, base | group | h | {"sum": float(h["sum"]),
-                  "sum_sq": float(h["sum_sq"]), "min": float(h["min"]), "max": float(h["max"])}  # fmt: skip
+            numbers = {k: float(h[k]) for k in ("sum", "sum_sq", "min", "max")}
+            yield "population_histograms", t, base | group | h | numbers | {"bins": expand_runs(h["bins"])}
 
 
 def _check_stats(body: dict) -> None:
@@ -540,7 +544,13 @@ def _stats_fields() -> dict[str, F]:
                     {
                         "metric": F("str", "the metric's name", max_len=16),
                         "first_bin": F("int", "the bin of the first count", top=N_BINS - 1),
-                        "bins": F("ints", "counts from first_bin on (to the last non-empty bin)", max_items=N_BINS),
+                        "bins": F(
+                            "ints",
+                            "counts from first_bin on, to the last non-empty bin; a run of n > 1 empty bins is "
+                            "written -n",
+                            max_items=N_BINS,
+                            low=-N_BINS,
+                        ),  # fmt: skip
                         "non_finite": F("int", "values that were not finite (not in the bins)"),
                         "sum": F("num", "sum of the finite values"),
                         "sum_sq": F("num", "sum of their squares"),
@@ -850,7 +860,7 @@ def _value(f: F, v, where: str) -> None:
             for k, x in v.items()
         )
     elif f.kind == "ints":
-        ok = isinstance(v, list) and len(v) <= f.max_items and all(_is_int(x) and 0 <= x <= f.top for x in v)
+        ok = isinstance(v, list) and len(v) <= f.max_items and all(_is_int(x) and f.low <= x <= f.top for x in v)
         ok = ok and (f.length is None or len(v) == f.length)
     if not ok:
         raise WireError(f"{where}: wrong type or value")
