@@ -326,3 +326,20 @@ def group_stats_of(site: LearnSite, first: date, last: date):
     groups, names = read_groups(Archive(site.root / "archive"), first, last, None)
     assert names == ["tap-01"]
     return groups
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        ([], "the archive holds no statistics yet"),
+        (["--weeks", "0"], "a number of weeks from 1 to 520"),
+        (["--until", "2026-02-30"], "a day as YYYY-MM-DD"),
+        (["--profile", "nonsense"], "invalid choice"),
+    ],
+)
+def test_learn_bad_input_is_one_line(tmp_path, args, words):
+    cfg = tmp_path / "aggregator.yaml"
+    cfg.write_text(f"store: {tmp_path / 'store.db'}\narchive: {tmp_path / 'archive'}\n")
+    p = run("ntds-aggregator", "baseline", "learn", "--config", cfg, "-o", tmp_path / "c.json", *args)
+    assert p.returncode == 2 and words in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert not (tmp_path / "c.json").exists()

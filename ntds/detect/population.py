@@ -25,10 +25,12 @@ So each sensor keeps, per interval and per (application, port class), a
   estimate). A sensor whose baseline is stale or miscalibrated only fills the
   strata unevenly, which makes the estimates noisier, never biased.
 
-The aggregator adds histograms, pools samples (each flow with its own weight), and
-fits a candidate exactly as `baseline build` would on the flows themselves
-(`learn_entry`); tests/test_learning.py and bench/bench_learn.py measure the
-difference.
+The aggregator adds histograms, pools samples (each flow with its own weight),
+fits each entry's scorer from its histograms (`Scorer.fit_histograms`) and
+reads the tier thresholds off the weighted sample
+(aggregator/baseline_learn.py); tests/test_learning.py and
+bench/bench_learn.py measure how close that comes to `baseline build` on the
+flows themselves.
 """
 
 from __future__ import annotations
@@ -43,12 +45,12 @@ from ntds.detect.scoring import AXES
 BINS_PER_DECADE = 100
 DECADES = 12
 N_BINS = BINS_PER_DECADE * DECADES
-"""log10(1 + value) from 0 to 12: values up to 10**12 (a TB, a 11-day duration in us); larger ones land in the last
+"""log10(1 + value) from 0 to 12: values up to 10**12 (a TB, an 11-day duration in us); larger ones land in the last
 bin."""
 BIN_LOG1P = math.log(10) / BINS_PER_DECADE
 """One bin's width on the natural log1p scale the robust scorer works on."""
 K_PER_TIER = 43
-"""Flows kept per tier, (application, port class) and interval."""
+"""Flows kept per tier, (application, port class) and interval: 6 x 43 = 258 at most, about 10 kB on the wire."""
 SAMPLE_K = K_PER_TIER * 6
 """At most this many flows sampled per (application, port class) and interval."""
 AXIS_UNITS = 1000
