@@ -13,14 +13,14 @@ from pathlib import Path
 
 from aggregator import __version__
 from ntds.detect.scoring import SCORERS
-from ntds.errors import InputError, one_line
+from ntds.errors import ArgumentParser, InputError, one_line
 from ntds.flows.profiles import PROFILES
 
 PROG = "ntds-aggregator"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="ntds aggregator")
+    parser = ArgumentParser(prog=PROG, description="ntds aggregator")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

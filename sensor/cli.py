@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ntds.errors import InputError, one_line
+from ntds.errors import ArgumentParser, InputError, one_line
 from ntds.flows.profiles import PROFILES
 from ntds.progress import Progress
 from sensor import __version__
@@ -117,7 +117,7 @@ def print_summary(summary: Counter, total: int) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="ntds network threat detection sensor")
+    parser = ArgumentParser(prog=PROG, description="ntds network threat detection sensor")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
