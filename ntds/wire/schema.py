@@ -145,6 +145,7 @@ DIRECTIONAL = {
     "bytes_up": F("int", "IP bytes from the local client side"),
     "bytes_down": F("int", "IP bytes towards the local client side"),
 }
+INTERVAL_START = F("time", "interval start, ISO-8601 UTC; a flow belongs to the interval it started in")
 FLOWS_BYTES = {"flows": F("int", "flows of this kind"), "bytes": F("int", "their IP bytes, both directions")}
 
 ENVELOPE: dict[str, F] = {
@@ -384,7 +385,7 @@ SUMMARY = MessageType(
     "summary",
     "what one interval's flows added up to: the weekly report is built from these",
     {
-        "interval_start": F("time", "interval start, ISO-8601 UTC; a flow belongs to the interval it started in"),
+        "interval_start": INTERVAL_START,
         "interval_s": F("int", "length of the interval in seconds", top=86400),
         "flows": F("int", "flows started in the interval, single-packet flows included"),
         "packets": F("int", "their packets"),
@@ -526,7 +527,7 @@ def _stats_fields() -> dict[str, F]:
     from ntds.detect.population import AXIS_TOP, K_PER_TIER, N_BINS, SAMPLE_K
 
     return {
-        "interval_start": F("time", "interval start, ISO-8601 UTC; a flow belongs to the interval it started in"),
+        "interval_start": INTERVAL_START,
         "interval_s": F("int", "length of the interval in seconds (stats_interval_s)", top=86400),
         "baseline_id": F("str", "the baseline whose tiers weighted the samples", max_len=200),
         "groups": F(
