@@ -305,7 +305,7 @@ def test_learn_promote_push_and_judge_the_next_week(learn_site, tmp_path):
     p = site.promote(cand, "learned from the campus's first days")
     assert p.returncode == 0, p.stderr
     new_id = f"{doc['built']} robust"
-    sensor = site.replay_realtime(site.flows(6))
+    sensor = site.replay_realtime(site.flows(3))
     assert sensor.wait(120) == 0
     assert f"activated baseline {doc['built']}" in sensor.stderr.read()
     before = len(baseline_ids(site.store, "alert"))
