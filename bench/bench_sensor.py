@@ -233,6 +233,31 @@ def live_rate(pps: int, packets: int, pcap: Path, tool: str = "sensor", meters: 
             "seen": seen, "kernel_dropped": dropped, "loss_pct": round(100 * lost / sent, 3)}  # fmt: skip
 
 
+def bench_stats_cost(runs: int) -> dict:
+    """What the statistics for baseline learning cost a replay: the real mix with stats_interval_s 3600 (the
+    default) and 0 (none), alternating."""
+    pcap = DATA / "real-mix-500000.pcap"
+    if not pcap.exists():
+        return {"skipped": f"{pcap} not found (bench_meter.py writes it from ../shared/pcaps)"}
+    times: dict[str, list[float]] = {"3600": [], "0": []}
+    with tempfile.TemporaryDirectory(prefix="ntds-bench-stats-") as tmp:
+        cfg, agg = setup(Path(tmp))
+        base = cfg.read_text()
+        try:
+            for i in range(runs):
+                for interval in times:
+                    cfg.write_text(base + f"stats_interval_s: {interval}\n")
+                    times[interval].append(replay(cfg, pcap)[0])
+                print(f"  run {i + 1}: with stats {times['3600'][-1]:.2f} s, without {times['0'][-1]:.2f} s",
+                      file=sys.stderr)  # fmt: skip
+        finally:
+            agg.send_signal(signal.SIGTERM)
+            agg.wait(60)
+    with_stats, without = statistics.median(times["3600"]), statistics.median(times["0"])
+    return {"capture": pcap.name, "with_stats_s": with_stats, "without_stats_s": without,
+            "ratio": without / with_stats, "runs": times}  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
@@ -241,8 +266,12 @@ def main() -> None:
     ap.add_argument("--meters", default="1,2", help="n_meters values to measure live (comma-separated)")
     ap.add_argument("--skip-replay", action="store_true")
     ap.add_argument("--tools", default="sensor,nfstream", help="live: sensor, nfstream or both")
+    ap.add_argument("--stats-cost", action="store_true", help="only: a replay with and without statistics")
     args = ap.parse_args()
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"}
+    if args.stats_cost:
+        print(json.dumps(result | {"stats_cost": bench_stats_cost(args.runs)}, indent=1))
+        return
     if not args.skip_replay:
         result["replay"] = bench_replay(args.runs)
         print(json.dumps(result["replay"]), file=sys.stderr)

@@ -69,7 +69,7 @@ class PopulationStats:
             if pop is None:
                 pop = bucket[key] = Population(tuple(METRICS), AXIS_INDEX)
             idx = np.asarray(rows)
-            pop.add_many(scored.metrics[idx], scored.raw_tier[idx], self.rng)
+            pop.queue(scored.metrics[idx], scored.raw_tier[idx], self.rng)
 
     def close(self, now_ms: int | None, baseline_id: str) -> list[dict]:
         """Stats bodies of the intervals that ended GRACE_MS before now_ms (all of them if None)."""
@@ -103,8 +103,9 @@ class PopulationStats:
             return rec
 
         for (app, port_class), pop in groups:
+            pieces = pop.pieces()  # first: counts what is still queued
             rec = record(app, port_class, pop.flows)
-            for kind, piece in pop.pieces():
+            for kind, piece in pieces:
                 n = _size(piece)
                 if size + n > BUDGET:
                     flush()

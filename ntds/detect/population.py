@@ -328,12 +328,33 @@ class Population:
     """The scorable flows of one application and port class in one interval: a histogram per metric and a
     sample of the axes. Everything adds: `merge` two, or send both and let the aggregator add them."""
 
+    QUEUED = 1024
+    """Flows `queue` holds before counting them in one go (a few flows a batch cost as much as a thousand)."""
+
     def __init__(self, metrics: tuple[str, ...], axis_index: list[int]) -> None:
         self.metrics = metrics
         self.axis_index = axis_index
         self.flows = 0
         self.hists = [Histogram() for _ in metrics]
         self.sample = Sample()
+        self._queued: list[tuple[np.ndarray, np.ndarray]] = []
+        self._queued_n = 0
+        self._rng: np.random.Generator | None = None
+
+    def queue(self, values: np.ndarray, tiers: np.ndarray, rng: np.random.Generator) -> None:
+        """`add_many`, deferred until QUEUED flows wait (or the pieces are read)."""
+        self._queued.append((values, tiers))
+        self._queued_n += len(values)
+        self._rng = rng
+        if self._queued_n >= self.QUEUED:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._queued:
+            values = np.vstack([v for v, _ in self._queued])
+            tiers = np.concatenate([t for _, t in self._queued])
+            self._queued, self._queued_n = [], 0
+            self.add_many(values, tiers, self._rng)
 
     def add_many(self, values: np.ndarray, tiers: np.ndarray, rng: np.random.Generator) -> None:
         """Flows' metrics ((n, 9), as `metrics_matrix`) and their uncapped tiers under the active baseline."""
@@ -359,6 +380,7 @@ class Population:
 
     def pieces(self) -> list[tuple[str, dict]]:
         """The wire pieces: one per metric and the sample (a big group is sent in several parts)."""
+        self.flush()
         return [("metric", h.to_wire(name)) for name, h in zip(self.metrics, self.hists)] + [
             ("sample", self.sample.to_wire())
         ]

@@ -172,16 +172,19 @@ def address(ip: str):
         return None
 
 
+@lru_cache(maxsize=1 << 16)
 def is_group(ip: str) -> bool:
-    """Multicast, broadcast or unspecified: nobody's peer, no scan target."""
+    """Multicast, broadcast or unspecified: nobody's peer, no scan target. Cached: every detector asks it of
+    every flow's addresses (uncached it was a tenth of a replay's time)."""
     a = address(ip)
     if a is None:
         return True
     if a.version == 4 and (int(a) & 0xFF) == 0xFF:  # a /24's broadcast address (mostly)
         return True
-    return a.is_multicast or a.is_unspecified or a == ipaddress.IPv4Address("255.255.255.255")
+    return a.is_multicast or a.is_unspecified
 
 
+@lru_cache(maxsize=1 << 16)
 def prefix(ip: str) -> str:
     """The /24 (IPv4) or /64 (IPv6) an address lies in: where a sweep concentrates."""
     a = address(ip)
