@@ -207,10 +207,14 @@ def test_a_push_in_many_parts_is_assembled_verified_and_kept(tmp_path, keys):
     assert BaselineUpdates(public, "unicauca", tmp_path).stored() is None
 
 
-@pytest.mark.parametrize("damage", ["signature", "truncated", "not base64", "sha", "no key", "other key"])
+@pytest.mark.parametrize(
+    "damage", ["signature", "truncated", "not base64", "sha", "no key", "other key", "other format version"]
+)
 def test_damaged_pushes_are_refused_and_counted(tmp_path, keys, damage):
     secret, public = keys
     content = BASELINE.read_bytes()
+    if damage == "other format version":  # correctly signed, but a format this sensor does not read
+        content = json.dumps(json.loads(content) | {"version": 99}).encode()
     m = parts(content, secret)[0]
     body = dict(m.body)
     key_file: Path | str = public
