@@ -144,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--sensor", action="append", metavar="ID", help="only these sensors (repeatable)")
     w.add_argument("-o", "--output", help="output folder (default: report-WEEK)")
     w.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="Dask distributed scheduler address")
+    w.add_argument("--scheduler-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="how long to try to reach the scheduler (default 10)")  # fmt: skip
     w.set_defaults(func=_report_weekly)
 
     al = sub.add_parser("alerts", help="list stored alerts")
@@ -409,7 +411,7 @@ def _report_weekly(args) -> int:
         from distributed import Client
 
         try:
-            client = Client(args.scheduler, timeout="10s")
+            client = Client(args.scheduler, timeout=f"{max(0.1, min(args.scheduler_timeout, 3600.0))}s")
         except (OSError, TimeoutError) as e:
             raise InputError(f"--scheduler {args.scheduler}: cannot connect: {e}") from None
     started = time.monotonic()

@@ -300,7 +300,8 @@ def test_report_without_a_store_is_one_line(tmp_path):
 def test_unreachable_scheduler_is_one_line(config, tmp_path):
     from test_transport import free_port
 
-    p = _cli("report", "weekly", "--week", WEEK, "--scheduler", f"tcp://127.0.0.1:{free_port()}", "--config", config)
+    p = _cli("report", "weekly", "--week", WEEK, "--scheduler", f"tcp://127.0.0.1:{free_port()}",
+             "--scheduler-timeout", "1", "--config", config)  # fmt: skip
     assert p.returncode == 2 and "cannot connect" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
 
 

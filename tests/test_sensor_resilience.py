@@ -117,24 +117,26 @@ def test_status_counts_packets_as_the_capture_delivers_them(agent, tmp_path):
     assert "scored flows by tier" in agent.log()
 
 
-@pytest.mark.parametrize(
-    "damage",
-    [
-        lambda d: d["applications"]["*all-traffic*"]["model"].update(log_median=[1.0] * 3),  # wrong length
-        lambda d: d["applications"]["*all-traffic*"].update(tiers=[0, 0, 0, 0, 0]),
-        lambda d: d["applications"]["*all-traffic*"]["model"].update(log_scale=[0.0] * 7),
-    ],
-    ids=["wrong-length", "zero-tiers", "zero-spread"],
-)
-def test_sighup_with_a_baseline_that_would_crash_scoring_keeps_the_old_one(agent, tmp_path, damage):
+DAMAGES = {
+    "wrong-length": lambda d: d["applications"]["*all-traffic*"]["model"].update(log_median=[1.0] * 3),
+    "zero-tiers": lambda d: d["applications"]["*all-traffic*"].update(tiers=[0, 0, 0, 0, 0]),
+    "zero-spread": lambda d: d["applications"]["*all-traffic*"]["model"].update(log_scale=[0.0] * 7),
+}
+
+
+def test_sighup_with_a_baseline_that_would_crash_scoring_keeps_the_old_one(agent, tmp_path):
+    """Three baselines that would load and then crash scoring (or never alert), one SIGHUP each to one running
+    sensor: each is refused, and the sensor scores on to the end with the old one."""
     agent.aggregator()
     p = agent.sensor("replay", str(long_flow(tmp_path / "long.pcap", 300, gap_s=0.02)), "--pace", "realtime")
     wait(lambda: "capturing from" in agent.log(), 30, "the sensor to start")
-    doc = json.loads(agent.baseline.read_text())
-    damage(doc)
-    agent.baseline.write_text(json.dumps(doc))
-    p.send_signal(signal.SIGHUP)
-    wait(lambda: "reload refused" in agent.log(), 20, "the refusal")
+    good = agent.baseline.read_text()
+    for n, damage in enumerate(DAMAGES.values(), 1):
+        doc = json.loads(good)
+        damage(doc)
+        agent.baseline.write_text(json.dumps(doc))
+        p.send_signal(signal.SIGHUP)
+        wait(lambda n=n: agent.log().count("reload refused") == n, 20, f"refusal {n}")
     assert p.wait(60) == 0, agent.log()  # scored on to the end with the old baseline
     assert "Traceback" not in agent.log() and len(agent.rows("alert")) == 1
 
