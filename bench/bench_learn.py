@@ -65,7 +65,8 @@ def hour_of_traffic(rng, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def simulate(root: Path, sensors: int, weeks: int, per_hour: int, rng) -> dict:
-    starter = Baseline(build(*hour_of_traffic(rng, 5000)[:2], classes=hour_of_traffic(rng, 5000)[2], min_count=100))
+    s_apps, s_metrics, s_classes = hour_of_traffic(rng, 5000)
+    starter = Baseline(build(s_apps, s_metrics, classes=s_classes, min_count=100))
     store = Store(root / "store.db")
     archive = Archive(root / "archive")
     hours = weeks * 7 * 24

@@ -201,7 +201,8 @@ def test_learned_from_statistics_matches_build_on_the_same_flows():
     rng = np.random.default_rng(13)
     n = 60_000
     apps, M, classes = traffic(rng, n)
-    starter = Baseline(build(*traffic(rng, 5000)[:2], classes=traffic(rng, 5000)[2]))
+    s_apps, s_metrics, s_classes = traffic(rng, 5000)
+    starter = Baseline(build(s_apps, s_metrics, classes=s_classes))
     tiers = starter.score(apps, M, classes).raw_tier
     start = np.sort(rng.integers(0, 7 * 86_400_000, n))  # a week of hourly intervals
     groups = group_stats(*as_tables(collect(apps, M, classes, tiers, start)))
