@@ -101,11 +101,9 @@ class Histogram:
 
     # -- reading ------------------------------------------------------------------------
 
-    def _cdf_at(self, x: np.ndarray) -> np.ndarray:
-        """Fraction of the population at or below x (in bins, on the log10(1 + value) * 100 scale), counts
-        spread evenly inside each bin."""
-        cum = np.concatenate([[0], np.cumsum(self.counts)]) / max(self.count, 1)
-        return np.interp(x, np.arange(N_BINS + 1), cum)
+    def _cum(self) -> np.ndarray:
+        """The cdf at each bin edge: counts spread evenly inside each bin, linear in between."""
+        return np.concatenate([[0], np.cumsum(self.counts)]) / max(self.count, 1)
 
     def _position(self, cum: np.ndarray, q: float) -> float:
         """The first position (in bins, fractional) where the interpolated cdf reaches q."""
@@ -122,7 +120,7 @@ class Histogram:
         below a gap (an even count split between two clusters), the middle of the gap, as numpy's median takes
         the mean of the two middle values."""
         n = max(self.count, 1)
-        cum = np.concatenate([[0], np.cumsum(self.counts)]) / n
+        cum = self._cum()
         return (self._position(cum, q) + self._position(cum, min(q + 0.5 / n, 1.0))) / 2
 
     def quantile_log1p(self, q: float) -> float:
@@ -137,12 +135,13 @@ class Histogram:
         median +- r (by bisection on the interpolated distribution; the middle of a gap, as `quantile_bins`)."""
         m = median_log1p / BIN_LOG1P
         half = 0.5 / max(self.count, 1)
+        edges, cum = np.arange(N_BINS + 1), self._cum()
 
         def smallest(share: float) -> float:
             lo, hi = 0.0, float(N_BINS)
             for _ in range(50):
                 r = (lo + hi) / 2
-                inside = self._cdf_at(np.array([m + r]))[0] - self._cdf_at(np.array([m - r]))[0]
+                inside = np.interp(m + r, edges, cum) - np.interp(m - r, edges, cum)
                 lo, hi = (lo, r) if inside >= share else (r, hi)
             return hi
 
@@ -187,16 +186,6 @@ class Histogram:
             "min": self.low if len(nz) else 0.0,
             "max": self.high if len(nz) else 0.0,
         }
-
-    @classmethod
-    def from_wire(cls, d: dict) -> Histogram:
-        h = cls()
-        bins = expand_runs(d["bins"])
-        h.counts[d["first_bin"] : d["first_bin"] + len(bins)] = bins
-        h.non_finite, h.total, h.total_sq = d["non_finite"], float(d["sum"]), float(d["sum_sq"])
-        if bins:
-            h.low, h.high = float(d["min"]), float(d["max"])
-        return h
 
 
 @dataclass
@@ -286,21 +275,6 @@ def encode_axes(values: np.ndarray) -> np.ndarray:
 def decode_axes(encoded) -> np.ndarray:
     """(n, 7) raw axis values from the wire's integers."""
     return np.expm1(np.asarray(encoded, dtype=float).reshape(-1, len(AXES)) / AXIS_UNITS)
-
-
-@dataclass
-class Pooled:
-    """A sample pooled over intervals and sensors: the axes (raw values) and how many flows each stands for."""
-
-    axes: np.ndarray
-    weight: np.ndarray
-
-    @classmethod
-    def empty(cls) -> Pooled:
-        return cls(np.empty((0, len(AXES))), np.empty(0))
-
-    def __add__(self, other: Pooled) -> Pooled:
-        return Pooled(np.vstack([self.axes, other.axes]), np.concatenate([self.weight, other.weight]))
 
 
 def check_wire_group(g: dict, metrics: tuple[str, ...], where: str) -> None:
