@@ -59,13 +59,20 @@ def free_port() -> int:
 
 
 def captures(work: Path, days: int) -> tuple[Path, Path]:
+    """The two captures, generated once (side by side: scapy is slow and each is one process's work)."""
     week = work / f"campus-week-{days}d.pcap"
     training = work / "campus-training.pcap"
-    for path, training_days, is_training in ((training, 5, True), (week, days, False)):
-        if not path.exists():
+    todo = [(path, n, is_training) for path, n, is_training in ((training, 5, True), (week, days, False))
+            if not path.exists()]  # fmt: skip
+    if todo:
+        from concurrent.futures import ProcessPoolExecutor
+
+        for path, _, is_training in todo:
             what = "clean training traffic" if is_training else f"the campus week ({days} days)"
-            say(f"generating {what} with scapy -> {path} (once; about half a minute)")
-            campus.write(path, training_days, training=is_training)
+            say(f"generating {what} with scapy -> {path} (once; about twenty seconds)")
+        with ProcessPoolExecutor(max_workers=len(todo)) as pool:
+            for job in [pool.submit(campus.write, path, n, is_training) for path, n, is_training in todo]:
+                job.result()
     return week, training
 
 
