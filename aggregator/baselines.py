@@ -40,6 +40,8 @@ CREATE TABLE IF NOT EXISTS baselines (
 """
 RESEND_S = 60.0
 """A sensor that still names another baseline is offered the active one again after this long."""
+REREAD_S = 1.0
+"""How often the pusher looks for a newly promoted version (one indexed row; only when a hello or health comes)."""
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,7 @@ class Pusher:
         self.pushed = 0
 
     def current(self) -> Version | None:
-        if time.monotonic() - self._read > 5.0:  # `baseline promote` is another process: look again now and then
+        if time.monotonic() - self._read > REREAD_S:  # `baseline promote` is another process: look again
             self._read = time.monotonic()
             try:
                 self._active = active(self.db)

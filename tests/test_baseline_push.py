@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from aggregator.baselines import REREAD_S
 from ntds.wire import schema as wire
 from ntds.wire import signing
 from sensor.baseline_updates import PUSHED, BaselineUpdates, Refused
@@ -145,7 +146,7 @@ def test_tampered_or_other_profile_baselines_are_refused_and_the_old_one_kept(pu
         db.execute("DELETE FROM baselines WHERE baseline_id LIKE '2026-11-24T03%'")
     other = variant(tmp_path / "other.json", "2026-11-24T04:00:00Z", profile="corrected")
     assert site.promote(other).returncode == 0
-    time.sleep(6)  # the pusher looks for a new active version every 5 s
+    time.sleep(2 * REREAD_S)  # the pusher looks for a new active version every REREAD_S
     s = site.replay_realtime(site.flows(3), spool="spool")
     assert s.wait(120) == 0
     log = s.stderr.read()
