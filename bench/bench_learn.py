@@ -83,7 +83,7 @@ def simulate(root: Path, sensors: int, weeks: int, per_hour: int, rng) -> dict:
             apps, M, classes = hour_of_traffic(rng, n)
             tiers = starter.score(apps, M, classes).raw_tier
             start = t0 + np.sort(rng.integers(0, 3_600_000, n))
-            collector.add(Scored(list(range(n)), start, apps, classes, M, tiers))
+            collector.add(Scored(start, apps, classes, M, tiers))
             scored += n
             (held if h >= hours - 7 * 24 else train).append((apps, M, classes))
             for body in collector.close(t0 + 3_600_000 * 3, starter.id):

@@ -62,7 +62,7 @@ def collect(apps, M, classes, tiers, start_ms, interval_s: int = 3600) -> list[d
     stats = PopulationStats(interval_s)
     for i in range(0, len(apps), 512):
         s = slice(i, i + 512)
-        stats.add(Scored(list(range(len(apps[s]))), start_ms[s], apps[s], classes[s], M[s], tiers[s]))
+        stats.add(Scored(start_ms[s], apps[s], classes[s], M[s], tiers[s]))
     return stats.close(None, "test")
 
 

@@ -51,10 +51,9 @@ class Judged:
 
 @dataclass
 class Scored:
-    """Scorable flows of one batch: where they are in it, start time, application, port class, the nine
-    metrics, and the tier before the cap."""
+    """Scorable flows of one batch: start time, application, port class, the nine metrics, and the tier
+    before the cap."""
 
-    positions: list[int]
     start_ms: np.ndarray
     apps: np.ndarray
     classes: np.ndarray
@@ -116,7 +115,6 @@ class Detection:
         self.grouper = Grouper(grouping)
         self.stats = DetectionStats()
         self.clock_ms = 0
-        self._scored: Scored | None = None
 
     @property
     def evicted(self) -> int:
@@ -127,7 +125,7 @@ class Detection:
         """One batch of finished flows (objects with `.features` (87 columns or None) and `.traffic`)."""
         tiers: list[int | None] = [None] * len(records)
         flow_alerts: dict[int, dict] = {}
-        self._scored = None
+        scored = None
         recorded = [i for i, r in enumerate(records) if r.features is not None]
         if recorded:
             cols = records_to_columns([records[i] for i in recorded], COLUMNS)
@@ -135,8 +133,8 @@ class Detection:
             if mask.any():
                 picked = np.flatnonzero(mask)
                 sub = {k: v[mask] for k, v in cols.items()}
-                self._score([records[recorded[j]] for j in picked], [recorded[j] for j in picked], sub, tiers,
-                            flow_alerts)  # fmt: skip
+                scored = self._score([records[recorded[j]] for j in picked], [recorded[j] for j in picked], sub,
+                                     tiers, flow_alerts)  # fmt: skip
         out: list[dict] = []
         due: list[int] = []
         grouper = self.grouper
@@ -159,16 +157,17 @@ class Detection:
             alert = flow_alerts.get(i)
             if alert is not None:
                 sent(grouper.add(alert, self.clock_ms))
-        return Judged(tiers, out, due, self._scored)
+        return Judged(tiers, out, due, scored)
 
-    def _score(self, records, positions, cols, tiers, flow_alerts) -> None:
+    def _score(self, records, positions, cols, tiers, flow_alerts) -> Scored:
+        """Rarity of the scorable flows: their tiers and flow alerts filled in; the batch as the baseline saw it."""
         apps = cols["ProtocolName"].astype(str)
         M = metrics_matrix(cols)
         classes = service_keys(cols["Protocol"], cols["Source.Port"], cols["Destination.Port"])
         scored = self.baseline.score(apps, M, classes)
         self.stats.scored += len(apps)
         start = np.array([r.traffic.start_ms for r in records], dtype=np.int64)
-        self._scored = Scored(positions, start, apps, classes, M, scored.raw_tier)
+        batch = Scored(start, apps, classes, M, scored.raw_tier)
         for j, pos in enumerate(positions):
             tiers[pos] = int(scored.tier[j])
         axes = M[:, AXIS_INDEX]
@@ -188,6 +187,7 @@ class Detection:
                 capped_at=tier if scored.capped[j] else None,
                 protocol=int(cols["Protocol"][j]),
             )
+        return batch
 
     def advance(self, now_ms: int) -> list[dict]:
         """Groups due by `now_ms` (a live sensor's wall clock when no flow has ended for a while)."""
