@@ -28,13 +28,14 @@ def params(fn) -> list[str]:
 
 
 def test_the_wrapped_functions_have_the_signatures_the_engine_assumes():
-    assert params(engine._original_consume)[:9] == [
-        "packet", "cache", "active_timeout", "idle_timeout", "channel", "ffi", "lib", "udps", "sync",
-    ]  # fmt: skip
-    assert params(engine._original_consume)[9:14] == ["accounting_mode", "n_dissections", "statistics", "splt",
-                                                      "dissector"]  # fmt: skip
+    # The flow table bound finds NFStream's table and channel as locals of consume, the caller of NFlow()
+    consume = nfstream.meter.consume
+    assert {"cache", "channel"} <= set(params(consume)) and "NFlow(" in inspect.getsource(consume)
     workflow = params(engine._original_workflow)
     assert workflow[6] == "root_idx" and workflow[15] == "channel"
+    # capture_stats reads the meter loop's table and index two frames up (capture_track is between)
+    assert "cache = NFCache()" in inspect.getsource(engine._original_workflow)
+    assert "lib.capture_stats(" in inspect.getsource(nfstream.meter.capture_track)
     assert params(engine._original_flow_init)[1:] == [
         "packet", "ffi", "lib", "udps", "sync", "accounting_mode", "n_dissections", "statistics", "splt",
         "dissector", "decode_tunnels", "system_visibility_mode",
@@ -59,8 +60,35 @@ def test_the_engine_structures_hold_the_fields_the_features_read():
     assert set(engine._SENT) <= set(NFlow.__slots__)
 
 
+def test_the_c_step_reads_the_packet_where_nfstream_keeps_it():
+    """The C step is given NFStream's own offsets and flag bits; a structure it could not read as it does is
+    refused with one clear error naming the field."""
+    ffi, _ = nfstream.meter.create_engine()
+    layout = engine.packet_layout()
+    assert layout["time"] == ffi.offsetof("struct nf_packet", "time")
+    assert layout["ip_content"] == ffi.offsetof("struct nf_packet", "ip_content")
+    assert sorted(layout[f"{flag}_bit"] for flag in ("fin", "syn", "rst", "psh", "ack", "urg", "cwr", "ece")) == list(
+        range(8)
+    )
+    packet = ffi.new("struct nf_packet *")
+    packet.ack = 1
+    word = int.from_bytes(bytes(ffi.buffer(packet))[layout["flags"] : layout["flags"] + 2], sys.byteorder)
+    assert word == 1 << layout["ack_bit"]
+
+    from cffi import FFI
+
+    other = FFI()
+    other.cdef("struct nf_packet { uint8_t direction; uint32_t time; };")
+    try:
+        engine.packet_layout(other)
+    except RuntimeError as e:
+        assert "nf_packet.time is uint32_t, not uint64_t" in str(e) and "6.6.0" in str(e)
+    else:
+        raise AssertionError("a different packet structure was accepted")
+
+
 def test_the_patches_are_in_place():
-    assert nfstream.meter.consume is engine._consume
+    assert NFlow.__init__ is engine._flow_init
     assert nfstream.meter.create_engine is engine._create_engine
     assert nfstream.streamer.meter_workflow is engine._workflow
     assert NFlow.update is engine._flow_update and NFlow.expire is engine._flow_expire

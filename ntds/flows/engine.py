@@ -7,9 +7,11 @@ for every packet. Without one, the meter only calls its C engine per packet.
 So ntds registers no plugin: it stands in for three methods of NFStream's flow
 object (`NFlow.__init__`, `update`, `expire`) and, after the engine has done
 its own work, hands the engine's packet structure (a cffi struct, read in
-place) to the feature accumulator (`ntds.flows.features.CicFeatures`). A flow
-ending by the FIN rule is expired the way a plugin would expire it. The
-finished row travels back on the flow's `udps` slot, as a plugin's would.
+place) to the feature accumulator (`ntds.flows.features.CicFeatures`), whose
+per-packet step is C and is told by `packet_layout` where NFStream keeps each
+packet field. A flow ending by the FIN rule is expired the way a plugin would
+expire it. The finished row travels back on the flow's `udps` slot, as a
+plugin's would.
 
 NFStream's meter loop (nfstream 6.6.0, pinned) has no way to be told "stop
 now, but expire every open flow first": a signal kills a meter and its open
@@ -49,12 +51,14 @@ import threading
 import time
 from operator import attrgetter
 
+import nfstream
+import nfstream.engine.engine
 import nfstream.meter
 import nfstream.streamer
 from nfstream.flow import NFlow
 from nfstream.utils import InternalError, NFEvent
 
-from ntds.flows.features import CicFeatures, _FlowState, failed
+from ntds.flows.features import PACKET_FIELDS, PACKET_FLAGS, CicFeatures, FlowState, failed, is_state
 
 _END_OF_CAPTURE = -2
 _NO_LIMIT = 1 << 62
@@ -128,6 +132,32 @@ class CaptureControl:
 
 
 _current: tuple[CaptureControl, int] | None = None
+
+_WRITTEN_FOR = f"ntds/flows/engine.py was written for NFStream 6.6.0, this is {nfstream.__version__}"
+_PACKET_TYPES = {"direction": "uint8_t", "time": "uint64_t", "ip_content": "uint8_t *"}
+
+
+def packet_layout(ffi=None) -> dict[str, int]:
+    """Where NFStream's engine keeps the packet fields the C feature step reads (`CicFeatures`), taken from
+    NFStream's own cffi declaration of `struct nf_packet`, so the step follows NFStream's layout rather
+    than a copy of it. A field whose type is not the one the step reads as is a clear error.
+    ffi: whose declaration to read (NFStream's engine unless given)."""
+    ffi = ffi or nfstream.engine.engine.ffi
+    fields = dict(ffi.typeof("struct nf_packet").fields)
+    layout: dict[str, int] = {}
+    for name in (*PACKET_FIELDS, *PACKET_FLAGS):
+        field = fields.get(name)
+        want = _PACKET_TYPES.get(name, "uint16_t")
+        if field is None or field.type.cname != want:
+            found = "missing" if field is None else field.type.cname
+            raise RuntimeError(f"NFStream's struct nf_packet.{name} is {found}, not {want}: {_WRITTEN_FOR}")
+        if name in PACKET_FLAGS:
+            if field.bitsize != 1 or layout.setdefault("flags", field.offset) != field.offset:
+                raise RuntimeError(f"NFStream's TCP flag {name} is not a bit of one 16-bit word: {_WRITTEN_FOR}")
+            layout[f"{name}_bit"] = field.bitshift
+        else:
+            layout[name] = field.offset
+    return layout
 
 
 class _Engine:
@@ -218,10 +248,10 @@ class _Engine:
 
     def capture_stats(self, capture, stats, mode) -> None:
         self._stats(capture, stats, mode)
-        # Called from the meter loop once a second: its open-flow count is a local there.
+        # Called from the meter loop once a second: its flow table is a local there.
         loop = sys._getframe(2).f_locals
-        if "active_flows" in loop and "root_idx" in loop:
-            self._control._active[self._slot + loop["root_idx"]] = loop["active_flows"]
+        if "cache" in loop and "root_idx" in loop:
+            self._control._active[self._slot + loop["root_idx"]] = len(loop["cache"])
             self._control._read[self._slot + loop["root_idx"]] = self._total
         # Fanout meters of one interface all see the interface's counters: keep the largest.
         d = self._control._dropped
@@ -302,9 +332,11 @@ def _create_engine():
     if _current is None or lib is None:
         return ffi, lib
     engine = _Engine(ffi, lib, *_current)
-    global _engine, _features, _max_flows
+    global _engine, _features, _max_flows, _step, _step_meter
     _engine = engine
     _features = engine._control.features
+    if _features is not None:
+        _step, _step_meter = _features.stepper()
     _max_flows = engine._control.max_flows or _NO_LIMIT
     return ffi, engine
 
@@ -315,6 +347,8 @@ _features: CicFeatures | None = None
 """This meter's feature accumulator (from the installed control; None: NFStream as it is)."""
 _max_flows = _NO_LIMIT
 """This meter's flow table bound."""
+_step = _step_meter = None
+"""This meter's per-packet feature step (a C function) and its first argument."""
 
 _original_flow_init = NFlow.__init__
 _original_expire = NFlow.expire
@@ -331,6 +365,34 @@ def _flow_init(self, packet, ffi, lib, udps, sync, accounting_mode, n_dissection
             self.udps = features.start(packet, self)
         except Exception as e:  # noqa: BLE001 - an exception here would kill the meter and every open flow
             self.udps = failed(e)
+    if _max_flows != _NO_LIMIT:
+        _bound(sys._getframe(1), udps, sync, n_dissections, statistics, splt, ffi, lib, dissector)
+
+
+def _bound(consume, *expire_args) -> None:
+    """The flow table bound, checked as a flow is made (just before NFStream's `consume`, the caller, adds it
+    to its table): past max_flows, the least recently seen flows are expired now (onto the meter's channel, as
+    an idle flow would be) and counted. Per new flow, not per packet."""
+    global _table
+    if _table is None:
+        _table = (consume.f_locals["cache"], consume.f_locals["channel"])
+    cache, channel = _table
+    if len(cache) < _max_flows:
+        return
+    evicted = 0
+    while len(cache) >= _max_flows:
+        flow = cache.pop(cache.get_lru_key())
+        state = getattr(flow, "udps", None)
+        if state.__class__ is FlowState:
+            state.evicted = True
+        channel.put(flow.expire(*expire_args))
+        evicted += 1
+    engine = _engine
+    engine._control._evicted[engine._slot] += evicted
+
+
+_table = None
+"""This meter's flow table and channel (NFStream's `cache` and `channel`), once its first flow is made."""
 
 
 def _flow_update(self, packet, idle_timeout, active_timeout, ffi, lib, udps, sync, accounting_mode, n_dissections,
@@ -344,49 +406,21 @@ def _flow_update(self, packet, idle_timeout, active_timeout, ffi, lib, udps, syn
     if _features is None:
         return None
     s = self.udps
-    if s.__class__ is _FlowState:
-        try:
-            if _features.add(s, packet):  # the FIN rule ends the flow with this packet
-                self.expiration_id = -1
-                return self.expire(udps, sync, n_dissections, statistics, splt, ffi, lib, dissector)
-        except Exception as e:  # noqa: BLE001
-            self.udps = failed(e)
+    if s.__class__ is FlowState and _step(_step_meter, s, packet):  # the FIN rule ends the flow with this packet
+        self.expiration_id = -1
+        return self.expire(udps, sync, n_dissections, statistics, splt, ffi, lib, dissector)
     return None
 
 
 def _flow_expire(self, udps, sync, n_dissections, statistics, splt, ffi, lib, dissector):
     flow = _original_expire(self, udps, sync, n_dissections, statistics, splt, ffi, lib, dissector)
     s = getattr(self, "udps", None)
-    if _features is not None and s.__class__ is _FlowState:
+    if _features is not None and is_state(s):
         try:
             self.udps = _features.finish(s, self)
         except Exception as e:  # noqa: BLE001
-            self.udps = failed(e, s.end, s.opens)
+            self.udps = failed(e, "", bool(s.opens))
     return flow
-
-
-_original_consume = nfstream.meter.consume
-
-
-def _consume(packet, cache, active_timeout, idle_timeout, channel, ffi, lib, udps, sync, *rest):
-    """NFStream's per-packet step, then the flow table bound: past max_flows, the least recently seen flows
-    are expired now (channel, as an idle flow would be) and counted."""
-    diff = _original_consume(packet, cache, active_timeout, idle_timeout, channel, ffi, lib, udps, sync, *rest)
-    if len(cache) <= _max_flows:
-        return diff
-    engine = _engine
-    accounting_mode, n_dissections, statistics, splt, dissector = rest[:5]
-    evicted = 0
-    while len(cache) > _max_flows:
-        key = cache.get_lru_key()
-        flow = cache.pop(key)
-        state = getattr(flow, "udps", None)
-        if state.__class__ is _FlowState:
-            state.evicted = True
-        channel.put(flow.expire(udps, sync, n_dissections, statistics, splt, ffi, lib, dissector))
-        evicted += 1
-    engine._control._evicted[engine._slot] += evicted
-    return diff - evicted
 
 
 _SENT = (
@@ -434,7 +468,6 @@ def _workflow(*args):
 
 nfstream.meter.create_engine = _create_engine
 nfstream.streamer.meter_workflow = _workflow
-nfstream.meter.consume = _consume
 NFlow.__init__ = _flow_init
 NFlow.update = _flow_update
 NFlow.expire = _flow_expire

@@ -18,7 +18,7 @@ from nfstream import NFStreamer
 from ntds.errors import InputError
 from ntds.flows.captures import CaptureInfo, inspect_capture
 from ntds.flows.clock import engine_ms
-from ntds.flows.engine import CaptureControl
+from ntds.flows.engine import CaptureControl, packet_layout
 from ntds.flows.features import CicFeatures, finalize
 from ntds.flows.labels import dataset_label
 from ntds.flows.profiles import FLOW_TIMEOUT_US, UNICAUCA, FeatureProfile, get_profile
@@ -147,7 +147,7 @@ class FlowMeter:
 
     def _stream(self, sources: list[str], control: CaptureControl, slot: int = 0) -> Iterator[FlowRecord]:
         source: str | list[str] = sources[0] if len(sources) == 1 else sources
-        control.features = CicFeatures(self.profile, self.tz, idle_timeout_ms=FLOW_TIMEOUT_US // 1000)
+        control.features = CicFeatures(self.profile, packet_layout(), self.tz, idle_timeout_ms=FLOW_TIMEOUT_US // 1000)
         control.install(slot)  # the meters fork when the streamer starts, and take it with them
         try:
             streamer = self._streamer(source)
@@ -177,7 +177,7 @@ def records(
                 yield FlowRecord(None, None, _traffic(flow, name, opens, payload, rst))
             continue
         yield FlowRecord(
-            finalize(state, profile, flow.protocol, tz) + (l7, name),
+            finalize(state, flow, profile, tz) + (l7, name),
             (
                 flow.application_name,
                 flow.application_category_name,

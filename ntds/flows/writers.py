@@ -29,13 +29,15 @@ EXTRA_STRINGS = frozenset(
 )
 
 
-def _csv_value(v):
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "NaN"
-        if math.isinf(v):
-            return "Infinity" if v > 0 else "-Infinity"
-    return v
+def _java(v: float) -> str:
+    """A non-finite float as Java prints it."""
+    if math.isnan(v):
+        return "NaN"
+    return "Infinity" if v > 0 else "-Infinity"
+
+
+_FLOAT_POSITIONS = tuple(i for i, name in enumerate(COLUMNS) if name in FLOAT_COLUMNS)
+"""Where a non-finite value can be: the float columns (the extra fields hold none)."""
 
 
 class CsvWriter:
@@ -51,8 +53,13 @@ class CsvWriter:
         return cls(open(path, "w", newline="", encoding="utf-8"), extra, owns_stream=True)  # noqa: SIM115
 
     def write(self, rec: FlowRecord) -> None:
-        values = rec.features + rec.extra if self.extra else rec.features
-        self._w.writerow([_csv_value(v) for v in values])
+        row = list(rec.features + rec.extra if self.extra else rec.features)
+        isfinite = math.isfinite
+        for i in _FLOAT_POSITIONS:
+            v = row[i]
+            if not isfinite(v):
+                row[i] = _java(v)
+        self._w.writerow(row)
 
     def close(self) -> None:
         if self._owns:
