@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: demo ui test lint bench fixtures baseline clean system-packages
 
-$(STAMP): pyproject.toml requirements.lock setup.py ntds/flows/accumulator.c ntds/flows/accumulator.h
+$(STAMP): pyproject.toml requirements.lock setup.py $(wildcard ntds/flows/*.c ntds/flows/*.h)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.lock

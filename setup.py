@@ -1,7 +1,7 @@
-"""The one compiled part of ntds: the per-packet feature step (ntds/flows/accumulator.c), built by cffi.
+"""The compiled part of ntds: what the meter runs per packet (ntds/flows/*.c), built by cffi.
 
 Everything else about the package is declared in pyproject.toml."""
 
 from setuptools import setup
 
-setup(cffi_modules=["ntds/flows/accumulator_build.py:ffibuilder"])
+setup(cffi_modules=["ntds/flows/compiled_build.py:ffibuilder"])

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ntds.errors import InputError
+from ntds.flows import _compiled
 
 # Link types (as written in capture files) whose frames NFStream 6.6.0 decodes.
 LINK_TYPES: dict[int, str] = {
@@ -121,31 +122,27 @@ class _Window:
 
 
 def _walk_pcap(p: Path, w: _Window, endian: str) -> CaptureInfo:
+    """Every record header of a classic pcap, walked by `ntds_pcap_walk` (C) a chunk at a time."""
     size = w.size
     if size < 24:
         raise InputError(f"{p}: truncated pcap header ({size} of 24 bytes)")
     link_type = struct.unpack(endian + "I", w.get(20, 4))[0] & 0x0FFFFFFF
-    unpack = struct.Struct(endian + "8xI4x").unpack_from
-    off, n = 24, 0
-    damage = None
-    while off < size:
-        if off + 16 > size:
-            damage = f"record header cut short at byte {off}"
+    walk = _compiled.ffi.new("struct ntds_walk_state *")
+    walk.off = 24
+    lib = _compiled.lib
+    while True:  # each call walks the headers in the chunk that holds the next one
+        buf, _ = w.span(walk.off, 16)
+        result = lib.ntds_pcap_walk(buf, w.start, len(buf), size, endian == ">", MAX_RECORD, walk)
+        if result != lib.NTDS_WALK_MORE:
             break
-        buf, rel = w.span(off, 16)
-        (caplen,) = unpack(buf, rel)
-        if caplen > MAX_RECORD:
-            damage = f"corrupt record at byte {off} (captured length {caplen})"
-            break
-        if caplen == 0:  # no capture tool writes these; a file of zeros (sparse, wiped) is all of them
-            damage = f"zero-length record at byte {off}"
-            break
-        end = off + 16 + caplen
-        if end > size:
-            damage = f"packet {n + 1} cut short at byte {off} ({size - off - 16} of {caplen} bytes)"
-            break
-        off = end
-        n += 1
+    off, n, caplen = walk.off, walk.n, walk.caplen
+    damage = {
+        lib.NTDS_WALK_END: None,
+        lib.NTDS_WALK_HEADER_CUT: f"record header cut short at byte {off}",
+        lib.NTDS_WALK_TOO_LONG: f"corrupt record at byte {off} (captured length {caplen})",
+        lib.NTDS_WALK_ZERO: f"zero-length record at byte {off}",
+        lib.NTDS_WALK_PACKET_CUT: f"packet {n + 1} cut short at byte {off} ({size - off - 16} of {caplen} bytes)",
+    }[result]
     return CaptureInfo(p, "pcap", link_type, n, off, damage)
 
 

@@ -43,6 +43,7 @@ and SIGTERM tests exercise the rest.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
 import os
 import signal
@@ -58,9 +59,9 @@ import nfstream.streamer
 from nfstream.flow import NFlow
 from nfstream.utils import InternalError, NFEvent
 
+from ntds.flows import _compiled
 from ntds.flows.features import PACKET_FIELDS, PACKET_FLAGS, CicFeatures, FlowState, failed, is_state
 
-_END_OF_CAPTURE = -2
 _NO_LIMIT = 1 << 62
 _MAX_METERS = 64
 
@@ -163,78 +164,47 @@ def packet_layout(ffi=None) -> dict[str, int]:
 class _Engine:
     """The engine library as a meter sees it, with capture_next and capture_stats wrapped.
 
-    capture_next runs once per packet, so its own work is a few integer operations: the stop switch is
-    read every 64 calls, the shared packet counter written every 4,096 packets, once a second (with the
-    drop counters) and when a capture closes."""
+    capture_next runs once per packet, so it is C (`ntds/flows/capture_next.c`, called by the meter loop
+    with no Python frame of ours): it reads the stop switch every 64 calls, stops a damaged file at its last
+    intact record, and writes the shared packet counter every 4,096 packets and when a capture closes; this
+    class hands it NFStream's own capture_next, the shared memory and the per-file limits. capture_stats
+    (once a second) and pacing stay Python."""
 
     def __init__(self, ffi, lib, control: CaptureControl, slot: int) -> None:
         for name in dir(lib):
             if not name.startswith("__") and name not in ("capture_next", "capture_stats"):
                 setattr(self, name, getattr(lib, name))
-        self._next, self._stats = lib.capture_next, lib.capture_stats
+        self._stats = lib.capture_stats
         self._control = control
         self._slot = slot
-        self._ffi = ffi
-        self._lock = threading.Lock()
-        self._closed = False
-        self._waker: threading.Thread | None = None
         self._first: tuple[float, int] | None = None  # (wall clock, packet ms) of the first packet
-        self._capture = None  # the capture being read (files are read one after the other)
-        self._file = -1
-        self._records = 0  # records of this file
-        self._limit = _NO_LIMIT
-        self._total = 0  # records of every file, for the shared counter
-        self._calls = 0
-        self._pacing = control.realtime
+        c = self._capture = _compiled.lib.ntds_capture_state()  # one per process: a meter loop is one
+        c.capture, c.file, c.records, c.total, c.calls, c.closed = _compiled.ffi.NULL, -1, 0, 0, 0, 0
+        c.next = int(ffi.cast("uintptr_t", ffi.addressof(lib, "capture_next")))
+        c.breakloop = ctypes.cast(_pcap().pcap_breakloop, ctypes.c_void_p).value
+        c.stop = ctypes.addressof(control._stop)
+        c.read = ctypes.addressof(control._read) + slot * ctypes.sizeof(ctypes.c_uint64)
+        self._limits = _compiled.ffi.new("int64_t[]", [-1 if n is None else n for n in control.limits] or [-1])
+        c.limits, c.n_limits = self._limits, len(control.limits)
+        self.capture_next = self._paced_next if control.realtime else _compiled.lib.ntds_capture_next
+        if control.live:
+            threading.Thread(target=self._wake_on_stop, daemon=True).start()
 
-    def _begin(self, capture) -> None:
-        """A new capture (the next file of a multi-file stream, or the interface)."""
-        c = self._control
-        self._capture, self._file, self._records = capture, self._file + 1, 0
-        limit = c.limits[self._file] if self._file < len(c.limits) else None
-        self._limit = _NO_LIMIT if limit is None else limit
-        self._closed = False
-        if c.live and self._waker is None:
-            self._waker = threading.Thread(target=self._wake_on_stop, args=(capture,), daemon=True)
-            self._waker.start()
-
-    def capture_next(self, capture, packet, decode_tunnels, n_roots, root_idx, mode):
-        if capture != self._capture:
-            self._begin(capture)
-        self._calls += 1
-        if not self._calls & 63 and self._control._stop.value:
-            return self._close(root_idx)
-        if self._records >= self._limit:
-            return self._close(root_idx)  # a damaged file: its last intact record was read
-        ret = self._next(capture, packet, decode_tunnels, n_roots, root_idx, mode)
-        if ret >= 0:
-            self._records += 1
-            self._total += 1
-            if not self._total & 4095:
-                self._control._read[self._slot + root_idx] = self._total
-            if self._pacing and ret > 0:
-                self._pace(packet.time)
-            return ret
-        if ret == _END_OF_CAPTURE:
-            return self._close(root_idx)
+    def _paced_next(self, capture, packet, decode_tunnels, n_roots, root_idx, mode):
+        """capture_next for a file read at the speed it was recorded."""
+        ret = _compiled.lib.ntds_capture_next(capture, packet, decode_tunnels, n_roots, root_idx, mode)
+        if ret > 0:
+            self._pace(packet.time)
         return ret
 
-    def _close(self, root_idx: int) -> int:
-        """Mark the capture handle as about to be closed (the meter closes it when it sees this)."""
-        self._control._read[self._slot + root_idx] = self._total
-        with self._lock:
-            self._closed = True
-        return _END_OF_CAPTURE
-
-    def _wake_on_stop(self, capture) -> None:
+    def _wake_on_stop(self) -> None:
         """A meter waiting on a silent interface sits in libpcap's poll(), which signals do not end (libpcap
         retries on EINTR). pcap_breakloop does: libpcap 1.10 wakes the poll through an eventfd, and the
-        pending pcap_next_ex returns "break", which NFStream takes as the end of the capture."""
+        pending pcap_next_ex returns "break", which NFStream takes as the end of the capture. The C side
+        never breaks a capture the meter is closing."""
         while not self._control._stop.value:
             time.sleep(0.1)
-        with self._lock:
-            if not self._closed:
-                _breakloop(int(self._ffi.cast("uintptr_t", capture)))
+        _compiled.lib.ntds_capture_wake()
 
     def _pace(self, packet_ms: int) -> None:
         now = time.monotonic()
@@ -252,15 +222,10 @@ class _Engine:
         loop = sys._getframe(2).f_locals
         if "cache" in loop and "root_idx" in loop:
             self._control._active[self._slot + loop["root_idx"]] = len(loop["cache"])
-            self._control._read[self._slot + loop["root_idx"]] = self._total
+            self._control._read[self._slot + loop["root_idx"]] = self._capture.total
         # Fanout meters of one interface all see the interface's counters: keep the largest.
         d = self._control._dropped
         d[self._slot] = max(d[self._slot], stats.dropped + stats.dropped_by_interface)
-
-
-def _breakloop(handle: int) -> None:
-    """pcap_breakloop from the libpcap linked into NFStream's engine (the handle is that library's)."""
-    _pcap().pcap_breakloop(handle)
 
 
 _libpcap = None
@@ -269,8 +234,6 @@ _libpcap = None
 def _pcap():
     global _libpcap
     if _libpcap is None:
-        import ctypes
-
         import _lib_engine
 
         _libpcap = ctypes.CDLL(_lib_engine.__file__)
@@ -290,8 +253,6 @@ def filter_problem(bpf_filter: str, snaplen: int = 1536) -> str | None:
     """libpcap's complaint about a BPF filter (compiled by the libpcap the meters use), or None if it compiles.
 
     Checked when the configuration is read, so `check-config` and a reload refuse what capture would."""
-    import ctypes
-
     lib = _pcap()
     handle = lib.pcap_open_dead(1, snaplen)  # DLT_EN10MB
     program = ctypes.create_string_buffer(64)  # struct bpf_program: a count and a pointer
@@ -310,8 +271,6 @@ _original_create_engine = nfstream.meter.create_engine
 def _die_with_parent() -> None:
     """A meter must not outlive its sensor: after a kill -9 of the sensor an orphaned meter would keep
     capturing (and holding its memory) with nobody to read its flows. Linux's parent-death signal ends it."""
-    import ctypes
-
     if os.getpid() == _SENSOR_PID:
         return  # not a forked meter (a meter loop run in the sensor's own process)
     with contextlib.suppress(OSError, AttributeError):

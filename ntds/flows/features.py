@@ -26,8 +26,8 @@ from datetime import UTC, datetime, tzinfo
 from functools import lru_cache
 from ipaddress import ip_address
 
-from ntds.flows._accumulator import ffi as _ffi
-from ntds.flows._accumulator import lib as _lib
+from ntds.flows._compiled import ffi as _ffi
+from ntds.flows._compiled import lib as _lib
 from ntds.flows.clock import TIME_PRECISION_US, engine_ms
 from ntds.flows.profiles import (
     ACTIVITY_TIMEOUT_US,

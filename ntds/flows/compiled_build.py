@@ -1,0 +1,26 @@
+"""Builds `ntds.flows._compiled`, the parts of the meter that run per packet in C (cffi, API mode):
+the feature step (accumulator.c), the capture bookkeeping (capture_next.c) and the
+check of a pcap file's records (pcap_walk.c).
+
+Run by setuptools at install time (setup.py's cffi_modules); needs a C compiler.
+"""
+
+from pathlib import Path
+
+from cffi import FFI
+
+HERE = Path(__file__).resolve().parent
+SOURCES = "ntds/flows"  # as setuptools wants it: relative to the project root, where it runs
+PARTS = ("accumulator", "capture_next", "pcap_walk")
+
+ffibuilder = FFI()
+for part in PARTS:
+    ffibuilder.cdef((HERE / f"{part}.h").read_text())
+ffibuilder.set_source(
+    "ntds.flows._compiled",
+    "".join(f'#include "{part}.h"\n' for part in PARTS),
+    sources=[f"{SOURCES}/{part}.c" for part in PARTS],
+    include_dirs=[SOURCES],
+    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+    libraries=["pthread"],
+)
