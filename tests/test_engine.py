@@ -58,6 +58,14 @@ def test_the_engine_structures_hold_the_fields_the_features_read():
     for fn in ("capture_next", "capture_stats", "meter_update_flow", "meter_initialize_flow", "meter_expire_flow"):
         assert hasattr(lib, fn), fn
     assert set(engine._SENT) <= set(NFlow.__slots__)
+    flow_fields = dict(ffi.typeof("struct nf_flow").fields)
+    for name in engine._FLOW_FIELDS:
+        assert name in flow_fields, name
+    # The lean NFlow.__init__/expire copy what NFStream's would, for the fields ntds reads
+    init, sync = inspect.getsource(engine._original_flow_init), inspect.getsource(NFlow.sync)
+    assert "meter_initialize_flow" in init and "src_ip_str" in init and "detection_completed < 2" in sync
+    expire = inspect.getsource(engine._original_expire)
+    assert expire.index("meter_expire_flow") < expire.index("self.sync(") < expire.index("meter_free_flow")
 
 
 def test_the_c_step_reads_the_packet_where_nfstream_keeps_it():

@@ -316,9 +316,28 @@ _original_update = NFlow.update
 
 def _flow_init(self, packet, ffi, lib, udps, sync, accounting_mode, n_dissections, statistics, splt, dissector,
                decode_tunnels, system_visibility_mode):  # fmt: skip
-    _original_flow_init(self, packet, ffi, lib, udps, sync, accounting_mode, n_dissections, statistics, splt,
-                        dissector, decode_tunnels, system_visibility_mode)  # fmt: skip
+    """NFlow.__init__ for ntds's streamer: the engine's flow, and in Python only the fields ntds reads (NFStream
+    copies some thirty, and twice as many again at expiry, that ntds never looks at), then the features."""
     features = _features
+    if features is None or sync or statistics or splt:
+        _original_flow_init(self, packet, ffi, lib, udps, sync, accounting_mode, n_dissections, statistics, splt,
+                            dissector, decode_tunnels, system_visibility_mode)  # fmt: skip
+    else:
+        self.id = NFEvent.FLOW
+        self.expiration_id = 0
+        c = self._C = lib.meter_initialize_flow(packet, accounting_mode, statistics, splt, n_dissections, dissector,
+                                                sync)  # fmt: skip
+        if c == ffi.NULL:  # as NFStream: the meter reports it
+            raise OSError("Not enough memory for new flow creation.")
+        string = ffi.string
+        self.src_ip = string(c.src_ip_str).decode("utf-8", errors="ignore")
+        self.dst_ip = string(c.dst_ip_str).decode("utf-8", errors="ignore")
+        self.src_port, self.dst_port, self.protocol = c.src_port, c.dst_port, c.protocol
+        self.ip_version, self.vlan_id = c.ip_version, c.vlan_id
+        self.bidirectional_first_seen_ms = c.bidirectional_first_seen_ms
+        self.application_name = self.application_category_name = self.application_is_guessed = None
+        self.application_confidence = self.requested_server_name = self.client_fingerprint = None
+        self.server_fingerprint = self.user_agent = None
     if features is not None:
         try:
             self.udps = features.start(packet, self)
@@ -372,14 +391,51 @@ def _flow_update(self, packet, idle_timeout, active_timeout, ffi, lib, udps, syn
 
 
 def _flow_expire(self, udps, sync, n_dissections, statistics, splt, ffi, lib, dissector):
-    flow = _original_expire(self, udps, sync, n_dissections, statistics, splt, ffi, lib, dissector)
-    s = getattr(self, "udps", None)
-    if _features is not None and is_state(s):
-        try:
-            self.udps = _features.finish(s, self)
-        except Exception as e:  # noqa: BLE001
-            self.udps = failed(e, "", bool(s.opens))
-    return flow
+    """NFlow.expire for ntds's streamer: the engine's expiry, the fields ntds reads (as NFStream's sync copies
+    them), the features' finish, the engine's free."""
+    if _features is None or sync or statistics or splt:
+        s = getattr(self, "udps", None)
+        flow = _original_expire(self, udps, sync, n_dissections, statistics, splt, ffi, lib, dissector)
+        if _features is not None and is_state(s):
+            _finish(self, s)
+        return self if flow is None else flow
+    c = self._C
+    lib.meter_expire_flow(c, n_dissections, dissector)
+    self.bidirectional_last_seen_ms = c.bidirectional_last_seen_ms
+    self.src2dst_packets, self.src2dst_bytes = c.src2dst_packets, c.src2dst_bytes
+    self.dst2src_packets, self.dst2src_bytes = c.dst2src_packets, c.dst2src_bytes
+    if n_dissections and c.detection_completed < 2:
+        string = ffi.string
+        self.application_name = string(c.application_name).decode("utf-8", errors="ignore")
+        self.application_category_name = string(c.category_name).decode("utf-8", errors="ignore")
+        self.requested_server_name = string(c.requested_server_name).decode("utf-8", errors="ignore")
+        self.client_fingerprint = string(c.c_hash).decode("utf-8", errors="ignore")
+        self.server_fingerprint = string(c.s_hash).decode("utf-8", errors="ignore")
+        self.user_agent = string(c.user_agent).decode("utf-8", errors="ignore")
+        self.application_is_guessed = c.guessed
+        self.application_confidence = c.confidence
+    s = self.udps
+    if s.__class__ is FlowState:
+        _finish(self, s)
+    lib.meter_free_flow(c, n_dissections, splt, 1)
+    del self._C
+    return self
+
+
+def _finish(flow: NFlow, s: FlowState) -> None:
+    try:
+        flow.udps = _features.finish(s, flow)
+    except Exception as e:  # noqa: BLE001
+        flow.udps = failed(e, "", bool(s.opens))
+
+
+_FLOW_FIELDS = (
+    "src_ip_str", "dst_ip_str", "src_port", "dst_port", "protocol", "ip_version", "vlan_id",
+    "bidirectional_first_seen_ms", "bidirectional_last_seen_ms", "src2dst_packets", "src2dst_bytes",
+    "dst2src_packets", "dst2src_bytes", "detection_completed", "application_name", "category_name",
+    "requested_server_name", "c_hash", "s_hash", "user_agent", "guessed", "confidence",
+)  # fmt: skip
+"""The fields of NFStream's engine flow (struct nf_flow) that `_flow_init` and `_flow_expire` read."""
 
 
 _SENT = (
