@@ -115,6 +115,30 @@ def test_detector_options_come_from_the_sensor_config(tmp_path):
 # -- building blocks against hand computations ------------------------------------------------------
 
 
+def test_brute_force_window_holds_exactly_the_attempts_it_should():
+    """Attempts arrive a little out of start order (flows end at different times); the window keeps each one
+    until a later flow's window has passed it, and at most the newest MAX_ATTEMPTS. Checked against a direct
+    computation over the whole sequence, so a window that leaks, forgets or double-counts fails."""
+    from ntds.detect.hosts.bruteforce import MAX_ATTEMPTS
+
+    rng = random.Random(7)
+    for count, window_s, spread_ms in ((3000, 600, 7_200_000), (MAX_ATTEMPTS + 900, 600, 300_000)):
+        d = DETECTORS["brute-force"](window_s=window_s)
+        starts = sorted(rng.randrange(spread_ms) for _ in range(count))
+        starts = [t + rng.randrange(-30_000, 30_000) for t in starts]  # arrival order: roughly by start
+        for t in starts:
+            d.learn_one(_flow(dport=22, t=t, end_ms=t + 2000, opens=True, packets_bwd=3, bytes_bwd=300, payload=90))
+        horizons = [t - window_s * 1000 for t in starts]
+        later_max, kept = -(10**18), []
+        for i in range(count - 1, -1, -1):  # an attempt survives every later flow's window edge
+            later_max = max(later_max, horizons[i])
+            if starts[i] >= later_max:
+                kept.append(starts[i])
+        want = sorted(kept)[-MAX_ATTEMPTS:]
+        a = d.keys.rows[("10.0.0.1", "10.0.0.2", 22, 6)]
+        assert a.times == want and len(a.sizes) == len(want) and a.first_ms == want[0]
+
+
 def test_beacon_score_by_hand():
     # a metronome: equal gaps and sizes -> skew 0, MAD 0 -> 1.0 each; size smallness 1 - 100/65535
     score, parts = beacon_score([0, 10, 20, 30, 40, 50], [100] * 6)

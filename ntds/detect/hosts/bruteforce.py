@@ -14,6 +14,7 @@ need fewer attempts than other ports.
 from __future__ import annotations
 
 import statistics
+from bisect import bisect_left, bisect_right
 
 from ntds.detect.explain import duration, size
 from ntds.detect.hosts.base import TCP, Detector, Finding, Option, is_group, register, tiered
@@ -23,6 +24,10 @@ AUTH_PORTS = (21, 22, 23, 25, 110, 139, 143, 445, 465, 587, 993, 995, 1433, 1521
 SERVICE_NAMES = {21: "FTP", 22: "SSH", 23: "telnet", 25: "SMTP", 139: "SMB", 445: "SMB", 3389: "RDP", 5060: "SIP",
                  5061: "SIP", 5900: "VNC", 80: "HTTP", 443: "HTTPS", 8080: "HTTP", 3306: "MySQL", 5432: "PostgreSQL",
                  1433: "SQL Server"}  # fmt: skip
+
+
+MAX_ATTEMPTS = 4096
+"""Attempts kept per key: the newest, within the window."""
 
 
 class _Attempts:
@@ -70,15 +75,21 @@ class BruteForce(Detector):
             return
         a = self.keys.get((flow.src_ip, flow.dst_ip, flow.dst_port, flow.protocol), _Attempts)
         horizon = flow.start_ms - self.window_s * 1000
-        if a.times and a.times[-1] < horizon:
-            a.times, a.sizes, a.reported_tier = [], [], 0
-        a.times.append(flow.start_ms)
-        a.sizes.append(flow.bytes_fwd)
-        if len(a.times) > 4096 or a.times[0] < horizon:
-            keep = [i for i, t in enumerate(a.times) if t >= horizon][-4096:]
-            a.times = [a.times[i] for i in keep]
-            a.sizes = [a.sizes[i] for i in keep]
-        a.first_ms = a.times[0]
+        times, sizes = a.times, a.sizes
+        if times and times[-1] < horizon:
+            times.clear()
+            sizes.clear()
+            a.reported_tier = 0
+        # Kept in time order (flows end, and arrive, a little out of their start order), so the window's
+        # edge is one bisection and a slice: constant work per flow however many attempts the window holds.
+        at = bisect_right(times, flow.start_ms)
+        times.insert(at, flow.start_ms)
+        sizes.insert(at, flow.bytes_fwd)
+        cut = max(bisect_left(times, horizon), len(times) - MAX_ATTEMPTS)
+        if cut > 0:
+            del times[:cut]
+            del sizes[:cut]
+        a.first_ms = times[0]
 
     def score_one(self, flow: FlowTraffic) -> Finding | None:
         if not self._attempt(flow):
