@@ -12,6 +12,7 @@ struct ntds_layout {
      * positions for the flag bits, filled in at run time from NFStream's own
      * cffi type (ntds/flows/engine.py), so no NFStream layout is compiled in. */
     int direction, time, transport_size, payload_size, ip_size, ip_content_len, ip_content, flags;
+    int src_ip, dst_ip, src_port, dst_port, protocol, vlan_id, tunnel_id;
     int fin_bit, syn_bit, rst_bit, psh_bit, ack_bit, urg_bit, cwr_bit, ece_bit;
 };
 

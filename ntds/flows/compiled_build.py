@@ -1,6 +1,6 @@
-"""Builds `ntds.flows._compiled`, the parts of the meter that run per packet in C (cffi, API mode):
-the feature step (accumulator.c), the capture bookkeeping (capture_next.c) and the
-check of a pcap file's records (pcap_walk.c).
+"""Builds `ntds.flows._compiled`, the parts of the meter that run per packet in C (cffi, API mode): the
+feature step (accumulator.c), the flow table key (flow_key.c), the capture bookkeeping (capture_next.c)
+and the check of a pcap file's records (pcap_walk.c).
 
 Run by setuptools at install time (setup.py's cffi_modules); needs a C compiler.
 """
@@ -11,7 +11,7 @@ from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
 SOURCES = "ntds/flows"  # as setuptools wants it: relative to the project root, where it runs
-PARTS = ("accumulator", "capture_next", "pcap_walk")
+PARTS = ("accumulator", "flow_key", "capture_next", "pcap_walk")
 
 ffibuilder = FFI()
 for part in PARTS:

@@ -50,6 +50,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from operator import attrgetter
 
 import nfstream
@@ -135,7 +136,6 @@ class CaptureControl:
 _current: tuple[CaptureControl, int] | None = None
 
 _WRITTEN_FOR = f"ntds/flows/engine.py was written for NFStream 6.6.0, this is {nfstream.__version__}"
-_PACKET_TYPES = {"direction": "uint8_t", "time": "uint64_t", "ip_content": "uint8_t *"}
 
 
 def packet_layout(ffi=None) -> dict[str, int]:
@@ -148,7 +148,7 @@ def packet_layout(ffi=None) -> dict[str, int]:
     layout: dict[str, int] = {}
     for name in (*PACKET_FIELDS, *PACKET_FLAGS):
         field = fields.get(name)
-        want = _PACKET_TYPES.get(name, "uint16_t")
+        want = PACKET_FIELDS.get(name, "uint16_t")
         if field is None or field.type.cname != want:
             found = "missing" if field is None else field.type.cname
             raise RuntimeError(f"NFStream's struct nf_packet.{name} is {found}, not {want}: {_WRITTEN_FOR}")
@@ -266,6 +266,7 @@ def filter_problem(bpf_filter: str, snaplen: int = 1536) -> str | None:
 
 
 _original_create_engine = nfstream.meter.create_engine
+_original_flow_key = nfstream.meter.get_flow_key_from_pkt
 
 
 def _die_with_parent() -> None:
@@ -288,6 +289,7 @@ def _create_engine():
     # Runs first thing in every NFStream meter process (nfstream.meter.meter_workflow).
     _die_with_parent()
     ffi, lib = _original_create_engine()
+    nfstream.meter.get_flow_key_from_pkt = _original_flow_key
     if _current is None or lib is None:
         return ffi, lib
     engine = _Engine(ffi, lib, *_current)
@@ -296,8 +298,22 @@ def _create_engine():
     _features = engine._control.features
     if _features is not None:
         _step, _step_meter = _features.stepper()
+        nfstream.meter.get_flow_key_from_pkt = _flow_key(_features.meter)
     _max_flows = engine._control.max_flows or _NO_LIMIT
     return ffi, engine
+
+
+def _flow_key(meter) -> Callable:
+    """NFStream's get_flow_key_from_pkt, made in C (`ntds/flows/flow_key.c`): the same grouping of packets
+    into flows, as 48 bytes instead of a tuple of nine values read one by one from the packet structure."""
+    make, buf = _compiled.lib.ntds_flow_key, _compiled.ffi.new("char[48]")
+    view = _compiled.ffi.buffer(buf)
+
+    def flow_key(packet) -> bytes:
+        make(meter, packet, buf)
+        return view[:]
+
+    return flow_key
 
 
 _engine: _Engine | None = None

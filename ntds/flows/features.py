@@ -56,10 +56,16 @@ flow continuing after the timeout keeps its orientation (unicauca profile). The
 oldest entry is forgotten first; a flow beyond this horizon starts in its own
 packet's direction."""
 
-PACKET_FIELDS = ("direction", "time", "transport_size", "payload_size", "ip_size", "ip_content_len", "ip_content")
+PACKET_FIELDS = {
+    "direction": "uint8_t", "time": "uint64_t", "transport_size": "uint16_t", "payload_size": "uint16_t",
+    "ip_size": "uint16_t", "ip_content_len": "uint16_t", "ip_content": "uint8_t *", "src_ip": "uint64_t[2]",
+    "dst_ip": "uint64_t[2]", "src_port": "uint16_t", "dst_port": "uint16_t", "protocol": "uint8_t",
+    "vlan_id": "uint16_t", "tunnel_id": "unsigned int",
+}  # fmt: skip
 PACKET_FLAGS = ("fin", "syn", "rst", "psh", "ack", "urg", "cwr", "ece")
-"""What the C step reads of NFStream's packet structure: byte offsets of the fields, and for the TCP flags
-(bits of one 16-bit word) the word's offset under "flags" and each flag's bit under "<flag>_bit"."""
+"""What the C code reads of NFStream's packet structure (`struct ntds_layout`): byte offsets of the fields,
+read as the C types named here, and for the TCP flags (bits of one 16-bit word) the word's offset under
+"flags" and each flag's bit under "<flag>_bit"."""
 
 FlowState = type(_ffi.new("struct ntds_flow *"))
 """The class of a flow's running state in the meter: a `struct ntds_flow` (ntds/flows/accumulator.h) that
@@ -102,7 +108,8 @@ class CicFeatures:
         self.tz = tz
         self.idle_timeout_ms = idle_timeout_ms
         self._orientation: dict[int, int] = {}
-        meter = self._meter = _ffi.new("struct ntds_meter *")
+        meter = self.meter = _ffi.new("struct ntds_meter *")
+        """The C side's view of this meter: where the packet fields are, the profile, the newest packet time."""
         for name in (*PACKET_FIELDS, "flags", *(f"{flag}_bit" for flag in PACKET_FLAGS)):
             setattr(meter.layout, name, packet_layout[name])
         for name in ("count_ethernet_padding", "last_backward_window", "first_packet_flags_only",
@@ -117,7 +124,7 @@ class CicFeatures:
         """The per-packet step and its first argument: step(meter, state, packet) adds a later packet (the
         engine has set its direction) and returns 1 when the flow ends with it (the FIN rule). A C function,
         handed out bare so that the meter calls it with no Python frame of ours around it."""
-        return _lib.ntds_add, self._meter
+        return _lib.ntds_add, self.meter
 
     def start(self, packet, flow) -> FlowState:
         """The flow's first packet (flow: the NFlow the engine just made from it)."""
@@ -129,7 +136,7 @@ class CicFeatures:
             if before is not None and before != hash((flow.src_ip, flow.src_port)):
                 fwd_code = 1
         s = _ffi.new("struct ntds_flow *")
-        _lib.ntds_start(self._meter, s, packet, flow.protocol, fwd_code)
+        _lib.ntds_start(self.meter, s, packet, flow.protocol, fwd_code)
         return s
 
     def finish(self, s: FlowState, flow) -> FlowResult:
@@ -140,7 +147,7 @@ class CicFeatures:
                 end = END_EVICTED
             elif flow.expiration_id == 1:
                 end = END_ACTIVE
-            elif self._meter.now_ms - engine_ms(flow.bidirectional_last_seen_ms) >= self.idle_timeout_ms:
+            elif self.meter.now_ms - engine_ms(flow.bidirectional_last_seen_ms) >= self.idle_timeout_ms:
                 end = END_IDLE
             else:
                 end = END_CAPTURE
