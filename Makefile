@@ -36,8 +36,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 # Debian packages the tests drive: headless Chromium and its driver (report rendering, alert manager), tcpreplay
-# (live capture), systemd-analyze (unit files), iproute2 (network namespaces).
-DEB_PACKAGES := chromium chromium-driver tcpreplay systemd iproute2
+# (live capture), systemd-analyze (unit files), iproute2 (network namespaces), strace (the units' system call filters).
+DEB_PACKAGES := chromium chromium-driver tcpreplay systemd iproute2 strace
 system-packages:
 	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v tcpreplay >/dev/null && command -v systemd-analyze >/dev/null \
 	    && command -v ip >/dev/null; then :; \

@@ -79,6 +79,10 @@ class SensorConfig(Settings):
         "int", 1536, "bytes kept of each packet (headers are all the meter needs)", low=64, high=262144
     )
     n_meters: int = setting("int", 1, "metering processes per interface (0: one per spare core)", low=0, high=63)
+    capture_buffer_mb: int = setting(
+        "int", 64, "kernel buffer per interface for packets the meters have not read yet (0: libpcap's 2 MiB); "
+        "it carries capture through bursts and short stalls", low=0, high=2047,
+    )  # fmt: skip
     max_flows: int = setting(
         "int", 200_000, "open flows per meter before the least recently seen are expired early (memory bound)",
         low=1000, high=50_000_000,

@@ -136,6 +136,7 @@ class Pipeline:
             n_meters=cfg.n_meters,
             bpf_filter=cfg.bpf_filter or None,
             snapshot_length=cfg.snaplen,
+            capture_buffer_mb=cfg.capture_buffer_mb,
             on_warning=lambda m: log.warning("%s", m),
             single_packet_flows=True,
             control=self.control,

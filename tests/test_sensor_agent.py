@@ -295,6 +295,67 @@ def test_bad_baseline_stops_the_start(agent, site_pcap):
 
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+STRACE = shutil.which("strace")
+
+
+def _syscall_group(name: str) -> set[str]:
+    out = subprocess.run([SYSTEMD_ANALYZE, "syscall-filter", "--no-pager", name], capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
+    calls: set[str] = set()
+    for line in out.splitlines()[1:]:
+        line = line.strip()
+        if line and not line.startswith("#"):
+            calls |= _syscall_group(line) if line.startswith("@") else {line}
+    return calls
+
+
+def _allowed_syscalls(unit: str) -> set[str]:
+    """The system calls a unit's SystemCallFilter= lines let through, as systemd combines them: the first line
+    (an allow list here) sets the default; a later ~list removes, a later plain list adds back."""
+    allowed: set[str] | None = None
+    for line in unit.splitlines():
+        if line.startswith("SystemCallFilter="):
+            items = line.split("=", 1)[1].split()
+            deny = items[0].startswith("~")
+            items[0] = items[0].lstrip("~")
+            calls = set().union(*(_syscall_group(i) if i.startswith("@") else {i} for i in items))
+            assert allowed is not None or not deny, "the units start from an allow list"
+            allowed = calls if allowed is None else (allowed - calls if deny else allowed | calls)
+    assert allowed is not None
+    return allowed
+
+
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None or STRACE is None, reason="systemd-analyze and strace (make test)")
+def test_the_units_allow_every_system_call_the_programs_make(tmp_path):
+    """Under a unit's system call filter, a call outside it kills the process. Every call the sensor's meter
+    and the aggregator's baseline build make (strace, every process) must be one its units let through: NFStream's
+    meters set their CPU affinity, and that alone killed them under the first filter."""
+    sample = ROOT / "pcaps" / "sample.pcap"
+    commands = {
+        "ntds-sensor.service": [str(BIN / "ntds-sensor"), "features", str(sample), "-o", str(tmp_path / "f.csv")],
+        "ntds-aggregator.service": [
+            str(BIN / "ntds-aggregator"),
+            "baseline",
+            "build",
+            str(sample),
+            "-o",
+            str(tmp_path / "b.json"),
+            "--min-count",
+            "1",
+        ],  # fmt: skip
+    }
+    for unit, cmd in commands.items():
+        trace = tmp_path / f"{unit}.trace"
+        subprocess.run([STRACE, "-f", "-qq", "-o", str(trace), *cmd], check=True, capture_output=True, timeout=120)
+        used = {m.group(1) for m in re.finditer(r"^\d+\s+(?:<\.\.\. )?([a-z0-9_]+)[( ]", trace.read_text(), re.M)}
+        assert {"sched_setaffinity", "openat", "read"} <= used, sorted(used)  # the trace saw the meter
+        names = [unit] if unit == "ntds-sensor.service" else [
+            n for n in ("ntds-aggregator.service", "ntds-aggregator-ui.service", "ntds-baseline-learn.service",
+                        "ntds-report.service")]  # fmt: skip
+        for name in names:
+            text = (ROOT / "systemd" / name).read_text()
+            assert not used - _allowed_syscalls(text), (name, sorted(used - _allowed_syscalls(text)))
+            assert "SystemCallErrorNumber=EPERM" in text
 
 
 @pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze (Debian package systemd; make test installs it)")

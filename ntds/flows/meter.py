@@ -77,6 +77,7 @@ class FlowMeter:
         n_meters: int = 1,
         bpf_filter: str | None = None,
         snapshot_length: int = 1536,
+        capture_buffer_mb: int = 0,
         tz: tzinfo = UTC,
         on_warning: Callable[[str], None] | None = None,
         single_packet_flows: bool = False,
@@ -89,6 +90,8 @@ class FlowMeter:
         self.n_meters = spare if n_meters == 0 else min(n_meters, spare)
         self.bpf_filter = bpf_filter
         self.snapshot_length = snapshot_length
+        self.capture_buffer_mb = capture_buffer_mb
+        """Live capture: the kernel's buffer for packets not yet read, MiB (0: libpcap's default, 2 MiB)."""
         self.tz = tz
         self.on_warning = on_warning or (lambda message: None)
         self.single_packet_flows = single_packet_flows
@@ -143,6 +146,7 @@ class FlowMeter:
             max_nflows=0,
             performance_report=0,
             system_visibility_mode=0,
+            socket_buffer_size=self.capture_buffer_mb << 20,
         )
 
     def _stream(self, sources: list[str], control: CaptureControl, slot: int = 0) -> Iterator[FlowRecord]:
