@@ -40,7 +40,7 @@ lint: $(STAMP)
 DEB_PACKAGES := chromium chromium-driver tcpreplay systemd iproute2 strace
 system-packages:
 	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v tcpreplay >/dev/null && command -v systemd-analyze >/dev/null \
-	    && command -v ip >/dev/null; then :; \
+	    && command -v ip >/dev/null && command -v strace >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing $(DEB_PACKAGES)"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEB_PACKAGES) >/dev/null; \

@@ -1,8 +1,8 @@
-"""Capture -> flow records: one NFStreamer, configured once, with the feature plugin.
+"""Capture -> flow records: one NFStreamer, configured once, metering the features inside NFStream's meters.
 
 The streamer settings map CICFlowMeter's flow rules onto NFStream (spec 5.1-5.2):
-120 s active timeout measured from the flow start, no tunnel decoding, the FIN
-rule and the single-packet filter in the plugin. Every input is checked first
+120 s active timeout measured from the flow start, no tunnel decoding; the FIN
+rule and the single-packet filter are the feature step's (`ntds.flows.engine`). Every input is checked first
 (`ntds.flows.captures`); a damaged file is metered up to the damage only.
 """
 
