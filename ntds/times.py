@@ -9,6 +9,7 @@ form).
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
 
 
 def iso(t: datetime, timespec: str = "microseconds") -> str:
@@ -17,8 +18,20 @@ def iso(t: datetime, timespec: str = "microseconds") -> str:
 
 
 def iso_ms(ms: int, timespec: str = "microseconds") -> str:
-    """Milliseconds since the epoch as ISO-8601 UTC; ValueError/OverflowError/OSError outside datetime's range."""
+    """Milliseconds since the epoch as ISO-8601 UTC; ValueError/OverflowError/OSError outside datetime's range.
+
+    Every flow and summary is stamped this way, so the calendar part is computed once per second (cached)."""
+    second, milli = divmod(ms, 1000)
+    if timespec == "microseconds":
+        return f"{_second(second)}.{milli:03d}000Z"
+    if timespec == "seconds":
+        return f"{_second(second)}Z"
     return iso(datetime.fromtimestamp(ms / 1000, UTC), timespec)
+
+
+@lru_cache(maxsize=4096)
+def _second(second: int) -> str:
+    return datetime.fromtimestamp(second, UTC).isoformat(timespec="seconds").removesuffix("+00:00")
 
 
 def now_iso(timespec: str = "microseconds") -> str:
