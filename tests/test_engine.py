@@ -95,6 +95,42 @@ def test_the_c_step_reads_the_packet_where_nfstream_keeps_it():
         raise AssertionError("a different packet structure was accepted")
 
 
+def test_the_c_flow_key_groups_packets_exactly_as_nfstream_does():
+    """Packets with random and deliberately colliding ends (same address, same port, swapped directions, VLANs,
+    the high and low address words): two packets share a C key exactly when NFStream's own key function gives
+    them the same key."""
+    import random
+
+    ffi, _ = nfstream.meter.create_engine()
+    meter = engine._compiled.ffi.new("struct ntds_meter *")
+    for name, value in engine.packet_layout().items():
+        setattr(meter.layout, name, value)
+    c_key = engine._flow_key(meter)
+    rng = random.Random(5)
+    words = [0, 1, 2**32, 2**63, 2**64 - 1, rng.getrandbits(64)]
+    packets = []
+    for _ in range(3000):
+        p = ffi.new("struct nf_packet *")
+        p.src_ip[0], p.src_ip[1] = rng.choice(words), rng.choice(words)
+        if rng.random() < 0.3:
+            p.dst_ip[0], p.dst_ip[1] = p.src_ip[0], p.src_ip[1]
+        else:
+            p.dst_ip[0], p.dst_ip[1] = rng.choice(words), rng.choice(words)
+        p.src_port, p.dst_port = rng.choice((0, 80, 443, 65535)), rng.choice((0, 80, 443, 65535))
+        p.protocol, p.vlan_id, p.tunnel_id = rng.choice((6, 17)), rng.choice((0, 1, 4095)), rng.choice((0, 7))
+        packets.append(p)
+        if rng.random() < 0.5:  # the same flow seen the other way
+            q = ffi.new("struct nf_packet *")
+            q.src_ip[0], q.src_ip[1], q.dst_ip[0], q.dst_ip[1] = p.dst_ip[0], p.dst_ip[1], p.src_ip[0], p.src_ip[1]
+            q.src_port, q.dst_port, q.protocol, q.vlan_id, q.tunnel_id = (p.dst_port, p.src_port, p.protocol,
+                                                                          p.vlan_id, p.tunnel_id)  # fmt: skip
+            packets.append(q)
+    theirs = [engine._original_flow_key(p) for p in packets]
+    ours = [c_key(p) for p in packets]
+    pairs = set(zip(theirs, ours))
+    assert len(pairs) == len(set(theirs)) == len(set(ours)) < len(packets)
+
+
 def test_the_patches_are_in_place():
     assert NFlow.__init__ is engine._flow_init
     assert nfstream.meter.create_engine is engine._create_engine
