@@ -83,6 +83,11 @@ class SensorConfig(Settings):
         "int", 64, "kernel buffer per interface for packets the meters have not read yet (0: libpcap's 2 MiB); "
         "it carries capture through bursts and short stalls", low=0, high=2047,
     )  # fmt: skip
+    analysis_nice: int = setting(
+        "int", 5, "live capture: how much lower than its meters the sensor runs its own analysis (scoring, "
+        "detectors, publishing), so that on a busy host packets go first and analysis catches up; 0: equal",
+        low=0, high=19,
+    )  # fmt: skip
     max_flows: int = setting(
         "int", 200_000, "open flows per meter before the least recently seen are expired early (memory bound)",
         low=1000, high=50_000_000,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import os
 import queue
 import signal
 import socket
@@ -181,6 +182,7 @@ class Pipeline:
         link = None
         try:
             threads = self._start_sources()
+            self._yield_to_meters()
             link = Link(self.spool, self.cfg.aggregator, client_keys=self.keys and self.keys[0],
                         server_public=self.keys and self.keys[1])  # fmt: skip
             self.spool.append([("hello", self._hello())])
@@ -243,6 +245,21 @@ class Pipeline:
             raise item.error
         self._early = item  # the loop takes it first: putting it back would move the first flow to the end
         return threads
+
+    def _yield_to_meters(self) -> None:
+        """Capture first: once the meters have forked (at the default priority), every thread of the sensor's
+        own process, and any it starts later, runs `analysis_nice` steps lower. A packet the meter misses is
+        lost for good, while a flow waiting for analysis is only late, so on a busy host the kernel gives
+        the meters the CPU and the analysis catches up from its queue (docs/benchmarks.md)."""
+        step = self.cfg.analysis_nice
+        if not self.live or not step:
+            return
+        try:
+            for tid in os.listdir("/proc/self/task"):
+                t = int(tid)
+                os.setpriority(os.PRIO_PROCESS, t, min(19, os.getpriority(os.PRIO_PROCESS, t) + step))
+        except OSError as e:
+            log.warning("analysis runs at the meters' priority: cannot lower it (%s)", e.strerror or e)
 
     def _capture(self, source: Callable[[], Iterator[FlowRecord]]) -> None:
         try:

@@ -356,6 +356,8 @@ def test_the_units_allow_every_system_call_the_programs_make(tmp_path):
             text = (ROOT / "systemd" / name).read_text()
             assert not used - _allowed_syscalls(text), (name, sorted(used - _allowed_syscalls(text)))
             assert "SystemCallErrorNumber=EPERM" in text
+    # live capture also lowers the analysis below the meters (analysis_nice)
+    assert "setpriority" in _allowed_syscalls((ROOT / "systemd" / "ntds-sensor.service").read_text())
 
 
 @pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze (Debian package systemd; make test installs it)")
@@ -403,6 +405,11 @@ def flow_ids(pcap: Path, tmp: Path) -> list[str]:
 
 @pytest.mark.skipif(os.geteuid() != 0 or TCPREPLAY is None or shutil.which("ip") is None,
                     reason="needs root, iproute2 and tcpreplay (make test installs them)")  # fmt: skip
+def _nice(pid: int, tid: int) -> int:
+    """A thread's nice value, from /proc (field 19 of stat)."""
+    return int(Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
 def test_live_capture_in_a_network_namespace(tmp_path, site_pcap):
     """The real sensor captures on a veth end inside a namespace while tcpreplay sends the site capture
     from the other end; flows, summaries and health reach a real aggregator (in the same namespace, on
@@ -415,6 +422,10 @@ def test_live_capture_in_a_network_namespace(tmp_path, site_pcap):
             wait(lambda: "capturing from vcap" in agent.log() or p.poll() is not None, 30, "the sensor")
             assert p.poll() is None, agent.log()
             time.sleep(0.5)
+            # capture first: the sensor's own threads run analysis_nice (5) below its meters
+            tasks = {int(t): _nice(p.pid, int(t)) for t in os.listdir(f"/proc/{p.pid}/task")}
+            meters = [int(c) for t in tasks for c in Path(f"/proc/{p.pid}/task/{t}/children").read_text().split()]
+            assert set(tasks.values()) == {5} and meters and {_nice(m, m) for m in meters} == {0}, (tasks, meters)
             sent = subprocess.run(
                 ["ip", "netns", "exec", snd, TCPREPLAY, "-i", "vsnd", "--pps", "2000", str(site_pcap)],
                 capture_output=True, text=True, timeout=120,
