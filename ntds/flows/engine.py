@@ -11,7 +11,10 @@ place) to the feature accumulator (`ntds.flows.features.CicFeatures`), whose
 per-packet step is C and is told by `packet_layout` where NFStream keeps each
 packet field. A flow ending by the FIN rule is expired the way a plugin would
 expire it. The finished row travels back on the flow's `udps` slot, as a
-plugin's would.
+plugin's would. Two more per-packet steps of NFStream's loop are C here: the
+flow-table key (`get_flow_key_from_pkt`, `ntds/flows/flow_key.c`) and the
+bookkeeping in front of `capture_next` (`ntds/flows/capture_next.c`); per flow,
+`NFlow.__init__` and `expire` copy only the fields ntds reads.
 
 NFStream's meter loop (nfstream 6.6.0, pinned) has no way to be told "stop
 now, but expire every open flow first": a signal kills a meter and its open
@@ -32,7 +35,7 @@ load, so that
   grows with every new 5-tuple, so a fast scan or a flood of random sources
   would exhaust memory. Past `max_flows` open flows a meter expires its least
   recently seen flows early (they are reported with end reason "evicted")
-  and counts them.
+  and counts them, checked as each new flow is made.
 
 This is the only place ntds reaches into NFStream's internals, written for
 NFStream 6.6.0 (pinned); `tests/test_engine.py` fails loudly if the pinned
