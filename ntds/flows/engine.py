@@ -296,8 +296,9 @@ def _create_engine():
     if _current is None or lib is None:
         return ffi, lib
     engine = _Engine(ffi, lib, *_current)
-    global _engine, _features, _max_flows, _step, _step_meter
+    global _engine, _features, _max_flows, _step, _step_meter, _table
     _engine = engine
+    _table = None  # this meter loop's table is found again (a loop run twice in one process has a new one)
     _features = engine._control.features
     if _features is not None:
         _step, _step_meter = _features.stepper()
