@@ -57,6 +57,10 @@ def test_the_engine_structures_hold_the_fields_the_features_read():
         assert name in fields, name
     for fn in ("capture_next", "capture_stats", "meter_update_flow", "meter_initialize_flow", "meter_expire_flow"):
         assert hasattr(lib, fn), fn
+    # ntds/flows/capture_next.c calls NFStream's capture_next through a pointer of exactly this type
+    assert ffi.typeof(ffi.addressof(lib, "capture_next")).cname == (
+        "int(*)(struct pcap *, struct nf_packet *, int, int, uint64_t, int)"
+    )
     assert set(engine._SENT) <= set(NFlow.__slots__)
     flow_fields = dict(ffi.typeof("struct nf_flow").fields)
     for name in engine._FLOW_FIELDS:
