@@ -57,7 +57,9 @@ def test_the_engine_structures_hold_the_fields_the_features_read():
         assert name in fields, name
     for fn in ("capture_next", "capture_stats", "meter_update_flow", "meter_initialize_flow", "meter_expire_flow"):
         assert hasattr(lib, fn), fn
-    # ntds/flows/capture_next.c calls NFStream's capture_next through a pointer of exactly this type
+    # ntds/flows/capture_next.c calls NFStream's capture_next through a pointer of exactly this type (asked of
+    # NFStream's own engine: once a control is installed, create_engine hands out ntds's wrapper of it)
+    ffi, lib = engine._original_create_engine()
     assert ffi.typeof(ffi.addressof(lib, "capture_next")).cname == (
         "int(*)(struct pcap *, struct nf_packet *, int, int, uint64_t, int)"
     )
