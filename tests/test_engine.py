@@ -108,10 +108,10 @@ def test_the_c_flow_key_groups_packets_exactly_as_nfstream_does():
     import random
 
     ffi, _ = nfstream.meter.create_engine()
-    meter = engine._compiled.ffi.new("struct ntds_meter *")
-    for name, value in engine.packet_layout().items():
-        setattr(meter.layout, name, value)
-    c_key = engine._flow_key(meter)
+    from ntds.flows.features import CicFeatures
+    from ntds.flows.profiles import UNICAUCA
+
+    c_key = engine._flow_key(CicFeatures(UNICAUCA, engine.packet_layout()).meter)
     rng = random.Random(5)
     words = [0, 1, 2**32, 2**63, 2**64 - 1, rng.getrandbits(64)]
     packets = []
