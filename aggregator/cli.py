@@ -6,6 +6,7 @@ Every error a user can cause ends as one line on stderr and a non-zero exit.
 from __future__ import annotations
 
 import argparse
+import os
 import sqlite3
 import sys
 import time
@@ -155,6 +156,25 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--sensor", help="only this sensor")
     al.add_argument("--json", action="store_true", help="one JSON object per alert")
     al.set_defaults(func=_alerts)
+
+    pc = sub.add_parser(
+        "pcap",
+        help="fetch the packets behind an alert (or of a host in a time range) from the sensor that saw them",
+        description="Ask the sensor for the packets (over its link, by a pcap job that `serve` sends it; a sensor "
+        "that is offline gets it when it is back), wait for them and write them as a pcap file. Packets come from "
+        "those the sensor kept for the alert, its packet ring, or the files it replayed: the same bytes and times.",
+    )
+    pc.add_argument("alert", nargs="?", type=int, metavar="ALERT_ID", help="the alert's id (ntds-aggregator alerts)")
+    pc.add_argument("--config", required=True, help="aggregator.yaml")
+    pc.add_argument("-o", "--output", required=True, help="pcap file to write")
+    pc.add_argument("--sensor", help="without ALERT_ID: the sensor to ask")
+    pc.add_argument("--host", help="without ALERT_ID: packets from or to this address")
+    pc.add_argument("--peer", default="", help="only packets between host and this address")
+    pc.add_argument("--since", help="without ALERT_ID: from this time (ISO-8601)")
+    pc.add_argument("--until", help="without ALERT_ID: to this time (ISO-8601)")
+    pc.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+                    help="how long to wait for the sensor (default 120; the job stays open after)")  # fmt: skip
+    pc.set_defaults(func=_pcap)
 
     ui = sub.add_parser(
         "ui",
@@ -479,17 +499,78 @@ def _alerts(args) -> int:
     finally:
         store.close()
     shown = 0
-    for sensor, seq, a in rows:
+    for alert_id, sensor, seq, a in rows:
         if a["tier"] < args.min_tier:
             continue
         shown += 1
         if args.json:
-            print(json.dumps({"sensor": sensor, "seq": seq} | a))
+            print(json.dumps({"id": alert_id, "sensor": sensor, "seq": seq} | a))
         else:
             why = "; ".join(e.get("text") or e["axis"] for e in a["explanation"])
-            print(printable(f"{sensor}  {summary_line(a)}  ({why})", 1000))
+            print(printable(f"{alert_id}  {sensor}  {summary_line(a)}  ({why})", 1000))
     if not args.json:
         print(f"{shown} alerts", file=sys.stderr)
+    return 0
+
+
+def _pcap(args) -> int:
+    import shutil
+    from datetime import UTC, datetime
+
+    from aggregator import evidence
+    from ntds.logs import printable
+
+    if not 0 < args.timeout <= 86400:
+        raise InputError("--timeout must be between 0 and 86400 seconds")
+    by_host = (args.sensor, args.host, args.since, args.until)
+    if args.alert is None and not all(by_host):
+        raise InputError("give an ALERT_ID, or --sensor, --host, --since and --until")
+    if args.alert is not None and any(by_host):
+        raise InputError("give an ALERT_ID or --sensor/--host/--since/--until, not both")
+    _, store = _open_store(args.config)
+    db = store.db
+    try:
+        user = f"cli:{os.environ.get('USER', '') or os.getuid()}"
+        if args.alert is not None:
+            job_id = evidence.request_for_alert(db, args.alert, user)
+        else:
+            iso = lambda flag, t: datetime.fromtimestamp(_time_option(flag, t), UTC).isoformat()  # noqa: E731
+            sel = {"host": args.host, "peer": args.peer, "host_port": 0, "peer_port": 0, "protocol": 0,
+                   "since": iso("--since", args.since), "until": iso("--until", args.until)}  # fmt: skip
+            job_id = evidence.request_for_host(db, args.sensor, sel, user)
+        j = evidence.job(db, job_id)
+        print(f"pcap job {job_id}: asking sensor {printable(j['sensor'])} for the packets of "
+              f"{printable(j['spec']['host'])} from {j['spec']['since']} to {j['spec']['until']}",
+              file=sys.stderr)  # fmt: skip
+        shown = [""]
+
+        def progress(j: dict) -> None:
+            state = f"{j['state']}" + (f" ({j.get('received', 0)}/{j['parts']} parts)" if j["parts"] else "")
+            if state != shown[0]:
+                shown[0] = state
+                print(f"pcap job {job_id}: {state}", file=sys.stderr)
+
+        j = evidence.wait(db, job_id, args.timeout, progress)
+    finally:
+        store.close()
+    if j["state"] == "failed":
+        raise InputError(f"pcap job {job_id}: sensor {j['sensor']} could not serve it: {j['error']}")
+    if j["state"] != "done":
+        print(f"{PROG}: error: pcap job {job_id} is still {j['state']} after {args.timeout:g} s (is sensor "
+              f"{printable(j['sensor'])} connected?); it stays open: run the same command again to collect it",
+              file=sys.stderr)  # fmt: skip
+        return 3
+    try:
+        shutil.copyfile(j["file"], args.output)
+    except OSError as e:
+        raise InputError(f"{args.output}: cannot write: {e.strerror or e}") from None
+    cut = (
+        f" (of {j['packets_total']:,} matching: cut at the sensor's size cap)"
+        if j["packets_total"] > j["packets"]
+        else ""
+    )
+    print(f"{args.output}: {j['packets']:,} packets{cut}, {j['bytes']:,} bytes, from the sensor's {j['source']} "
+          f"(sha256 {j['sha256']})", file=sys.stderr)  # fmt: skip
     return 0
 
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
+from aggregator import evidence
 from aggregator.store import Store
 from aggregator.zap import ZapHandler
 from ntds.logs import printable
@@ -74,6 +76,10 @@ class Receiver:
         self.store_errors = 0
         self._unsaved: Counter[str] = Counter()
         """Rejections counted but not yet stored (the store refused a write: a full disk)."""
+        self.identities: dict[str, bytes] = {}
+        """Each sensor's connection, as of its last message: where its pcap jobs go."""
+        self.evidence_folder = evidence.folder_of(store.path)
+        self._jobs_checked = 0.0
 
     def close(self) -> None:
         if self.zap:
@@ -89,6 +95,7 @@ class Receiver:
 
         Raises StoreBroken when the store can no longer be written for a reason other than room (a
         corrupt file): serving on would acknowledge nothing while looking alive."""
+        self._jobs()
         if not self.socket.poll(timeout_ms):
             return self._store_refusals()
         batch: list[tuple[bytes, Message]] = []
@@ -149,12 +156,39 @@ class Receiver:
             frame = encode(ack(sensor, spool, seqs), version=version)
             with contextlib.suppress(zmq.ZMQError):
                 self.socket.send_multipart([identity, frame], flags=zmq.NOBLOCK)
+        for identity, m in batch:
+            self.identities[m.sensor] = identity
+        if any(m.type == "evidence" for _, m in batch):
+            self._jobs_checked = 0.0
         if self.pusher is not None:
             for identity, m in batch:
                 for part in self.pusher.offer(m):
                     with contextlib.suppress(zmq.ZMQError):  # a peer gone since is offered it again when back
                         self.socket.send_multipart([identity, encode(part)], flags=zmq.NOBLOCK)
         return len(batch)
+
+    def _jobs(self) -> None:
+        """Once a second: send open pcap jobs to their connected sensors, assemble the answers complete."""
+        now = time.monotonic()
+        if now - self._jobs_checked < 1.0:
+            return
+        self._jobs_checked = now
+        db = self.store.db
+        try:
+            for line in evidence.assemble(db, self.evidence_folder):
+                log.info("%s", line)
+            sent = []
+            for sensor, frame, job_id in evidence.due(db, set(self.identities), time.time()):
+                try:
+                    self.socket.send_multipart([self.identities[sensor], frame], flags=zmq.NOBLOCK)
+                    sent.append(job_id)
+                except zmq.ZMQError:
+                    continue  # gone since: sent again when it is back
+            if sent:
+                evidence.mark_sent(db, sent, time.time())
+                log.info("sent pcap jobs %s", ", ".join(map(str, sent)))
+        except sqlite3.OperationalError as e:
+            log.error("pcap jobs wait: %s", e)
 
     def _handshake_failures(self) -> Counter[str]:
         failed: Counter[str] = Counter()

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aggregator.evidence import JOBS_SCHEMA, store_part
 from ntds.errors import InputError
 from ntds.wire.schema import Message, upgrade_body, wire_time
 
@@ -111,6 +112,7 @@ class Store:
         self.db.execute("PRAGMA synchronous=FULL")
         self._migrate()
         self.db.executescript(SCHEMA)
+        self.db.executescript(JOBS_SCHEMA)
         self._index_alerts()
 
     def _migrate(self) -> None:
@@ -166,6 +168,10 @@ class Store:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             for m in messages:
+                if m.type == "evidence":
+                    out.new += store_part(self.db, m)
+                    self._seen(m, now, False, out.events)
+                    continue
                 cur = self.db.execute(
                     "INSERT OR IGNORE INTO messages (sensor, spool, seq, type, created, received, data_time, body)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -273,15 +279,16 @@ class Store:
         cur = self.db.execute("DELETE FROM messages WHERE id <= ? AND received < ?", (up_to_id, received_before))
         return cur.rowcount
 
-    def alerts(self, sensor: str | None = None, since: float | None = None) -> list[tuple[str, int, dict]]:
-        """Stored alerts as (sensor, seq, body), oldest first by first seen (bodies as the current schema)."""
-        sql, args = "SELECT sensor, seq, body FROM messages WHERE type = 'alert'", []
+    def alerts(self, sensor: str | None = None, since: float | None = None) -> list[tuple[int, str, int, dict]]:
+        """Stored alerts as (id, sensor, seq, body), oldest first by first seen (bodies as the current schema); the
+        id is the alert's one id everywhere (the alert manager's URLs, the API, `pcap`)."""
+        sql, args = "SELECT id, sensor, seq, body FROM messages WHERE type = 'alert'", []
         if sensor:
             sql, args = sql + " AND sensor = ?", [*args, sensor]
         if since is not None:
             sql, args = sql + " AND data_time >= ?", [*args, since]
         rows = self.db.execute(sql + " ORDER BY data_time, sensor, seq", args)
-        return [(s, q, upgrade_body("alert", json.loads(b))) for s, q, b in rows]
+        return [(i, s, q, upgrade_body("alert", json.loads(b))) for i, s, q, b in rows]
 
 
 def open_store(path: str | Path, create: bool = False, check: bool = False) -> Store:

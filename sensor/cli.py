@@ -194,6 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--config", required=True, type=Path, help="sensor.yaml")
     rp.add_argument("--pace", choices=("max", "realtime"), default="max", help="read speed (default: max)")
     rp.add_argument("--wait", type=float, default=60.0, help="seconds to wait for acknowledgements (default: 60)")
+    rp.add_argument(
+        "--serve-evidence", type=float, default=0.0, metavar="SECONDS",
+        help="after the files, stay connected this long answering pcap jobs for the replay's alerts from the "
+        "replayed files (ntds-aggregator pcap; SIGTERM ends it; default: 0)",
+    )  # fmt: skip
     rp.add_argument("--insecure", action="store_true", help="plain text, no keys (tests on loopback only)")
     rp.set_defaults(func=cmd_replay)
 
@@ -232,7 +237,13 @@ def _pipeline(args: argparse.Namespace, live: bool) -> int:
     if not sources:
         what = "no interfaces to capture on (setting 'interfaces')" if live else "no capture files (setting 'files')"
         raise InputError(f"{args.config}: {what}")
-    kwargs = {"interfaces": sources} if live else {"files": sources, "pace": args.pace, "drain_s": args.wait}
+    if not live and not 0 <= args.serve_evidence <= 30 * 86400:
+        raise InputError("--serve-evidence must be between 0 and 2592000 seconds")
+    kwargs = (
+        {"interfaces": sources}
+        if live
+        else {"files": sources, "pace": args.pace, "drain_s": args.wait, "serve_evidence_s": args.serve_evidence}
+    )
     return Pipeline(cfg, insecure=args.insecure, progress=sys.stderr.isatty(), **kwargs).run()
 
 

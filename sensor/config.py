@@ -148,6 +148,29 @@ class SensorConfig(Settings):
     spool_limit_mb: int = setting(
         "int", 256, "spool size limit in MB (health, then statistics, summaries, hellos, alerts dropped)", low=1
     )
+    ring_mb: int = setting(
+        "int", 2048, "live capture: the packet ring, the packets as captured, kept on disk for the evidence behind "
+        "alerts (the oldest files go first beyond this total); 0: no ring", low=0, high=2**24,
+    )  # fmt: skip
+    ring_max_age_s: int = setting(
+        "int", 7 * 86400, "ring files older than this are removed even below ring_mb (0: by size only)", low=0,
+        high=10**9,
+    )  # fmt: skip
+    ring_file_mb: int = setting("int", 64, "size at which a meter closes its ring file and begins the next",
+                                low=1, high=4096)  # fmt: skip
+    evidence_dir: Path = setting(
+        "path", "", "folder of the packet ring (ring/), the packets kept for alerts (kept/) and the replayed files' "
+        "list; empty: evidence/ in spool_dir",
+    )  # fmt: skip
+    evidence_keep_mb: int = setting(
+        "int", 1024, "packets kept for alerts beyond the ring's rotation, in all (the oldest go first); 0: none kept",
+        low=0, high=2**24,
+    )  # fmt: skip
+    evidence_keep_days: int = setting("int", 30, "days the packets kept for an alert are kept", low=1, high=36500)
+    pcap_max_mb: int = setting(
+        "int", 64, "largest pcap one alert's packets (or one pcap job) may come to; beyond it the newest are left "
+        "out and the answer says how many", low=1, high=180,
+    )  # fmt: skip
     geoip_database: Path | None = setting(
         "path", "", "first,last,CC ranges CSV (empty: the bundled iptocc data)", must_exist=True, reload=True
     )
@@ -164,6 +187,10 @@ class SensorConfig(Settings):
     @property
     def spool(self) -> Path:
         return self.spool_dir / "spool.db"
+
+    @property
+    def evidence_folder(self) -> Path:
+        return Path(self.evidence_dir) if self.evidence_dir else self.spool_dir / "evidence"
 
     @property
     def grouping(self):

@@ -52,7 +52,7 @@ class Link:
         self.acked = 0
         self.bad_acks = 0
         self.downstream: list = []
-        """Baseline parts the aggregator pushed, in arrival order (sensor.baseline_updates takes them)."""
+        """Baseline parts and pcap jobs the aggregator sent, in arrival order (the pipeline takes them)."""
 
     def close(self) -> None:
         # Everything unacknowledged is still in the spool: nothing to linger for.
@@ -85,7 +85,7 @@ class Link:
                 except WireError:
                     self.bad_acks += 1
                     continue
-                if msg.type == "baseline" and msg.sensor == self.spool.sensor_id:
+                if msg.type in ("baseline", "pcap_job") and msg.sensor == self.spool.sensor_id:
                     self.downstream.append(msg)  # the pipeline takes these between batches
                     continue
                 if msg.type != "ack" or msg.spool != self.spool.spool_id:

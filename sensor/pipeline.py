@@ -37,6 +37,7 @@ from ntds.detect.detection import Detection
 from ntds.errors import InputError
 from ntds.flows.engine import CaptureControl
 from ntds.flows.meter import FlowMeter, FlowRecord
+from ntds.logs import printable
 from ntds.notify import Notifier
 from ntds.progress import Progress
 from ntds.wire import schema as wire
@@ -45,6 +46,8 @@ from ntds.wire.schema import TIERS, in_time_range
 from sensor.baseline_updates import BaselineUpdates, Refused
 from sensor.config import SensorConfig
 from sensor.config import load as load_config
+from sensor.evidence.jobs import Evidence, EvidenceWorker
+from sensor.evidence.ring import prune as prune_ring
 from sensor.flow_records import FlowRecords
 from sensor.geo import GeoIP
 from sensor.link import Link
@@ -61,6 +64,8 @@ FLUSH_S = 1.0
 QUEUE = 50_000
 """Flows between capture and scoring; when full, the meters wait (and a live capture drops, counted)."""
 SLOTS_PER_SOURCE = 16
+RING_PRUNE_S = 5.0
+"""How often the ring keeper looks at the ring's size and age."""
 DRAIN_ON_STOP_S = 10.0
 """How long `run` keeps trying to deliver the spool after SIGTERM; the rest waits in the spool."""
 
@@ -95,6 +100,7 @@ class Pipeline:
         insecure: bool = False,
         progress: bool = False,
         drain_s: float = DRAIN_ON_STOP_S,
+        serve_evidence_s: float = 0.0,
     ) -> None:
         if bool(interfaces) == bool(files):
             raise InputError("give either interfaces (run) or capture files (replay)")
@@ -153,12 +159,33 @@ class Pipeline:
             self.spool = Spool(cfg.spool, cfg.sensor_id, max_bytes=cfg.spool_limit_mb * 1024 * 1024)
         except Exception as e:  # sqlite3 or OSError: an unwritable or corrupt spool
             raise InputError(f"{cfg.spool}: cannot open the spool: {e}") from None
+        self.evidence = self._evidence(cfg)
+        self.evidence_worker: EvidenceWorker | None = None
+        self.serve_evidence_s = serve_evidence_s
+        self._ring_disk = 0
         self.records: FlowRecords | None = None
         if cfg.flow_records_dir:
             try:
                 self.records = FlowRecords(cfg.flow_records_dir, cfg.flow_records_file_mb, cfg.flow_records_max_mb)
             except OSError as e:
                 raise InputError(f"{cfg.flow_records_dir}: cannot keep flow records there: {e.strerror or e}") from None
+
+    def _evidence(self, cfg: SensorConfig) -> Evidence:
+        """The evidence room: the ring (live, ring_mb > 0), the kept packets, the replayed files remembered."""
+        folder = cfg.evidence_folder
+        ring = folder / "ring" if self.live and cfg.ring_mb else None
+        try:
+            if ring is not None:
+                ring.mkdir(parents=True, exist_ok=True)
+            evidence = Evidence(folder, ring, max_mb=cfg.pcap_max_mb, keep_mb=cfg.evidence_keep_mb,
+                                keep_days=cfg.evidence_keep_days)  # fmt: skip
+            if self.files:
+                evidence.remember_replay((i.path, i.packets if i.damaged else None) for i in self.infos)
+        except OSError as e:
+            raise InputError(f"{folder}: cannot keep evidence there: {e.strerror or e}") from None
+        if ring is not None:
+            self.control.ring(ring, cfg.ring_file_mb)
+        return evidence
 
     @staticmethod
     def _summariser(cfg: SensorConfig) -> Summariser:
@@ -180,6 +207,8 @@ class Pipeline:
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
         link = None
+        self.evidence_worker = EvidenceWorker(self.evidence)
+        self.evidence_worker.start()
         try:
             threads = self._start_sources()
             self._yield_to_meters()
@@ -198,6 +227,7 @@ class Pipeline:
             raise InputError(f"{self.cfg.spool}: cannot write the spool ({e}); what it holds is kept") from None
         finally:
             self.control.stop()
+            self.evidence_worker.stop()
             if self.records is not None:
                 with contextlib.suppress(OSError):
                     self.records.close()
@@ -275,7 +305,7 @@ class Pipeline:
 
     def _loop(self, link: Link, sources: int) -> None:
         done = 0
-        next_tick = next_health = time.monotonic()
+        next_tick = next_health = next_ring = time.monotonic()
         last_wake = 0.0
         while done < sources:
             item, self._early = self._early, None
@@ -316,6 +346,10 @@ class Pipeline:
                 self._close_intervals()
                 link.pump(0)
                 self._take_pushed(link)
+                self._spool_evidence()
+                if now >= next_ring:
+                    next_ring = now + RING_PRUNE_S
+                    self._prune_ring()
                 self.notify.watchdog()
                 self.notify.status(self.status())
                 self.progress.note(self.status())
@@ -329,6 +363,11 @@ class Pipeline:
         names it tells the aggregator (and every later health) that it is active."""
         parts, link.downstream = link.downstream, []
         for m in parts:
+            if m.type == "pcap_job":
+                log.info("pcap job %d: packets of %s from %s to %s", m.seq, printable(m.body["host"]),
+                         m.body["since"], m.body["until"])  # fmt: skip
+                self.evidence_worker.job(m.seq, m.body)
+                continue
             try:
                 baseline = self.updates.take(m)
             except Refused as e:
@@ -380,8 +419,26 @@ class Pipeline:
 
     def _spool_alerts(self, alerts: list[dict]) -> None:
         if alerts:
-            self.spool.append([("alert", a) for a in alerts])
+            seqs = self.spool.append([("alert", a) for a in alerts])
             self.counters.alerts += len(alerts)
+            if self.evidence.ring_dir is not None and self.cfg.evidence_keep_mb and self.evidence_worker is not None:
+                for seq, a in zip(seqs, alerts):
+                    self.evidence_worker.keep(self.spool.spool_id, seq, a)
+
+    def _spool_evidence(self) -> None:
+        """Answers to pcap jobs the evidence worker finished: spooled, so they are resent until acknowledged."""
+        bodies = self.evidence_worker.take() if self.evidence_worker is not None else []
+        for i in range(0, len(bodies), 64):
+            self.spool.append([("evidence", b) for b in bodies[i : i + 64]])
+
+    def _prune_ring(self) -> None:
+        ring = self.evidence.ring_dir
+        if ring is None:
+            return
+        try:
+            _, self._ring_disk = prune_ring(ring, self.cfg.ring_mb * 2**20, self.cfg.ring_max_age_s)
+        except OSError as e:
+            log.warning("cannot prune the packet ring %s: %s", ring, e)
 
     def _close_intervals(self) -> None:
         """Live: intervals close, and grouped alerts fall due, by the wall clock. Replay: by the capture's own
@@ -421,8 +478,13 @@ class Pipeline:
         }
         return wire.health(
             capture, self.control.flows_evicted, self.counters.skipped, state, st.messages, st.bytes, st.dropped,
-            self.detection.evicted, self.baseline.id, self.updates.refused,
+            self.detection.evicted, self.baseline.id, self.updates.refused, self._evidence_counts(),
         )  # fmt: skip
+
+    def _evidence_counts(self) -> dict:
+        c = self.evidence.counts
+        return self.control.ring_counts() | {"ring_disk_bytes": self._ring_disk, "kept_alerts": c.kept_alerts,
+                                             "jobs_served": c.jobs_served, "jobs_failed": c.jobs_failed}  # fmt: skip
 
     def status(self) -> str:
         """The progress and STATUS line: packets as the capture delivers them (not as flows finish)."""
@@ -444,6 +506,9 @@ class Pipeline:
         self._spool_stats(None)
         deadline = time.monotonic() + self.drain_s
         link.drain(self.drain_s)
+        if self.serve_evidence_s and not self._stop_requested:
+            self._serve_evidence(link)
+            deadline = time.monotonic() + self.drain_s
         # Health last, so that it reports the backlog left after delivery (0 when all went through), and
         # says the sensor is stopping (the aggregator then shows it as stopped, not online).
         self.spool.append([("health", self._health("stopping"))])
@@ -462,6 +527,22 @@ class Pipeline:
             )
             return 3
         return 0
+
+    def _serve_evidence(self, link: Link) -> None:
+        """replay --serve-evidence: after the files, stay connected and answer pcap jobs for the replay's
+        alerts (from the replayed files) until the time is up or SIGTERM."""
+        log.info("serving pcap jobs for %.0f s (SIGTERM ends it)", self.serve_evidence_s)
+        self.notify.status(f"replay done; serving pcap jobs for {self.serve_evidence_s:.0f} s")
+        end = time.monotonic() + self.serve_evidence_s
+        next_health = 0.0
+        while time.monotonic() < end and not self._stop_requested:
+            link.pump(100)
+            self._take_pushed(link)
+            self._spool_evidence()
+            self.notify.watchdog()
+            if time.monotonic() >= next_health:
+                next_health = time.monotonic() + self.cfg.health_interval_s
+                self.spool.append([("health", self._health())])
 
     # -- SIGHUP -------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import math
 from datetime import UTC, datetime
 
 from ntds.detect.baseline import METRIC_COLUMNS, SCORABLE_COLUMNS, entry_kind
+from ntds.detect.behind import flow_entry
 from ntds.detect.hosts.base import Finding
 from ntds.detect.scoring import TIER_LABELS
 from ntds.flows.columns import COLUMNS as FLOW_COLUMNS
@@ -124,6 +125,8 @@ def flow_alert(
         "tier_label": TIER_LABELS[int(tier)],
         "explanation": explanation,
         "features": features,
+        "flows": [flow_entry(t, tier)],
+        "flows_total": 1,
     }
 
 
@@ -132,8 +135,10 @@ def _finite(v: float) -> float:
     return v if math.isfinite(v) else 0.0
 
 
-def host_alert(f: Finding, baseline_id: str) -> dict:
-    """A host-level detector's finding as an alert body."""
+def host_alert(f: Finding, baseline_id: str, flows: list[dict] | None = None) -> dict:
+    """A host-level detector's finding as an alert body; `flows`: the flows it counted (ntds.detect.behind), at most
+    the newest 32 of the `count` behind it."""
+    flows = flows or []
     return {
         "kind": f.kind,
         "signature": f.signature,
@@ -167,6 +172,8 @@ def host_alert(f: Finding, baseline_id: str) -> dict:
             for x in f.facts
         ],
         "features": {},
+        "flows": flows,
+        "flows_total": int(min(max(f.count, len(flows)), 2**40)),
     }
 
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from ntds.detect.alerts import COLUMNS, features_map, flow_alert, host_alert
 from ntds.detect.baseline import AXIS_INDEX, Baseline, metrics_matrix, scorable_columns, service_keys
+from ntds.detect.behind import FlowsBehind
 from ntds.detect.grouping import Grouper, GroupingOptions
 from ntds.detect.hosts import DETECTORS, Detector
 from ntds.flows.files import records_to_columns
@@ -113,13 +114,14 @@ class Detection:
         self.min_flow_tier = min_flow_tier
         self.detectors = build_detectors(detectors, local)
         self.grouper = Grouper(grouping)
+        self.behind = FlowsBehind()
         self.stats = DetectionStats()
         self.clock_ms = 0
 
     @property
     def evicted(self) -> int:
         """Keys the detectors and the grouping stopped tracking because their tables were full."""
-        return sum(d.evicted for d in self.detectors) + self.grouper.evicted
+        return sum(d.evicted for d in self.detectors) + self.grouper.evicted + self.behind.evicted
 
     def process(self, records: Sequence[Any]) -> Judged:
         """One batch of finished flows (objects with `.features` (87 columns or None) and `.traffic`)."""
@@ -143,17 +145,20 @@ class Detection:
             out.extend(alerts)
             due.extend([self.clock_ms] * len(alerts))
 
+        behind = self.behind
         for i, r in enumerate(records):
             t = r.traffic
             now = t.end_ms if t.end_ms > t.start_ms else t.start_ms
             if now > self.clock_ms:
                 self.clock_ms = now
                 sent(grouper.advance(now))
+            behind.add(t, tiers[i])
             for d in self.detectors:
                 for f in d.findings(t):
                     self.stats.findings[f.kind] += 1
                     if f.tier >= self.min_tier:
-                        sent(grouper.add(host_alert(f, self.baseline.id), self.clock_ms))
+                        alert = host_alert(f, self.baseline.id, behind.behind(f, d))
+                        sent(grouper.add(alert, self.clock_ms))
             alert = flow_alerts.get(i)
             if alert is not None:
                 sent(grouper.add(alert, self.clock_ms))

@@ -25,6 +25,7 @@ import heapq
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
+from ntds.detect.behind import merge_flows
 from ntds.detect.explain import duration
 from ntds.detect.scoring import TIER_LABELS
 
@@ -49,7 +50,7 @@ class GroupingOptions:
 
 
 class _Group:
-    __slots__ = ("best", "count", "first", "last", "due_ms", "sent_tier", "sent", "touched_ms")
+    __slots__ = ("best", "count", "first", "last", "due_ms", "sent_tier", "sent", "touched_ms", "flows", "total")
 
     def __init__(self) -> None:
         self.best: dict | None = None
@@ -59,6 +60,8 @@ class _Group:
         self.sent_tier = 0
         self.sent = False
         self.touched_ms = 0
+        self.flows: list[dict] = []
+        self.total = 0
 
 
 def group_key(alert: dict) -> tuple[str, str, str, str]:
@@ -112,6 +115,9 @@ class Grouper:
         # flow alerts: flows folded; host-level alerts carry the detector's own count (ports, hosts, attempts),
         # which grows with each finding of a key: the group keeps the largest
         g.count = g.count + alert["count"] if alert["kind"] == "flow" else max(g.count, alert["count"])
+        # the flows behind the group: every repeat's (a detector's later findings recount the earlier flows)
+        g.flows = merge_flows(g.flows, alert["flows"])
+        g.total = g.total + alert["flows_total"] if alert["kind"] == "flow" else max(g.total, alert["flows_total"])
         g.first = min(g.first, alert["first_seen"]) if g.first else alert["first_seen"]
         g.last = max(g.last, alert["last_seen"])
         if g.sent and alert["tier"] > g.sent_tier and g.due_ms > t_ms:
@@ -155,8 +161,9 @@ class Grouper:
     def _send(self, g: _Group, key: tuple) -> list[dict]:
         alert = dict(g.best)
         alert["count"], alert["first_seen"], alert["last_seen"] = g.count, g.first, g.last
+        alert["flows"], alert["flows_total"] = g.flows, max(g.total, len(g.flows))
         g.sent, g.sent_tier = True, max(g.sent_tier, alert["tier"])
-        g.best, g.count, g.first, g.last = None, 0, "", ""
+        g.best, g.count, g.first, g.last, g.flows, g.total = None, 0, "", "", [], 0
         g.due_ms = self.now_ms + self.o.group_interval_s * 1000
         self._schedule(key, g.due_ms)
         return self._budgeted(alert)
@@ -236,6 +243,8 @@ class Grouper:
             "tier_label": TIER_LABELS[tier],
             "explanation": facts,
             "features": {},
+            "flows": [],
+            "flows_total": 0,
         }
         self.overflow.clear()
         self.overflow_alerts.clear()

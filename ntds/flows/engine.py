@@ -88,6 +88,12 @@ class CaptureControl:
         self.live = live
         self.features: CicFeatures | None = None
         """The feature accumulator the meters run (a copy each, after fork); None: NFStream as it is."""
+        self._ring_packets = ctx.Array("Q", _MAX_METERS, lock=False)
+        self._ring_bytes = ctx.Array("Q", _MAX_METERS, lock=False)
+        self._ring_errors = ctx.Array("Q", _MAX_METERS, lock=False)
+        self.ring_dir: str = ""
+        """Live capture: the folder each meter writes its packet ring into ("" : no ring)."""
+        self.ring_file_bytes = 64 * 2**20
         self.limits: list[int | None] = []
         """Per input file, in order: read at most this many records (a damaged file stops at its last intact
         one), or None for the whole file. Set before the meters fork."""
@@ -99,6 +105,17 @@ class CaptureControl:
         if not 0 <= slot < _MAX_METERS:
             raise ValueError(f"slot {slot} out of range")
         _current = (self, slot)
+
+    def ring(self, folder, file_mb: int) -> None:
+        """Have the meters forked from now on write the packets they capture into a ring in `folder`
+        (sensor.evidence.ring), in files of `file_mb`."""
+        self.ring_dir = str(folder)
+        self.ring_file_bytes = file_mb * 2**20
+
+    def ring_counts(self) -> dict[str, int]:
+        """Packets and bytes the meters wrote to the ring, and the writes that failed (a full disk)."""
+        return {"ring_packets": sum(self._ring_packets), "ring_bytes": sum(self._ring_bytes),
+                "ring_errors": sum(self._ring_errors)}  # fmt: skip
 
     def stop(self) -> None:
         self._stop.value = 1

@@ -14,8 +14,9 @@ it is resent. The aggregator answers with an `ack` naming the spool and the
 sequence numbers it has stored.
 
 Older sensors are still accepted: version 1 (no spool id, no health state),
-version 2 (alerts for single flows only) and version 3 (no statistics) frames
-are upgraded to version 4 on decoding (`upgrade`): a version 2 alert becomes a
+version 2 (alerts for single flows only), version 3 (no statistics) and
+version 4 (no flows behind alerts, no evidence) frames are upgraded to version
+5 on decoding (`upgrade`): a version 2 alert becomes a
 `flow` alert with a count of 1, first and last seen at the flow's start. Each sensor is acknowledged in
 its own version, so a sensor can be upgraded after the aggregator without
 losing what its spool holds. Bodies stored by an older aggregator are
@@ -44,8 +45,8 @@ from datetime import UTC, datetime
 
 from ntds.times import now_iso, parse_time
 
-VERSION = 4
-ACCEPTED_VERSIONS = (1, 2, 3, 4)
+VERSION = 5
+ACCEPTED_VERSIONS = (1, 2, 3, 4, 5)
 MAX_FRAME = 65536
 """Largest accepted frame in bytes; an alert is about 1 KB, a busy summary about 30 KB."""
 INT_MAX = 2**53 - 1
@@ -149,10 +150,12 @@ INTERVAL_START = F("time", "interval start, ISO-8601 UTC; a flow belongs to the 
 FLOWS_BYTES = {"flows": F("int", "flows of this kind"), "bytes": F("int", "their IP bytes, both directions")}
 
 ENVELOPE: dict[str, F] = {
-    "v": F("int", "schema version (4; version 1, 2 and 3 frames are upgraded on decoding)"),
+    "v": F("int", "schema version (5; version 1 to 4 frames are upgraded on decoding)"),
     "type": F(
-        "str", "hello, alert, summary, stats, health (from sensors); ack, baseline (from the aggregator)", max_len=16
-    ),  # fmt: skip
+        "str",
+        "hello, alert, summary, stats, health, evidence (from sensors); ack, baseline, pcap_job (from the aggregator)",
+        max_len=16,
+    ),
     "sensor": F("str", "the sensor's id; the aggregator only accepts the id bound to the sender's key", max_len=64),
     "spool": F(
         "str",
@@ -185,7 +188,7 @@ HELLO = MessageType(
 def _archive_alert(m: Message) -> Iterable[ArchiveRow]:
     b = m.body
     t = parse_time(b["first_seen"])
-    row = {k: v for k, v in b.items() if k not in ("first_seen", "last_seen", "explanation", "features")}
+    row = {k: v for k, v in b.items() if k not in ALERT_NOT_ARCHIVED}
     yield (
         "alerts",
         t,
@@ -200,11 +203,32 @@ def _archive_alert(m: Message) -> Iterable[ArchiveRow]:
     )
 
 
+ALERT_NOT_ARCHIVED = ("first_seen", "last_seen", "explanation", "features", "flows", "flows_total")
+"""Alert fields the archive's alerts table does not take as they are (times and JSON columns are made of the first
+four; the flows behind an alert stay in the store, where the alert manager reads them)."""
+
 ALERT_KINDS_MEANING = (
     "flow (one flow rare for the baseline entry that judged it), a host-level detector's kind (port-scan, "
     "host-sweep, brute-force, beacon, long-connection, dns-tunnel, exfiltration, icmp-tunnel), or overflow "
     "(alerts beyond the sensor's hourly budget, summarised)"
 )
+
+MAX_FLOWS_BEHIND = 32
+"""Flows an alert lists; `flows_total` says how many there were."""
+FLOW_BEHIND: dict[str, F] = {
+    "src_ip": F("str", "the flow's source (it sent the first packet)", max_len=64),
+    "src_port": F("int", "source port (0 without ports)", top=65535),
+    "dst_ip": F("str", "the flow's destination", max_len=64),
+    "dst_port": F("int", "destination port (0 without ports)", top=65535),
+    "protocol": F("int", "IP protocol number", top=255),
+    "application": F("str", "nDPI's application (ProtocolName)", max_len=128),
+    "first_seen": F("time", "the flow's first packet"),
+    "last_seen": F("time", "its last packet"),
+    "packets": F("int", "packets, both directions"),
+    "bytes": F("int", "IP bytes, both directions"),
+    "tier": F("int", "the flow's rarity tier 0..5, or -1 where it was not scored", top=TIERS - 1, low=-1),
+    "community_id": F("str", "Community ID v1 of the flow (TCP, UDP, SCTP; empty otherwise)", max_len=64),
+}
 
 ALERT = MessageType(
     "alert",
@@ -264,6 +288,14 @@ ALERT = MessageType(
             "left out); empty for host-level alerts",
             max_items=100,
         ),
+        "flows": F(
+            "objs",
+            f"the flows behind the alert, newest last: a flow alert's own flow (and the repeats grouped into it), "
+            f"the flows a host-level detector counted; at most {MAX_FLOWS_BEHIND}",
+            FLOW_BEHIND,
+            max_items=MAX_FLOWS_BEHIND,
+        ),
+        "flows_total": F("int", "how many flows are behind the alert in all (flows lists at most the newest 32)"),
     },
     {
         "kind": "flow",
@@ -297,6 +329,23 @@ ALERT = MessageType(
             }
         ],  # fmt: skip
         "features": {"Flow.Duration": 100000000.0, "Total.Fwd.Packets": 900.0},
+        "flows": [
+            {
+                "src_ip": "10.1.0.10",
+                "src_port": 42000,
+                "dst_ip": "93.184.216.34",
+                "dst_port": 443,
+                "protocol": 6,
+                "application": "GOOGLE",
+                "first_seen": "2026-11-16T08:00:00.100000Z",
+                "last_seen": "2026-11-16T08:01:40.100000Z",
+                "packets": 1800,
+                "bytes": 99100000,
+                "tier": 3,
+                "community_id": "1:LQU9qZlK+B5F3KDmev6m5PMibrg=",
+            }
+        ],
+        "flows_total": 1,
     },
     drop_rank=4,
     archive=_archive_alert,
@@ -310,12 +359,16 @@ def upgrade_body(kind: str, body: dict) -> dict:
     explanation's text made from its numbers."""
     if kind == "health" and isinstance(body, dict):
         body = {"flows_evicted": 0, "flows_skipped": 0, "state": "running", "detector_keys_evicted": 0,
-                "baseline_id": "", "baselines_refused": 0} | body  # fmt: skip
+                "baseline_id": "", "baselines_refused": 0,
+                "evidence": dict.fromkeys(EVIDENCE_HEALTH, 0)} | body  # fmt: skip
         if isinstance(body.get("spool_dropped"), dict):  # version 3 and older spools had no stats to drop
             body["spool_dropped"] = dict.fromkeys(DROP_ORDER, 0) | body["spool_dropped"]
         return body
-    if kind != "alert" or not isinstance(body, dict) or "time" not in body:
+    if kind != "alert" or not isinstance(body, dict):
         return body
+    if "time" not in body:
+        # version 3 and 4 alerts name no flows behind them
+        return body if "flows" in body else body | {"flows": [], "flows_total": 0}
     from ntds.detect.explain import axis_text
 
     b = dict(body)
@@ -338,6 +391,8 @@ def upgrade_body(kind: str, body: dict) -> dict:
         "community_id": "",
         "baseline_id": "",
         "features": {},
+        "flows": [],
+        "flows_total": 0,
     } | b
 
 
@@ -631,10 +686,20 @@ def _archive_health(m: Message) -> Iterable[ArchiveRow]:
     yield "health", t, _base(m) | row | {"created": t, "spool_dropped": sum(m.body["spool_dropped"].values())}
 
 
-HEALTH_NOT_ARCHIVED = ("baseline_id", "baselines_refused")
+HEALTH_NOT_ARCHIVED = ("baseline_id", "baselines_refused", "evidence")
 """Health fields the store keeps (the sensors page) but the archive's health table does not: its columns are the
 capture and spool counters the report reads."""
 
+
+EVIDENCE_HEALTH: dict[str, F] = {
+    "ring_packets": F("int", "packets written to the packet ring"),
+    "ring_bytes": F("int", "bytes written to it (record headers included)"),
+    "ring_errors": F("int", "ring writes that failed (a full disk): capture and metering went on"),
+    "ring_disk_bytes": F("int", "what the ring holds on disk now"),
+    "kept_alerts": F("int", "alerts whose packets were kept beyond the ring's rotation"),
+    "jobs_served": F("int", "pcap jobs answered with packets"),
+    "jobs_failed": F("int", "pcap jobs answered with the reason they could not be served"),
+}
 
 HEALTH = MessageType(
     "health",
@@ -659,6 +724,7 @@ HEALTH = MessageType(
         ),
         "spool_messages": F("int", "messages waiting in the spool for an acknowledgement (this one not counted)"),
         "spool_bytes": F("int", "their size"),
+        "evidence": F("obj", "the packet ring and the evidence kept and served since start", EVIDENCE_HEALTH),
         # "spool_dropped" is derived below from the types' drop ranks
     },
     {
@@ -673,6 +739,7 @@ HEALTH = MessageType(
         "baselines_refused": 0,
         "spool_messages": 0,
         "spool_bytes": 0,
+        "evidence": dict.fromkeys(EVIDENCE_HEALTH, 0),
     },
     drop_rank=0,
     archive=_archive_health,
@@ -721,12 +788,107 @@ BASELINE = MessageType(
     not_archived="sent by the aggregator; every promoted version stays in its store (`baseline versions`)",
 )
 
-MESSAGE_TYPES: dict[str, MessageType] = {t.name: t for t in (HELLO, ALERT, SUMMARY, STATS, HEALTH, ACK, BASELINE)}
+# -- pcap_job and evidence ----------------------------------------------------------------
+
+EVIDENCE_CHUNK = 45_000
+"""Packet-capture bytes per evidence part: base64 and the envelope keep each part under MAX_FRAME."""
+EVIDENCE_MAX_PARTS = 4096
+"""At most 184 MB in one answer; `pcap_max_mb` (sensor.yaml) caps it lower."""
+JOB_RANGE_MAX_S = 7 * 86400
+"""The longest time range one pcap job may ask for."""
+
+
+def packets_behind(alert: dict) -> dict:
+    """The packets behind an alert, as a pcap job's selection: the responsible host, the peer and ports the alert
+    names (a single flow's own source port), its protocol, from its first to its last seen widened to the flows it
+    lists (a detector's last count may come before its flows' last packets). The sensor keeps, and the aggregator
+    asks for, exactly these."""
+    flows = alert.get("flows") or []
+    protocol = alert["protocol"] or (flows[0]["protocol"] if flows else 0)
+    times = [alert["first_seen"], alert["last_seen"], *(f["first_seen"] for f in flows),
+             *(f["last_seen"] for f in flows)]  # fmt: skip
+    return {
+        "host": alert["src_ip"],
+        "peer": alert["dst_ip"],
+        "host_port": alert["src_port"] if alert["kind"] == "flow" and alert["count"] == 1 else 0,
+        "peer_port": alert["dst_port"],
+        "protocol": protocol,
+        "since": min(times, key=wire_time),
+        "until": max(times, key=wire_time),
+    }
+
+
+PCAP_JOB = MessageType(
+    "pcap_job",
+    "the aggregator asks a sensor for the packets behind an alert, or of a host in a time range (seq is the job's "
+    "number). The sensor answers with `evidence` parts: from the packets it kept for that alert, its packet ring, or "
+    "the capture files it replayed",
+    {
+        "alert_spool": F("str", "the spool of the alert the packets are for (empty: a search by host)", max_len=64),
+        "alert_seq": F("int", "the alert's sequence number in that spool (0: a search by host)", top=INT_MAX),
+        "host": F("str", "the responsible host: packets from or to it", max_len=64),
+        "peer": F("str", "only packets between host and this address (empty: any)", max_len=64),
+        "host_port": F("int", "only packets with this port on the host's side (0: any)", top=65535),
+        "peer_port": F("int", "only packets with this port on the peer's side (0: any)", top=65535),
+        "protocol": F("int", "only this IP protocol (0: any)", top=255),
+        "since": F("time", "first packet time wanted"),
+        "until": F("time", "last packet time wanted"),
+        "max_bytes": F("int", "answer at most this much capture (the sensor's own cap may be lower)", top=INT_MAX),
+    },
+    {
+        "alert_spool": "9f3c61d2a07b44e5",
+        "alert_seq": 42,
+        "host": "10.1.0.10",
+        "peer": "93.184.216.34",
+        "host_port": 42000,
+        "peer_port": 443,
+        "protocol": 6,
+        "since": "2026-11-16T08:00:00.100000Z",
+        "until": "2026-11-16T08:01:40.100000Z",
+        "max_bytes": 67108864,
+    },
+    drop_rank=None,
+    not_archived="sent by the aggregator; its jobs table keeps every job and its outcome",
+)
+
+EVIDENCE = MessageType(
+    "evidence",
+    "a sensor's answer to a pcap_job: a classic pcap file (nanosecond timestamps, the packets as captured) in parts, "
+    "or, with parts 0, the one-line reason it cannot be served",
+    {
+        "job": F("int", "the job's number (the pcap_job's seq)", top=INT_MAX),
+        "part": F("int", "this part's number, from 0", top=EVIDENCE_MAX_PARTS - 1),
+        "parts": F("int", "how many parts the file was cut into (0: not served, see error)", top=EVIDENCE_MAX_PARTS),
+        "packets": F("int", "packets in the whole file"),
+        "packets_total": F("int", "packets that matched before the size cap (more than packets: the file is cut)"),
+        "sha256": F("str", "SHA-256 of the whole file (hex)", max_len=64),
+        "source": F("str", "where the packets came from: kept, ring, replay", max_len=16),
+        "data": F("str", "this part of the file, base64", max_len=4 * EVIDENCE_CHUNK // 3 + 4),
+        "error": F("str", "why the job cannot be served (parts 0), else empty", max_len=512),
+    },
+    {
+        "job": 7,
+        "part": 0,
+        "parts": 1,
+        "packets": 1,
+        "packets_total": 1,
+        "sha256": "9f2c" * 16,
+        "source": "ring",
+        "data": "1MOyoQIABAAAAAAAAAAAAP//AAABAAAA",
+        "error": "",
+    },
+    drop_rank=-1,
+    not_archived="packets are assembled into a file beside the store (the jobs table names it), never archived",
+)
+
+MESSAGE_TYPES: dict[str, MessageType] = {
+    t.name: t for t in (HELLO, ALERT, SUMMARY, STATS, HEALTH, EVIDENCE, ACK, BASELINE, PCAP_JOB)
+}
 TYPES = tuple(MESSAGE_TYPES)
 SCHEMA: dict[str, dict[str, F]] = {n: t.fields for n, t in MESSAGE_TYPES.items()}
 EXAMPLES: dict[str, dict] = {n: t.example for n, t in MESSAGE_TYPES.items()}
 DROP_ORDER: tuple[str, ...] = tuple(
-    t.name for t in sorted(MESSAGE_TYPES.values(), key=lambda t: t.drop_rank or 0) if t.drop_rank is not None
+    t.name for t in sorted((t for t in MESSAGE_TYPES.values() if t.drop_rank is not None), key=lambda t: t.drop_rank)
 )
 """Spooled types, the first to be dropped at the spool's size limit first."""
 HEALTH.fields["spool_dropped"] = F(
@@ -749,6 +911,7 @@ def hello(baseline_id: str, feature_profile: str) -> dict:
 def health(
     capture: dict, flows_evicted: int, flows_skipped: int, state: str, spool_messages: int, spool_bytes: int,
     dropped: dict, detector_keys_evicted: int = 0, baseline_id: str = "", baselines_refused: int = 0,
+    evidence: dict | None = None,
 ) -> dict:  # fmt: skip
     """capture: packets_seen, packets_dropped, flows_active (since start)."""
     return {
@@ -763,6 +926,7 @@ def health(
         "baselines_refused": baselines_refused,
         "spool_messages": spool_messages,
         "spool_bytes": spool_bytes,
+        "evidence": {k: int((evidence or {}).get(k, 0)) for k in EVIDENCE_HEALTH},
         "spool_dropped": {k: dropped.get(k, 0) for k in DROP_ORDER},
     }
 
@@ -829,7 +993,7 @@ def in_time_range(ms: int) -> bool:
 def _value(f: F, v, where: str) -> None:
     ok = True
     if f.kind == "int":
-        ok = _is_int(v) and 0 <= v <= f.top
+        ok = _is_int(v) and f.low <= v <= f.top
     elif f.kind == "num":
         ok = (_is_int(v) and abs(v) <= INT_MAX) or (isinstance(v, float) and math.isfinite(v))
     elif f.kind == "str":

@@ -145,6 +145,16 @@ class Detector(ABC):
     def score_one(self, flow: FlowTraffic) -> Finding | None:
         """What the state now says about this flow's key (after learn_one)."""
 
+    def counted(self, flow: FlowTraffic, finding: Finding) -> bool:
+        """Whether `flow`, one of the responsible host's flows within the finding's time, is one the finding
+        counted (it is listed behind the alert). By default: the peer, port and protocol the finding names."""
+        host = finding.src_ip
+        if finding.dst_ip and (flow.dst_ip if flow.src_ip == host else flow.src_ip) != finding.dst_ip:
+            return False
+        if finding.dst_port and finding.dst_port not in (flow.dst_port, flow.src_port):
+            return False
+        return not finding.protocol or flow.protocol == finding.protocol
+
     def findings(self, flow: FlowTraffic) -> list[Finding]:
         self.learn_one(flow)
         found = self.score_one(flow)

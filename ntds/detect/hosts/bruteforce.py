@@ -70,6 +70,9 @@ class BruteForce(Detector):
             and not is_group(flow.dst_ip)
         )
 
+    def counted(self, flow: FlowTraffic, finding: Finding) -> bool:
+        return flow.src_ip == finding.src_ip and self._attempt(flow) and super().counted(flow, finding)
+
     def learn_one(self, flow: FlowTraffic) -> None:
         if not self._attempt(flow):
             return

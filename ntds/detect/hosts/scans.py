@@ -73,8 +73,15 @@ class _Window:
         return sum(1 for v in self.seen.values() if v >= horizon)
 
 
+class _Scan(Detector):
+    """What both scans count: the source's failed attempts."""
+
+    def counted(self, flow: FlowTraffic, finding: Finding) -> bool:
+        return flow.src_ip == finding.src_ip and failed_attempt(flow) and super().counted(flow, finding)
+
+
 @register
-class PortScan(Detector):
+class PortScan(_Scan):
     kind = "port-scan"
     OPTIONS = {
         "ports": Option(15, "distinct ports of one host with failed attempts that make a scan", 2),
@@ -117,7 +124,7 @@ class PortScan(Detector):
 
 
 @register
-class HostSweep(Detector):
+class HostSweep(_Scan):
     kind = "host-sweep"
     OPTIONS = {
         "hosts": Option(25, "distinct hosts of one network (/24, /64) with failed attempts on one port", 2),

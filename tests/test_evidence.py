@@ -1,0 +1,214 @@
+"""The evidence behind alerts: the flows an alert lists and its packets, fetched from the sensor that saw them.
+
+Real processes throughout: a real aggregator on 127.0.0.1, the real `ntds-sensor replay` answering pcap jobs
+over its link, the real `ntds-aggregator pcap` command. Expected packets come from an independent extraction of
+the original capture with scapy's raw readers (not ntds's reader): the responsible host's packets with the
+peer and ports the alert names, within its first and last seen, compared byte for byte with their timestamps.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
+from scapy.utils import RawPcapNgReader, RawPcapReader
+from test_sensor_agent import Agent
+from test_transport import wait
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "pcaps" / "attacks"
+BIN = Path(sys.executable).parent
+
+
+def _ns(meta, pcapng: bool) -> int:
+    if pcapng:
+        ts = (meta.tshigh << 32) | meta.tslow
+        return ts * 1_000_000_000 // meta.tsresol
+    return meta.sec * 1_000_000_000 + (meta.usec * 1000 if meta.usec < 1_000_000 else meta.usec)
+
+
+def independent_packets(pcap: Path, sel: dict) -> list[tuple[int, bytes]]:
+    """(time in ns, frame bytes) of the packets a selection names, read with scapy (Ethernet captures)."""
+    pcapng = pcap.suffix == ".pcapng"
+    reader = (RawPcapNgReader if pcapng else RawPcapReader)(str(pcap))
+    since = datetime.fromisoformat(sel["since"].replace("Z", "+00:00")).timestamp()
+    until = datetime.fromisoformat(sel["until"].replace("Z", "+00:00")).timestamp()
+    since_ms, until_ms = round(since * 1000), round(until * 1000)
+    out = []
+    for data, meta in reader:
+        ns = _ns(meta, pcapng)
+        if not since_ms <= ns // 1_000_000 <= until_ms:
+            continue
+        frame = Ether(data)
+        ip = frame.getlayer(IP) or frame.getlayer(IPv6)
+        if ip is None:
+            continue
+        l4 = ip.getlayer(TCP) or ip.getlayer(UDP)
+        sport, dport = (l4.sport, l4.dport) if l4 is not None else (0, 0)
+        proto = ip.proto if ip.version == 4 else ip.nh
+        if sel["protocol"] and proto != sel["protocol"]:
+            continue
+        src, dst = ipaddress.ip_address(ip.src), ipaddress.ip_address(ip.dst)
+        host = ipaddress.ip_address(sel["host"])
+        peer = ipaddress.ip_address(sel["peer"]) if sel["peer"] else None
+        if src == host and (peer is None or dst == peer):
+            mine, theirs = sport, dport
+        elif dst == host and (peer is None or src == peer):
+            mine, theirs = dport, sport
+        else:
+            continue
+        if (sel["host_port"] and mine != sel["host_port"]) or (sel["peer_port"] and theirs != sel["peer_port"]):
+            continue
+        out.append((ns, bytes(data)))
+    return out
+
+
+def fetched_packets(pcap: Path) -> list[tuple[int, bytes]]:
+    with RawPcapReader(str(pcap)) as r:  # ntds writes nanosecond pcap: scapy reports it in sec/usec as ns
+        return [(meta.sec * 1_000_000_000 + meta.usec, bytes(data)) for data, meta in r]
+
+
+def alerts_in(store: Path) -> list[dict]:
+    out = subprocess.run([str(BIN / "ntds-aggregator"), "alerts", "--config", str(store.parent / "agg.yaml"),
+                          "--json"], capture_output=True, text=True, check=True)  # fmt: skip
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def pcap_cli(agent: Agent, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "ntds-aggregator"), "pcap", *args, "--config", str(agent.root / "agg.yaml"), "--timeout", "60"],
+        capture_output=True, text=True, timeout=timeout + 30,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def replayed(tmp_path):
+    """An SSH brute force (hydra, one task) replayed by a real sensor that stays to serve pcap jobs."""
+    pcap = SHARED / "traceshare__ssh_hydra-1.pcapng"
+    if not pcap.exists():
+        pytest.skip("../shared/pcaps/attacks is not here")
+    agent = Agent(tmp_path, min_alert_tier=3, min_flow_tier=1, alert_grouping={}, detectors={},
+                  local_networks=["240.0.0.0/8"])  # fmt: skip
+    agent.aggregator()
+    p = agent.sensor("replay", str(pcap), "--serve-evidence", "300")
+    try:
+        wait(lambda: "serving pcap jobs" in agent.log() or p.poll() is not None, 120, "the replay")
+        assert p.poll() is None, agent.log()
+        wait(lambda: any(a["kind"] == "brute-force" for a in alerts_in(agent.store)), 30, "the alerts")
+        yield agent, pcap, p
+    finally:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            p.wait(30)
+        agent.stop()
+
+
+def test_alert_packets_are_the_capture_s_own_bytes_and_times(replayed, tmp_path):
+    agent, pcap, sensor = replayed
+    alerts = alerts_in(agent.store)
+    brute = next(a for a in alerts if a["kind"] == "brute-force" and a["src_ip"] == "240.0.1.2")
+    flow = min((a for a in alerts if a["kind"] == "flow"), key=lambda a: a["count"])
+    for alert in (brute, flow):
+        out = tmp_path / f"alert-{alert['id']}.pcap"
+        done = pcap_cli(agent, str(alert["id"]), "-o", str(out))
+        assert done.returncode == 0, done.stderr + agent.log()
+        from ntds.wire.schema import packets_behind
+
+        sel = packets_behind(alert)
+        expected = independent_packets(pcap, sel)
+        got = fetched_packets(out)
+        assert expected and got == expected, (len(got), len(expected))
+        assert f"{len(expected):,} packets" in done.stderr and "replay" in done.stderr
+        # tshark (Wireshark's reader) opens it as it is and counts the same packets
+        if (tshark := _which("tshark")) is not None:
+            t = subprocess.run([tshark, "-r", str(out)], capture_output=True, text=True)
+            assert t.returncode == 0 and len(t.stdout.splitlines()) == len(expected), t.stderr
+    # the brute force lists the SSH connections its detector counted, each the attacker's to the server's port 22
+    assert brute["flows"] and brute["flows_total"] >= len(brute["flows"])
+    assert {(f["src_ip"], f["dst_ip"], f["dst_port"]) for f in brute["flows"]} == {("240.0.1.2", "240.125.0.2", 22)}
+    assert all(brute["first_seen"] <= f["first_seen"] <= brute["last_seen"] for f in brute["flows"])
+    # a flow alert lists its own flow, and the repeats grouped into it
+    assert len(flow["flows"]) == min(flow["count"], 32) and flow["flows_total"] == flow["count"]
+    assert {(f["src_ip"], f["dst_ip"], f["dst_port"]) for f in flow["flows"]} == {
+        (flow["src_ip"], flow["dst_ip"], flow["dst_port"])}  # fmt: skip
+
+
+def test_jobs_that_cannot_be_served_end_with_one_line(replayed, tmp_path):
+    agent, pcap, sensor = replayed
+    # a host with no packets in the capture: the sensor answers why
+    done = pcap_cli(agent, "--sensor", "tap-01", "--host", "10.9.9.9", "--since", "1970-01-01T00:00:00Z",
+                    "--until", "1970-01-01T01:00:00Z", "-o", str(tmp_path / "none.pcap"))  # fmt: skip
+    assert done.returncode == 2 and "could not serve it: no packet matches" in done.stderr, done.stderr
+    assert done.stderr.count("error:") == 1 and "Traceback" not in done.stderr
+    for args, words in [
+        (["999999", "-o", "x.pcap"], "no alert 999999"),
+        (
+            ["--sensor", "tap-01", "--host", "not-an-ip", "--since", "2026-01-01", "--until", "2026-01-02", "-o", "x"],
+            "is not an IP address",
+        ),
+        (
+            ["--sensor", "tap-01", "--host", "10.0.0.1", "--since", "2025-01-01", "--until", "2026-01-02", "-o", "x"],
+            "spans at most 7 days",
+        ),
+        (
+            ["--sensor", "nobody", "--host", "10.0.0.1", "--since", "2026-01-01", "--until", "2026-01-02", "-o", "x"],
+            "no sensor 'nobody'",
+        ),
+        (["-o", "x.pcap"], "give an ALERT_ID"),
+    ]:
+        r = pcap_cli(agent, *args)
+        assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+
+
+def test_a_job_waits_for_an_offline_sensor_and_survives_an_aggregator_restart(tmp_path):
+    """A job for a sensor that is not connected stays pending (one clear line, exit 3); an aggregator restarted
+    with the job pending sends it when the sensor comes; the packets arrive."""
+    pcap = SHARED / "zeek__ftp_bruteforce.pcap"
+    if not pcap.exists():
+        pytest.skip("../shared/pcaps/attacks is not here")
+    agent = Agent(tmp_path, min_alert_tier=3, alert_grouping={}, detectors={}, local_networks=["192.168.0.0/16"])
+    try:
+        agent.aggregator()
+        p = agent.sensor("replay", str(pcap))
+        assert p.wait(120) == 0, agent.log()
+        brute = next(a for a in alerts_in(agent.store) if a["kind"] == "brute-force")
+        out = tmp_path / "late.pcap"
+        cmd = [str(BIN / "ntds-aggregator"), "pcap", str(brute["id"]), "-o", str(out)]
+        r = subprocess.run([*cmd, "--config", str(agent.root / "agg.yaml"), "--timeout", "2"], capture_output=True,
+                           text=True)  # fmt: skip
+        assert r.returncode == 3 and "stays open" in r.stderr, r.stderr
+        # restart the aggregator with the job pending
+        agent.procs[0].send_signal(signal.SIGTERM)
+        agent.procs[0].wait(60)
+        agent.procs.pop(0)
+        agent.aggregator()
+        p = agent.sensor("replay", str(pcap), "--serve-evidence", "120")
+        done = pcap_cli(agent, str(brute["id"]), "-o", str(out))
+        assert done.returncode == 0, done.stderr + agent.log()
+        from ntds.wire.schema import packets_behind
+
+        assert fetched_packets(out) == independent_packets(pcap, packets_behind(brute))
+        with sqlite3.connect(agent.store) as db:
+            assert db.execute("SELECT COUNT(*) FROM pcap_jobs").fetchone()[0] == 1  # the same job, not a new one
+            assert db.execute("SELECT COUNT(*) FROM pcap_parts").fetchone()[0] == 0  # parts forgotten once written
+        assert oct(os.stat(next((agent.root / "evidence").glob("job-*.pcap"))).st_mode & 0o777) == "0o600"
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(60) == 0, agent.log()
+    finally:
+        agent.stop()
+
+
+def _which(name: str) -> str | None:
+    import shutil
+
+    return shutil.which(name)
