@@ -193,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     ua.add_argument("--role", choices=("viewer", "analyst"), default="viewer", help="default: viewer (read-only)")
     ua.add_argument("--password-file", help="file holding the password (first line)")
     ua.add_argument("--one-time", action="store_true", help="generate a password that works for one login, print it")
+    ua.add_argument("--no-packets", action="store_true",
+                    help="an analyst who may not download packets (analysts may, viewers never)")  # fmt: skip
+    upk = usub.add_parser("packets", help="allow or deny an analyst downloading packets (viewers never may)")
+    upk.add_argument("name")
+    upk.add_argument("allowed", choices=("yes", "no"))
     up = usub.add_parser("passwd", help="set an operator's password (ends their sessions)")
     up.add_argument("name")
     up.add_argument("--password-file", help="file holding the password (first line)")
@@ -202,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     ut = usub.add_parser("token", help="print a new API token for scripts (Authorization: Bearer TOKEN)")
     ut.add_argument("name")
     ut.add_argument("--days", type=int, default=365, help="valid for this many days (default: 365)")
-    for parser_ in (ua, up, ur, ut, usub.choices["list"]):
+    for parser_ in (ua, up, ur, ut, upk, usub.choices["list"]):
         parser_.add_argument("--config", required=True, help="aggregator.yaml")
     us.set_defaults(func=_user)
 
@@ -664,10 +669,11 @@ def _user(args) -> int:
         if args.user_command == "add":
             if args.one_time:
                 password = secrets.token_urlsafe(18)
-                m.add_user(args.name, args.role, password, one_time=True)
+                m.add_user(args.name, args.role, password, one_time=True, packets=not args.no_packets)
                 print(password)
             else:
-                m.add_user(args.name, args.role, _password(args.password_file, f"password for {args.name}: "))
+                m.add_user(args.name, args.role, _password(args.password_file, f"password for {args.name}: "),
+                           packets=not args.no_packets)  # fmt: skip
             print(f"added {args.name} ({args.role})", file=sys.stderr)
         elif args.user_command == "passwd":
             m.set_password(args.name, _password(args.password_file, f"new password for {args.name}: "))
@@ -677,9 +683,12 @@ def _user(args) -> int:
             print(f"removed {args.name}", file=sys.stderr)
         elif args.user_command == "token":
             print(m.api_token(args.name, args.days))
+        elif args.user_command == "packets":
+            m.set_packets(args.name, args.allowed == "yes")
+            print(f"{args.name} may {'' if args.allowed == 'yes' else 'not '}download packets", file=sys.stderr)
         else:
             for u in m.users():
-                print(f"{u['name']}\t{u['role']}")
+                print(f"{u['name']}\t{u['role']}" + ("\tpackets" if u["packets"] else ""))
     finally:
         m.db.close()
     return 0

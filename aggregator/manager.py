@@ -25,7 +25,9 @@ from pathlib import Path
 from ntds.errors import InputError
 
 ROLES = ("viewer", "analyst")
-"""viewer: reads everything, changes nothing. analyst: also acknowledges, assigns, escalates, closes, silences."""
+"""viewer: reads everything, changes nothing. analyst: also acknowledges, assigns, escalates, closes, silences.
+Downloading packets is a permission of its own (packets hold payloads: passwords, mail, files): analysts have it
+unless it is taken away (`user packets NAME no`), viewers never."""
 ACTIONS = {"acknowledge": "acknowledged", "assign": "assigned", "escalate": "escalated", "close": "closed",
            "reopen": "new"}  # fmt: skip
 """Triage actions and the status each leaves the alert in."""
@@ -38,7 +40,7 @@ NAME_MAX = 64
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
     name TEXT PRIMARY KEY, role TEXT NOT NULL, password TEXT NOT NULL, created REAL NOT NULL,
-    one_time INTEGER NOT NULL DEFAULT 0);
+    one_time INTEGER NOT NULL DEFAULT 0, packets INTEGER NOT NULL DEFAULT 1);
 CREATE TABLE IF NOT EXISTS tokens (
     hash TEXT PRIMARY KEY, user TEXT NOT NULL, kind TEXT NOT NULL, csrf TEXT NOT NULL DEFAULT '',
     created REAL NOT NULL, expires REAL NOT NULL);
@@ -57,6 +59,8 @@ def connect(path: str | Path) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
     db.executescript(SCHEMA)
+    if "packets" not in {r[1] for r in db.execute("PRAGMA table_info(users)")}:  # a store from before packets
+        db.execute("ALTER TABLE users ADD COLUMN packets INTEGER NOT NULL DEFAULT 1")
     return db
 
 
@@ -75,10 +79,15 @@ class User:
     name: str
     role: str
     csrf: str = ""
+    packets: bool = False
 
     @property
     def can_change(self) -> bool:
         return self.role == "analyst"
+
+    @property
+    def can_download_packets(self) -> bool:
+        return self.role == "analyst" and bool(self.packets)
 
 
 def valid_name(name: str) -> str:
@@ -102,18 +111,32 @@ class Manager:
 
     # -- operators ---------------------------------------------------------------------
 
-    def add_user(self, name: str, role: str, password: str, by: str = "cli", one_time: bool = False) -> None:
+    def add_user(self, name: str, role: str, password: str, by: str = "cli", one_time: bool = False,
+                 packets: bool = True) -> None:  # fmt: skip
         valid_name(name)
         if role not in ROLES:
             raise InputError(f"role must be one of {', '.join(ROLES)}")
+        packets = packets and role == "analyst"
         if len(password) < 12 and not one_time:
             raise InputError("a password needs at least 12 characters")
         with self._tx():
             if self.db.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
                 raise InputError(f"user {name!r} exists already")
-            self.db.execute("INSERT INTO users VALUES (?, ?, ?, ?, ?)",
-                            (name, role, _hasher().hash(password), time.time(), int(one_time)))  # fmt: skip
-            self.audit(by, "user add", name, role)
+            self.db.execute("INSERT INTO users (name, role, password, created, one_time, packets) VALUES "
+                            "(?, ?, ?, ?, ?, ?)", (name, role, _hasher().hash(password), time.time(), int(one_time),
+                                                   int(packets)))  # fmt: skip
+            self.audit(by, "user add", name, role + ("" if packets or role != "analyst" else ", no packets"))
+
+    def set_packets(self, name: str, allowed: bool, by: str = "cli") -> None:
+        """Grant or take away an analyst's permission to download packets (viewers never have it)."""
+        with self._tx():
+            row = self.db.execute("SELECT role FROM users WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise InputError(f"no user {name!r}")
+            if allowed and row[0] != "analyst":
+                raise InputError(f"{name} is a {row[0]}: only analysts may download packets")
+            self.db.execute("UPDATE users SET packets = ? WHERE name = ?", (int(allowed), name))
+            self.audit(by, "user packets", name, "allowed" if allowed else "denied")
 
     def set_password(self, name: str, password: str, by: str = "cli") -> None:
         if len(password) < 12:
@@ -134,18 +157,20 @@ class Manager:
             self.audit(by, "user remove", name)
 
     def users(self) -> list[dict]:
-        rows = self.db.execute("SELECT name, role, created, one_time FROM users ORDER BY name")
-        return [{"name": n, "role": r, "created": c, "one_time": bool(o)} for n, r, c, o in rows]
+        rows = self.db.execute("SELECT name, role, created, one_time, packets FROM users ORDER BY name")
+        return [{"name": n, "role": r, "created": c, "one_time": bool(o), "packets": bool(p) and r == "analyst"}
+                for n, r, c, o, p in rows]  # fmt: skip
 
     def login(self, name: str, password: str) -> tuple[str, User] | None:
         """A new session (token, user) for a correct password; None otherwise. A one-time login works once."""
         from argon2.exceptions import VerificationError
 
-        row = self.db.execute("SELECT role, password, one_time FROM users WHERE name = ?", (name,)).fetchone()
+        row = self.db.execute("SELECT role, password, one_time, packets FROM users WHERE name = ?",
+                              (name,)).fetchone()  # fmt: skip
         if row is None:
             _hasher().hash(password)  # the same time for unknown names as for wrong passwords
             return None
-        role, stored, one_time = row
+        role, stored, one_time, packets = row
         try:
             _hasher().verify(stored, password)
         except VerificationError:
@@ -159,7 +184,7 @@ class Manager:
                 self.db.execute("UPDATE users SET password = ?, one_time = 0 WHERE name = ?",
                                 (_hasher().hash(secrets.token_urlsafe(32)), name))  # fmt: skip
             self.audit(name, "login", "session")
-        return token, User(name, role, csrf)
+        return token, User(name, role, csrf, bool(packets))
 
     def api_token(self, name: str, days: int = 365, by: str = "cli") -> str:
         """A bearer token for scripts (shown once; only its hash is kept)."""
@@ -178,11 +203,11 @@ class Manager:
         if not token or len(token) > 200:
             return None
         row = self.db.execute(
-            "SELECT t.user, u.role, t.csrf FROM tokens t JOIN users u ON u.name = t.user "
+            "SELECT t.user, u.role, t.csrf, u.packets FROM tokens t JOIN users u ON u.name = t.user "
             "WHERE t.hash = ? AND t.kind = ? AND t.expires > ?",
             (_hash(token), kind, time.time()),
         ).fetchone()
-        return User(*row) if row else None
+        return User(row[0], row[1], row[2], bool(row[3])) if row else None
 
     def logout(self, token: str) -> None:
         self.db.execute("DELETE FROM tokens WHERE hash = ?", (_hash(token),))

@@ -212,3 +212,104 @@ def _which(name: str) -> str | None:
     import shutil
 
     return shutil.which(name)
+
+
+CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+@pytest.mark.skipif(not (CHROMIUM.exists() and DRIVER.exists()), reason="chromium/chromedriver missing")
+def test_alert_page_lists_the_flows_and_an_analyst_downloads_the_packets(replayed, tmp_path):
+    """Headless Chromium against a real `ntds-aggregator ui`: the alert page lists the flows behind the alert; an
+    analyst's Download packets asks the sensor and hands over its packets; a viewer sees no button and is refused;
+    the audit log says who downloaded what."""
+    import urllib.error
+    import urllib.request
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from test_transport import free_port
+    from test_ui import follow
+
+    from ntds.wire.schema import packets_behind
+
+    agent, pcap, _ = replayed
+    port = free_port()
+    config = agent.root / "agg.yaml"
+    config.write_text(config.read_text() + f"ui_listen: 127.0.0.1:{port}\n")
+    base = f"http://127.0.0.1:{port}"
+    for name, role in (("ana", "analyst"), ("vic", "viewer")):
+        pw = tmp_path / f"{name}.pw"
+        pw.write_text("correct horse battery staple\n")
+        subprocess.run([str(BIN / "ntds-aggregator"), "user", "add", name, "--role", role, "--password-file", str(pw),
+                        "--config", str(config)], check=True, capture_output=True)  # fmt: skip
+    ui = subprocess.Popen([str(BIN / "ntds-aggregator"), "ui", "--config", str(config)],
+                          stderr=(tmp_path / "ui.log").open("w"))  # fmt: skip
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(service=Service(str(DRIVER)), options=options)
+    try:
+        wait(lambda: _up(base), 30, "the UI")
+        brute = next(a for a in alerts_in(agent.store) if a["kind"] == "brute-force")
+
+        def login(name: str) -> str:
+            browser.delete_all_cookies()
+            browser.get(base + "/login")
+            browser.find_element(By.ID, "name").send_keys(name)
+            browser.find_element(By.ID, "password").send_keys("correct horse battery staple")
+            follow(browser, browser.find_element(By.ID, "login"))
+            return browser.get_cookie("ntds_session")["value"]
+
+        def get(path: str, cookie: str) -> tuple[int, bytes]:
+            req = urllib.request.Request(base + path, headers={"Cookie": f"ntds_session={cookie}"})
+            try:
+                with urllib.request.urlopen(req) as r:
+                    return r.status, r.read()
+            except urllib.error.HTTPError as e:
+                return e.code, e.read()
+
+        cookie = login("ana")
+        browser.get(f"{base}/alerts/{brute['id']}")
+        shown = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#flows-behind tr")[1:]]
+        assert len(shown) == len(brute["flows"]) > 0
+        for row, f in zip(shown, brute["flows"]):
+            assert f"{f['src_ip']}:{f['src_port']} → {f['dst_ip']}:{f['dst_port']}" in row and "SSH" in row
+            assert f"{f['packets']:,}" in row
+        follow(browser, browser.find_element(By.ID, "download-packets"))
+        wait(lambda: browser.find_elements(By.ID, "packets-file"), 60, "the packets")  # the page refreshes itself
+        link = browser.find_element(By.ID, "packets-file").get_attribute("href")
+        code, data = get(link.removeprefix(base), cookie)
+        assert code == 200
+        out = tmp_path / "download.pcap"
+        out.write_bytes(data)
+        assert fetched_packets(out) == independent_packets(pcap, packets_behind(brute))
+        browser.get(base + "/audit")
+        audit = browser.find_element(By.ID, "audit").text
+        assert f"ana packets download alert {brute['id']}" in audit and "ana packets request" in audit
+
+        viewer = login("vic")
+        browser.get(f"{base}/alerts/{brute['id']}")
+        assert browser.find_elements(By.CSS_SELECTOR, "#flows-behind tr") and not browser.find_elements(
+            By.ID, "download-packets"
+        )  # the flows, but no button
+        assert get(f"/alerts/{brute['id']}/packets", viewer)[0] == 403
+        assert get(link.removeprefix(base), viewer)[0] == 403
+        assert get(f"/api/pcap-jobs/{link.rsplit('/', 2)[-2]}/download", viewer)[0] == 403
+        assert "vic packets" not in (tmp_path / "ui.log").read_text()
+    finally:
+        browser.quit()
+        ui.terminate()
+        ui.wait(20)
+
+
+def _up(base: str) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(base + "/login", timeout=1)
+        return True
+    except (urllib.error.URLError, OSError):
+        return False

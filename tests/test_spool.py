@@ -33,19 +33,21 @@ def test_sequence_numbers_continue_after_a_restart(tmp_path):
     assert again.append([("summary", EXAMPLES["summary"])]) == [4]
 
 
-def test_size_limit_drops_health_then_statistics_then_summaries_and_alerts_last(tmp_path):
+def test_size_limit_drops_evidence_then_health_then_statistics_then_summaries_and_alerts_last(tmp_path):
     def size(kind: str) -> int:
         return len(encode(Message(kind, "tap-01", 1, now_iso(), EXAMPLES[kind], "0123456789abcdef")))
 
     limit = 5 * size("alert") + 20 * size("summary") + 3 * size("stats") + 5 * size("health")
     s = Spool(tmp_path / "spool.db", "tap-01", max_bytes=limit)
+    s.append([("evidence", EXAMPLES["evidence"])] * 2)  # a pcap job's answer: the aggregator asks again
     s.append([("alert", EXAMPLES["alert"])] * 5)
     s.append([("summary", EXAMPLES["summary"])] * 20)
     s.append([("stats", EXAMPLES["stats"])] * 3)
     s.append([("health", EXAMPLES["health"])] * 20)
     st = s.stats()
     assert st.bytes <= limit
-    assert st.dropped == {"health": st.dropped["health"], "stats": 0, "summary": 0, "hello": 0, "alert": 0}
+    assert st.dropped == {"evidence": 2, "health": st.dropped["health"], "stats": 0, "summary": 0, "hello": 0,
+                          "alert": 0}  # fmt: skip
     assert 0 < st.dropped["health"] < 20  # the oldest health went first, the newest stayed
     s.append([("summary", EXAMPLES["summary"])] * 5)  # more summaries: every health message goes first, then stats
     st = s.stats()

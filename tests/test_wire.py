@@ -43,7 +43,7 @@ def frame(**changes) -> bytes:
     [
         (b"\xff\xfe", "not a JSON message"),
         (b"[1, 2]", "not a JSON object"),
-        (frame(v=5), "schema version 5"),
+        (frame(v=6), "schema version 6"),
         (frame(v=True), "schema version True"),
         (frame(type="exploit"), "unknown message type"),
         (frame(seq="1"), "wrong type"),

@@ -27,9 +27,22 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from flask import Flask, Response, abort, g, jsonify, redirect, render_template, request, send_from_directory, url_for
+from flask import (
+    Flask,
+    Response,
+    abort,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    send_file,
+    send_from_directory,
+    url_for,
+)
 from markupsafe import Markup
 
+from aggregator import evidence
 from aggregator.broadcast.outbox import deliveries as list_deliveries
 from aggregator.config import AggregatorConfig
 from aggregator.manager import ACTIONS, SILENCE_FIELDS, STATUSES, Manager, QueueFilter
@@ -133,6 +146,10 @@ def create_app(cfg: AggregatorConfig) -> Flask:
     @app.errorhandler(InputError)
     def bad_input(e: InputError):
         return _refuse(400, str(e))
+
+    @app.errorhandler(Forbidden)
+    def forbidden(e: Forbidden):
+        return _refuse(403, str(e))
 
     @app.errorhandler(404)
     def not_found(_):
@@ -239,11 +256,63 @@ def create_app(cfg: AggregatorConfig) -> Flask:
         a["timeline"] = manager().alerts(host) if host else []
         a["sensor_status"] = _sensor(a["sensor"])
         a["history"] = [x for x in manager().audit_log(2000) if _mentions(x["target"], alert_id)]
+        a["flows"] = _flow_rows(a["body"])
         return a
 
     @app.get("/alerts/<int:alert_id>")
     def alert(alert_id: int):
         return page("alert.html", a=one_alert(alert_id))
+
+    # -- packets (a permission of their own: they hold payloads) ----------------------------
+
+    def packets_allowed() -> None:
+        if not g.user.can_download_packets:
+            raise Forbidden(f"{g.user.name} ({g.user.role}) may not download packets")
+
+    def packets_view(alert_id: int) -> dict:
+        packets_allowed()
+        one_alert(alert_id)  # 404 for an unknown alert
+        found = evidence.jobs(manager().db, alert_id, limit=1)
+        return {"alert_id": alert_id, "job": _job_shown(found[0]) if found else None}
+
+    def request_packets(alert_id: int) -> int:
+        packets_allowed()
+        one_alert(alert_id)
+        job_id = evidence.request_for_alert(manager().db, alert_id, g.user.name)
+        manager().audit(g.user.name, "packets request", f"alert {alert_id}", f"pcap job {job_id}")
+        return job_id
+
+    @app.get("/alerts/<int:alert_id>/packets")
+    def packets(alert_id: int):
+        return page("packets.html", p=packets_view(alert_id))
+
+    @app.post("/alerts/<int:alert_id>/packets")
+    def packets_request(alert_id: int):
+        request_packets(alert_id)
+        return redirect(f"/alerts/{alert_id}/packets")
+
+    @app.get("/api/alerts/<int:alert_id>/packets")
+    def api_packets(alert_id: int):
+        return jsonify(packets_view(alert_id))
+
+    @app.post("/api/alerts/<int:alert_id>/packets")
+    def api_packets_request(alert_id: int):
+        return jsonify(job=request_packets(alert_id))
+
+    @app.get("/pcap-jobs/<int:job_id>/download")
+    @app.get("/api/pcap-jobs/<int:job_id>/download")
+    def packets_download(job_id: int):
+        packets_allowed()
+        try:
+            j = evidence.job(manager().db, job_id)
+        except InputError:
+            abort(404)
+        if j["state"] != "done" or not Path(j["file"]).is_file():
+            raise InputError(f"pcap job {job_id} is {j['state']}: nothing to download yet")
+        what = f"pcap job {job_id}: {j['packets']} packets, {j['bytes']} bytes, sha256 {j['sha256']}"
+        manager().audit(g.user.name, "packets download", f"alert {j['alert_id']}" if j["alert_id"] else "host", what)
+        name = f"alert-{j['alert_id']}.pcap" if j["alert_id"] else f"job-{job_id}.pcap"
+        return send_file(j["file"], mimetype="application/vnd.tcpdump.pcap", as_attachment=True, download_name=name)
 
     @app.get("/api/alerts/<int:alert_id>")
     def api_alert(alert_id: int):
@@ -408,7 +477,8 @@ def create_app(cfg: AggregatorConfig) -> Flask:
 
     @app.get("/api/me")
     def me():
-        return jsonify(name=g.user.name, role=g.user.role, csrf=g.user.csrf if not g.bearer else "")
+        return jsonify(name=g.user.name, role=g.user.role, csrf=g.user.csrf if not g.bearer else "",
+                       packets=g.user.can_download_packets)  # fmt: skip
 
     @app.get("/metrics")
     def metrics():
@@ -417,6 +487,30 @@ def create_app(cfg: AggregatorConfig) -> Flask:
         return Response(exposition(store(), manager()), mimetype="text/plain; version=0.0.4")
 
     return app
+
+
+class Forbidden(Exception):
+    """A request the user's permissions do not cover (403, with the reason)."""
+
+
+def _job_shown(j: dict) -> dict:
+    """A pcap job as the page and the API show it (no file path: where the store lives is nobody's business)."""
+    keys = ("id", "state", "error", "sensor", "packets", "packets_total", "bytes", "source", "sha256", "created",
+            "requested_by")  # fmt: skip
+    return {k: j[k] for k in keys} | {"received": j.get("received", 0), "parts": j["parts"]}
+
+
+def _flow_rows(body: dict) -> list[dict]:
+    """The flows behind an alert, with their durations, for the alert page."""
+    out = []
+    for f in body.get("flows") or []:
+        try:
+            seconds = (datetime.fromisoformat(f["last_seen"].replace("Z", "+00:00"))
+                       - datetime.fromisoformat(f["first_seen"].replace("Z", "+00:00"))).total_seconds()  # fmt: skip
+        except (KeyError, ValueError):
+            seconds = 0.0
+        out.append(f | {"duration_s": max(seconds, 0.0)})
+    return out
 
 
 def _mentions(target: str, alert_id: int) -> bool:

@@ -116,8 +116,9 @@ class Grouper:
         # which grows with each finding of a key: the group keeps the largest
         g.count = g.count + alert["count"] if alert["kind"] == "flow" else max(g.count, alert["count"])
         # the flows behind the group: every repeat's (a detector's later findings recount the earlier flows)
-        g.flows = merge_flows(g.flows, alert["flows"])
-        g.total = g.total + alert["flows_total"] if alert["kind"] == "flow" else max(g.total, alert["flows_total"])
+        flows, total = alert.get("flows", []), alert.get("flows_total", 0)
+        g.flows = merge_flows(g.flows, flows)
+        g.total = g.total + total if alert["kind"] == "flow" else max(g.total, total)
         g.first = min(g.first, alert["first_seen"]) if g.first else alert["first_seen"]
         g.last = max(g.last, alert["last_seen"])
         if g.sent and alert["tier"] > g.sent_tier and g.due_ms > t_ms:

@@ -237,7 +237,7 @@ class EvidenceWorker(threading.Thread):
         self.inbox: queue.Queue = queue.Queue(10_000)
         self.outbox: queue.Queue = queue.Queue()
         self._keeps: list[tuple[float, str, int, dict]] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._seen_jobs: set[int] = set()
 
     def job(self, seq: int, body: dict) -> None:
@@ -261,11 +261,11 @@ class EvidenceWorker(threading.Thread):
                 return out
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
     def run(self) -> None:
         last_prune = 0.0
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 item = self.inbox.get(timeout=0.2)
             except queue.Empty:
