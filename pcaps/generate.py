@@ -26,6 +26,7 @@ from scapy.all import (  # noqa: F401 - scapy layers register themselves on impo
     NTP,
     TCP,
     UDP,
+    Dot1Q,
     Ether,
     IPv6,
     Padding,
@@ -218,6 +219,72 @@ def fixtures() -> dict[str, list]:
     c = Conversation(src=CLIENT, dst="10.1.0.1", sport=7100, dport=7101)
     c.udp(10_000, True, Raw(b"g" * 20)).udp(11_000, False, Raw(b"h" * 20))
     out["garbage_frames"] = garbage + c.packets
+    out.update(frame_fixups())
+    return out
+
+
+FABRICPATH_TAG = b"\x45\x3f"  # FTag 0x114, TTL 63: the outer bytes then read as an IPv4 header, as in the wild
+SWITCH_A, SWITCH_B = "02:00:00:00:f0:01", "02:00:00:00:f0:02"  # FabricPath switch ids (outer MACs)
+
+
+def frame_fixups() -> dict[str, list]:
+    """Frames NFStream's parser drops or misreads, which the meter fixes up before it parses them
+    (ntds/flows/packet_tap.c), and a capture whose clock goes backwards."""
+    out: dict[str, list] = {}
+    # Segmentation offload on a Windows host: the capture holds 1.5-5.5 kB frames whose IPv4 total length
+    # is 0 (the NIC fills it in later). One flow on plain Ethernet, one on 802.1Q VLAN 7.
+    frames = []
+    for sport, vlan in ((40016, None), (40017, 7)):
+        c = Conversation(sport=sport)
+        c.handshake(0)
+        for k, size in enumerate((1460, 2920, 4380, 5440)):
+            c.tcp(3000 + 2000 * k, True, "PA", bytes([65 + k]) * size)
+            c.tcp(4000 + 2000 * k, False, "A")
+        c.close(12_000)
+        for p in c.packets:
+            if len(p[TCP].payload) > 1460:
+                p[IP].len = 0
+            if vlan is not None:
+                q = Ether(src=p[Ether].src, dst=p[Ether].dst) / Dot1Q(vlan=vlan) / p[IP]
+                q.time = p.time
+                p = q
+            frames.append(p)
+    out["ip_length_zero"] = sorted(frames, key=lambda p: p.time)
+    # Cisco FabricPath (EtherType 0x8903): outer MACs, 0x8903, FTag/TTL, then the inner Ethernet frame with
+    # an 802.1Q tag (VLAN 7) and IPv4. Every other frame of one TCP flow crosses the FabricPath core; the
+    # last frame is a FabricPath frame inside FabricPath, which cannot be read and is skipped.
+    c = Conversation(sport=40018, dport=8443)
+    c.handshake(0).tcp(3000, True, "PA", b"q" * 300).tcp(4000, False, "PA", b"r" * 900).tcp(5000, True, "A")
+    c.close(6000)
+    frames = []
+    for k, p in enumerate(c.packets):
+        inner = Ether(src=p[Ether].src, dst=p[Ether].dst) / Dot1Q(vlan=7) / p[IP]
+        if k % 2:
+            q = Ether(src=SWITCH_A, dst=SWITCH_B, type=0x8903) / Raw(FABRICPATH_TAG + bytes(inner))
+        else:
+            q = inner
+        q.time = p.time
+        frames.append(q)
+    nested = Ether(src=SWITCH_A, dst=SWITCH_B, type=0x8903) / Raw(
+        FABRICPATH_TAG + bytes(Ether(src="02:00:00:00:f0:03", dst="02:00:00:00:f0:04", type=0x8903)) + bytes(40)
+    )
+    nested.time = at(10_000)
+    out["fabricpath"] = frames + [nested]
+    # A capture merged from two clocks: a UDP exchange at 3.000-3.121 s is written before one at 0.062-0.182 s
+    # and a TCP flow of 15 packets over 51 ms (0.200-0.251 s); within one flow a packet 10 ms behind the one
+    # before it (written after it).
+    late = Conversation(src=CLIENT, dst="198.51.100.8", sport=7200, dport=443)
+    late.udp(3_000_000, True, Raw(b"a" * 33)).udp(3_121_000, False, Raw(b"b" * 170))
+    early = Conversation(src=CLIENT, dst="198.51.100.8", sport=7201, dport=443)
+    early.udp(62_000, True, Raw(b"c" * 33)).udp(182_000, False, Raw(b"d" * 170))
+    node = Conversation(sport=40019, dport=8333)
+    node.handshake(200_000, 3000)
+    for k in range(12):
+        node.tcp(209_000 + 3000 * k + (9000 if k == 11 else 0), k % 2 == 0, "PA", b"v" * (24 + k))  # last at 251 ms
+    back = Conversation(src=CLIENT, dst="198.51.100.9", sport=7300, dport=5353)
+    back.udp(300_000, True, Raw(b"e" * 10)).udp(330_000, False, Raw(b"f" * 20)).udp(320_000, True, Raw(b"g" * 30))
+    back.udp(340_000, False, Raw(b"h" * 40))
+    out["clock_backwards"] = late.packets + early.packets + node.packets + back.packets
     return out
 
 

@@ -112,6 +112,7 @@ class Pkt:
     header: int  # H
     flags: dict
     window: int
+    clock: int = 0  # the meter's clock: t, or the latest time seen before it if t goes backwards
 
 
 def _ip_offset(frame: bytes, link: int):
@@ -173,13 +174,49 @@ def _ip_offset(frame: bytes, link: int):
     return None
 
 
+FABRICPATH = b"\x89\x03"
+
+
+def _length_fill_offset(frame: bytes, link: int) -> int | None:
+    """Where an IPv4 total length of 0 is taken from the frame (docs/features.md): the offset of an IPv4
+    header right after the link header, or None. Ethernet: after any 802.1Q/802.1ad tags, EtherType 0x0800;
+    Linux cooked: protocol 0x0800; raw IP: at 0; NULL: family 2 (read big-endian, as NFStream reads it);
+    PPP and Cisco HDLC: protocol 0x0800 or 0x0021."""
+    if link == 1:
+        etype, off = struct.unpack("!H", frame[12:14])[0], 14
+        while etype in (0x8100, 0x88A8) and off + 4 <= len(frame):
+            etype = struct.unpack("!H", frame[off + 2 : off + 4])[0]
+            off += 4
+        return off if etype == 0x0800 else None
+    if link == 113:
+        return 16 if frame[14:16] == b"\x08\x00" else None
+    if link in (12, 101, 228):
+        return 0
+    if link == 0:
+        return 4 if frame[:4] == b"\x00\x00\x00\x02" else None
+    if link in (9, 50, 104):
+        if link == 50 or frame[0] in (0x0F, 0x8F):
+            off, etype = 4, struct.unpack("!H", frame[2:4])[0]
+        else:
+            off, etype = 2, struct.unpack("!H", frame[0:2])[0]
+        return off if etype in (0x0800, 0x0021) else None
+    return None
+
+
 def decode(t: int, frame: bytes, link: int) -> Pkt | None:
+    if link == 1 and frame[12:14] == FABRICPATH:
+        # Cisco FabricPath (docs/features.md): 6 + 6 bytes of outer MAC, 0x8903, 2 bytes of FTag/TTL, then
+        # the inner Ethernet frame, which is what is metered; none (or another FabricPath one): skipped.
+        frame = frame[16:]
+        if len(frame) < 14 or frame[12:14] == FABRICPATH:
+            return None
     if len(frame) < 28:
         return None
     located = _ip_offset(frame, link)
     if located is None:
         return None
     off, etype, vlan = located
+    fill_at = _length_fill_offset(frame, link)
     while True:
         if len(frame) < off + 20:
             return None
@@ -191,6 +228,7 @@ def decode(t: int, frame: bytes, link: int) -> Pkt | None:
                 if ihl == 0:
                     return None
                 off += ihl
+                fill_at = None  # only the outermost header's length is ever filled in
                 continue
             if etype == 0x0800 and struct.unpack("!H", frame[off + 6 : off + 8])[0] & 0x1FFF:
                 return None  # non-first fragment
@@ -198,6 +236,8 @@ def decode(t: int, frame: bytes, link: int) -> Pkt | None:
             if ihl > ipsize:
                 return None
             total = struct.unpack("!H", frame[off + 2 : off + 4])[0]
+            if total == 0 and off == fill_at and ihl >= 20:
+                total = min(ipsize, 65535)  # segmentation offload: counted by the captured length
             if total < ihl:
                 return None
             src, dst = frame[off + 12 : off + 16], frame[off + 16 : off + 20]
@@ -228,6 +268,7 @@ def decode(t: int, frame: bytes, link: int) -> Pkt | None:
                 remaining -= hlen
             if nxt in (4, 41):
                 off = pos
+                fill_at = None
                 continue
             proto = nxt
             src, dst = frame[off + 8 : off + 24], frame[off + 24 : off + 40]
@@ -342,7 +383,8 @@ class ReferenceMeter:
         return p.proto
 
     def packets(self, paths):
-        """Accepted packets in order, with time made non-decreasing (docs/features.md)."""
+        """Accepted packets in order, each with its own time and the meter's clock, which never goes
+        backwards: a packet whose time goes backwards is on the clock at the latest time seen (docs/features.md)."""
         latest = 0
         for path in paths:
             for t, frame, link in read_capture(path):
@@ -351,9 +393,8 @@ class ReferenceMeter:
                     continue
                 if self.ms_clock:
                     p.t = (p.t // 1000) * 1000
-                if p.t < latest:
-                    p.t = latest
-                latest = p.t
+                p.clock = max(p.t, latest)
+                latest = p.clock
                 yield p
 
     def flows(self, paths) -> list[Flow]:
@@ -366,11 +407,12 @@ class ReferenceMeter:
             if fl is None:
                 table[key] = self._new(p, proto, None)
                 continue
-            if p.t - fl.packets[0].t == FLOW_TIMEOUT or (
-                len(fl.packets) == 1 and p.t - fl.packets[0].t >= FLOW_TIMEOUT
+            # The flow timeout is on the meter's clock; the columns take each packet's own time.
+            if p.clock - fl.packets[0].clock == FLOW_TIMEOUT or (
+                len(fl.packets) == 1 and p.clock - fl.packets[0].clock >= FLOW_TIMEOUT
             ):
                 fl.boundary = True
-            if p.t - fl.packets[0].t > FLOW_TIMEOUT:
+            if p.clock - fl.packets[0].clock > FLOW_TIMEOUT:
                 done.append(fl)
                 table[key] = self._new(p, proto, fl if self.unicauca else None)
                 continue
@@ -403,6 +445,7 @@ class ReferenceMeter:
 
     @staticmethod
     def _add(fl: Flow, p: Pkt, fwd: bool, activity: bool) -> None:
+        p.t = max(p.t, fl.packets[-1].t)  # a flow's times never go backwards (docs/features.md)
         fl.packets.append(p)
         fl.forward.append(fwd)
         fl.activity.append(activity)

@@ -9,7 +9,7 @@ from pcaps.generate import write_all
 
 def test_generator_is_deterministic_and_matches_committed_captures(tmp_path):
     written = write_all(tmp_path)
-    assert len(written) == 21
+    assert len(written) == 24
     for path in written:
         committed = ROOT / "pcaps" / path.relative_to(tmp_path)
         assert committed.read_bytes() == path.read_bytes(), committed

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "accumulator.h"
+#include "capture_next.h"
 
 #define BIG ((int64_t)1 << 62)
 #define WRAPPED ((uint64_t)1 << 63)
@@ -181,8 +182,8 @@ static void init_direction(struct ntds_direction *d) {
 /* The flow's first packet. s must be zeroed (cffi's ffi.new is); fwd_code as decided in Python. */
 void ntds_start(struct ntds_meter *m, struct ntds_flow *s, void *packet, int protocol, int fwd_code) {
     const struct ntds_layout *L = &m->layout;
-    int64_t ms = engine_ms(AT(uint64_t, packet, L->time));
-    s->first_ms = ms;
+    uint64_t clock = AT(uint64_t, packet, L->time);
+    s->first_ms = engine_ms(ntds_packet_time(packet, clock)); /* the packet's own time, not the loop's clock */
     s->tcp = protocol == 6;
     s->l4 = s->tcp || protocol == 17;
     s->fwd_code = (int8_t)fwd_code;
@@ -205,16 +206,18 @@ void ntds_start(struct ntds_meter *m, struct ntds_flow *s, void *packet, int pro
      * only if it begins with a bare SYN: FIN/ACK leftovers of a split flow do not. */
     s->opens = !s->tcp || (s->first_flags[1] && !s->first_flags[4]);
     s->first_len = add_packet(m, s, packet, 0, s->first_fwd, 1);
-    m->now_ms = ms;
+    m->now_ms = engine_ms(clock);
 }
 
 /* A later packet (the engine has set its direction). Returns 1 when the flow ends with it. */
 int ntds_add(struct ntds_meter *m, struct ntds_flow *s, void *packet) {
     const struct ntds_layout *L = &m->layout;
-    int64_t ms = engine_ms(AT(uint64_t, packet, L->time));
-    m->now_ms = ms;
-    /* NFStream ends a flow 120 s after its first packet, and before a packet older than it: small. */
-    int64_t t = (int64_t)((uint64_t)ms - (uint64_t)s->first_ms) * 1000;
+    uint64_t clock = AT(uint64_t, packet, L->time);
+    m->now_ms = engine_ms(clock); /* the meter's clock: the newest time seen, as NFStream's flow table keeps it */
+    /* The packet's own time, never before the flow's previous packet (a flow's times do not go backwards).
+     * NFStream ends a flow 120 s after its first packet on its clock, which is never behind: small. */
+    int64_t t = (int64_t)((uint64_t)engine_ms(ntds_packet_time(packet, clock)) - (uint64_t)s->first_ms) * 1000;
+    if (t < s->last_t) t = s->last_t;
     int fwd = s->fwd_code < 0 || AT(uint8_t, packet, L->direction) == s->fwd_code;
     if (m->profile.close_on_first_fin) {
         if (FLAG(m, packet, fin_bit)) {

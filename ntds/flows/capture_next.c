@@ -17,7 +17,7 @@
 typedef int (*capture_next_fn)(void *, void *, int, int, uint64_t, int);
 typedef void (*breakloop_fn)(void *);
 
-static struct ntds_capture state = {.file = -1, .limit = NO_LIMIT};
+static struct ntds_capture state = {.file = -1, .limit = NO_LIMIT, .time_offset = -1};
 static pthread_mutex_t closing = PTHREAD_MUTEX_INITIALIZER;
 
 struct ntds_capture *ntds_capture_state(void) { return &state; }
@@ -48,6 +48,10 @@ int ntds_capture_next(void *capture, void *packet, int decode_tunnels, int n_roo
     if (state.records >= state.limit) return close_capture(root_idx); /* a damaged file: its last intact record was read */
     int ret = ((capture_next_fn)state.next)(capture, packet, decode_tunnels, n_roots, root_idx, mode);
     if (ret >= 0) {
+        if (ret > 0 && state.time_offset >= 0) { /* the packet's own time, before the meter loop moves it (ntds_packet_time) */
+            state.stamped = packet;
+            state.stamped_time = *(const uint64_t *)((const char *)packet + state.time_offset);
+        }
         state.records += 1;
         state.total += 1;
         if (!(state.total & 4095)) publish(root_idx);
@@ -63,4 +67,13 @@ void ntds_capture_wake(void) {
     pthread_mutex_lock(&closing);
     if (state.capture && !state.closed) ((breakloop_fn)state.breakloop)(state.capture);
     pthread_mutex_unlock(&closing);
+}
+
+/* A packet's own capture time. NFStream's meter loop gives a packet whose time goes backwards the newest time
+ * it has seen (its flow table's clock, `clock` here), so that a capture merged from several clocks would
+ * stamp a flow lying wholly in an earlier stretch with a later time and a duration of 0. The feature step
+ * reads the packet's own time instead, kept when capture_next filled the packet; any other packet (one not
+ * read through this capture_next) has only its clock. */
+uint64_t ntds_packet_time(const void *packet, uint64_t clock) {
+    return packet == state.stamped ? state.stamped_time : clock;
 }

@@ -35,7 +35,14 @@ load, so that
   grows with every new 5-tuple, so a fast scan or a flood of random sources
   would exhaust memory. Past `max_flows` open flows a meter expires its least
   recently seen flows early (they are reported with end reason "evicted")
-  and counts them, checked as each new flow is made.
+  and counts them, checked as each new flow is made;
+- frames NFStream would drop or misread are fixed up before its engine parses
+  them: each meter points the engine library's GOT slot of pcap_next_ex at
+  `ntds/flows/packet_tap.c` (IPv4 total length 0 from segmentation offload,
+  Cisco FabricPath), counted per meter in shared memory (`frame_fixups`);
+- a packet keeps its own time in the features: the meter loop moves a time that
+  goes backwards up to the newest seen, so `capture_next.c` keeps the packet's
+  own time for the feature step (its flow's times never go backwards).
 
 This is the only place ntds reaches into NFStream's internals, written for
 NFStream 6.6.0 (pinned); `tests/test_engine.py` fails loudly if the pinned
@@ -82,6 +89,7 @@ class CaptureControl:
         self._dropped = ctx.Array("Q", _MAX_METERS, lock=False)
         self._active = ctx.Array("q", _MAX_METERS, lock=False)
         self._evicted = ctx.Array("Q", _MAX_METERS, lock=False)
+        self._tap = ctx.Array("Q", len(TAP_COUNTS) * _MAX_METERS, lock=False)  # ntds/flows/packet_tap.h
         self.realtime = pace == "realtime"
         self.max_flows = max_flows
         """Open flows per meter before the least recently seen are expired early (0: no bound)."""
@@ -148,12 +156,30 @@ class CaptureControl:
         return sum(self._evicted)
 
     @property
+    def frame_fixups(self) -> dict[str, int]:
+        """Frames the meters fixed up before NFStream parsed them (`ntds/flows/packet_tap.c`): IPv4 total
+        lengths of 0 taken from the frame, FabricPath frames decapsulated, FabricPath frames skipped (ignored,
+        with nothing inside to meter). Every meter reads every frame of a file, so for files this is the
+        largest meter's count; a live interface's frames are shared out among the meters, so there the sum."""
+        per_meter = [self._tap[i : i + len(TAP_COUNTS)] for i in range(0, len(self._tap), len(TAP_COUNTS))]
+        combine = sum if self.live else max
+        return {name: combine(meter[k] for meter in per_meter) for k, name in enumerate(TAP_COUNTS)}
+
+    @property
+    def frames_skipped(self) -> int:
+        """Frames the meters could not read as IP and ignored, counted (FabricPath with no inner frame)."""
+        return self.frame_fixups["fabricpath_skipped"]
+
+    @property
     def flows_active(self) -> int:
         """Flows open in the meters, as of their last once-a-second report."""
         return max(0, sum(self._active))
 
 
 _current: tuple[CaptureControl, int] | None = None
+
+TAP_COUNTS = ("ip_length_filled", "fabricpath_decapsulated", "fabricpath_skipped")
+"""The counters of `struct ntds_tap_counts` (ntds/flows/packet_tap.h), in order."""
 
 _WRITTEN_FOR = f"ntds/flows/engine.py was written for NFStream 6.6.0, this is {nfstream.__version__}"
 
@@ -201,6 +227,7 @@ class _Engine:
         c = self._capture = _compiled.lib.ntds_capture_state()  # one per process: a meter loop is one
         c.capture, c.file, c.records, c.total, c.calls, c.closed = _compiled.ffi.NULL, -1, 0, 0, 0, 0
         c.next = int(ffi.cast("uintptr_t", ffi.addressof(lib, "capture_next")))
+        c.time_offset = packet_layout(ffi)["time"]  # the packet's own time is kept before the loop moves it
         c.breakloop = ctypes.cast(_pcap().pcap_breakloop, ctypes.c_void_p).value
         c.stop = ctypes.addressof(control._stop)
         c.read = ctypes.addressof(control._read) + slot * ctypes.sizeof(ctypes.c_uint64)
@@ -312,6 +339,7 @@ def _create_engine():
     nfstream.meter.get_flow_key_from_pkt = _original_flow_key
     if _current is None or lib is None:
         return ffi, lib
+    _install_tap(ffi, lib, *_current, sys._getframe(1).f_locals.get("root_idx", 0))
     engine = _Engine(ffi, lib, *_current)
     global _engine, _features, _max_flows, _step, _step_meter, _table
     _engine = engine
@@ -322,6 +350,19 @@ def _create_engine():
         nfstream.meter.get_flow_key_from_pkt = _flow_key(_features.meter)
     _max_flows = engine._control.max_flows or _NO_LIMIT
     return ffi, engine
+
+
+def _install_tap(ffi, lib, control: CaptureControl, slot: int, root_idx: int) -> None:
+    """Put ntds's stand-in for pcap_next_ex (`ntds/flows/packet_tap.c`) in front of NFStream's engine in this
+    meter process, counting into the meter's slot of shared memory. The stand-in fixes up frames NFStream
+    would drop or misread (IPv4 total length 0, FabricPath) before the engine parses them."""
+    error = _compiled.ffi.new("char[256]")
+    inside = int(ffi.cast("uintptr_t", ffi.addressof(lib, "capture_next")))
+    if _compiled.lib.ntds_tap_install(inside, error, len(error)) != 0:
+        problem = _compiled.ffi.string(error).decode(errors="replace")
+        raise RuntimeError(f"cannot stand in front of pcap_next_ex in NFStream's engine: {problem}; {_WRITTEN_FOR}")
+    index = (slot + root_idx) % _MAX_METERS * len(TAP_COUNTS)
+    _compiled.lib.ntds_tap_count_into(ctypes.addressof(control._tap) + index * ctypes.sizeof(ctypes.c_uint64))
 
 
 def _flow_key(meter) -> Callable:
@@ -464,6 +505,10 @@ def _finish(flow: NFlow, s: FlowState) -> None:
         flow.udps = _features.finish(s, flow)
     except Exception as e:  # noqa: BLE001
         flow.udps = failed(e, "", bool(s.opens))
+    # The flow's own first and last packet times (the feature step's), not NFStream's: its meter loop moves a
+    # packet whose time goes backwards up to the newest time seen (ntds/flows/capture_next.c).
+    flow.bidirectional_first_seen_ms = s.first_ms
+    flow.bidirectional_last_seen_ms = s.first_ms + s.last_t // 1000
 
 
 _FLOW_FIELDS = (
