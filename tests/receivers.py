@@ -15,9 +15,12 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from syslog_rfc5424_parser import SyslogMessage
+
 
 class WebhookServer:
-    """Accepts POSTs whose X-Ntds-Signature is the HMAC-SHA256 of the body under `secret`; refuses others (401)."""
+    """Accepts POSTs whose X-Ntds-Signature is the HMAC-SHA256 of the body under `secret`; refuses others (401).
+    A body that is a JSON array (EVE, ECS or OCSF records) is kept as {"idempotency_key", "records"}."""
 
     def __init__(self, secret: bytes, port: int = 0, delay_s: float = 0.0) -> None:
         self.secret, self.delay_s = secret, delay_s
@@ -42,6 +45,8 @@ class WebhookServer:
                     return
                 time.sleep(owner.delay_s)
                 note = json.loads(body)
+                if isinstance(note, list):  # a SIEM format: a JSON array of records, the key in the header
+                    note = {"idempotency_key": self.headers["Idempotency-Key"], "records": note}
                 assert note["idempotency_key"] == self.headers["Idempotency-Key"]
                 with owner.lock:
                     owner.received.append(note)
@@ -76,24 +81,17 @@ class WebhookServer:
         return out
 
 
-RFC5424 = re.compile(
-    rb"^<(?P<pri>\d{1,3})>1 (?P<ts>\S+) (?P<host>\S+) (?P<app>\S+) (?P<proc>\S+) (?P<msgid>\S+) "
-    rb"(?P<sd>-|(?:\[(?:[^\]\\]|\\.)*\])+) ?(?P<msg>.*)$",
-    re.S,
-)
-SD_PARAM = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-
-
 def parse_rfc5424(data: bytes) -> dict:
-    """A syslog message's parts; the structured data's parameters unescaped. AssertionError if malformed."""
-    m = RFC5424.match(data)
-    assert m, data[:200]
-    sd = m.group("sd").decode()
-    params = {k: re.sub(r"\\(.)", r"\1", v) for k, v in SD_PARAM.findall(sd)}
-    msg = m.group("msg")
-    assert msg.startswith(b"\xef\xbb\xbf"), "MSG is UTF-8 with a BOM"
-    return {"pri": int(m.group("pri")), "msgid": m.group("msgid").decode(), "sd_id": sd[1:].split(" ")[0],
-            "params": params, "msg": msg[3:].decode()}  # fmt: skip
+    """A syslog message's parts, read by an independent RFC 5424 parser (syslog-rfc5424-parser, a Lark
+    grammar of the RFC's ABNF); the structured data's parameters unescaped. ParseError if malformed."""
+    m = SyslogMessage.parse(data.decode("utf-8"))
+    assert m.version == 1
+    ((sd_id, params),) = m.sd.items()
+    msg = m.msg or ""
+    assert msg.startswith("\ufeff"), "MSG is UTF-8 with a BOM"
+    return {"pri": int(m.facility) * 8 + int(m.severity), "hostname": m.hostname, "appname": m.appname,
+            "timestamp": m.timestamp, "msgid": m.msgid, "sd_id": sd_id,
+            "params": {k: re.sub(r"\\(.)", r"\1", v) for k, v in params.items()}, "msg": msg[1:]}  # fmt: skip
 
 
 class SyslogListener:

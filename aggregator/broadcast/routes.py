@@ -14,6 +14,7 @@ closed) are sent again every `repeat_interval_s` (0: never).
       - {name: siem, type: syslog, host: 10.0.0.5, port: 514, protocol: tcp}
       - {name: oncall, type: email, smtp_host: mail.example, from: ntds@example, to: [soc@example]}
       - {name: filebeat, type: eve, path: /var/log/ntds/eve.json}
+      - {name: elastic, type: file, format: ecs, path: /var/log/ntds/ecs.json}  # also eve, ocsf; webhook, syslog too
     routes:
       - {receivers: [filebeat]}                                  # everything
       - {match: {min_tier: 4}, receivers: [soc, oncall], group_by: [kind, src_ip]}
@@ -30,13 +31,14 @@ LABELS = ("kind", "src_ip", "dst_ip", "application", "sensor", "tier")
 """What group_by can name."""
 
 RECEIVER_OPTIONS: dict[str, dict[str, tuple[type, Any]]] = {
-    "webhook": {"url": (str, None), "secret_file": (str, None), "timeout_s": (int, 10)},
+    "webhook": {"url": (str, None), "secret_file": (str, None), "timeout_s": (int, 10), "format": (str, "ntds")},
     "syslog": {
         "host": (str, None),
         "port": (int, 514),
         "protocol": (str, "udp"),
         "facility": (int, 16),
         "timeout_s": (int, 10),
+        "format": (str, "ntds"),
     },  # fmt: skip
     "email": {
         "smtp_host": (str, None),
@@ -49,9 +51,14 @@ RECEIVER_OPTIONS: dict[str, dict[str, tuple[type, Any]]] = {
         "password_file": (str, ""),
         "timeout_s": (int, 10),
     },  # fmt: skip
-    "eve": {"path": (str, None), "rotate_mb": (int, 100), "keep": (int, 5)},
+    "eve": {"path": (str, None), "rotate_mb": (int, 100), "keep": (int, 5), "format": (str, "eve")},
+    "file": {"path": (str, None), "rotate_mb": (int, 100), "keep": (int, 5), "format": (str, "eve")},
 }
-"""Per receiver type: option -> (type, default; None: required)."""
+"""Per receiver type: option -> (type, default; None: required). `file` is `eve` under a name that fits its
+other formats."""
+FORMATS = {"webhook": ("ntds", "eve", "ecs", "ocsf"), "syslog": ("ntds", "eve", "ecs", "ocsf"),
+           "eve": ("eve", "ecs", "ocsf"), "file": ("eve", "ecs", "ocsf")}  # fmt: skip
+"""Per receiver type: the field sets it can send (`ntds`: the notification or structured data as is)."""
 COMMON = {"name": (str, None), "type": (str, None), "rate_per_minute": (int, 60)}
 
 
@@ -149,6 +156,8 @@ def parse_receivers(items: list, base: Path) -> dict[str, ReceiverConfig]:
             raise ValueError(f"{where}: protocol must be udp or tcp")
         if kind == "email" and values["starttls"] not in ("auto", "require", "never"):
             raise ValueError(f"{where}: starttls must be auto, require or never")
+        if kind in FORMATS and values["format"] not in FORMATS[kind]:
+            raise ValueError(f"{where}: format must be one of {', '.join(FORMATS[kind])} for a {kind} receiver")
         if values["rate_per_minute"] < 1:
             raise ValueError(f"{where}: rate_per_minute must be at least 1")
         options = {k: v for k, v in values.items() if k not in COMMON}

@@ -3,18 +3,22 @@
 Each sender raises on any failure (the outbox retries with backoff) and
 returns only once the destination has the notification:
 
-- webhook: HTTP POST of the JSON notification; the body is signed with
+- webhook: HTTP POST of the JSON notification (or, with `format`, a JSON
+  array of the alerts as EVE, ECS or OCSF records); the body is signed with
   HMAC-SHA256 under the receiver's secret (`X-Ntds-Signature: sha256=HEX`),
   the key travels as `Idempotency-Key`; any 2xx is success.
 - syslog: one RFC 5424 message per alert, over UDP (one datagram each) or TCP
-  (octet-counted framing, RFC 6587); the alert's fields as structured data,
-  the signature as the message; severity from the tier.
+  (octet-counted framing, RFC 6587), HOSTNAME the host's FQDN where it has
+  one; the alert's fields as structured data, the signature as the message
+  (or, with `format`, the alert's EVE, ECS or OCSF record as the message, the
+  key as structured data); severity from the tier.
 - email: one message per notification over SMTP, upgraded with STARTTLS when
   the server offers it (or required, or never, as configured); the
   Message-ID is derived from the idempotency key.
-- eve: one JSON object per alert appended to a file in the shape of
-  Suricata's EVE alerts (Filebeat, Vector and Logstash read it as such), each
-  with the delivery key; fsynced, rotated by size. A delivery whose key is
+- eve (or file): one JSON object per alert appended to a file, in the
+  receiver's `format` (`formats`): Suricata EVE by default (Filebeat, Vector
+  and Logstash read it as such), ECS or OCSF; each with the delivery key;
+  fsynced, rotated by size. A delivery whose key is
   already in the file (a crash between writing and recording) is not written
   twice.
 
@@ -40,14 +44,12 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 
+from aggregator.broadcast.formats import delivery_key, record
 from aggregator.broadcast.routes import ReceiverConfig
 from ntds.logs import printable
-from ntds.networks import protocol_name
 
 SEVERITY = {5: 2, 4: 3, 3: 4}
 """Alert tier -> syslog severity (critical, error, warning; lower tiers notice)."""
-EVE_SEVERITY = {5: 1, 4: 1, 3: 2}
-"""Alert tier -> EVE alert.severity (1 highest, 3 lowest)."""
 ENTERPRISE = 32473
 """Private enterprise number of RFC 5612's documentation range, for the structured-data id."""
 
@@ -61,8 +63,10 @@ class Sender:
         raise NotImplementedError
 
 
-def body_of(note: dict) -> bytes:
-    return json.dumps(note, separators=(",", ":"), sort_keys=True, ensure_ascii=True).encode()
+def body_of(note: dict, fmt: str = "ntds") -> bytes:
+    """The webhook's body: the notification itself, or a JSON array of its alerts in a SIEM's format."""
+    data = note if fmt == "ntds" else [record(fmt, a, note["idempotency_key"]) for a in note["alerts"]]
+    return json.dumps(data, separators=(",", ":"), sort_keys=True, ensure_ascii=True).encode()
 
 
 def signature(secret: bytes, body: bytes) -> str:
@@ -75,7 +79,7 @@ class Webhook(Sender):
         self.secret = Path(self.o["secret_file"]).read_bytes().strip()
 
     def send(self, note: dict) -> None:
-        body = body_of(note)
+        body = body_of(note, self.o["format"])
         request = urllib.request.Request(
             self.o["url"],
             data=body,
@@ -101,8 +105,9 @@ def _sd_value(value) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
 
 
-def syslog_message(alert: dict, key: str, facility: int, hostname: str) -> bytes:
-    """One RFC 5424 message for one alert."""
+def syslog_message(alert: dict, key: str, facility: int, hostname: str, fmt: str = "ntds") -> bytes:
+    """One RFC 5424 message for one alert: its fields as structured data and the signature as MSG, or (`fmt`
+    eve, ecs, ocsf) the key as structured data and the alert's record as MSG (JSON, ASCII: one line)."""
     severity = SEVERITY.get(alert.get("tier", 0), 5)
     stamp = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
     msgid = "".join(c for c in str(alert.get("kind", "alert")) if 33 <= ord(c) <= 126)[:32] or "-"
@@ -111,16 +116,33 @@ def syslog_message(alert: dict, key: str, facility: int, hostname: str) -> bytes
               "dst_ip": alert.get("dst_ip", ""), "dst_port": alert.get("dst_port", 0),
               "application": alert.get("application", ""), "first_seen": alert.get("first_seen", ""),
               "community_id": alert.get("community_id", "")}  # fmt: skip
+    if fmt != "ntds":
+        params = {"key": key, "format": fmt}
     sd = f"[ntds@{ENTERPRISE} " + " ".join(f'{k}="{_sd_value(v)}"' for k, v in params.items()) + "]"
     host = "".join(c for c in hostname if 33 <= ord(c) <= 126)[:255] or "-"
     header = f"<{facility * 8 + severity}>1 {stamp} {host} ntds {os.getpid()} {msgid} {sd} "
-    return header.encode() + b"\xef\xbb\xbf" + printable(str(alert.get("signature", "")), 2000).encode()
+    if fmt != "ntds":
+        text = json.dumps(record(fmt, alert, key), separators=(",", ":"), ensure_ascii=True)
+    else:
+        text = printable(str(alert.get("signature", "")), 2000)
+    return header.encode() + b"\xef\xbb\xbf" + text.encode()
+
+
+def fqdn() -> str:
+    """RFC 5424's HOSTNAME: the host's fully qualified domain name where it has one, else its name."""
+    name = socket.gethostname()
+    full = socket.getfqdn(name)
+    return full if "." in full and not full.startswith("localhost") else name
 
 
 class Syslog(Sender):
+    def __init__(self, cfg: ReceiverConfig) -> None:
+        super().__init__(cfg)
+        self.hostname = fqdn()
+
     def send(self, note: dict) -> None:
-        hostname = socket.gethostname()
-        messages = [syslog_message(a, note["idempotency_key"], self.o["facility"], hostname) for a in note["alerts"]]
+        key, fmt = note["idempotency_key"], self.o["format"]
+        messages = [syslog_message(a, key, self.o["facility"], self.hostname, fmt) for a in note["alerts"]]
         address = (self.o["host"], self.o["port"])
         if self.o["protocol"] == "udp":
             with socket.socket(socket.AF_INET6 if ":" in self.o["host"] else socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -181,30 +203,6 @@ class Email(Sender):
             smtp.send_message(message)
 
 
-def eve_record(alert: dict, key: str) -> dict:
-    """One alert in the shape of a Suricata EVE alert event (with ntds's own fields under `ntds`)."""
-    number = alert.get("protocol", 0)
-    proto = "IPv6-ICMP" if number == 58 else protocol_name(number)  # Suricata's name for ICMPv6
-    return {
-        "timestamp": alert.get("first_seen"),
-        "event_type": "alert",
-        "src_ip": alert.get("src_ip"),
-        "src_port": alert.get("src_port", 0),
-        "dest_ip": alert.get("dst_ip"),
-        "dest_port": alert.get("dst_port", 0),
-        "proto": proto,
-        "app_proto": alert.get("application", ""),
-        "community_id": alert.get("community_id", ""),
-        "alert": {
-            "action": "allowed",
-            "signature": alert.get("signature", ""),
-            "category": alert.get("kind", ""),
-            "severity": EVE_SEVERITY.get(alert.get("tier", 0), 3),
-        },
-        "ntds": {"delivery": key, **{k: v for k, v in alert.items() if k not in ("features",)}},
-    }
-
-
 class Eve(Sender):
     TAIL = 4 * 2**20
     """Bytes of the current file read back at start to know which deliveries it already holds."""
@@ -223,9 +221,11 @@ class Eve(Sender):
             fh.seek(max(0, self.path.stat().st_size - self.TAIL))
             for line in fh.read().splitlines():
                 try:
-                    self.seen.append(json.loads(line)["ntds"]["delivery"])
-                except (ValueError, KeyError, TypeError):
+                    key = delivery_key(json.loads(line))
+                except ValueError:
                     continue
+                if key:
+                    self.seen.append(key)
 
     def send(self, note: dict) -> None:
         if not self._loaded:
@@ -236,7 +236,8 @@ class Eve(Sender):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists() and self.path.stat().st_size >= self.o["rotate_mb"] * 2**20:
             self._rotate()
-        data = b"".join(json.dumps(eve_record(a, key), separators=(",", ":")).encode() + b"\n" for a in note["alerts"])
+        fmt = self.o["format"]
+        data = b"".join(json.dumps(record(fmt, a, key), separators=(",", ":")).encode() + b"\n" for a in note["alerts"])
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         try:
             os.write(fd, data)
@@ -254,7 +255,7 @@ class Eve(Sender):
         self.path.replace(self.path.with_name(f"{self.path.name}.1"))
 
 
-SENDERS: dict[str, type[Sender]] = {"webhook": Webhook, "syslog": Syslog, "email": Email, "eve": Eve}
+SENDERS: dict[str, type[Sender]] = {"webhook": Webhook, "syslog": Syslog, "email": Email, "eve": Eve, "file": Eve}
 
 
 class RateLimit:
