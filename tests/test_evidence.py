@@ -15,6 +15,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -30,11 +31,12 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "pcaps" / "attacks"
 BIN = Path(sys.executable).parent
 
 
-def _ns(meta, pcapng: bool) -> int:
+def _ns(meta, pcapng: bool, nano: bool = False) -> int:
+    """A record's time in nanoseconds, from what scapy's raw readers report."""
     if pcapng:
         ts = (meta.tshigh << 32) | meta.tslow
         return ts * 1_000_000_000 // meta.tsresol
-    return meta.sec * 1_000_000_000 + (meta.usec * 1000 if meta.usec < 1_000_000 else meta.usec)
+    return meta.sec * 1_000_000_000 + (meta.usec if nano else meta.usec * 1000)
 
 
 def independent_packets(pcap: Path, sel: dict) -> list[tuple[int, bytes]]:
@@ -45,8 +47,9 @@ def independent_packets(pcap: Path, sel: dict) -> list[tuple[int, bytes]]:
     until = datetime.fromisoformat(sel["until"].replace("Z", "+00:00")).timestamp()
     since_ms, until_ms = round(since * 1000), round(until * 1000)
     out = []
+    nano = getattr(reader, "nano", False)
     for data, meta in reader:
-        ns = _ns(meta, pcapng)
+        ns = _ns(meta, pcapng, nano)
         if not since_ms <= ns // 1_000_000 <= until_ms:
             continue
         frame = Ether(data)
@@ -74,8 +77,9 @@ def independent_packets(pcap: Path, sel: dict) -> list[tuple[int, bytes]]:
 
 
 def fetched_packets(pcap: Path) -> list[tuple[int, bytes]]:
-    with RawPcapReader(str(pcap)) as r:  # ntds writes nanosecond pcap: scapy reports it in sec/usec as ns
-        return [(meta.sec * 1_000_000_000 + meta.usec, bytes(data)) for data, meta in r]
+    with RawPcapReader(str(pcap)) as r:
+        assert r.nano  # ntds writes nanosecond pcap
+        return [(_ns(meta, False, True), bytes(data)) for data, meta in r]
 
 
 def alerts_in(store: Path) -> list[dict]:
@@ -313,3 +317,121 @@ def _up(base: str) -> bool:
         return True
     except (urllib.error.URLError, OSError):
         return False
+
+
+# -- the pieces, on the project's own scapy packets ----------------------------------------------------------
+
+
+def _scapy_packets():
+    from scapy.layers.inet import ICMP
+    from scapy.layers.l2 import Dot1Q
+
+    base = 1_700_000_000
+    pkts = [
+        Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=40000, dport=22) / b"a",
+        Ether() / IP(src="10.0.0.2", dst="10.0.0.1") / TCP(sport=22, dport=40000) / b"bb",
+        Ether() / Dot1Q(vlan=7) / IP(src="10.0.0.1", dst="10.0.0.3") / UDP(sport=5353, dport=53) / b"q",
+        Ether() / IPv6(src="fd00::1", dst="fd00::2") / TCP(sport=1, dport=443),
+        Ether() / IP(src="10.0.0.9", dst="10.0.0.1") / ICMP(),
+        Ether() / IP(src="10.0.0.4", dst="10.0.0.5") / TCP(sport=1, dport=2),
+    ]
+    for k, p in enumerate(pkts):
+        p.time = base + k + 0.000123 * (k + 1)
+    return pkts
+
+
+@pytest.mark.parametrize("kind", ["pcap-us", "pcap-ns", "pcapng"])
+def test_reader_gives_every_record_s_bytes_and_time_exactly(tmp_path, kind):
+    from scapy.utils import PcapNgWriter, PcapWriter
+
+    from sensor.evidence.packets import read
+
+    pkts = _scapy_packets()
+    path = tmp_path / f"x.{kind}"
+    if kind == "pcapng":
+        w = PcapNgWriter(str(path))
+    else:
+        w = PcapWriter(str(path), nano=kind == "pcap-ns")
+    for p in pkts:
+        w.write(p)
+    w.close()
+    got = [(r.ts_ns, r.data, r.orig_len) for r in read(path)]
+    reader = (RawPcapNgReader if kind == "pcapng" else RawPcapReader)(str(path))
+    nano = getattr(reader, "nano", False)
+    want = [(_ns(m, kind == "pcapng", nano), bytes(d), m.wirelen) for d, m in reader]
+    assert got == want and len(got) == len(pkts)
+    # a file cut in the middle of its last record: everything before it, quietly
+    cut = tmp_path / "cut"
+    cut.write_bytes(path.read_bytes()[:-7])
+    assert [r.data for r in read(cut)] == [d for _, d, _ in want[:-1]]
+
+
+def test_match_picks_the_host_s_packets_with_the_named_peer_ports_and_protocol(tmp_path):
+    from sensor.evidence.packets import Match, read
+
+    pkts = _scapy_packets()
+    path = tmp_path / "m.pcap"
+    from scapy.utils import wrpcap
+
+    wrpcap(str(path), pkts)
+    records = list(read(path))
+    t0, t_end = 1_700_000_000_000, 1_700_000_010_000
+
+    def picked(**kw) -> list[int]:
+        m = Match(kw.pop("host"), kw.pop("since", t0), kw.pop("until", t_end), **kw)
+        return [i for i, r in enumerate(records) if m.wants(r)]
+
+    assert picked(host="10.0.0.1") == [0, 1, 2, 4]  # both directions, through a VLAN tag, ICMP too
+    assert picked(host="10.0.0.1", peer="10.0.0.2") == [0, 1]
+    assert picked(host="10.0.0.1", peer="10.0.0.2", host_port=40000, peer_port=22, protocol=6) == [0, 1]
+    assert picked(host="10.0.0.2", host_port=22) == [0, 1]
+    assert picked(host="10.0.0.1", protocol=17) == [2]
+    assert picked(host="fd00::2") == [3]
+    assert picked(host="10.0.0.1", since=t0 + 1000, until=t0 + 2000) == [1, 2]  # whole milliseconds, inclusive
+    with pytest.raises(ValueError, match="not an IP address"):
+        Match("nope", t0, t_end)
+
+
+def test_ring_keeper_removes_the_oldest_beyond_size_and_age_never_a_file_being_written(tmp_path):
+    from sensor.evidence.ring import prune, ring_files
+
+    now = time.time()
+    sizes = {}
+    for k, (meter, age) in enumerate([(1, 5000), (1, 4000), (2, 3000), (1, 2000), (2, 30)]):
+        t = now - age
+        p = tmp_path / f"ring-{meter}-{int(t):010d}-{int(t % 1 * 1e9):09d}.pcap"
+        p.write_bytes(b"x" * (100 + k))
+        os.utime(p, (t + 10, t + 10))
+        sizes[p.name] = 100 + k
+    (tmp_path / "not-a-ring-file.pcap").write_bytes(b"y" * 10_000)
+    files = ring_files(tmp_path)
+    assert [f.size for f in files] == [100, 101, 102, 103, 104]  # oldest first, other files ignored
+    removed, left = prune(tmp_path, max_bytes=300, max_age_s=0, now=now)
+    assert removed == 3 and left == 103 + 104  # the oldest three; meter 2's file being written stays
+    removed, left = prune(tmp_path, max_bytes=10**9, max_age_s=1000, now=now)
+    # meter 1's newest is old: not being written any more, so it goes by age; meter 2's is fresh and stays
+    assert removed == 1 and [f.size for f in ring_files(tmp_path)] == [104]
+
+
+def test_flows_behind_a_scan_are_its_failed_attempts_newest_32(tmp_path):
+    from ntds.detect.behind import FlowsBehind
+    from ntds.detect.hosts.scans import PortScan
+    from ntds.flows.traffic import FlowTraffic
+
+    det = PortScan()
+    behind = FlowsBehind()
+    found = []
+    for k in range(100):
+        t = 1_700_000_000_000 + k * 100
+        failed = FlowTraffic(t, "10.0.0.66", "10.0.0.2", 50000 + k, 1000 + k, 6, 1, 60, 0, 0, "Unknown", end_ms=t)
+        ok = FlowTraffic(t + 1, "10.0.0.66", "8.8.8.8", 40000 + k, 53, 17, 1, 70, 1, 90, "DNS", end_ms=t + 20,
+                         payload=100)  # fmt: skip
+        for flow in (failed, ok):
+            behind.add(flow, None)
+            for f in det.findings(flow):
+                found.append((f, behind.behind(f, det)))
+    assert len(found) >= 2 and found[-1][0].count > 32  # fired at each tier, the last past the 32 listed
+    for finding, flows in found:
+        n = finding.count  # ports 1000 .. 1000 + n - 1 failed so far: the newest 32 are listed, oldest first
+        assert [f["dst_port"] for f in flows] == list(range(1000 + n - min(n, 32), 1000 + n))
+        assert all(f["dst_ip"] == "10.0.0.2" and f["tier"] == -1 and f["packets"] == 1 for f in flows)

@@ -1,15 +1,16 @@
 """The packet ring on disk: files the meters write while capturing, and the keeper that bounds them.
 
 Each meter process writes the packets it captures, as captured, into pcap files
-of `ring_file_mb` in `ring_dir`, named for the meter and the time of their first
-packet: `ring-<meter>-<seconds>-<nanoseconds>.pcap`. The name is the ring's index
+of `ring_file_mb` in `ring_dir`, named for the meter (its process id) and the time of
+their first packet: `ring-<meter>-<seconds>-<nanoseconds>.pcap`. The name is the ring's index
 by time: a file holds the packets from its first packet's time until its
 modification time (the meters flush at least once a second). The writing is C
 (`ntds/flows/packet_tap.c`), in the meter, from the same packet NFStream meters.
 
 The keeper (the sensor's main loop, every few seconds) removes the oldest files
 while the ring holds more than `ring_mb` or files older than `ring_max_age_s`,
-never a file a meter is still writing (the newest of each meter).
+never a file a meter is still writing (the newest of each meter, written to within a minute; a meter is
+named by its process id, so a stopped meter's last file goes like any other).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+WRITING_S = 60
+"""A meter's newest file written to within this long is still being written: never removed."""
 _NAME = re.compile(r"^ring-(\d+)-(\d+)-(\d{9})\.pcap$")
 
 
@@ -65,7 +68,7 @@ def prune(folder: Path, max_bytes: int, max_age_s: float, now: float | None = No
     newest = {}
     for f in files:
         newest[f.meter] = f
-    writing = {f.path for f in newest.values()}
+    writing = {f.path for f in newest.values() if now * 1000 - f.end_ms < WRITING_S * 1000}
     total = sum(f.size for f in files)
     removed = 0
     for f in files:
