@@ -163,6 +163,7 @@ class Pipeline:
         self.evidence_worker: EvidenceWorker | None = None
         self.serve_evidence_s = serve_evidence_s
         self._ring_disk = 0
+        self._ring_errors = 0
         self.records: FlowRecords | None = None
         if cfg.flow_records_dir:
             try:
@@ -435,6 +436,11 @@ class Pipeline:
         ring = self.evidence.ring_dir
         if ring is None:
             return
+        errors = self.control.ring_counts()["ring_errors"]
+        if errors > self._ring_errors:
+            log.warning("the packet ring %s cannot be written (a full disk?): %d failed writes so far; capture goes "
+                        "on, the ring resumes by itself", ring, errors)  # fmt: skip
+            self._ring_errors = errors
         try:
             _, self._ring_disk = prune_ring(ring, self.cfg.ring_mb * 2**20, self.cfg.ring_max_age_s)
         except OSError as e:
