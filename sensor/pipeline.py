@@ -163,7 +163,8 @@ class Pipeline:
         self.evidence_worker: EvidenceWorker | None = None
         self.serve_evidence_s = serve_evidence_s
         self._ring_disk = 0
-        self._ring_errors = 0
+        self._ring_errors = self._ring_written = 0
+        self._ring_failing = False
         self.records: FlowRecords | None = None
         if cfg.flow_records_dir:
             try:
@@ -436,11 +437,16 @@ class Pipeline:
         ring = self.evidence.ring_dir
         if ring is None:
             return
-        errors = self.control.ring_counts()["ring_errors"]
-        if errors > self._ring_errors:
-            log.warning("the packet ring %s cannot be written (a full disk?): %d failed writes so far; capture goes "
-                        "on, the ring resumes by itself", ring, errors)  # fmt: skip
-            self._ring_errors = errors
+        counts = self.control.ring_counts()
+        errors, written = counts["ring_errors"], counts["ring_packets"]
+        if errors > self._ring_errors and not self._ring_failing:  # one warning per episode, counted in health
+            log.warning("the packet ring %s cannot be written (a full disk?); capture goes on, the ring resumes by "
+                        "itself (ring_errors in health)", ring)  # fmt: skip
+            self._ring_failing = True
+        elif errors == self._ring_errors and written > self._ring_written and self._ring_failing:
+            log.info("the packet ring %s is written again", ring)
+            self._ring_failing = False
+        self._ring_errors, self._ring_written = errors, written
         try:
             _, self._ring_disk = prune_ring(ring, self.cfg.ring_mb * 2**20, self.cfg.ring_max_age_s)
         except OSError as e:
