@@ -23,8 +23,10 @@ demo: $(STAMP)
 	$(BIN)/python -m demo
 
 # The alert manager over the demo's store, on 127.0.0.1:8080, with a one-time login it prints.
+# One command, run without a shell: make's SIGTERM reaches it, and it stops the UI it started.
+DEMO_DIR ?= build/demo
 ui: $(STAMP)
-	$(BIN)/python -m demo.ui
+	$(BIN)/python -m demo.ui --workdir $(DEMO_DIR)
 
 # The starter baseline shipped in config/: rebuilt from the project's own generated traffic.
 baseline: $(STAMP)

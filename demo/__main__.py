@@ -41,6 +41,19 @@ DETECTORS = {"exfiltration": {"floor_bytes": 2_000_000}}
 """The demo site's detector settings (sensor.yaml `detectors:`): a small site lowers the exfiltration floor."""
 
 
+def _interrupted(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def stop_children_on_signals() -> None:
+    """SIGTERM (a service manager, `kill`, make stopping) goes the way of Ctrl-C: a KeyboardInterrupt, so every
+    `finally` and `except` that stops a child runs; SIGINT already does. (Python's default for SIGTERM ends the
+    process at once and leaves its children running.)"""
+    signal.signal(signal.SIGTERM, _interrupted)
+    signal.signal(signal.SIGINT, _interrupted)
+    signal.signal(signal.SIGHUP, _interrupted)
+
+
 def say(text: str) -> None:
     print(f"demo: {text}", file=sys.stderr, flush=True)
 
@@ -71,8 +84,16 @@ def captures(work: Path, days: int) -> tuple[Path, Path]:
             what = "clean training traffic" if is_training else f"the campus week ({days} days)"
             say(f"generating {what} with scapy -> {path} (once; about twenty seconds)")
         with ProcessPoolExecutor(max_workers=len(todo)) as pool:
-            for job in [pool.submit(campus.write, path, n, is_training) for path, n, is_training in todo]:
-                job.result()
+            try:
+                for job in [pool.submit(campus.write, path, n, is_training) for path, n, is_training in todo]:
+                    job.result()
+            except BaseException:
+                for worker in list((pool._processes or {}).values()):  # stop the generators, not wait for them
+                    worker.kill()
+                pool.shutdown(wait=True, cancel_futures=True)
+                for path, _, _ in todo:
+                    path.unlink(missing_ok=True)  # half-written: generated again next time
+                raise
     return week, training
 
 
@@ -178,6 +199,7 @@ def main() -> int:
     ap.add_argument("--days", type=int, default=campus.DAYS, help="days of the campus week (default: 9)")
     args = ap.parse_args()
     started = time.monotonic()
+    stop_children_on_signals()
     try:
         result = run_demo(args.workdir, args.days)
     except KeyboardInterrupt:

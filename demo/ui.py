@@ -1,7 +1,7 @@
 """`make ui`: the alert manager over the store `make demo` left behind.
 
 A demo operator account ("analyst", role analyst) gets a fresh one-time password each run,
-printed with the address; the UI runs in the foreground until Ctrl-C, which stops it.
+printed with the address; the UI runs in the foreground until Ctrl-C (or SIGTERM, SIGHUP), which stops it.
 Nothing is started if the demo has not run yet.
 
     python -m demo.ui [--workdir build/demo]
@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from demo.__main__ import BIN, ROOT, UI_PORT, say
+from demo.__main__ import BIN, ROOT, UI_PORT, say, stop_children_on_signals
 
 USER = "analyst"
 
@@ -39,6 +39,7 @@ def main() -> int:
         return 1
     print(f"alert manager: http://127.0.0.1:{UI_PORT}/  user {USER}, one-time password {made.stdout.strip()}")
     say("Ctrl-C stops it")
+    stop_children_on_signals()
     ui = subprocess.Popen([aggregator, "ui", "--config", str(cfg)])
     try:
         return ui.wait()

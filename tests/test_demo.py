@@ -110,3 +110,7 @@ def test_demo_broadcasts_every_alert_to_the_eve_file(demo):
     assert {x["event_type"] for x in lines} == {"alert"}
     planted = {campus.PLANTED[k]["src"] for k in ("bulk upload", "dns tunnelling", "port scan")}
     assert {x["src_ip"] for x in lines} == planted
+    # every line validates against Suricata's own EVE schema (tests/schemas: Suricata 8.0.6's etc/schema.json)
+    from tests.test_siem_formats import eve_errors
+
+    assert [(x["alert"]["signature"], e) for x in lines for e in eve_errors(x)] == []
