@@ -90,3 +90,13 @@ def test_the_demo_stops_its_generators(tmp_path, sig):
     stop_and_check(proc, sig, "python -m demo")
     assert proc.returncode == 130 and "every process it started has been stopped" in log.read_text()
     assert not list(tmp_path.glob("*.pcap"))
+
+
+def test_the_demo_stops_the_aggregator_and_the_sensor_on_sigterm(tmp_path):
+    """Interrupted while the sensor replays the week into the aggregator: both stop with it."""
+    log = tmp_path / "demo.log"
+    proc = subprocess.Popen([PYTHON, "-m", "demo", "--workdir", str(tmp_path)], cwd=ROOT, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT)  # fmt: skip
+    wait(lambda: "replaying" in log.read_text() and len(children(proc.pid)) >= 2, 120, "the replay")
+    stop_and_check(proc, signal.SIGTERM, "python -m demo (replaying)")
+    assert proc.returncode == 130
