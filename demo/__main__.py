@@ -58,8 +58,26 @@ def say(text: str) -> None:
     print(f"demo: {text}", file=sys.stderr, flush=True)
 
 
+def stop(p: subprocess.Popen) -> None:
+    """SIGTERM first (a sensor then stops its own capture workers), SIGKILL after 15 s."""
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def tool(name: str, *args, quiet: bool = True) -> subprocess.CompletedProcess:
-    p = subprocess.run([str(BIN / name), *map(str, args)], capture_output=quiet, text=True)
+    pipe = subprocess.PIPE if quiet else None
+    with subprocess.Popen([str(BIN / name), *map(str, args)], stdout=pipe, stderr=pipe, text=True) as child:
+        try:
+            out, err = child.communicate()
+        except BaseException:
+            stop(child)
+            raise
+    p = subprocess.CompletedProcess(child.args, child.returncode, out, err)
     if p.returncode != 0:
         raise SystemExit(f"demo: {name} {args[0]} failed ({p.returncode}): {(p.stderr or '').strip()[-2000:]}")
     return p
@@ -181,9 +199,7 @@ def run_demo(work: Path, days: int = campus.DAYS) -> dict:
                 f"demo: the aggregator did not stop cleanly: {(run / 'aggregator.log').read_text()[-2000:]}"
             )
     finally:
-        if aggregator.poll() is None:
-            aggregator.kill()
-            aggregator.wait()
+        stop(aggregator)
     say(f"building the weekly report for {WEEK}")
     out = run / "reports" / f"report-{WEEK}"
     html = Path(
