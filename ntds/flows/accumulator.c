@@ -37,7 +37,7 @@ static void add_square(uint64_t *lo, uint64_t *hi, int64_t gap) {
 static void accumulate(int64_t *acc, int64_t value) {
     acc[0] += 1;
     acc[1] += value;
-    acc[2] += value * value;
+    add_square((uint64_t *)&acc[2], (uint64_t *)&acc[5], value); /* an idle gap of an hour squares past 2**63 */
     if (value < acc[3]) acc[3] = value;
     if (value > acc[4]) acc[4] = value;
 }

@@ -43,8 +43,8 @@ struct ntds_flow {
     int64_t last_t, n, iat_min, iat_max;
     uint64_t iat_sq_lo, iat_sq_hi;
     int64_t first_len, start_active, end_active, subflows, payload;
-    int64_t active[5];  /* count, sum, sum of squares, min, max */
-    int64_t idle[5];
+    int64_t active[6];  /* count, sum, sum of squares (low 64 bits), min, max, sum of squares (high 64 bits) */
+    int64_t idle[6];
     int64_t flags[8];  /* FIN, SYN, RST, PSH, ACK, URG, CWR, ECE packet counts */
     uint8_t first_flags[8];
     struct ntds_direction f, b;

@@ -195,8 +195,10 @@ def _std(n: int, total: int, sq: int) -> float:
 
 
 def _stats4(acc: list) -> tuple[float, float, float, float]:
-    """Mean, std, max, min of an accumulator [count, sum, sumsq, min, max]; zeros if empty."""
-    n, total, sq, lo, hi = acc
+    """Mean, std, max, min of an accumulator [count, sum, sumsq low 64 bits, min, max, sumsq high 64 bits]; zeros
+    if empty. The squares are 128-bit: in a capture whose clock goes backwards a flow can be idle for hours."""
+    n, total, sq_lo, lo, hi, sq_hi = acc
+    sq = (sq_hi % 2**64) << 64 | (sq_lo % 2**64)
     if not n:
         return 0.0, 0.0, 0.0, 0.0
     return total / n, _std(n, total, sq), float(hi), float(lo)
