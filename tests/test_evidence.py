@@ -435,3 +435,94 @@ def test_flows_behind_a_scan_are_its_failed_attempts_newest_32(tmp_path):
         n = finding.count  # ports 1000 .. 1000 + n - 1 failed so far: the newest 32 are listed, oldest first
         assert [f["dst_port"] for f in flows] == list(range(1000 + n - min(n, 32), 1000 + n))
         assert all(f["dst_ip"] == "10.0.0.2" and f["tier"] == -1 and f["packets"] == 1 for f in flows)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or _which("tcpreplay") is None or _which("ip") is None,
+                    reason="needs root, iproute2 and tcpreplay (make test installs them)")  # fmt: skip
+def test_live_capture_keeps_the_packets_behind_each_alert(tmp_path):
+    """A real sensor captures in a network namespace while tcpreplay sends a real FTP brute force from the other
+    end of a veth pair: the sensor writes its packet ring, keeps each alert's packets, and a pcap job for a flow
+    alert answers with exactly the frames of that flow as sent, at the times the ring recorded them (read back
+    independently with scapy), within the alert's first and last seen."""
+    from netns import veth_namespaces
+
+    pcap = SHARED / "zeek__ftp_bruteforce.pcap"
+    if not pcap.exists():
+        pytest.skip("../shared/pcaps/attacks is not here")
+    agent = Agent(tmp_path, bpf_filter="ip", ring_file_mb=1)
+    try:
+        with veth_namespaces() as (cap, snd):
+            agent.aggregator(netns=cap)
+            p = agent.sensor("run", "--interface", "vcap", netns=cap)
+            wait(lambda: "capturing from vcap" in agent.log() or p.poll() is not None, 30, "the sensor")
+            assert p.poll() is None, agent.log()
+            sent = subprocess.run(["ip", "netns", "exec", snd, _which("tcpreplay"), "-i", "vsnd", "--pps", "2000",
+                                   str(pcap)], capture_output=True, text=True, timeout=60)  # fmt: skip
+            assert sent.returncode == 0, sent.stderr
+            kept = tmp_path / "spool" / "evidence" / "kept"
+            wait(lambda: alerts_in(agent.store) and len(list(kept.glob("*.pcap"))) >= 1, 30, "the kept packets")
+            alerts = [a for a in alerts_in(agent.store) if a["kind"] == "flow"]
+            alert = max(alerts, key=lambda a: a["flows"][0]["packets"])
+            out = tmp_path / "live.pcap"
+            done = pcap_cli(agent, str(alert["id"]), "-o", str(out))
+            assert done.returncode == 0 and "from the sensor's kept" in done.stderr, done.stderr + agent.log()
+            ring = sorted((tmp_path / "spool" / "evidence" / "ring").glob("ring-*.pcap"))
+            p.send_signal(signal.SIGTERM)
+            assert p.wait(60) == 0, agent.log()
+            health = agent.rows("health")[-1]["evidence"]
+    finally:
+        agent.stop()
+    from ntds.wire.schema import packets_behind
+
+    sel = packets_behind(alert)
+    got = fetched_packets(out)
+    # the wire: the original frames of this 5-tuple, in order (tcpreplay sends them as they are, at its own pace):
+    # the flow's own packets, and any of the same 5-tuple within its last millisecond (the FIN rule leaves a last
+    # ACK to a flow of its own: packets are chosen by time, not by flow)
+    conversation = independent_packets(pcap, sel | {"since": "1970-01-01T00:00:00Z", "until": "2106-01-01T00:00:00Z"})
+    n = alert["flows"][0]["packets"]
+    assert [d for _, d in got] == [d for _, d in conversation][: len(got)] and n <= len(got) <= n + 1
+    # the times: as the ring recorded them, read with scapy, and within the alert's first and last seen
+    recorded = [pkt for f in ring for pkt in independent_packets(f, sel)]
+    assert got == recorded
+    first = round(datetime.fromisoformat(sel["since"].replace("Z", "+00:00")).timestamp() * 1000)
+    last = round(datetime.fromisoformat(sel["until"].replace("Z", "+00:00")).timestamp() * 1000)
+    assert all(first <= ns // 1_000_000 <= last for ns, _ in got)
+    assert health["ring_packets"] >= 606 and health["ring_errors"] == 0 and health["kept_alerts"] >= 1
+    assert len(ring) >= 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or _which("tcpreplay") is None or _which("mount") is None,
+                    reason="needs root (tmpfs, network namespaces) and tcpreplay")  # fmt: skip
+def test_a_full_ring_disk_never_stops_capture(tmp_path, site_pcap):
+    """The ring's folder on a tiny tmpfs that fills: capture and metering go on (every packet sent is metered and
+    summarised), one warning, the failed writes counted in health, no traceback."""
+    import re
+
+    from netns import veth_namespaces
+    from test_full_disk import tmpfs
+
+    with tmpfs(tmp_path / "small", "256k") as small:
+        agent = Agent(tmp_path, bpf_filter="ip", evidence_dir=str(small), ring_file_mb=1)
+        try:
+            with veth_namespaces() as (cap, snd):
+                agent.aggregator(netns=cap)
+                p = agent.sensor("run", "--interface", "vcap", netns=cap)
+                wait(lambda: "capturing from vcap" in agent.log() or p.poll() is not None, 30, "the sensor")
+                assert p.poll() is None, agent.log()
+                cmd = ["ip", "netns", "exec", snd, _which("tcpreplay"), "-i", "vsnd", "--pps", "4000", str(site_pcap)]
+                sent = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+                assert sent.returncode == 0, sent.stderr
+                packets = int(re.search(r"Actual: (\d+) packets", sent.stdout).group(1))
+                time.sleep(7)  # the ring keeper looks every 5 s
+                assert p.poll() is None, agent.log()
+                p.send_signal(signal.SIGTERM)
+                assert p.wait(60) == 0, agent.log()
+                summaries, health = agent.rows("summary"), agent.rows("health")
+        finally:
+            agent.stop()
+    log = agent.log()
+    assert sum(s["packets"] for s in summaries) == packets
+    assert health[-1]["packets_seen"] == packets and health[-1]["evidence"]["ring_errors"] > 0
+    assert 0 < health[-1]["evidence"]["ring_packets"] < packets
+    assert log.count("cannot be written") == 1 and "Traceback" not in log

@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "capture_next.h"
+#include "packet_ring.h"
 
 #define END_OF_CAPTURE (-2)
 #define NO_LIMIT ((int64_t)1 << 62)
@@ -27,6 +28,7 @@ static void publish(uint64_t root_idx) { ((volatile uint64_t *)state.read)[root_
 /* Mark the capture handle as about to be closed (the meter closes it when it sees END_OF_CAPTURE). */
 static int close_capture(uint64_t root_idx) {
     publish(root_idx);
+    ntds_ring_close(); /* the ring's buffered packets are written before the meter ends */
     pthread_mutex_lock(&closing);
     state.closed = 1;
     pthread_mutex_unlock(&closing);

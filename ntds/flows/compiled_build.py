@@ -12,7 +12,7 @@ from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
 SOURCES = "ntds/flows"  # as setuptools wants it: relative to the project root, where it runs
-PARTS = ("accumulator", "flow_key", "capture_next", "pcap_walk", "packet_tap")
+PARTS = ("accumulator", "flow_key", "capture_next", "pcap_walk", "packet_tap", "packet_ring")
 
 ffibuilder = FFI()
 for part in PARTS:

@@ -96,9 +96,7 @@ class CaptureControl:
         self.live = live
         self.features: CicFeatures | None = None
         """The feature accumulator the meters run (a copy each, after fork); None: NFStream as it is."""
-        self._ring_packets = ctx.Array("Q", _MAX_METERS, lock=False)
-        self._ring_bytes = ctx.Array("Q", _MAX_METERS, lock=False)
-        self._ring_errors = ctx.Array("Q", _MAX_METERS, lock=False)
+        self._ring = ctx.Array("Q", 3, lock=False)  # packets, bytes, failed writes: ntds/flows/packet_ring.h
         self.ring_dir: str = ""
         """Live capture: the folder each meter writes its packet ring into ("" : no ring)."""
         self.ring_file_bytes = 64 * 2**20
@@ -122,8 +120,8 @@ class CaptureControl:
 
     def ring_counts(self) -> dict[str, int]:
         """Packets and bytes the meters wrote to the ring, and the writes that failed (a full disk)."""
-        return {"ring_packets": sum(self._ring_packets), "ring_bytes": sum(self._ring_bytes),
-                "ring_errors": sum(self._ring_errors)}  # fmt: skip
+        packets, size, errors = self._ring
+        return {"ring_packets": packets, "ring_bytes": size, "ring_errors": errors}
 
     def stop(self) -> None:
         self._stop.value = 1
@@ -236,6 +234,8 @@ class _Engine:
         self.capture_next = self._paced_next if control.realtime else _compiled.lib.ntds_capture_next
         if control.live:
             threading.Thread(target=self._wake_on_stop, daemon=True).start()
+        if control.ring_dir:
+            threading.Thread(target=self._flush_ring, daemon=True).start()
 
     def _paced_next(self, capture, packet, decode_tunnels, n_roots, root_idx, mode):
         """capture_next for a file read at the speed it was recorded."""
@@ -243,6 +243,13 @@ class _Engine:
         if ret > 0:
             self._pace(packet.time)
         return ret
+
+    def _flush_ring(self) -> None:
+        """The packet ring's buffer, written twice a second even when the link is silent (libpcap then waits in
+        poll() and the meter's own thread never gets to it)."""
+        while not self._control._stop.value:
+            time.sleep(0.5)
+            _compiled.lib.ntds_ring_idle()
 
     def _wake_on_stop(self) -> None:
         """A meter waiting on a silent interface sits in libpcap's poll(), which signals do not end (libpcap
@@ -363,6 +370,22 @@ def _install_tap(ffi, lib, control: CaptureControl, slot: int, root_idx: int) ->
         raise RuntimeError(f"cannot stand in front of pcap_next_ex in NFStream's engine: {problem}; {_WRITTEN_FOR}")
     index = (slot + root_idx) % _MAX_METERS * len(TAP_COUNTS)
     _compiled.lib.ntds_tap_count_into(ctypes.addressof(control._tap) + index * ctypes.sizeof(ctypes.c_uint64))
+    ring = _compiled.lib.ntds_ring_settings()
+    ring.enabled = 0
+    if control.ring_dir:
+        folder = control.ring_dir.encode()
+        if len(folder) >= len(ring.folder):
+            raise RuntimeError(f"the ring's folder name is too long: {control.ring_dir[:80]}...")
+        libpcap = _pcap()
+        ring.folder = folder
+        ring.meter = os.getpid()
+        ring.file_bytes = control.ring_file_bytes
+        ring.counters = ctypes.addressof(control._ring)
+        ring.datalink, ring.snapshot, ring.precision = (
+            ctypes.cast(getattr(libpcap, name), ctypes.c_void_p).value
+            for name in ("pcap_datalink", "pcap_snapshot", "pcap_get_tstamp_precision")
+        )
+        ring.enabled = 1
 
 
 def _flow_key(meter) -> Callable:

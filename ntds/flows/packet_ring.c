@@ -2,9 +2,9 @@
  *
  * Called from the stand-in for pcap_next_ex (packet_tap.c) with the frame exactly as libpcap returned it,
  * before any fixup, so a file holds the same bytes and timestamps as the wire. Records are gathered in a
- * buffer and written with write(2) when it fills, when a second of packet time has passed (a live capture's
- * packet time is the wall clock, so the ring is never more than a second behind), when the interface is idle
- * and when the capture closes. A file is closed at `file_bytes`, and the next packet begins the next one,
+ * buffer and written with write(2) when it fills, when a second of packet time has passed, twice a second of
+ * wall-clock time from a thread of the meter (a silent link), and when the capture closes: the ring is never
+ * more than about a second behind the wire. A file is closed at `file_bytes`, and the next packet begins the next one,
  * named for this meter and its first packet's time (ring-METER-SECONDS-NANOSECONDS.pcap): the name is the
  * ring's index by time.
  *
@@ -16,6 +16,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -38,6 +39,7 @@ struct ring_pkthdr { /* libpcap's struct pcap_pkthdr */
 typedef int (*int_of_capture_fn)(void *);
 
 static struct ntds_ring settings;
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER; /* the meter's thread and its flusher (idle links) */
 static int fd = -1;
 static uint8_t buffer[BUFFER];
 static size_t used;
@@ -93,9 +95,7 @@ static int open_file(void *capture, const struct ring_pkthdr *h) {
     return 0;
 }
 
-void ntds_ring_record(void *capture, const void *header, const uint8_t *data) {
-    if (!settings.enabled) return;
-    const struct ring_pkthdr *h = header;
+static void record(void *capture, const struct ring_pkthdr *h, const uint8_t *data) {
     int64_t sec = h->ts.tv_sec;
     if (fd < 0) {
         if (sec < retry_sec) return;
@@ -125,13 +125,27 @@ void ntds_ring_record(void *capture, const void *header, const uint8_t *data) {
     }
 }
 
+void ntds_ring_record(void *capture, const void *header, const uint8_t *data) {
+    if (!settings.enabled) return;
+    pthread_mutex_lock(&lock);
+    record(capture, header, data);
+    pthread_mutex_unlock(&lock);
+}
+
+/* A live link can fall silent with packets still in the buffer, and libpcap may then block in poll() for good
+ * (TPACKET_V3 hands over blocks only when they hold packets): a thread of the meter calls this twice a second. */
 void ntds_ring_idle(void) {
+    if (!settings.enabled) return;
+    pthread_mutex_lock(&lock);
     if (fd >= 0 && used) flush(flushed_sec);
+    pthread_mutex_unlock(&lock);
 }
 
 void ntds_ring_close(void) {
-    if (fd < 0) return;
-    if (used) flush(flushed_sec);
+    if (!settings.enabled) return;
+    pthread_mutex_lock(&lock);
+    if (fd >= 0 && used) flush(flushed_sec);
     if (fd >= 0) close(fd);
     fd = -1;
+    pthread_mutex_unlock(&lock);
 }

@@ -7,7 +7,7 @@
  * (DT_JMPREL, DT_PLTRELSZ, DT_SYMTAB, DT_STRTAB: the PLT relocation whose symbol is "pcap_next_ex", so it
  * works alike on x86_64 and aarch64) and points it here. Per frame the stand-in then
  *
- *   - hands the frame exactly as captured to `tap_record` (the packet ring's place), then
+ *   - hands the frame exactly as captured to the packet ring (packet_ring.c; a no-op unless it is on), then
  *   - an Ethernet frame with EtherType 0x8903 (Cisco FabricPath, MAC-in-MAC: 6 + 6 bytes of outer MAC,
  *     0x8903, 2 bytes of FTag/TTL) is handed on as its inner Ethernet frame; one too short to hold an
  *     inner Ethernet header (or holding another 0x8903) is handed on with a captured length of 0, which
@@ -32,6 +32,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "packet_ring.h"
 #include "packet_tap.h"
 
 #define DLT_NULL 0
@@ -150,19 +151,15 @@ done:
     return changed;
 }
 
-/* ==== THE PACKET RING'S PLACE ====
- * Called with every frame the real pcap_next_ex returns (rv 1, or rv 0 with a frame), exactly as captured
- * (header and bytes untouched), before any fixup. Writing the frame to the packet ring goes here; until then
- * it does nothing. */
-static inline void tap_record(const struct pkthdr *header, const uint8_t *data) {
-    (void)header;
-    (void)data;
-}
-
+/* The packet ring (packet_ring.c) gets every frame the real pcap_next_ex returns (rv 1, or rv 0 with a frame),
+ * exactly as captured (header and bytes untouched), before any fixup; and a live timeout, to flush. */
 static int tap_next_ex(void *capture, struct pkthdr **header, const uint8_t **data) {
     int rv = real_next_ex(capture, header, data);
-    if (rv < 0 || *header == NULL || *data == NULL) return rv; /* rv 0 with no frame: a live timeout */
-    tap_record(*header, *data);
+    if (rv < 0 || *header == NULL || *data == NULL) { /* rv 0 with no frame: a live timeout */
+        if (rv == 0) ntds_ring_idle();
+        return rv;
+    }
+    ntds_ring_record(capture, *header, *data);
     const uint8_t *frame;
     uint32_t caplen, len;
     if (__builtin_expect(ntds_tap_fix(real_datalink(capture), *data, (*header)->caplen, (*header)->len, &frame,
