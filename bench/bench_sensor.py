@@ -180,10 +180,11 @@ TAIL = 20
 as sent, so up to 20 lost packets (0.02%) could hide behind them, for both tools alike."""
 
 
-def live_rate(pps: int, packets: int, pcap: Path, tool: str = "sensor", meters: int = 1, buffer_mb: int = 64) -> dict:
+def live_rate(pps: int, packets: int, pcap: Path, tool: str = "sensor", meters: int = 1, buffer_mb: int = 64,
+              extra: str = "") -> dict:  # fmt: skip
     """One rate: tcpreplay sends `packets` at `pps` into the capture namespace, where `tool` (the sensor with
     scoring, host detectors and publishing to a real aggregator, or bare NFStream) captures with `meters` and
-    a kernel capture buffer of `buffer_mb` MiB (both tools alike)."""
+    a kernel capture buffer of `buffer_mb` MiB (both tools alike); `extra`: more sensor.yaml lines."""
     with tempfile.TemporaryDirectory(prefix="ntds-bench-live-") as tmp:
         root = Path(tmp)
         agg = proc = None
@@ -193,7 +194,7 @@ def live_rate(pps: int, packets: int, pcap: Path, tool: str = "sensor", meters: 
                 if tool == "sensor":
                     cfg, agg = setup(root, cap)
                     with cfg.open("a") as fh:
-                        fh.write(f"n_meters: {meters}\ncapture_buffer_mb: {buffer_mb}\n")
+                        fh.write(f"n_meters: {meters}\ncapture_buffer_mb: {buffer_mb}\n{extra}")
                     proc = subprocess.Popen(
                         ["ip", "netns", "exec", cap, str(BIN / "ntds-sensor"), "run", "--interface", "vcap",
                          "--config", str(cfg), "--insecure"], stderr=log.open("w"),
