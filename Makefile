@@ -38,11 +38,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 # Debian packages the tests drive: headless Chromium and its driver (report rendering, alert manager), tcpreplay
-# (live capture), systemd-analyze (unit files), iproute2 (network namespaces), strace (the units' system call filters).
-DEB_PACKAGES := chromium chromium-driver tcpreplay systemd iproute2 strace
+# (live capture), systemd-analyze (unit files), iproute2 (network namespaces), strace (the units' system call filters),
+# tshark (Wireshark's reader opens the packets behind alerts).
+DEB_PACKAGES := chromium chromium-driver tcpreplay systemd iproute2 strace tshark
 system-packages:
 	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v tcpreplay >/dev/null && command -v systemd-analyze >/dev/null \
-	    && command -v ip >/dev/null && command -v strace >/dev/null; then :; \
+	    && command -v ip >/dev/null && command -v strace >/dev/null && command -v tshark >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing $(DEB_PACKAGES)"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEB_PACKAGES) >/dev/null; \

@@ -5,7 +5,8 @@ A job is a row of `pcap_jobs` in the store: which sensor, which packets (the
 creates one (`ntds-aggregator pcap`, the alert manager's Download packets); the
 receiver inside `serve` sends pending jobs to their sensor over the CURVE link
 as soon as that sensor is connected (a sensor that is offline gets its job when
-it comes back; a job unanswered for `RESEND_S` is sent again), and takes the
+it comes back, a sensor that restarted gets it again on its new connection, and
+a job unanswered for `RESEND_S` is sent again), and takes the
 `evidence` parts the sensor answers with into `pcap_parts`, in the same durable
 transaction as any message, before acknowledging them. When every part is in,
 the file is assembled, checked against the SHA-256 the sensor announced, written
@@ -45,7 +46,9 @@ CREATE TABLE IF NOT EXISTS pcap_parts (
 """
 
 RESEND_S = 60.0
-"""A job sent but unanswered this long is sent again (the sensor restarted, or dropped the answer)."""
+"""A job sent but unanswered this long is sent again (the sensor lost it, or is still reading a large ring)."""
+STALL_S = 300.0
+"""An answer whose parts stopped arriving this long ago is asked for again (the sensor's spool dropped some)."""
 MAX_BYTES = 64 * 2**20
 """What a job asks for at most; each sensor's pcap_max_mb may cap it lower."""
 OPEN = ("pending", "sent", "receiving")
@@ -165,23 +168,32 @@ def wait(db: sqlite3.Connection, job_id: int, timeout: float, progress=None) -> 
 # -- in serve: sending and receiving ---------------------------------------------------
 
 
-def due(db: sqlite3.Connection, connected: set[str], now: float) -> list[tuple[str, bytes, int]]:
-    """(sensor, frame, job) for each open job whose sensor is connected and which is not yet sent, or was sent
-    `RESEND_S` ago with nothing back."""
+def due(db: sqlite3.Connection, connections: dict[str, bytes], sent_to: dict[int, bytes],
+        now: float) -> list[tuple[bytes, bytes, int]]:  # fmt: skip
+    """(connection, frame, job) for each open job whose sensor is connected and which is not sent yet; was sent on a
+    connection the sensor has since replaced (it restarted: a kill -9 in the middle of a job) or `RESEND_S` ago
+    with nothing back; or whose answer stalled for `STALL_S` (parts the sensor's spool dropped)."""
     rows = db.execute(
-        "SELECT id, sensor, spec, state, sent FROM pcap_jobs WHERE state IN ('pending', 'sent') ORDER BY id LIMIT 200"
+        "SELECT id, sensor, spec, state, sent, updated FROM pcap_jobs WHERE state IN ('pending', 'sent', 'receiving') "
+        "ORDER BY id LIMIT 200"
     ).fetchall()
     out = []
-    for job_id, sensor, spec, state, sent in rows:
-        if sensor not in connected or (state == "sent" and now - sent < RESEND_S):
+    for job_id, sensor, spec, state, sent, updated in rows:
+        connection = connections.get(sensor)
+        if connection is None:
             continue
-        out.append((sensor, encode(Message("pcap_job", sensor, job_id, now_iso(), json.loads(spec))), job_id))
+        if state == "sent" and sent_to.get(job_id) == connection and now - sent < RESEND_S:
+            continue
+        if state == "receiving" and now - updated < STALL_S:
+            continue
+        out.append((connection, encode(Message("pcap_job", sensor, job_id, now_iso(), json.loads(spec))), job_id))
     return out
 
 
 def mark_sent(db: sqlite3.Connection, job_ids: list[int], now: float) -> None:
-    db.executemany("UPDATE pcap_jobs SET state = 'sent', sent = ?, updated = ? WHERE id = ? AND state IN "
-                   "('pending', 'sent')", [(now, now, j) for j in job_ids])  # fmt: skip
+    db.executemany("UPDATE pcap_jobs SET state = CASE state WHEN 'receiving' THEN 'receiving' ELSE 'sent' END, "
+                   "sent = ?, updated = ? WHERE id = ? AND state IN ('pending', 'sent', 'receiving')",
+                   [(now, now, j) for j in job_ids])  # fmt: skip
 
 
 def store_part(db: sqlite3.Connection, m: Message) -> int:

@@ -80,6 +80,8 @@ class Receiver:
         """Each sensor's connection, as of its last message: where its pcap jobs go."""
         self.evidence_folder = evidence.folder_of(store.path)
         self._jobs_checked = 0.0
+        self._jobs_sent_to: dict[int, bytes] = {}
+        """The connection each open pcap job went out on (a sensor that reconnects gets it again)."""
 
     def close(self) -> None:
         if self.zap:
@@ -178,12 +180,15 @@ class Receiver:
             for line in evidence.assemble(db, self.evidence_folder):
                 log.info("%s", line)
             sent = []
-            for sensor, frame, job_id in evidence.due(db, set(self.identities), time.time()):
+            for connection, frame, job_id in evidence.due(db, self.identities, self._jobs_sent_to, time.time()):
                 try:
-                    self.socket.send_multipart([self.identities[sensor], frame], flags=zmq.NOBLOCK)
+                    self.socket.send_multipart([connection, frame], flags=zmq.NOBLOCK)
                     sent.append(job_id)
+                    self._jobs_sent_to[job_id] = connection
                 except zmq.ZMQError:
                     continue  # gone since: sent again when it is back
+            if len(self._jobs_sent_to) > 10_000:  # finished jobs' entries: at worst an open one is sent again
+                self._jobs_sent_to.clear()
             if sent:
                 evidence.mark_sent(db, sent, time.time())
                 log.info("sent pcap jobs %s", ", ".join(map(str, sent)))

@@ -491,6 +491,7 @@ class Pipeline:
         return wire.health(
             capture, self.control.flows_evicted, self.counters.skipped, state, st.messages, st.bytes, st.dropped,
             self.detection.evicted, self.baseline.id, self.updates.refused, self._evidence_counts(),
+            self.control.frame_fixups,
         )  # fmt: skip
 
     def _evidence_counts(self) -> dict:

@@ -526,3 +526,41 @@ def test_a_full_ring_disk_never_stops_capture(tmp_path, site_pcap):
     assert health[-1]["packets_seen"] == packets and health[-1]["evidence"]["ring_errors"] > 0
     assert 0 < health[-1]["evidence"]["ring_packets"] < packets
     assert log.count("cannot be written") == 1 and "Traceback" not in log
+
+
+def test_a_sensor_killed_in_the_middle_of_a_job_answers_it_after_its_restart(tmp_path):
+    """kill -9 of the sensor as it takes a pcap job: the job is sent again on the restarted sensor's new connection
+    and completes, each part stored once; nothing already accepted is lost."""
+    from scapy.utils import wrpcap
+
+    pcap = SHARED / "zeek__ftp_bruteforce.pcap"
+    if not pcap.exists():
+        pytest.skip("../shared/pcaps/attacks is not here")
+    agent = Agent(tmp_path, min_alert_tier=3, alert_grouping={}, detectors={}, local_networks=["192.168.0.0/16"])
+    try:
+        agent.aggregator()
+        p = agent.sensor("replay", str(pcap), "--serve-evidence", "120")
+        wait(lambda: "serving pcap jobs" in agent.log(), 120, "the replay")
+        alerts = alerts_in(agent.store)
+        brute = next(a for a in alerts if a["kind"] == "brute-force")
+        job = subprocess.Popen([str(BIN / "ntds-aggregator"), "pcap", str(brute["id"]), "-o", str(tmp_path / "k.pcap"),
+                                "--config", str(agent.root / "agg.yaml"), "--timeout", "90"], stderr=subprocess.PIPE,
+                               text=True)  # fmt: skip
+        wait(lambda: "pcap job 1" in agent.log(), 30, "the job at the sensor")
+        p.kill()
+        p.wait(10)
+        tiny = tmp_path / "tiny.pcap"
+        wrpcap(str(tiny), [Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1, dport=2)])
+        again = agent.sensor("replay", str(tiny), "--serve-evidence", "120")
+        assert job.wait(120) == 0, job.stderr.read() + agent.log()
+        from ntds.wire.schema import packets_behind
+
+        assert fetched_packets(tmp_path / "k.pcap") == independent_packets(pcap, packets_behind(brute))
+        with sqlite3.connect(agent.store) as db:
+            assert db.execute("SELECT COUNT(*) FROM pcap_parts").fetchone()[0] == 0
+            assert db.execute("SELECT state FROM pcap_jobs").fetchall() == [("done",)]
+        assert len(alerts_in(agent.store)) == len(alerts)  # what was accepted before the kill is all there
+        again.send_signal(signal.SIGTERM)
+        assert again.wait(60) == 0
+    finally:
+        agent.stop()

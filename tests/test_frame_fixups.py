@@ -175,3 +175,28 @@ def test_installing_without_a_pcap_next_ex_slot_is_one_clear_error():
     inside = int(ffi.cast("uintptr_t", ffi.addressof(lib, "ntds_tap_fix")))  # ntds's own library
     assert lib.ntds_tap_install(inside, error, 256) == -1
     assert "pcap_next_ex" in ffi.string(error).decode()
+
+
+def test_the_sensor_reports_what_it_fixed_up_and_skipped_in_health(tmp_path):
+    """A real replay of both fixtures to a real aggregator: its last health message counts the frames whose IPv4
+    length was filled and the FabricPath frames decapsulated or skipped, as counted here from the files."""
+    from test_sensor_agent import Agent
+
+    expected = {"ip_length_filled": 0, "fabricpath_decapsulated": 0, "fabricpath_skipped": 0}
+    for name in ("ip_length_zero", "fabricpath"):
+        for f in _frames(name):
+            raw = bytes(f)
+            if f[Ether].type == 0x8903:
+                inner = int.from_bytes(raw[16 + 12 : 16 + 14], "big") if len(raw) >= 16 + 14 else 0x8903
+                expected["fabricpath_skipped" if inner == 0x8903 else "fabricpath_decapsulated"] += 1
+            elif IP in f and f[IP].len == 0:
+                expected["ip_length_filled"] += 1
+    assert all(expected.values())
+    agent = Agent(tmp_path)
+    try:
+        agent.aggregator()
+        p = agent.sensor("replay", str(FIXTURES / "ip_length_zero.pcap"), str(FIXTURES / "fabricpath.pcap"))
+        assert p.wait(60) == 0, agent.log()
+        assert agent.rows("health")[-1]["frames"] == expected
+    finally:
+        agent.stop()

@@ -359,8 +359,8 @@ def upgrade_body(kind: str, body: dict) -> dict:
     explanation's text made from its numbers."""
     if kind == "health" and isinstance(body, dict):
         body = {"flows_evicted": 0, "flows_skipped": 0, "state": "running", "detector_keys_evicted": 0,
-                "baseline_id": "", "baselines_refused": 0,
-                "evidence": dict.fromkeys(EVIDENCE_HEALTH, 0)} | body  # fmt: skip
+                "baseline_id": "", "baselines_refused": 0, "evidence": dict.fromkeys(EVIDENCE_HEALTH, 0),
+                "frames": dict.fromkeys(FRAMES_HEALTH, 0)} | body  # fmt: skip
         if isinstance(body.get("spool_dropped"), dict):  # version 3 and older spools had no stats to drop
             body["spool_dropped"] = dict.fromkeys(DROP_ORDER, 0) | body["spool_dropped"]
         return body
@@ -686,7 +686,7 @@ def _archive_health(m: Message) -> Iterable[ArchiveRow]:
     yield "health", t, _base(m) | row | {"created": t, "spool_dropped": sum(m.body["spool_dropped"].values())}
 
 
-HEALTH_NOT_ARCHIVED = ("baseline_id", "baselines_refused", "evidence")
+HEALTH_NOT_ARCHIVED = ("baseline_id", "baselines_refused", "evidence", "frames")
 """Health fields the store keeps (the sensors page) but the archive's health table does not: its columns are the
 capture and spool counters the report reads."""
 
@@ -699,6 +699,14 @@ EVIDENCE_HEALTH: dict[str, F] = {
     "kept_alerts": F("int", "alerts whose packets were kept beyond the ring's rotation"),
     "jobs_served": F("int", "pcap jobs answered with packets"),
     "jobs_failed": F("int", "pcap jobs answered with the reason they could not be served"),
+}
+
+FRAMES_HEALTH: dict[str, F] = {
+    "ip_length_filled": F(
+        "int", "IPv4 total length 0 (segmentation offload on the capturing host): taken from the captured length"
+    ),  # fmt: skip
+    "fabricpath_decapsulated": F("int", "Cisco FabricPath frames (EtherType 0x8903) metered as their inner frame"),
+    "fabricpath_skipped": F("int", "FabricPath frames with no inner frame to meter: skipped, never read as IP"),
 }
 
 HEALTH = MessageType(
@@ -725,6 +733,7 @@ HEALTH = MessageType(
         "spool_messages": F("int", "messages waiting in the spool for an acknowledgement (this one not counted)"),
         "spool_bytes": F("int", "their size"),
         "evidence": F("obj", "the packet ring and the evidence kept and served since start", EVIDENCE_HEALTH),
+        "frames": F("obj", "frames the meters fixed up or skipped before metering, since start", FRAMES_HEALTH),
         # "spool_dropped" is derived below from the types' drop ranks
     },
     {
@@ -740,6 +749,7 @@ HEALTH = MessageType(
         "spool_messages": 0,
         "spool_bytes": 0,
         "evidence": dict.fromkeys(EVIDENCE_HEALTH, 0),
+        "frames": dict.fromkeys(FRAMES_HEALTH, 0),
     },
     drop_rank=0,
     archive=_archive_health,
@@ -911,7 +921,7 @@ def hello(baseline_id: str, feature_profile: str) -> dict:
 def health(
     capture: dict, flows_evicted: int, flows_skipped: int, state: str, spool_messages: int, spool_bytes: int,
     dropped: dict, detector_keys_evicted: int = 0, baseline_id: str = "", baselines_refused: int = 0,
-    evidence: dict | None = None,
+    evidence: dict | None = None, frames: dict | None = None,
 ) -> dict:  # fmt: skip
     """capture: packets_seen, packets_dropped, flows_active (since start)."""
     return {
@@ -927,6 +937,7 @@ def health(
         "spool_messages": spool_messages,
         "spool_bytes": spool_bytes,
         "evidence": {k: int((evidence or {}).get(k, 0)) for k in EVIDENCE_HEALTH},
+        "frames": {k: int((frames or {}).get(k, 0)) for k in FRAMES_HEALTH},
         "spool_dropped": {k: dropped.get(k, 0) for k in DROP_ORDER},
     }
 

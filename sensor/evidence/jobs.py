@@ -238,11 +238,15 @@ class EvidenceWorker(threading.Thread):
         self.outbox: queue.Queue = queue.Queue()
         self._keeps: list[tuple[float, str, int, dict]] = []
         self._halt = threading.Event()
-        self._seen_jobs: set[int] = set()
+        self._busy: set[int] = set()
+        """Jobs waiting or being answered."""
 
     def job(self, seq: int, body: dict) -> None:
+        if seq in self._busy:
+            return  # asked again while it is being answered (a slow ring read): one answer
         try:
             self.inbox.put_nowait(("job", seq, body))
+            self._busy.add(seq)
         except queue.Full:
             log.warning("pcap job %d dropped: too many waiting (the aggregator asks again)", seq)
 
@@ -272,7 +276,10 @@ class EvidenceWorker(threading.Thread):
                 item = None
             if item is not None and item[0] == "job":
                 _, seq, body = item
-                self.outbox.put(self.evidence.answer(seq, body))
+                try:
+                    self.outbox.put(self.evidence.answer(seq, body))
+                finally:
+                    self._busy.discard(seq)
             elif item is not None:
                 self._keeps.append(item[1:])
             now = time.monotonic()
