@@ -510,7 +510,7 @@ def test_a_full_ring_disk_never_stops_capture(tmp_path, site_pcap):
                 p = agent.sensor("run", "--interface", "vcap", netns=cap)
                 wait(lambda: "capturing from vcap" in agent.log() or p.poll() is not None, 30, "the sensor")
                 assert p.poll() is None, agent.log()
-                cmd = ["ip", "netns", "exec", snd, _which("tcpreplay"), "-i", "vsnd", "--pps", "4000", str(site_pcap)]
+                cmd = ["ip", "netns", "exec", snd, _which("tcpreplay"), "-i", "vsnd", "--pps", "2000", str(site_pcap)]
                 sent = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
                 assert sent.returncode == 0, sent.stderr
                 packets = int(re.search(r"Actual: (\d+) packets", sent.stdout).group(1))

@@ -2,9 +2,9 @@
  *
  * Called from the stand-in for pcap_next_ex (packet_tap.c) with the frame exactly as libpcap returned it,
  * before any fixup, so a file holds the same bytes and timestamps as the wire. Records are gathered in a
- * buffer and written with write(2) when it fills, when a second of packet time has passed, twice a second of
- * wall-clock time from a thread of the meter (a silent link), and when the capture closes: the ring is never
- * more than about a second behind the wire. A file is closed at `file_bytes`, and the next packet begins the next one,
+ * buffer and written with write(2) when it fills, twice a second from a thread of the meter (whether the link
+ * is busy or silent: libpcap may wait in poll() for good on a silent one), and when the capture closes: the ring
+ * is never more than about half a second behind the wire. A file is closed at `file_bytes`, and the next packet begins the next one,
  * named for this meter and its first packet's time (ring-METER-SECONDS-NANOSECONDS.pcap): the name is the
  * ring's index by time.
  *
@@ -43,7 +43,7 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER; /* the meter's thread a
 static int fd = -1;
 static uint8_t buffer[BUFFER];
 static size_t used;
-static int64_t file_size, flushed_sec, retry_sec, pending_packets, pending_bytes;
+static int64_t file_size, last_sec, retry_sec, pending_packets, pending_bytes;
 
 struct ntds_ring *ntds_ring_settings(void) { return &settings; }
 
@@ -114,10 +114,7 @@ static void record(void *capture, const struct ring_pkthdr *h, const uint8_t *da
     file_size += (int64_t)size;
     pending_packets += 1;
     pending_bytes += (int64_t)size;
-    if (sec != flushed_sec) {
-        flushed_sec = sec;
-        flush(sec);
-    }
+    last_sec = sec;
     if (fd >= 0 && file_size >= settings.file_bytes) {
         flush(sec);
         if (fd >= 0) close(fd);
@@ -132,19 +129,19 @@ void ntds_ring_record(void *capture, const void *header, const uint8_t *data) {
     pthread_mutex_unlock(&lock);
 }
 
-/* A live link can fall silent with packets still in the buffer, and libpcap may then block in poll() for good
- * (TPACKET_V3 hands over blocks only when they hold packets): a thread of the meter calls this twice a second. */
+/* Called twice a second by a thread of the meter: a busy link's buffer reaches the disk within half a second,
+ * and a silent one's too (libpcap may then block in poll() for good: TPACKET_V3 hands over only full blocks). */
 void ntds_ring_idle(void) {
     if (!settings.enabled) return;
     pthread_mutex_lock(&lock);
-    if (fd >= 0 && used) flush(flushed_sec);
+    if (fd >= 0 && used) flush(last_sec);
     pthread_mutex_unlock(&lock);
 }
 
 void ntds_ring_close(void) {
     if (!settings.enabled) return;
     pthread_mutex_lock(&lock);
-    if (fd >= 0 && used) flush(flushed_sec);
+    if (fd >= 0 && used) flush(last_sec);
     if (fd >= 0) close(fd);
     fd = -1;
     pthread_mutex_unlock(&lock);
