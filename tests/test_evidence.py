@@ -502,7 +502,7 @@ def test_a_full_ring_disk_never_stops_capture(tmp_path, site_pcap):
     from netns import veth_namespaces
     from test_full_disk import tmpfs
 
-    with tmpfs(tmp_path / "small", "256k") as small:
+    with tmpfs(tmp_path / "small", "512k") as small:  # the site capture is 900 kB: the ring fills part-way
         agent = Agent(tmp_path, bpf_filter="ip", evidence_dir=str(small), ring_file_mb=1)
         try:
             with veth_namespaces() as (cap, snd):
