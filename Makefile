@@ -61,6 +61,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_transport.py
 	$(BIN)/python bench/bench_detection.py
 	$(BIN)/python bench/bench_broadcast.py
+	$(BIN)/python bench/bench_evidence.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache
