@@ -64,6 +64,12 @@ class AggregatorConfig(Settings):
     retention_days: int = setting("int", 400, "days of data kept, counted from arrival (0: everything)", low=0,
                                   high=36500)  # fmt: skip
     archive_interval_s: int = setting("int", 30, "seconds between archive exports while serving", low=1, high=86400)
+    evidence_days: int = setting(
+        "int", 30, "days the packets fetched from sensors (pcap jobs, evidence/ beside the store) are kept", low=1,
+        high=36500,
+    )  # fmt: skip
+    evidence_mb: int = setting("int", 10240, "the fetched packets kept in all; the oldest files go first beyond it",
+                               low=1, high=2**24)  # fmt: skip
     site_country: str = setting("str", "", "ISO code of the site's country: the world map's origin", check=_country)
     receivers: list = setting(
         "records", [], "where alerts can go: webhook, syslog, email, eve receivers (README: Broadcast)",

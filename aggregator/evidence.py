@@ -14,7 +14,8 @@ beside the store (`evidence/job-N.pcap`, mode 0600: packets hold payloads) and
 the parts are forgotten. A sensor that cannot serve a job answers why, in one
 line, and the job ends failed with that line.
 
-States: pending (not sent yet), sent, receiving (parts arriving), done, failed.
+States: pending (not sent yet), sent, receiving (parts arriving), done, failed, expired (the file was removed
+after `evidence_days` or beyond `evidence_mb`, aggregator.yaml).
 """
 
 from __future__ import annotations
@@ -223,6 +224,29 @@ def store_part(db: sqlite3.Connection, m: Message) -> int:
         (b["parts"], b["packets"], b["packets_total"], b["sha256"], b["source"], now, b["job"]),
     )
     return cur.rowcount
+
+
+def prune(db: sqlite3.Connection, max_age_s: float, max_bytes: int, now: float | None = None) -> list[str]:
+    """Fetched packets past `max_age_s`, or beyond `max_bytes` in all (oldest first), removed: their jobs end
+    `expired`, saying so (asking again makes a new job). Returns a log line per file removed."""
+    now = time.time() if now is None else now
+    rows = db.execute("SELECT id, file, updated, bytes FROM pcap_jobs WHERE state = 'done' ORDER BY updated").fetchall()
+    total = sum(size for *_, size in rows)
+    lines = []
+    for job_id, file, updated, size in rows:
+        if now - updated <= max_age_s and total <= max_bytes:
+            break
+        Path(file).unlink(missing_ok=True)
+        total -= size
+        why = (
+            f"the packets were removed {'after' if now - updated > max_age_s else 'beyond the space for'} "
+            + (f"{max_age_s / 86400:g} days" if now - updated > max_age_s else f"{max_bytes // 2**20} MB")
+            + "; ask again"
+        )
+        db.execute("UPDATE pcap_jobs SET state = 'expired', error = ?, file = '', updated = ? WHERE id = ?",
+                   (why, now, job_id))  # fmt: skip
+        lines.append(f"pcap job {job_id}: {why}")
+    return lines
 
 
 def assemble(db: sqlite3.Connection, folder: Path) -> list[str]:

@@ -80,6 +80,9 @@ class Receiver:
         """Each sensor's connection, as of its last message: where its pcap jobs go."""
         self.evidence_folder = evidence.folder_of(store.path)
         self._jobs_checked = 0.0
+        self._jobs_pruned = -600.0
+        self.evidence_keep = (30 * 86400.0, 10240 * 2**20)
+        """How long, and how much of, the fetched packets are kept (serve sets aggregator.yaml's evidence_days/mb)."""
         self._jobs_sent_to: dict[int, bytes] = {}
         """The connection each open pcap job went out on (a sensor that reconnects gets it again)."""
 
@@ -179,6 +182,10 @@ class Receiver:
         try:
             for line in evidence.assemble(db, self.evidence_folder):
                 log.info("%s", line)
+            if now - self._jobs_pruned >= 600:
+                self._jobs_pruned = now
+                for line in evidence.prune(db, *self.evidence_keep):
+                    log.info("%s", line)
             sent = []
             for connection, frame, job_id in evidence.due(db, self.identities, self._jobs_sent_to, time.time()):
                 try:

@@ -56,6 +56,7 @@ class Server:
             self.store.close()
             raise InputError(f"{cfg.endpoint}: cannot listen: {e}") from None
         self.receiver.pusher = Pusher(cfg.store)
+        self.receiver.evidence_keep = (cfg.evidence_days * 86400.0, cfg.evidence_mb * 2**20)
         self.archiver = Archiver(cfg)
         self.workers: list[threading.Thread] = [self.archiver]
         routes, receivers, options = cfg.broadcast_setup

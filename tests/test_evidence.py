@@ -564,3 +564,40 @@ def test_a_sensor_killed_in_the_middle_of_a_job_answers_it_after_its_restart(tmp
         assert again.wait(60) == 0
     finally:
         agent.stop()
+
+
+def test_fetched_packets_are_kept_for_their_days_and_space_then_asked_for_again(tmp_path):
+    """The aggregator's evidence folder is bounded: files past evidence_days, or beyond evidence_mb (oldest first),
+    are removed and their jobs say so; asking again for the alert makes a new job."""
+    from aggregator import evidence
+    from aggregator.store import Store
+    from ntds.wire.schema import EXAMPLES, Message
+
+    store = Store(tmp_path / "store.db")
+    store.store([Message("alert", "tap-01", 1, "2026-11-16T08:00:00Z", EXAMPLES["alert"], "s1")])
+    (alert_id,) = store.db.execute("SELECT id FROM alerts").fetchone()
+    folder = evidence.folder_of(store.path)
+    folder.mkdir()
+    now = time.time()
+    jobs = []
+    for age_days, size in ((40, 100), (10, 3 * 2**20), (5, 2 * 2**20), (0, 1 * 2**20)):
+        sel = {"host": "10.1.0.10", "peer": "", "host_port": 0, "peer_port": 0, "protocol": 0,
+               "since": "2026-11-16T08:00:00Z", "until": "2026-11-16T09:00:00Z"}  # fmt: skip
+        job = evidence.request_for_host(store.db, "tap-01", sel, "test")
+        path = folder / f"job-{job}.pcap"
+        path.write_bytes(b"x" * size)
+        store.db.execute("UPDATE pcap_jobs SET state = 'done', file = ?, bytes = ?, updated = ?, alert_id = ? "
+                         "WHERE id = ?", (str(path), size, now - age_days * 86400, alert_id, job))  # fmt: skip
+        jobs.append((job, path))
+    lines = evidence.prune(store.db, 30 * 86400, 4 * 2**20, now)
+    states = {j: evidence.job(store.db, j) for j, _ in jobs}
+    # the 40-day-old file goes by age; then the oldest beyond 4 MB (10 days, 3 MB): 3 MB left
+    assert [states[j]["state"] for j, _ in jobs] == ["expired", "expired", "done", "done"]
+    assert [p.exists() for _, p in jobs] == [False, False, True, True] and len(lines) == 2
+    assert "after 30 days; ask again" in states[jobs[0][0]]["error"]
+    assert "beyond the space for 4 MB" in states[jobs[1][0]]["error"]
+    # the newest done job for the alert is still used; once it expires too, asking again makes a new one
+    assert evidence.request_for_alert(store.db, alert_id) == jobs[-1][0]
+    evidence.prune(store.db, 0, 0, now + 1)
+    assert evidence.request_for_alert(store.db, alert_id) not in {j for j, _ in jobs}
+    store.close()
