@@ -8,7 +8,10 @@ Where packets are looked for, in order:
 2. **ring**: the packet ring a live sensor writes (`ring_mb`, `ring_max_age_s`);
 3. **replay**: the capture files `ntds-sensor replay` read, as it remembered them
    (`replayed.json` in the evidence folder: path, size, modification time and how
-   many records were metered, so a file changed since is refused, not misread).
+   many records were metered, so a file changed since is refused, not misread),
+   with, made at the first job and kept in `index/`, each pcap file's index by
+   time (the byte offset of every 4,096th record and the block's time span), so
+   a job reads only the blocks of its time range.
 
 A job that finds nothing is answered with one line saying why (never silence):
 the aggregator shows it to the analyst.
@@ -22,6 +25,7 @@ that thread's), so an answer is durable and resent until acknowledged.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -29,13 +33,13 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ntds.atomic import atomic_write_text
 from ntds.wire.schema import EVIDENCE_CHUNK, EVIDENCE_MAX_PARTS, packets_behind, wire_time
-from sensor.evidence.packets import CaptureProblem, Match, PcapWriter, read
+from sensor.evidence.packets import CaptureProblem, Match, PcapWriter, Record, index, read, read_block
 from sensor.evidence.ring import ring_files
 
 log = logging.getLogger("ntds.sensor.evidence")
@@ -159,7 +163,7 @@ class Evidence:
             with open(tmp, "wb") as f:
                 w = PcapWriter(f)
                 for path, records in sources:
-                    for r in read(path, records):
+                    for r in self._records(path, records, match):
                         if match.wants(r):
                             total += 1
                             if w.bytes + 16 + len(r.data) <= cap:
@@ -168,6 +172,35 @@ class Evidence:
             return tmp.read_bytes(), w.packets, total
         finally:
             tmp.unlink(missing_ok=True)
+
+    def _records(self, path: Path, records: int | None, match: Match) -> Iterator[Record]:
+        """The records of a file that can match: for a replayed pcap file, only the blocks its index by time says
+        overlap (the index is made at the first job and kept beside replayed.json); otherwise all of them."""
+        if records is None and path.parent in (self.kept_dir, self.ring_dir):
+            yield from read(path)
+            return
+        blocks = self._index(path, records)
+        if blocks is None:
+            yield from read(path, records)
+            return
+        for offset, n, first_ms, last_ms in blocks:
+            if first_ms <= match.until_ms and last_ms >= match.since_ms:
+                yield from read_block(path, offset, n)
+
+    def _index(self, path: Path, records: int | None) -> list[tuple[int, int, int, int]] | None:
+        st = path.stat()
+        key = hashlib.sha256(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{records}".encode()).hexdigest()[:32]
+        cached = self.folder / "index" / f"{key}.json"
+        try:
+            return [tuple(b) for b in json.loads(cached.read_text())]
+        except (OSError, ValueError, TypeError):
+            pass
+        blocks = index(path, records)
+        if blocks is not None:
+            with contextlib.suppress(OSError):
+                cached.parent.mkdir(exist_ok=True)
+                atomic_write_text(cached, json.dumps(blocks))
+        return blocks
 
     # -- kept for alerts -----------------------------------------------------------------
 

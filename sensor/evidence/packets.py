@@ -61,7 +61,7 @@ def read(path: Path | str, max_records: int | None = None) -> Iterator[Record]:
             yield r
 
 
-def _pcap(f: BinaryIO, head: bytes) -> Iterator[Record]:
+def _pcap(f: BinaryIO, head: bytes, start: int = 0) -> Iterator[Record]:
     endian = "<" if struct.unpack("<I", head)[0] in (PCAP_US, PCAP_NS) else ">"
     nano = struct.unpack(endian + "I", head)[0] == PCAP_NS
     rest = f.read(20)
@@ -70,6 +70,8 @@ def _pcap(f: BinaryIO, head: bytes) -> Iterator[Record]:
     linktype = struct.unpack(endian + "I", rest[16:20])[0] & 0x0FFFFFFF
     frac = 1 if nano else 1000
     rec = struct.Struct(endian + "IIII")
+    if start:
+        f.seek(start)
     while True:
         h = f.read(16)
         if len(h) < 16:
@@ -81,6 +83,56 @@ def _pcap(f: BinaryIO, head: bytes) -> Iterator[Record]:
         if len(data) < incl:
             return
         yield Record(sec * 1_000_000_000 + sub * frac, orig, data, linktype)
+
+
+BLOCK = 4096
+"""Records per entry of a capture's index by time."""
+
+
+def index(path: Path | str, max_records: int | None = None) -> list[tuple[int, int, int, int]] | None:
+    """A classic pcap file's index by time: (byte offset, records, first and last packet time in ms) per block of
+    BLOCK records, up to `max_records`; None for pcapng (read whole). Times within a block need not be in order:
+    the block's least and greatest are kept."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+        if len(head) < 24:
+            return []
+        magic = struct.unpack("<I", head[:4])[0]
+        if magic not in (PCAP_US, PCAP_NS) and struct.unpack(">I", head[:4])[0] not in (PCAP_US, PCAP_NS):
+            return None
+        endian = "<" if magic in (PCAP_US, PCAP_NS) else ">"
+        rec = struct.Struct(endian + "IIII")
+        out: list[tuple[int, int, int, int]] = []
+        offset, n, lo, hi, count = 24, 0, 0, 0, 0
+        block_start = 24
+        while max_records is None or count < max_records:
+            h = f.read(16)
+            if len(h) < 16:
+                break
+            sec, _, incl, _ = rec.unpack(h)
+            if incl > SNAPLEN * 4 or len(f.read(incl)) < incl:
+                break
+            ms = sec * 1000  # a second's resolution is enough to choose blocks; matching is exact
+            lo, hi = (ms, ms + 999) if n == 0 else (min(lo, ms), max(hi, ms + 999))
+            n += 1
+            count += 1
+            offset += 16 + incl
+            if n == BLOCK:
+                out.append((block_start, n, lo, hi))
+                block_start, n = offset, 0
+        if n:
+            out.append((block_start, n, lo, hi))
+        return out
+
+
+def read_block(path: Path | str, offset: int, records: int) -> Iterator[Record]:
+    """`records` records of a classic pcap file from byte `offset` (an `index` entry's)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+        for k, r in enumerate(_pcap(f, head, offset)):
+            if k >= records:
+                return
+            yield r
 
 
 def _pcapng(f: BinaryIO) -> Iterator[Record]:
