@@ -252,7 +252,7 @@ def _baseline_versions(args) -> int:
             print(f"version {v['version']} ({v['baseline_id']}) is active; serve pushes it to every sensor",
                   file=sys.stderr)  # fmt: skip
         elif args.baseline_command == "rollback":
-            v = baselines.rollback(db, args.to)
+            v = baselines.rollback(db, args.to, cfg.baseline_signing_key)
             print(f"version {v['version']} ({v['baseline_id']}) is active again; serve pushes it to every sensor",
                   file=sys.stderr)  # fmt: skip
         else:

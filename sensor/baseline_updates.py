@@ -1,15 +1,24 @@
 """Baselines pushed by the aggregator: assembled, checked, kept, and offered to the pipeline.
 
 A push is one `baseline` message per part. When every part of a push has
-arrived, the file is decompressed (bounded), its SHA-256 and its Ed25519
-signature are checked against `baseline_key`, and it is loaded exactly as a
+arrived, the file is decompressed (bounded) and its SHA-256 checked; then its
+grant (`ntds.wire.signing.Grant`): the Ed25519 signature over the grant's text
+against `baseline_key`, that the grant names this file's SHA-256, that it is for
+this sensor (or every sensor, "*"), and that it is newer than the grant of the
+baseline the sensor runs: a higher serial, and a version at least as new unless
+the grant is signed as a rollback. Last, the file is loaded exactly as a
 configured baseline is (format, version, feature profile, scorers). Only then
-is it written, with its signature, into the spool folder (`pushed-baseline.json`
-and `.sig`), where the next start finds it and checks it again: a pushed
-baseline outlives restarts, and the configured file stays the fallback.
+is it written into the spool folder (`pushed-baseline.json`, and its grant and
+signature in `pushed-baseline.json.grant`), where the next start finds it and
+checks it again: a pushed baseline, and the serial it was granted under,
+outlive restarts, and the configured file stays the fallback. An old signed
+version pushed again (by anyone who can talk on the link) is refused: its
+serial is not newer.
 
 Anything wrong is refused with one log line and counted (`baselines_refused` in
-health); the running baseline stays.
+health); the running baseline stays. A baseline kept by a sensor from before
+grants (`pushed-baseline.json.sig`, a signature over the bare file) is still
+used at start, with no serial to hold: the first granted push replaces it.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import logging
 import zlib
 from pathlib import Path
@@ -30,6 +40,7 @@ from ntds.wire.schema import Message
 log = logging.getLogger("ntds.sensor.baselines")
 
 PUSHED = "pushed-baseline.json"
+RESIGN = "the aggregator must sign it anew (`ntds-aggregator baseline rollback --to VERSION`)"
 
 
 class Refused(Exception):
@@ -42,10 +53,25 @@ class BaselineUpdates:
         self.profile = profile
         self.path = folder / PUSHED
         self.signature_path = folder / (PUSHED + ".sig")
+        """A signature over the bare file, as sensors before grants kept it."""
+        self.grant_path = folder / (PUSHED + ".grant")
         self._parts: dict[int, bytes] = {}
         self._push: tuple | None = None
         self.refused = 0
         self.taken = 0
+        self.running: signing.Grant | None = self._kept_grant()
+        """The grant of the newest push taken (kept across restarts): anything pushed must be newer."""
+
+    def _kept_grant(self) -> signing.Grant | None:
+        """The grant kept with the last push taken, if it verifies (its file need not: the serial still holds)."""
+        if self.key is None or not self.grant_path.exists():
+            return None
+        try:
+            kept = json.loads(self.grant_path.read_text())
+            return signing.verify_grant(kept["grant"], kept["signature"], self.key)
+        except (OSError, ValueError, KeyError, TypeError) as e:  # BadSignature is a ValueError
+            log.error("ignoring %s: %s", self.grant_path, e)
+            return None
 
     def stored(self) -> Baseline | None:
         """The baseline an earlier push left, if it still verifies (else None, with a log line)."""
@@ -55,7 +81,13 @@ class BaselineUpdates:
             if self.key is None:
                 raise Refused("no baseline_key is configured")
             content = self.path.read_bytes()
-            signing.verify(content, self.signature_path.read_text().strip(), self.key)
+            if self.running is not None:
+                if hashlib.sha256(content).hexdigest() != self.running.sha256:
+                    raise Refused(f"it is not the file its grant ({self.grant_path.name}) names")
+            else:  # kept before grants: a signature over the file itself
+                signing.verify(content, self.signature_path.read_text().strip(), self.key)
+                log.warning("the pushed baseline %s was signed before versions were signed: used until the "
+                            "aggregator pushes a granted one", self.path)  # fmt: skip
             return self._load(content, self.path)
         except (Refused, signing.BadSignature, OSError, InputError) as e:
             log.error("ignoring the pushed baseline %s: %s; using the configured one", self.path, e)
@@ -66,7 +98,7 @@ class BaselineUpdates:
 
         Raises Refused (counted) for a push that completes but fails a check."""
         b = m.body
-        push = (m.seq, b["baseline_id"], b["sha256"], b["signature"], b["parts"])
+        push = (m.seq, b["baseline_id"], b["sha256"], b["grant"], b["signature"], b["parts"])
         if push != self._push:  # a new push (or a resend) starts over
             self._push, self._parts = push, {}
         if b["part"] >= b["parts"]:
@@ -81,19 +113,51 @@ class BaselineUpdates:
         self._push, self._parts = None, {}
         try:
             content = self._inflate(packed)
-            if hashlib.sha256(content).hexdigest() != b["sha256"]:
+            digest = hashlib.sha256(content).hexdigest()
+            if digest != b["sha256"]:
                 raise Refused("the parts do not add up to the announced file (SHA-256 differs)")
             if self.key is None:
                 raise Refused("no baseline_key is configured, so no pushed baseline can be trusted")
-            signing.verify(content, b["signature"], self.key)
+            if not b["grant"]:
+                raise Refused(f"it is signed without a version (an aggregator from before version signing): {RESIGN}")
+            try:
+                grant = signing.verify_grant(b["grant"], b["signature"], self.key)
+            except signing.BadSignature:
+                raise
+            except ValueError as e:
+                raise Refused(str(e)) from None
+            self._check_grant(grant, digest, m.sensor)
             baseline = self._load(content, Path(f"pushed baseline {b['baseline_id'][:80]}"))
         except (Refused, signing.BadSignature, InputError) as e:
             return self._refuse(str(e))
+        # The file first, then its grant: a crash between leaves the old grant, whose serial still holds, and a
+        # file it does not name (ignored at the next start, pushed again).
         with atomic_path(self.path) as tmp:
             tmp.write_bytes(content)
-        atomic_write_text(self.signature_path, b["signature"] + "\n")
+        atomic_write_text(self.grant_path, json.dumps({"grant": b["grant"], "signature": b["signature"]}) + "\n")
+        self.signature_path.unlink(missing_ok=True)
+        self.running = grant
         self.taken += 1
         return baseline
+
+    def _check_grant(self, grant: signing.Grant, digest: str, sensor: str) -> None:
+        if grant.sha256 != digest:
+            raise Refused("the signed grant names another file (SHA-256 differs)")
+        if grant.to not in ("*", sensor):
+            raise Refused(f"the grant is signed for sensor {grant.to[:64]!r}, not this one")
+        now = self.running
+        if now is None or grant == now:  # the very grant it runs: taken again (after a fallback to the configured)
+            return
+        if grant.serial <= now.serial:
+            raise Refused(
+                f"replayed: version {grant.version} under grant {grant.serial}, but this sensor already took grant "
+                f"{now.serial} (version {now.version}); only a newer signature is taken"
+            )
+        if grant.version < now.version and not grant.rollback:
+            raise Refused(
+                f"version {grant.version} is older than version {now.version} this sensor runs and is not signed as "
+                "a rollback"
+            )
 
     def _refuse(self, why: str) -> None:
         self.refused += 1

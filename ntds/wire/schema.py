@@ -364,6 +364,8 @@ def upgrade_body(kind: str, body: dict) -> dict:
         if isinstance(body.get("spool_dropped"), dict):  # version 3 and older spools had no stats to drop
             body["spool_dropped"] = dict.fromkeys(DROP_ORDER, 0) | body["spool_dropped"]
         return body
+    if kind == "baseline" and isinstance(body, dict):  # version 4 aggregators signed the bare file: no grant
+        return {"grant": ""} | body
     if kind != "alert" or not isinstance(body, dict):
         return body
     if "time" not in body:
@@ -776,12 +778,20 @@ BASELINE_MAX_PARTS = 256
 BASELINE = MessageType(
     "baseline",
     "the aggregator's active baseline, pushed to a sensor whose hello or health names another one; in parts "
-    "(seq is the aggregator's version number). The sensor checks the signature against its baseline_key and "
-    "the feature profile, swaps it in, and sends a hello naming it",
+    "(seq is the signed grant's serial number). The sensor checks the grant's signature against its baseline_key, "
+    "that the grant names this file, is newer than the one it runs (an older version only as a signed rollback) "
+    "and is for it, and the feature profile; then it swaps it in and sends a hello naming it",
     {
         "baseline_id": F("str", "the baseline's id (its build time and method)", max_len=200),
         "sha256": F("str", "SHA-256 of the whole baseline file (hex)", max_len=64),
-        "signature": F("str", "the aggregator's Ed25519 signature of the whole baseline file (hex)", max_len=128),
+        "grant": F(
+            "str",
+            "the signed grant (JSON text): format, serial (grows with every signature), version, sha256 of "
+            "the file, baseline_id, rollback, to (a sensor id or * for every sensor), signed (time); empty from an "
+            "aggregator before version signing (refused)",
+            max_len=1024,
+        ),
+        "signature": F("str", "the Ed25519 signature of the grant's exact text (hex)", max_len=128),
         "part": F("int", "this part's number, from 0", top=BASELINE_MAX_PARTS - 1),
         "parts": F("int", "how many parts the zlib-compressed file was cut into", top=BASELINE_MAX_PARTS),
         "data": F("str", "this part of the zlib-compressed file, base64", max_len=4 * BASELINE_CHUNK // 3 + 4),
@@ -789,6 +799,8 @@ BASELINE = MessageType(
     {
         "baseline_id": "2026-11-23T02:00:00Z robust",
         "sha256": "9f2c" * 16,
+        "grant": '{"baseline_id":"2026-11-23T02:00:00Z robust","format":"ntds-baseline-grant","rollback":false,'
+        '"serial":3,"sha256":"' + "9f2c" * 16 + '","signed":"2026-11-23T03:00:00Z","to":"*","version":3}',
         "signature": "ab" * 64,
         "part": 0,
         "parts": 1,
@@ -942,8 +954,11 @@ def health(
     }
 
 
-def baseline_parts(sensor: str, version: int, baseline_id: str, content: bytes, signature: str) -> list[Message]:
-    """A baseline file as the parts of one push to `sensor` (compressed, cut, each a message of its own)."""
+def baseline_parts(
+    sensor: str, serial: int, baseline_id: str, content: bytes, grant: str, signature: str
+) -> list[Message]:
+    """A baseline file as the parts of one push to `sensor` (compressed, cut, each a message of its own), with its
+    signed grant (`ntds.wire.signing`) and the grant's signature."""
     import base64
     import hashlib
     import zlib
@@ -958,11 +973,12 @@ def baseline_parts(sensor: str, version: int, baseline_id: str, content: bytes, 
         Message(
             "baseline",
             sensor,
-            version,
+            serial,
             created,
             {
                 "baseline_id": baseline_id,
                 "sha256": digest,
+                "grant": grant,
                 "signature": signature,
                 "part": i,
                 "parts": len(chunks),

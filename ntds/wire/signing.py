@@ -7,11 +7,24 @@ bytes of the baseline file, kept beside it on the sensor and checked again at
 every start. Keys are PyNaCl's Ed25519 (libsodium): `baseline-signing.key`
 (secret, mode 0600, on the aggregator) and `baseline-signing.pub` (public, in
 every sensor's `baseline_key`), both hex text.
+
+What is signed is a grant: a small JSON text naming the file (its SHA-256), the
+aggregator's version number of it, a serial number that grows with every
+signature the key's holder makes (`baseline promote`, `baseline rollback`),
+whether it is a rollback, and which sensors it is for ("*": every sensor that
+trusts the key). A sensor takes only a grant whose serial is above the one it
+runs, so an old signed version pushed again is refused, and a version older
+than its own only when the grant says it is a rollback. Signatures over the
+bare file (before grants) still verify a file already kept, but are refused
+when pushed: such a version must be signed again.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ntds.errors import InputError
@@ -86,3 +99,61 @@ def verify(content: bytes, signature: str, key) -> None:
         key.verify(content, bytes.fromhex(signature))
     except (BadSignatureError, ValueError, TypeError):
         raise BadSignature("the signature does not match the aggregator's baseline key") from None
+
+
+GRANT_FORMAT = "ntds-baseline-grant"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What the signing key's holder vouches for: this file, as this version, for these sensors."""
+
+    serial: int
+    """Grows by one with every grant signed (promotion or rollback): a sensor takes only a newer one."""
+    version: int
+    """The aggregator's version number of the file (`baseline versions`)."""
+    sha256: str
+    baseline_id: str
+    rollback: bool = False
+    """True when the version is older than the newest promoted one: a sensor running a newer version takes it
+    only then."""
+    to: str = "*"
+    """The sensor id the grant is for, or "*" for every sensor trusting the key (the site's fleet)."""
+    signed: str = ""
+    """When it was signed (ISO-8601 UTC); informational."""
+
+    def text(self) -> str:
+        """The exact text that is signed and sent."""
+        return json.dumps({"format": GRANT_FORMAT} | asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def parse(cls, text: str) -> Grant:
+        """A grant from its signed text; ValueError (one line) for anything that is not one."""
+        try:
+            doc = json.loads(text)
+        except (json.JSONDecodeError, RecursionError):
+            raise ValueError("the signed grant is not JSON") from None
+        names = {"format", "serial", "version", "sha256", "baseline_id", "rollback", "to", "signed"}
+        if not isinstance(doc, dict) or doc.get("format") != GRANT_FORMAT or set(doc) != names:
+            raise ValueError("the signed grant is not an ntds baseline grant")
+        ints = all(isinstance(doc[k], int) and not isinstance(doc[k], bool) and 0 < doc[k] < 2**53
+                   for k in ("serial", "version"))  # fmt: skip
+        texts = all(isinstance(doc[k], str) and len(doc[k]) <= 200 for k in ("baseline_id", "to", "signed"))
+        if not (ints and texts and isinstance(doc["rollback"], bool) and isinstance(doc["sha256"], str)
+                and _SHA256.fullmatch(doc["sha256"])):  # fmt: skip
+            raise ValueError("the signed grant has a field of the wrong type")
+        doc.pop("format")
+        return cls(**doc)
+
+
+def sign_grant(grant: Grant, key) -> tuple[str, str]:
+    """(the grant's text, its hex signature)."""
+    text = grant.text()
+    return text, sign(text.encode("utf-8"), key)
+
+
+def verify_grant(text: str, signature: str, key) -> Grant:
+    """The grant, if `signature` is `key`'s signature of exactly `text`; BadSignature or ValueError otherwise."""
+    verify(text.encode("utf-8"), signature, key)
+    return Grant.parse(text)
