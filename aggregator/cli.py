@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     dv.add_argument("--json", action="store_true", help="list: one JSON object per delivery")
     dv.set_defaults(func=_deliveries)
 
-    se = sub.add_parser("sensors", help="list sensors: status, last seen, backlog, drops")
+    se = sub.add_parser("sensors", help="list sensors: status, last seen, backlog, drops, quota refusals")
     se.add_argument("--config", required=True, help="aggregator.yaml")
     se.add_argument("--json", action="store_true", help="one JSON object per sensor")
     se.set_defaults(func=_sensors)
@@ -609,17 +609,21 @@ def _sensors(args) -> int:
         rows = [describe(r, now) for r in store.sensors()]
     finally:
         store.close()
-    keys = ("sensor", "status", "last_seen", "age_s", "backlog", "drops", "baseline", "spool_restarts")
+    keys = ("sensor", "status", "last_seen", "age_s", "backlog", "drops", "baseline", "spool_restarts",
+            "stored_today_bytes", "refused", "refused_bytes", "refused_last", "refused_why", "over_quota")  # fmt: skip
     if args.json:
         for r in rows:
             print(json.dumps({k: r[k] for k in keys}))
         return 0
-    print(f"{'sensor':<16}{'status':<9}{'last seen (UTC)':<22}{'backlog':>9}{'drops':>8}")
+    print(f"{'sensor':<16}{'status':<9}{'last seen (UTC)':<22}{'quota':<11}{'MB today':>9}{'refused':>10}"
+          f"{'backlog':>9}{'drops':>8}")  # fmt: skip
     for r in rows:
         seen = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["last_seen"]))
         backlog = "-" if r["backlog"] is None else r["backlog"]
         drops = "-" if r["drops"] is None else r["drops"]
-        print(f"{printable(r['sensor'], 15):<16}{r['status']:<9}{seen:<22}{backlog:>9}{drops:>8}")
+        quota = f"over({r['refused_why']})" if r["over_quota"] else "ok"
+        print(f"{printable(r['sensor'], 15):<16}{r['status']:<9}{seen:<22}{quota:<11}"
+              f"{r['stored_today_bytes'] / 1e6:>9.1f}{r['refused']:>10}{backlog:>9}{drops:>8}")  # fmt: skip
     return 0
 
 

@@ -70,6 +70,16 @@ class AggregatorConfig(Settings):
     )  # fmt: skip
     evidence_mb: int = setting("int", 10240, "the fetched packets kept in all; the oldest files go first beyond it",
                                low=1, high=2**24)  # fmt: skip
+    sensor_messages_per_s: int = setting(
+        "int", 5000, "per sensor: messages accepted per second, in bursts of up to 10 seconds' worth; more are not "
+        "acknowledged (the sensor keeps and resends them) and are counted as refusals (0: no limit)", low=0,
+        high=1_000_000,
+    )  # fmt: skip
+    sensor_mb_per_day: int = setting(
+        "int", 1024, "per sensor: MB of messages stored per UTC day; beyond it nothing of that sensor is "
+        "acknowledged until the next day (it keeps and resends), counted as refusals (0: no limit)", low=0,
+        high=10_000_000,
+    )  # fmt: skip
     site_country: str = setting("str", "", "ISO code of the site's country: the world map's origin", check=_country)
     receivers: list = setting(
         "records", [], "where alerts can go: webhook, syslog, email, eve receivers (README: Broadcast)",

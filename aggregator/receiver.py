@@ -1,9 +1,17 @@
 """The aggregator's receiving end: a ROUTER socket, CURVE by default, acks after durable storage.
 
-Per loop: drain what has arrived (up to a batch), reject what is malformed or
+Per loop: drain what has arrived (up to a batch of BATCH frames or
+BATCH_BYTES), refuse what is over its sensor's quota, reject what is malformed or
 claims another sensor's id (counted, per reason), store the rest in one
 transaction, then acknowledge every message of the batch to its sender,
 including duplicates of messages stored before (a lost ack means a resend).
+
+Quotas (`aggregator.quotas`): a message over its sensor's rate or its bytes of
+the day is neither decoded nor stored nor acknowledged: it stays in the sensor's
+spool and comes again. With CURVE the sensor is known from the connection's key
+before the frame is parsed, so refusing costs next to nothing, and the bytes
+per batch bound the transaction: a sensor over quota cannot slow the others'
+acknowledgements. Refusals are counted per sensor in the store's sensors table.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from aggregator import evidence
+from aggregator.quotas import Quotas
 from aggregator.store import Store
 from aggregator.zap import ZapHandler
 from ntds.logs import printable
@@ -31,6 +40,10 @@ HANDSHAKE_EVENTS = (
 )
 HANDSHAKE_MS = 5000
 BATCH = 2000
+BATCH_BYTES = 8 * 2**20
+"""Frames read per batch stop here too: one transaction stays short whatever the frames' size."""
+REFUSALS_EVERY_S = 1.0
+"""Quota refusals are written with the next batch, or on their own at most this often."""
 
 
 class Receiver:
@@ -41,6 +54,7 @@ class Receiver:
         *,
         server_secret: tuple[bytes, bytes] | None = None,
         allow_folder: str | Path | None = None,
+        quotas: Quotas | None = None,
     ) -> None:
         self.context = zmq.Context()
         self.secure = server_secret is not None
@@ -85,6 +99,12 @@ class Receiver:
         """How long, and how much of, the fetched packets are kept (serve sets aggregator.yaml's evidence_days/mb)."""
         self._jobs_sent_to: dict[int, bytes] = {}
         """The connection each open pcap job went out on (a sensor that reconnects gets it again)."""
+        self.quotas = quotas or Quotas(store)
+        self._refused: dict[str, list] = {}
+        """Quota refusals not yet written: sensor -> [messages, bytes, why]."""
+        self._refused_written = time.monotonic()
+        self.refused: Counter[str] = Counter()
+        """Messages refused over a quota since start, per sensor."""
 
     def close(self) -> None:
         if self.zap:
@@ -105,16 +125,24 @@ class Receiver:
             return self._store_refusals()
         batch: list[tuple[bytes, Message]] = []
         rejections: Counter[str] = Counter()
-        while len(batch) < BATCH:
+        size = read = 0
+        self.quotas.start_batch()
+        while read < BATCH and size < BATCH_BYTES:  # every frame counts: a flood of refused ones ends a batch too
             try:
                 frames = self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
+            read += 1
             identity = frames[0].bytes
             if len(frames) != 2:
                 rejections["malformed"] += 1
                 continue
             frame = frames[1]
+            n = len(frame)
+            bound = frame.get("User-Id") if self.secure else None
+            if bound is not None and not self._admit(bound, n):  # the key says who: refused before parsing
+                continue
+            size += n
             try:
                 msg = decode(frame.bytes)
             except WireError as e:
@@ -125,28 +153,33 @@ class Receiver:
                 rejections["malformed"] += 1
                 continue
             if self.secure:
-                bound = frame.get("User-Id")
                 if msg.sensor != bound:
                     rejections["impersonation"] += 1
                     log.warning("rejected a message claiming sensor %r from the key of %r", msg.sensor, bound)
                     continue
+            elif not self._admit(msg.sensor, n):  # plain text (tests): the id is known once parsed
+                continue
             batch.append((identity, msg))
         if self.zap is not None:
             rejections.update(self.zap.take_refusals())
         rejections.update(self._handshake_failures())
         rejections.update(self._unsaved)
-        if not batch and not rejections:
+        refused = self._take_refused(force=bool(batch or rejections))
+        if not batch and not rejections and not refused:
             return 0
         try:
-            result = self.store.store([m for _, m in batch], dict(rejections))
+            result = self.store.store([m for _, m in batch], dict(rejections), refused)
         except sqlite3.OperationalError as e:
             # A full disk: nothing of the batch is acknowledged, so every sensor keeps it and resends.
             self.store_errors += 1
             self._unsaved = rejections  # counted with the next batch that stores
+            self._put_back(refused)
             log.error("cannot store a batch of %d messages, not acknowledged (sensors resend): %s", len(batch), e)
             return 0
         except sqlite3.DatabaseError as e:
             raise StoreBroken(f"{self.store.path}: the store cannot be written ({e})") from None
+        finally:
+            self.quotas.start_batch()  # what the batch stored is in the store's own count now
         self._unsaved = Counter()
         self.stored += result.new
         for event in result.events:
@@ -202,6 +235,38 @@ class Receiver:
         except sqlite3.OperationalError as e:
             log.error("pcap jobs wait: %s", e)
 
+    def _admit(self, sensor: str, size: int) -> bool:
+        """Whether a message of `size` bytes from `sensor` is within its quotas; if not, it is counted (and logged
+        once a minute per sensor) and will not be acknowledged."""
+        why = self.quotas.admit(sensor, size)
+        if why is None:
+            return True
+        counts = self._refused.setdefault(sensor, [0, 0, why])
+        counts[0] += 1
+        counts[1] += size
+        counts[2] = why
+        self.refused[sensor] += 1
+        if self.quotas.should_tell(sensor):
+            log.warning("sensor %r is over its quota (%s): its messages are not acknowledged, it keeps them and "
+                        "sends them again (%d refused since start)", sensor, self.quotas.describe(why),
+                        self.refused[sensor])  # fmt: skip
+        return False
+
+    def _take_refused(self, force: bool) -> dict[str, tuple[int, int, str]]:
+        """The refusals to write now: with a batch, or on their own once every REFUSALS_EVERY_S."""
+        if not self._refused or (not force and time.monotonic() - self._refused_written < REFUSALS_EVERY_S):
+            return {}
+        self._refused_written = time.monotonic()
+        out, self._refused = {s: (c[0], c[1], c[2]) for s, c in self._refused.items()}, {}
+        return out
+
+    def _put_back(self, refused: dict[str, tuple[int, int, str]]) -> None:
+        """Refusals a failed write did not keep: counted with the next one."""
+        for s, (n, size, why) in refused.items():
+            counts = self._refused.setdefault(s, [0, 0, why])
+            counts[0] += n
+            counts[1] += size
+
     def _handshake_failures(self) -> Counter[str]:
         failed: Counter[str] = Counter()
         while True:
@@ -221,12 +286,14 @@ class Receiver:
         refusals = self.zap.take_refusals() if self.zap is not None else Counter()
         refusals.update(self._handshake_failures())
         refusals.update(self._unsaved)
-        if not refusals:
+        refused = self._take_refused(force=True)
+        if not refusals and not refused:
             return 0
         try:
-            self.store.store([], dict(refusals))
+            self.store.store([], dict(refusals), refused)
         except sqlite3.OperationalError:
             self._unsaved = refusals
+            self._put_back(refused)
             return 0
         except sqlite3.DatabaseError as e:
             raise StoreBroken(f"{self.store.path}: the store cannot be written ({e})") from None

@@ -1,4 +1,5 @@
-"""What the aggregator knows of each sensor: status, age of its last message, backlog, drops, baseline.
+"""What the aggregator knows of each sensor: status, age of its last message, backlog, drops, baseline, quota
+refusals (`refused`: messages refused over a quota, resends included; `over_quota`: one within ONLINE_S).
 
 One place computes it for `ntds-aggregator sensors`, the alert manager's sensor page and the metrics, so
 they never disagree.
@@ -32,4 +33,6 @@ def describe(row: dict, now: float) -> dict:
         "packets_seen": health.get("packets_seen"),
         "packets_dropped": health.get("packets_dropped"),
         "baseline": hello.get("baseline_id"),
+        "refused": row.get("refused", 0),
+        "over_quota": bool(row.get("refused_last")) and now - row["refused_last"] < ONLINE_S,
     }

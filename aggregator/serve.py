@@ -19,6 +19,7 @@ from aggregator.archive import Archiver
 from aggregator.baselines import Pusher
 from aggregator.broadcast.outbox import Broadcaster
 from aggregator.config import AggregatorConfig
+from aggregator.quotas import Quotas
 from aggregator.receiver import Receiver, StoreBroken
 from aggregator.store import open_store
 from ntds.errors import InputError
@@ -50,8 +51,9 @@ class Server:
         self.store = open_store(cfg.store, create=True, check=True)
         try:
             self.receiver = Receiver(
-                cfg.endpoint, self.store, server_secret=secret, allow_folder=None if insecure else cfg.allow_list
-            )
+                cfg.endpoint, self.store, server_secret=secret, allow_folder=None if insecure else cfg.allow_list,
+                quotas=Quotas.of(self.store, cfg),
+            )  # fmt: skip
         except Exception as e:  # zmq errors on bind name the endpoint problem
             self.store.close()
             raise InputError(f"{cfg.endpoint}: cannot listen: {e}") from None

@@ -13,10 +13,18 @@ never disagree about what was exported. Each row also keeps its data time (a
 summary's interval, an alert's flow start, a health message's creation), so a
 report can tell a week that has no data from a week whose data the archive
 lacks.
+
+Per sensor the sensors table also keeps what the quotas need and show: the
+bytes stored on the current UTC day (`day`, `day_bytes`: each new message's
+body as stored, an evidence part's data), and the messages the receiver refused
+over a quota (`refused`, `refused_bytes`, `refused_last`, `refused_why`: rate
+or day). Refused messages were never acknowledged, so their sensors still hold
+them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -45,7 +53,10 @@ CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value NOT NULL);
 CREATE TABLE IF NOT EXISTS sensors (
     sensor TEXT PRIMARY KEY, last_seen REAL NOT NULL, hello TEXT, health TEXT,
     spool TEXT NOT NULL DEFAULT '', max_seq INTEGER NOT NULL DEFAULT 0,
-    spool_restarts INTEGER NOT NULL DEFAULT 0, seq_backwards INTEGER NOT NULL DEFAULT 0);
+    spool_restarts INTEGER NOT NULL DEFAULT 0, seq_backwards INTEGER NOT NULL DEFAULT 0,
+    day TEXT NOT NULL DEFAULT '', day_bytes INTEGER NOT NULL DEFAULT 0, refused INTEGER NOT NULL DEFAULT 0,
+    refused_bytes INTEGER NOT NULL DEFAULT 0, refused_last REAL NOT NULL DEFAULT 0,
+    refused_why TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS rejections (reason TEXT PRIMARY KEY, count INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS alerts (
     id INTEGER PRIMARY KEY, sensor TEXT NOT NULL, kind TEXT NOT NULL, src_ip TEXT NOT NULL, dst_ip TEXT NOT NULL,
@@ -62,6 +73,17 @@ CREATE TRIGGER IF NOT EXISTS alert_forgotten AFTER DELETE ON messages WHEN OLD.t
     DELETE FROM alerts WHERE id = OLD.id;
 END;
 """
+
+
+QUOTA_COLUMNS = {"day": "TEXT NOT NULL DEFAULT ''", "day_bytes": "INTEGER NOT NULL DEFAULT 0",
+                 "refused": "INTEGER NOT NULL DEFAULT 0", "refused_bytes": "INTEGER NOT NULL DEFAULT 0",
+                 "refused_last": "REAL NOT NULL DEFAULT 0", "refused_why": "TEXT NOT NULL DEFAULT ''"}  # fmt: skip
+"""Columns of the sensors table added for quotas (a store from before them gets them on opening)."""
+
+
+def utc_day(t: float) -> str:
+    """The UTC day of a time in seconds since the epoch, as YYYY-MM-DD: what a day's quota counts."""
+    return time.strftime("%Y-%m-%d", time.gmtime(t))
 
 
 def _alert_columns(row: str) -> str:
@@ -113,7 +135,16 @@ class Store:
         self._migrate()
         self.db.executescript(SCHEMA)
         self.db.executescript(JOBS_SCHEMA)
+        have = {r[1] for r in self.db.execute("PRAGMA table_info(sensors)")}
+        for name, kind in QUOTA_COLUMNS.items():
+            if name not in have:
+                with contextlib.suppress(sqlite3.OperationalError):  # another process added it just now
+                    self.db.execute(f"ALTER TABLE sensors ADD COLUMN {name} {kind}")
         self._index_alerts()
+        self.usage: dict[str, tuple[str, int]] = {
+            s: (d, n) for s, d, n in self.db.execute("SELECT sensor, day, day_bytes FROM sensors WHERE day != ''")
+        }
+        """Per sensor: (UTC day, bytes stored that day), as committed."""
 
     def _migrate(self) -> None:
         """Stores written before spool ids (0.1): rebuild the messages and sensors tables in place."""
@@ -161,26 +192,46 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
-    def store(self, messages: list[Message], rejections: dict[str, int] | None = None) -> Stored:
-        """Store a batch durably; returns how many were new and the sequence anomalies seen."""
+    def store(
+        self, messages: list[Message], rejections: dict[str, int] | None = None,
+        refused: dict[str, tuple[int, int, str]] | None = None,
+    ) -> Stored:  # fmt: skip
+        """Store a batch durably; returns how many were new and the sequence anomalies seen. `refused`: per sensor,
+        (messages, bytes, why) refused over a quota since the last call, added to its counts."""
         now = time.time()
+        day = utc_day(now)
         out = Stored()
+        added: dict[str, int] = {}
         self.db.execute("BEGIN IMMEDIATE")
         try:
             for m in messages:
                 if m.type == "evidence":
-                    out.new += store_part(self.db, m)
+                    new = store_part(self.db, m)
+                    out.new += new
+                    added[m.sensor] = added.get(m.sensor, 0) + new * len(m.body["data"])
                     self._seen(m, now, False, out.events)
                     continue
+                body = json.dumps(m.body, separators=(",", ":"))
                 cur = self.db.execute(
                     "INSERT OR IGNORE INTO messages (sensor, spool, seq, type, created, received, data_time, body)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (m.sensor, m.spool, m.seq, m.type, m.created, now, data_time(m),
-                     json.dumps(m.body, separators=(",", ":"))),
+                    (m.sensor, m.spool, m.seq, m.type, m.created, now, data_time(m), body),
                 )  # fmt: skip
                 new = cur.rowcount == 1
                 out.new += new
+                added[m.sensor] = added.get(m.sensor, 0) + new * len(body)
                 self._seen(m, now, new, out.events)
+            usage = {s: (day, self.today(s, day) + n) for s, n in added.items()}
+            for s, (d, n) in usage.items():
+                self.db.execute("UPDATE sensors SET day = ?, day_bytes = ? WHERE sensor = ?", (d, n, s))
+            for s, (n, size, why) in (refused or {}).items():
+                self.db.execute(
+                    "INSERT INTO sensors (sensor, last_seen, refused, refused_bytes, refused_last, refused_why) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(sensor) DO UPDATE SET refused = refused + excluded.refused, "
+                    "refused_bytes = refused_bytes + excluded.refused_bytes, refused_last = excluded.refused_last, "
+                    "refused_why = excluded.refused_why, last_seen = MAX(last_seen, excluded.last_seen)",
+                    (s, now, n, size, now, why),
+                )
             for reason, n in (rejections or {}).items():
                 self.db.execute(
                     "INSERT INTO rejections VALUES (?, ?) ON CONFLICT(reason) DO UPDATE SET count = count + ?",
@@ -190,7 +241,13 @@ class Store:
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+        self.usage.update(usage)
         return out
+
+    def today(self, sensor: str, day: str) -> int:
+        """Bytes `sensor` has had stored on `day` (UTC, YYYY-MM-DD), as committed."""
+        d, n = self.usage.get(sensor, ("", 0))
+        return n if d == day else 0
 
     def _seen(self, m: Message, now: float, new: bool, events: list[str]) -> None:
         row = self.db.execute("SELECT spool, max_seq FROM sensors WHERE sensor = ?", (m.sensor,)).fetchone()
@@ -239,8 +296,10 @@ class Store:
 
     def sensors(self) -> list[dict]:
         rows = self.db.execute(
-            "SELECT sensor, last_seen, hello, health, spool_restarts, seq_backwards FROM sensors ORDER BY sensor"
+            "SELECT sensor, last_seen, hello, health, spool_restarts, seq_backwards, day, day_bytes, refused, "
+            "refused_bytes, refused_last, refused_why FROM sensors ORDER BY sensor"
         )
+        today = utc_day(time.time())
         return [
             {
                 "sensor": s,
@@ -249,8 +308,15 @@ class Store:
                 "health": upgrade_body("health", json.loads(x)) if x else None,
                 "spool_restarts": restarts,
                 "seq_backwards": backwards,
+                "stored_today_bytes": day_bytes if day == today else 0,
+                "refused": refused,
+                "refused_bytes": refused_bytes,
+                "refused_last": refused_last or None,
+                "refused_why": refused_why,
             }
-            for s, t, h, x, restarts, backwards in rows
+            for s, t, h, x, restarts, backwards, day, day_bytes, refused, refused_bytes, refused_last, refused_why in (
+                rows
+            )
         ]
 
     def rejections(self) -> dict[str, int]:
