@@ -122,11 +122,12 @@ def test_a_flooding_sensor_is_held_to_its_quota_and_the_others_stay_fast(tmp_pat
     add_sensor(site, "tap-02", "tap2")
     with site.config.open("a") as fh:
         fh.write(f"sensor_messages_per_s: {RATE}\nsensor_mb_per_day: {DAY_MB}\n")
+    stop_at_exit = None
     try:
         agg = site.aggregator()
         legit = Peer(zmq_context, site, "tap-01", "tap")
         quiet = [legit.roundtrip(seq) for seq in range(1, 21)]
-        flood = Flood(Peer(zmq_context, site, "tap-02", "tap2"))
+        flood = stop_at_exit = Flood(Peer(zmq_context, site, "tap-02", "tap2"))
         started = time.monotonic()
         flood.start()
         busy: list[float] = []
@@ -189,6 +190,9 @@ def test_a_flooding_sensor_is_held_to_its_quota_and_the_others_stay_fast(tmp_pat
         assert again.acks(2000) == []
         assert count(site.store, "SELECT SUM(LENGTH(body)) FROM messages WHERE sensor = 'tap-02'") == stored
     finally:
+        if stop_at_exit is not None:  # a failed assertion must not leave the flood on a socket being destroyed
+            stop_at_exit.stop.set()
+            stop_at_exit.join(30)
         site.stop()
 
 
