@@ -186,28 +186,33 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--config", required=True, help="aggregator.yaml")
     ui.set_defaults(func=_ui)
 
-    us = sub.add_parser("user", help="alert manager accounts: add, list, remove, passwd, token")
+    us = sub.add_parser("user", help="alert manager accounts: add, list, remove, passwd, token, unlock")
     usub = us.add_subparsers(dest="user_command", required=True, metavar="ACTION")
     ua = usub.add_parser("add", help="add an operator (password from --password-file, a prompt, or stdin)")
     ua.add_argument("name")
     ua.add_argument("--role", choices=("viewer", "analyst"), default="viewer", help="default: viewer (read-only)")
     ua.add_argument("--password-file", help="file holding the password (first line)")
-    ua.add_argument("--one-time", action="store_true", help="generate a password that works for one login, print it")
+    ua.add_argument("--one-time", action="store_true",
+                    help="generate a password that works for one login within ui_login's one_time_hours (24), "
+                    "print it")  # fmt: skip
     ua.add_argument("--no-packets", action="store_true",
                     help="an analyst who may not download packets (analysts may, viewers never)")  # fmt: skip
     upk = usub.add_parser("packets", help="allow or deny an analyst downloading packets (viewers never may)")
     upk.add_argument("name")
     upk.add_argument("allowed", choices=("yes", "no"))
-    up = usub.add_parser("passwd", help="set an operator's password (ends their sessions)")
+    up = usub.add_parser("passwd", help="set an operator's password (ends their sessions and API tokens)")
     up.add_argument("name")
     up.add_argument("--password-file", help="file holding the password (first line)")
     ur = usub.add_parser("remove", help="remove an operator and their sessions and tokens")
     ur.add_argument("name")
     usub.add_parser("list", help="list operators and roles")
-    ut = usub.add_parser("token", help="print a new API token for scripts (Authorization: Bearer TOKEN)")
+    ut = usub.add_parser("token", help="print a new API token for scripts (Authorization: Bearer TOKEN); it ends "
+                         "after --days or when the user's password changes")  # fmt: skip
     ut.add_argument("name")
-    ut.add_argument("--days", type=int, default=365, help="valid for this many days (default: 365)")
-    for parser_ in (ua, up, ur, ut, upk, usub.choices["list"]):
+    ut.add_argument("--days", type=int, default=365, help="valid for this many days, 1 to 3650 (default: 365)")
+    ul = usub.add_parser("unlock", help="lift the lock failed logins put on an account")
+    ul.add_argument("name")
+    for parser_ in (ua, up, ur, ut, upk, ul, usub.choices["list"]):
         parser_.add_argument("--config", required=True, help="aggregator.yaml")
     us.set_defaults(func=_user)
 
@@ -660,39 +665,20 @@ def _password(path: str | None, prompt: str) -> str:
 
 
 def _user(args) -> int:
-    import secrets
-
     from aggregator.config import load
     from aggregator.manager import Manager, connect
     from aggregator.store import open_store
 
     cfg = load(args.config, insecure=True)
-    open_store(cfg.store, create=True).close()
-    m = Manager(connect(cfg.store))
     try:
-        if args.user_command == "add":
-            if args.one_time:
-                password = secrets.token_urlsafe(18)
-                m.add_user(args.name, args.role, password, one_time=True, packets=not args.no_packets)
-                print(password)
-            else:
-                m.add_user(args.name, args.role, _password(args.password_file, f"password for {args.name}: "),
-                           packets=not args.no_packets)  # fmt: skip
-            print(f"added {args.name} ({args.role})", file=sys.stderr)
-        elif args.user_command == "passwd":
-            m.set_password(args.name, _password(args.password_file, f"new password for {args.name}: "))
-            print(f"password of {args.name} changed; their sessions are ended", file=sys.stderr)
-        elif args.user_command == "remove":
-            m.remove_user(args.name)
-            print(f"removed {args.name}", file=sys.stderr)
-        elif args.user_command == "token":
-            print(m.api_token(args.name, args.days))
-        elif args.user_command == "packets":
-            m.set_packets(args.name, args.allowed == "yes")
-            print(f"{args.name} may {'' if args.allowed == 'yes' else 'not '}download packets", file=sys.stderr)
-        else:
-            for u in m.users():
-                print(f"{u['name']}\t{u['role']}" + ("\tpackets" if u["packets"] else ""))
+        open_store(cfg.store, create=True).close()
+        m = Manager(connect(cfg.store), cfg.login_policy)
+    except sqlite3.OperationalError as e:
+        raise InputError(_store_problem(e)) from None
+    try:
+        _user_command(args, m)
+    except sqlite3.OperationalError as e:
+        raise InputError(_store_problem(e)) from None
     finally:
         m.db.close()
     return 0
@@ -713,6 +699,47 @@ def _deliveries(args) -> int:
             print(f"{n} deliveries queued again", file=sys.stderr)
             return 0
         rows = deliveries(db, args.status)
+def _store_problem(e: sqlite3.OperationalError) -> str:
+    code = getattr(e, "sqlite_errorcode", 0) & 0xFF
+    if code == sqlite3.SQLITE_FULL:
+        return "the store's disk is full: nothing was changed"
+    return f"the store cannot be written: {one_line(e)}"
+
+
+def _user_command(args, m) -> None:
+    import secrets
+
+    if args.user_command == "add":
+        if args.one_time:
+            password = secrets.token_urlsafe(18)
+            m.add_user(args.name, args.role, password, one_time=True, packets=not args.no_packets)
+            print(password)
+            print(f"the one-time password works for one login within {m.policy.one_time_hours:g} hours",
+                  file=sys.stderr)  # fmt: skip
+        else:
+            m.add_user(args.name, args.role, _password(args.password_file, f"password for {args.name}: "),
+                       packets=not args.no_packets)  # fmt: skip
+        print(f"added {args.name} ({args.role})", file=sys.stderr)
+    elif args.user_command == "passwd":
+        m.set_password(args.name, _password(args.password_file, f"new password for {args.name}: "))
+        print(f"password of {args.name} changed; their sessions and API tokens are ended", file=sys.stderr)
+    elif args.user_command == "remove":
+        m.remove_user(args.name)
+        print(f"removed {args.name}", file=sys.stderr)
+    elif args.user_command == "token":
+        print(m.api_token(args.name, args.days))
+        print(f"valid {args.days} days or until {args.name}'s password changes", file=sys.stderr)
+    elif args.user_command == "unlock":
+        n = m.unlock(args.name)
+        print(f"{args.name}: {'unlocked' if n else 'was not locked'}", file=sys.stderr)
+    elif args.user_command == "packets":
+        m.set_packets(args.name, args.allowed == "yes")
+        print(f"{args.name} may {'' if args.allowed == 'yes' else 'not '}download packets", file=sys.stderr)
+    else:
+        for u in m.users():
+            print(f"{u['name']}\t{u['role']}" + ("\tpackets" if u["packets"] else ""))
+
+
     finally:
         db.close()
     for d in rows:

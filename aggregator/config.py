@@ -32,6 +32,12 @@ def _broadcast(value: dict) -> str | None:
     return None
 
 
+def _ui_login(value: dict) -> str | None:
+    from aggregator.manager import LoginPolicy
+
+    return LoginPolicy.problem(value)
+
+
 def _listen(value: str) -> str | None:
     host, _, port = value.rpartition(":")
     return None if host and port.isdigit() and 0 < int(port) < 65536 else "must be HOST:PORT"
@@ -107,6 +113,11 @@ class AggregatorConfig(Settings):
             receivers = parse_receivers(values["receivers"], path.resolve().parent)
             parse_routes(values["routes"], receivers)
         except ValueError as e:
+    ui_login: dict = setting(
+        "mapping", {}, "how logins are throttled: account_failures (5), address_failures (20), lock_s (60), "
+        "max_lock_s (900), forget_s (3600), device_days (90), one_time_hours (24) (README: Alert manager)",
+        check=_ui_login,
+    )  # fmt: skip
             raise InputError(f"{path}: {e}") from None
         return values
 
@@ -119,6 +130,13 @@ class AggregatorConfig(Settings):
         receivers = parse_receivers(self.receivers, self.path.resolve().parent)
         return parse_routes(self.routes, receivers), receivers, BroadcastOptions(**self.broadcast)
 
+
+    @property
+    def login_policy(self):
+        """The alert manager's login policy (`ui_login` over its defaults)."""
+        from aggregator.manager import LoginPolicy
+
+        return LoginPolicy(**self.ui_login)
 
 def load(path: str | Path, insecure: bool = False) -> AggregatorConfig:
     """The validated configuration; with insecure (the --insecure flag) no keys are needed."""

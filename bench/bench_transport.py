@@ -56,6 +56,7 @@ class Aggregator:
         self.config = root / "aggregator.yaml"
         self.config.write_text(
             f"endpoint: {self.endpoint}\nserver_key: agg/server.key_secret\nallow_list: allow\nstore: store.db\n"
+            "sensor_messages_per_s: 0\nsensor_mb_per_day: 0\n"  # the transport itself, not the quotas
         )
         self.proc = None
 

@@ -373,12 +373,12 @@ class Pipeline:
             try:
                 baseline = self.updates.take(m)
             except Refused as e:
-                log.error("refused the baseline the aggregator pushed (version %d): %s; still using %s", m.seq, e,
-                          self.baseline.id)  # fmt: skip
+                log.error("refused the baseline the aggregator pushed (push %d, not yet verified): %s; still using %s",
+                          m.seq, e, self.baseline.id)  # fmt: skip
                 continue
             if baseline is not None:
                 self._swap(baseline, self.cfg)
-                log.info("activated baseline %s (version %d, pushed by the aggregator)", baseline.id, m.seq)
+                log.info("activated baseline %s (signed grant %d, pushed by the aggregator)", baseline.id, m.seq)
 
     def _swap(self, baseline: Baseline, cfg: SensorConfig) -> None:
         self._flush()  # flows scored so far keep the baseline they were scored with

@@ -26,13 +26,17 @@ SCRIPT = "<script>document.title='pwned'</script><img src=x onerror=alert(1)>"
 
 
 class Site:
-    def __init__(self, root: Path) -> None:
+    """`serve` and `ui` on one store, with an analyst (ana) and a viewer (vic); `settings` go to aggregator.yaml."""
+
+    def __init__(self, root: Path, **settings) -> None:
         self.root = root
         self.eve = root / "eve.json"
         self.ui_port = free_port()
         self.agg = Aggregator(root, [{"name": "eve", "type": "eve", "path": str(self.eve)}],
                               [{"receivers": ["eve"], "group_wait_s": 0, "group_by": ["src_ip"]}],
-                              ui_listen=f"127.0.0.1:{self.ui_port}", reports=str(root / "reports"))  # fmt: skip
+                              ui_listen=f"127.0.0.1:{self.ui_port}", reports=str(root / "reports"),
+                              **settings)  # fmt: skip
+        self.store = Path(settings.get("store", self.agg.store))
         self.agg.start()
         self.base = f"http://127.0.0.1:{self.ui_port}"
         for name, role in (("ana", "analyst"), ("vic", "viewer")):

@@ -14,14 +14,20 @@ Security, as a SOC tool that renders attacker-controlled strings needs:
 - every state change (form or API) needs the session's CSRF token (a form
   field or the X-CSRF-Token header), or a bearer token; a viewer can change
   nothing (403);
-- the login form has its own double-submit token; failed logins are audited.
+- the login form has its own double-submit token; logins are throttled per
+  account, address and device (`LoginPolicy`) and logged apart from the
+  audit log (`/logins`);
+- bad input of any kind (a path, a parameter, a JSON body) is a 4xx with one
+  line, a full disk a 503 with one line, never a traceback.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import secrets
+import sqlite3
 import threading
 import time
 from datetime import UTC, datetime
@@ -41,11 +47,13 @@ from flask import (
     url_for,
 )
 from markupsafe import Markup
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import BaseConverter, ValidationError
 
 from aggregator import evidence
 from aggregator.broadcast.outbox import deliveries as list_deliveries
 from aggregator.config import AggregatorConfig
-from aggregator.manager import ACTIONS, SILENCE_FIELDS, STATUSES, Manager, QueueFilter
+from aggregator.manager import ACTIONS, ID_MAX, NAME_MAX, SILENCE_FIELDS, STATUSES, Manager, QueueFilter
 from aggregator.manager import connect as connect_manager
 from aggregator.sensors import describe
 from aggregator.store import Store
@@ -57,7 +65,27 @@ from ntds.networks import protocol_name
 
 COOKIE = "ntds_session"
 LOGIN_COOKIE = "ntds_login"
+DEVICE_COOKIE = "ntds_device"
 HERE = Path(__file__).resolve().parent
+PAGE = 100
+"""Audit and login rows per page (limit= up to PAGE_MAX)."""
+PAGE_MAX = 1000
+log = logging.getLogger("ntds.aggregator")
+
+
+class IdConverter(BaseConverter):
+    """A row id in a path: 1 to 19 digits, at most 2^63-1 (anything else is no such page: 404)."""
+
+    regex = r"\d{1,19}"
+
+    def to_python(self, value: str) -> int:
+        n = int(value)
+        if not 1 <= n <= ID_MAX:
+            raise ValidationError()
+        return n
+
+    def to_url(self, value) -> str:
+        return str(int(value))
 
 
 def _when(t: float | None) -> str:
@@ -77,14 +105,63 @@ def _parse_time(text: str | None) -> float | None:
         return None
     try:
         t = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise InputError(f"not a time: {text[:40]!r} (use 2026-11-16 or 2026-11-16T08:00)") from None
-    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
+        return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
+    except (ValueError, OverflowError):
+        raise InputError(f"not a time: {printable(text, 40)!r} (use 2026-11-16 or 2026-11-16T08:00)") from None
+
+
+def _local(target: object) -> str:
+    """Where to go after a form: a path on this site, or the queue (never another site, never a header break)."""
+    if (not isinstance(target, str) or len(target) > 2000 or not target.startswith("/") or target[1:2] in ("/", "\\")
+            or not target.isprintable() or any(c.isspace() for c in target)):  # fmt: skip
+        return "/"
+    return target
+
+
+def _text(values, key: str, limit: int = 2000, default: str = "") -> str:
+    """A text field of a form or a JSON object (a number, a list or an object is refused)."""
+    value = values.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise InputError(f"{key} must be text")
+    return value[:limit]
+
+
+def _whole(values, key: str, low: int, high: int, default: int | None = None) -> int | None:
+    """A whole number parameter within [low, high]."""
+    value = values.get(key)
+    if value is None or value == "":
+        return default
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() and len(value.strip()) <= 19:
+        value = int(value.strip())
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise InputError(f"{key} must be a whole number from {low} to {high}")
+    return value
+
+
+def _json_body() -> dict:
+    """The request's JSON object ({} for no body); anything else is bad input."""
+    data = request.get_data(cache=True)
+    if not data.strip():
+        return {}
+
+    def constant(name: str):
+        raise InputError(f"{name} is not a number JSON allows")
+
+    try:
+        body = json.loads(data, parse_constant=constant)
+    except (ValueError, RecursionError):
+        raise InputError("the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise InputError("the body must be a JSON object")
+    return body
 
 
 def create_app(cfg: AggregatorConfig) -> Flask:
     app = Flask(__name__, template_folder=str(HERE / "templates"), static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = 1 << 20
+    app.url_map.converters["id"] = IdConverter
     host = cfg.ui_listen.rpartition(":")[0].strip("[]")
     try:
         loopback = ipaddress.ip_address(host).is_loopback
@@ -104,7 +181,7 @@ def create_app(cfg: AggregatorConfig) -> Flask:
     def store() -> Store:
         if getattr(local, "store", None) is None:
             local.store = Store(cfg.store)
-            local.manager = Manager(connect_manager(cfg.store))
+            local.manager = Manager(connect_manager(cfg.store), cfg.login_policy)
         return local.store
 
     def manager() -> Manager:
@@ -116,6 +193,9 @@ def create_app(cfg: AggregatorConfig) -> Flask:
     @app.before_request
     def identify():
         g.api = request.path.startswith("/api/")
+        for db in (store().db, manager().db):  # a request that failed half-way left nothing open
+            if db.in_transaction:
+                db.execute("ROLLBACK")
         g.user = None
         g.bearer = False
         auth = request.headers.get("Authorization", "")
@@ -139,13 +219,45 @@ def create_app(cfg: AggregatorConfig) -> Flask:
         return None
 
     def _refuse(code: int, message: str):
-        if g.api:
+        message = " ".join(str(message).split())  # one line
+        if getattr(g, "api", request.path.startswith("/api/")):
             return jsonify(error=message), code
-        return render_template("error.html", message=message, user=g.user), code
+        return render_template("error.html", message=message, user=getattr(g, "user", None)), code
 
     @app.errorhandler(InputError)
     def bad_input(e: InputError):
         return _refuse(400, str(e))
+
+    @app.errorhandler(HTTPException)
+    def http_error(e: HTTPException):
+        if e.code is None or e.code < 400:
+            return e
+        response = _refuse(e.code, f"{e.code} {e.name}: {e.description}")
+        if e.code == 405:
+            response = (response[0], response[1], {"Allow": ", ".join(e.valid_methods or ())})
+        return response
+
+    @app.errorhandler(sqlite3.OperationalError)
+    def store_error(e: sqlite3.OperationalError):
+        code = getattr(e, "sqlite_errorcode", 0) & 0xFF
+        if code == sqlite3.SQLITE_FULL:
+            why = "the store's disk is full: nothing was changed (free some space, then try again)"
+        elif code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            why = "the store is busy: nothing was changed (try again)"
+        elif code == sqlite3.SQLITE_IOERR:
+            why = f"the store cannot be written ({e}): nothing was changed"
+        else:
+            return unexpected(e)
+        log.error("%s %s answered 503: %s", request.method, printable(request.path, 100), why)
+        response = _refuse(503, why)
+        return response[0], 503, {"Retry-After": "60"}
+
+    @app.errorhandler(Exception)
+    def unexpected(e: Exception):
+        if isinstance(e, HTTPException):
+            return http_error(e)
+        log.exception("%s %s failed", request.method, printable(request.path, 100))
+        return _refuse(500, f"internal error ({type(e).__name__}); the UI's log has the details")
 
     @app.errorhandler(Forbidden)
     def forbidden(e: Forbidden):
@@ -176,27 +288,38 @@ def create_app(cfg: AggregatorConfig) -> Flask:
     def login():
         if request.method == "GET":
             # the same token while the form is open: another tab or a favicon fetch must not invalidate it
-            token = request.cookies.get(LOGIN_COOKIE, "")[:64] or secrets.token_urlsafe(24)
+            token = request.cookies.get(LOGIN_COOKIE, "")[:64]
+            token = token if token.isascii() and token.isprintable() else ""
+            token = token or secrets.token_urlsafe(24)
             response = Response(render_template("login.html", user=None, csrf=token, error="",
-                                                next=request.args.get("next", "/")))  # fmt: skip
+                                                next=_local(request.args.get("next", "/"))))  # fmt: skip
             response.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="Strict", secure=secure, max_age=600)
             return response
         sent, cookie = request.form.get("csrf", ""), request.cookies.get(LOGIN_COOKIE, "")
-        if not sent or not cookie or not secrets.compare_digest(sent, cookie):
+        if not sent or not cookie or not secrets.compare_digest(sent.encode(), cookie.encode()):
             return _refuse(403, "the login form expired; reload it")
-        got = manager().login(request.form.get("name", "")[:64], request.form.get("password", "")[:1024])
-        if got is None:
+        target = _local(request.form.get("next", "/"))
+        got = manager().login(request.form.get("name", "")[:NAME_MAX + 1], request.form.get("password", "")[:1024],
+                              request.remote_addr or "", request.cookies.get(DEVICE_COOKIE, ""))  # fmt: skip
+        if not got.ok:
             token = secrets.token_urlsafe(24)
-            response = Response(render_template("login.html", user=None, csrf=token, error="wrong name or password",
-                                                next=request.form.get("next", "/")), status=401)  # fmt: skip
+            if got.outcome == "locked":
+                error = f"too many failed logins: try again in {max(1, round(got.retry_after))} s"
+            elif got.outcome == "expired":
+                error = "this one-time password has expired: ask for a new one"
+            else:
+                error = "wrong name or password"
+            response = Response(render_template("login.html", user=None, csrf=token, error=error, next=target),
+                                status=429 if got.outcome == "locked" else 401)  # fmt: skip
+            if got.outcome == "locked":
+                response.headers["Retry-After"] = str(max(1, round(got.retry_after)))
             response.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="Strict", secure=secure, max_age=600)
             return response
-        session, _ = got
-        target = request.form.get("next", "/")
-        if not target.startswith("/") or target.startswith("//"):
-            target = "/"
         response = redirect(target)
-        response.set_cookie(COOKIE, session, httponly=True, samesite="Strict", secure=secure, max_age=12 * 3600)
+        response.set_cookie(COOKIE, got.token, httponly=True, samesite="Strict", secure=secure, max_age=12 * 3600)
+        if got.device:  # this browser now counts its own failed logins for the account, apart from everyone else
+            response.set_cookie(DEVICE_COOKIE, got.device, httponly=True, samesite="Strict", secure=secure,
+                                max_age=int(cfg.login_policy.device_days * 86400), path="/login")  # fmt: skip
         response.delete_cookie(LOGIN_COOKIE)
         return response
 
@@ -255,11 +378,11 @@ def create_app(cfg: AggregatorConfig) -> Flask:
         host = QueueFilter(host=a["src_ip"], status="all", limit=200) if a["src_ip"] else None
         a["timeline"] = manager().alerts(host) if host else []
         a["sensor_status"] = _sensor(a["sensor"])
-        a["history"] = [x for x in manager().audit_log(2000) if _mentions(x["target"], alert_id)]
+        a["history"] = manager().history(alert_id)
         a["flows"] = _flow_rows(a["body"])
         return a
 
-    @app.get("/alerts/<int:alert_id>")
+    @app.get("/alerts/<id:alert_id>")
     def alert(alert_id: int):
         return page("alert.html", a=one_alert(alert_id))
 
@@ -279,28 +402,28 @@ def create_app(cfg: AggregatorConfig) -> Flask:
         packets_allowed()
         one_alert(alert_id)
         job_id = evidence.request_for_alert(manager().db, alert_id, g.user.name)
-        manager().audit(g.user.name, "packets request", f"alert {alert_id}", f"pcap job {job_id}")
+        manager().audit(g.user.name, "packets request", f"alert {alert_id}", f"pcap job {job_id}", alerts=[alert_id])
         return job_id
 
-    @app.get("/alerts/<int:alert_id>/packets")
+    @app.get("/alerts/<id:alert_id>/packets")
     def packets(alert_id: int):
         return page("packets.html", p=packets_view(alert_id))
 
-    @app.post("/alerts/<int:alert_id>/packets")
+    @app.post("/alerts/<id:alert_id>/packets")
     def packets_request(alert_id: int):
         request_packets(alert_id)
         return redirect(f"/alerts/{alert_id}/packets")
 
-    @app.get("/api/alerts/<int:alert_id>/packets")
+    @app.get("/api/alerts/<id:alert_id>/packets")
     def api_packets(alert_id: int):
         return jsonify(packets_view(alert_id))
 
-    @app.post("/api/alerts/<int:alert_id>/packets")
+    @app.post("/api/alerts/<id:alert_id>/packets")
     def api_packets_request(alert_id: int):
         return jsonify(job=request_packets(alert_id))
 
-    @app.get("/pcap-jobs/<int:job_id>/download")
-    @app.get("/api/pcap-jobs/<int:job_id>/download")
+    @app.get("/pcap-jobs/<id:job_id>/download")
+    @app.get("/api/pcap-jobs/<id:job_id>/download")
     def packets_download(job_id: int):
         packets_allowed()
         try:
@@ -310,33 +433,28 @@ def create_app(cfg: AggregatorConfig) -> Flask:
         if j["state"] != "done" or not Path(j["file"]).is_file():
             raise InputError(f"pcap job {job_id} is {j['state']}: nothing to download yet")
         what = f"pcap job {job_id}: {j['packets']} packets, {j['bytes']} bytes, sha256 {j['sha256']}"
-        manager().audit(g.user.name, "packets download", f"alert {j['alert_id']}" if j["alert_id"] else "host", what)
+        manager().audit(g.user.name, "packets download", f"alert {j['alert_id']}" if j["alert_id"] else "host", what,
+                        alerts=[j["alert_id"]] if j["alert_id"] else [])  # fmt: skip
         name = f"alert-{j['alert_id']}.pcap" if j["alert_id"] else f"job-{job_id}.pcap"
         return send_file(j["file"], mimetype="application/vnd.tcpdump.pcap", as_attachment=True, download_name=name)
 
-    @app.get("/api/alerts/<int:alert_id>")
+    @app.get("/api/alerts/<id:alert_id>")
     def api_alert(alert_id: int):
         return jsonify(one_alert(alert_id))
 
     def act(values) -> int:
         ids = values.getlist("id") if hasattr(values, "getlist") else values.get("id", [])
-        ids = [ids] if isinstance(ids, int | str) else ids
-        try:
-            ids = [int(i) for i in ids]
-        except (TypeError, ValueError):
-            raise InputError("alert ids must be whole numbers") from None
-        return manager().act(ids, str(values.get("action", "")), g.user, str(values.get("comment", ""))[:2000],
-                             str(values.get("assignee", "")))  # fmt: skip
+        return manager().act(ids, _text(values, "action", 32), g.user, _text(values, "comment"),
+                             _text(values, "assignee", NAME_MAX + 1))  # fmt: skip
 
     @app.post("/alerts/action")
     def action():
         act(request.form)
-        back = request.form.get("back", "/")
-        return redirect(back if back.startswith("/") and not back.startswith("//") else "/")
+        return redirect(_local(request.form.get("back", "/")))
 
     @app.post("/api/alerts/action")
     def api_action():
-        return jsonify(changed=act(request.get_json(silent=True) or {}))
+        return jsonify(changed=act(_json_body()))
 
     # -- hosts, sensors ----------------------------------------------------------------------
 
@@ -397,14 +515,17 @@ def create_app(cfg: AggregatorConfig) -> Flask:
     # -- silences ----------------------------------------------------------------------------
 
     def create_silence(values) -> int:
-        matchers = {k: str(values.get(k)).strip() for k in SILENCE_FIELDS if values.get(k)}
+        matchers = {k: _text(values, k, 256).strip() for k in SILENCE_FIELDS if values.get(k)}
+        hours = values.get("hours") or 0
         try:
-            hours = float(values.get("hours") or 0)
-        except (TypeError, ValueError):
+            if isinstance(hours, bool) or not isinstance(hours, int | float | str):
+                raise ValueError
+            hours = float(hours)
+        except (ValueError, OverflowError):
             raise InputError("hours must be a number") from None
         if not 0 < hours <= 366 * 24:
             raise InputError("a silence lasts from a minute to a year (hours)")
-        return manager().silence(matchers, time.time() + hours * 3600, str(values.get("reason", "")), g.user)
+        return manager().silence(matchers, time.time() + hours * 3600, _text(values, "reason"), g.user)
 
     @app.get("/silences")
     def silences():
@@ -415,21 +536,20 @@ def create_app(cfg: AggregatorConfig) -> Flask:
         create_silence(request.form)
         return redirect(url_for("silences"))
 
-    @app.post("/silences/<int:silence_id>/revoke")
+    @app.post("/silences/<id:silence_id>/revoke")
     def revoke(silence_id: int):
-        manager().revoke(silence_id, g.user, request.form.get("comment", ""))
+        manager().revoke(silence_id, g.user, _text(request.form, "comment"))
         return redirect(url_for("silences"))
 
     @app.route("/api/silences", methods=["GET", "POST"])
     def api_silences():
         if request.method == "POST":
-            return jsonify(id=create_silence(request.get_json(silent=True) or {})), 201
+            return jsonify(id=create_silence(_json_body())), 201
         return jsonify(silences=manager().silences())
 
-    @app.post("/api/silences/<int:silence_id>/revoke")
+    @app.post("/api/silences/<id:silence_id>/revoke")
     def api_revoke(silence_id: int):
-        body = request.get_json(silent=True) or {}
-        manager().revoke(silence_id, g.user, str(body.get("comment", "")))
+        manager().revoke(silence_id, g.user, _text(_json_body(), "comment"))
         return jsonify(revoked=silence_id)
 
     # -- reports, deliveries, audit -------------------------------------------------------
@@ -458,22 +578,55 @@ def create_app(cfg: AggregatorConfig) -> Flask:
             abort(404)
         return send_from_directory(Path(cfg.reports) / name, file)
 
+    def delivery_status() -> str | None:
+        status = request.args.get("status") or None
+        if status not in (None, "pending", "delivered", "failed"):
+            raise InputError("status must be pending, delivered or failed")
+        return status
+
     @app.get("/deliveries")
     def deliveries():
-        status = request.args.get("status") or None
+        status = delivery_status()
         return page("deliveries.html", rows=list_deliveries(manager().db, status), status=status or "")
 
     @app.get("/api/deliveries")
     def api_deliveries():
-        return jsonify(deliveries=list_deliveries(manager().db, request.args.get("status") or None))
+        return jsonify(deliveries=list_deliveries(manager().db, delivery_status()))
+
+    def audit_view() -> dict:
+        args = request.args
+        f = {"user": _text(args, "user", NAME_MAX), "action": _text(args, "action", 64),
+             "alert": _whole(args, "alert", 1, ID_MAX), "before": _whole(args, "before", 1, ID_MAX),
+             "limit": _whole(args, "limit", 1, PAGE_MAX, PAGE)}  # fmt: skip
+        rows = manager().audit_log(**f)
+        return {"audit": rows, "next": rows[-1]["id"] if len(rows) == f["limit"] else None, "filter": f}
 
     @app.get("/audit")
     def audit():
-        return page("audit.html", rows=manager().audit_log())
+        return page("audit.html", **audit_view())
 
     @app.get("/api/audit")
     def api_audit():
-        return jsonify(audit=manager().audit_log())
+        v = audit_view()
+        return jsonify(audit=v["audit"], next=v["next"])
+
+    def logins_view() -> dict:
+        args = request.args
+        f = {"name": _text(args, "name", NAME_MAX + 1), "outcome": _text(args, "outcome", 16),
+             "before": _whole(args, "before", 1, ID_MAX),
+             "limit": _whole(args, "limit", 1, PAGE_MAX, PAGE)}  # fmt: skip
+        rows = manager().login_log(**f)
+        return {"logins": rows, "next": rows[-1]["id"] if len(rows) == f["limit"] else None, "filter": f,
+                "locks": manager().locks()}  # fmt: skip
+
+    @app.get("/logins")
+    def logins():
+        return page("logins.html", **logins_view())
+
+    @app.get("/api/logins")
+    def api_logins():
+        v = logins_view()
+        return jsonify(logins=v["logins"], next=v["next"], locks=v["locks"])
 
     @app.get("/api/me")
     def me():
@@ -511,12 +664,6 @@ def _flow_rows(body: dict) -> list[dict]:
             seconds = 0.0
         out.append(f | {"duration_s": max(seconds, 0.0)})
     return out
-
-
-def _mentions(target: str, alert_id: int) -> bool:
-    if not target.startswith("alert "):
-        return False
-    return str(alert_id) in target[6:].replace(" ...", "").split(",")
 
 
 def serve(cfg: AggregatorConfig) -> None:

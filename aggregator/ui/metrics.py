@@ -3,8 +3,8 @@
 The store is the truth (the receiver, the broadcaster and the UI are separate
 threads or processes), so the metrics are computed from it on demand rather
 than counted in one process: a scrape of the UI sees what `serve` stored.
-Label values are sensor ids, alert kinds and receiver names, never strings
-from traffic.
+Label values are sensor ids, alert kinds, receiver names and fixed words
+(login outcomes), never strings from traffic or from login attempts.
 """
 
 from __future__ import annotations
@@ -63,6 +63,25 @@ class StoreCollector:
         silences = GaugeMetricFamily("ntds_silences_active", "silences in force")
         silences.add_metric([], len(self.manager.silences(active_only=True)))
         yield silences
+        counted = self.manager.counters()
+        logins = CounterMetricFamily("ntds_ui_logins", "alert manager login attempts, by outcome (wrong: a wrong "
+                                     "password or an unknown name; locked: refused unchecked while locked)",
+                                     labels=["outcome"])  # fmt: skip
+        for outcome in ("ok", "wrong", "locked", "expired", "spent"):
+            logins.add_metric([outcome], counted.get("login_" + outcome, 0))
+        yield logins
+        lockouts = CounterMetricFamily("ntds_ui_login_lockouts", "locks started on accounts, addresses or browsers")
+        lockouts.add_metric([], counted.get("login_lockouts", 0))
+        yield lockouts
+        locked = GaugeMetricFamily("ntds_ui_login_locked", "accounts, addresses and browsers locked now",
+                                   labels=["kind"])  # fmt: skip
+        kinds = {"account": 0, "address": 0, "device": 0}
+        for lock in self.manager.locks():
+            kind = lock["key"].partition(":")[0]
+            kinds[kind] = kinds.get(kind, 0) + 1
+        for kind, n in kinds.items():
+            locked.add_metric([kind], n)
+        yield locked
 
 
 def exposition(store: Store, manager: Manager) -> bytes:
