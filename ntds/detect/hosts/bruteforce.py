@@ -1,4 +1,4 @@
-"""Brute force and repeated access: many short, similar connections from one source to one service.
+"""Brute force: many short, similar login attempts from one source to one service.
 
 A password guesser opens connection after connection to the same service,
 each exchanging a little data of nearly the same size and lasting seconds.
@@ -6,9 +6,21 @@ Per (source, server, port) the detector keeps the recent completed connections
 of a sliding window; it fires when there are enough of them and their client
 byte counts are alike (median absolute deviation small against the median). A
 busy but ordinary client (a browser fetching many objects from one server)
-sends requests of very different sizes and stays quiet. Authentication
-services (SSH, FTP, telnet, SMTP, POP, IMAP, SMB, RDP, VNC, SIP, databases)
-need fewer attempts than other ports.
+sends requests of very different sizes and stays quiet.
+
+Brute force needs evidence of authentication (ntds.detect.hosts.evidence):
+a service that logs people in, by nDPI's application or its port (SSH, FTP,
+telnet, SMTP, POP, IMAP, SMB, RDP, VNC, SIP, LDAP, Kerberos, RADIUS,
+databases), needs `attempts`. Any other service needs `attempts_other` and a
+login-shaped exchange with one of the site's own servers (a web login form, an
+API): a TCP session (a UDP query and its answer, or a DNS lookup over TCP or
+HTTPS, is a lookup, as 200 identical DNS queries to a resolver are, not a
+login) to a destination in the local networks. Many short, similar exchanges
+with an outside server that authenticates no one are an implant's check-ins or
+an application's API calls: the beacon detector judges them by their
+regularity. A guesser that is also regular (a fixed delay between attempts) is
+still brute force; its alert says it is regular too, and why it is not a
+beacon.
 """
 
 from __future__ import annotations
@@ -18,13 +30,18 @@ from bisect import bisect_left, bisect_right
 
 from ntds.detect.explain import duration, size
 from ntds.detect.hosts.base import TCP, Detector, Finding, Option, is_group, register, tiered
+from ntds.detect.hosts.evidence import (
+    AUTH_PORTS,
+    SERVICE_NAMES,
+    authentication_service,
+    chance_in_band,
+    regularity,
+)
 from ntds.flows.traffic import FlowTraffic
 
-AUTH_PORTS = (21, 22, 23, 25, 110, 139, 143, 445, 465, 587, 993, 995, 1433, 1521, 3306, 3389, 5060, 5061, 5432, 5900)
-SERVICE_NAMES = {21: "FTP", 22: "SSH", 23: "telnet", 25: "SMTP", 139: "SMB", 445: "SMB", 3389: "RDP", 5060: "SIP",
-                 5061: "SIP", 5900: "VNC", 80: "HTTP", 443: "HTTPS", 8080: "HTTP", 3306: "MySQL", 5432: "PostgreSQL",
-                 1433: "SQL Server"}  # fmt: skip
-
+LOOKUP_PORTS = (53, 853)
+LOOKUPS = ("DNS", "DoH_DoT", "DOH_DOT")
+"""Name lookups over TCP (DNS, DNS over TLS or HTTPS): many similar exchanges by design, never logins."""
 
 MAX_ATTEMPTS = 4096
 """Attempts kept per key: the newest, within the window."""
@@ -45,7 +62,7 @@ class BruteForce(Detector):
     kind = "brute-force"
     OPTIONS = {
         "attempts": Option(12, "short similar connections to an authentication service that make brute force", 2),
-        "attempts_other": Option(40, "the same for any other service (web logins, APIs)", 2),
+        "attempts_other": Option(40, "the same for any other service over TCP (web logins, APIs)", 2),
         "window_s": Option(600, "sliding window, seconds", 1),
         "max_duration_s": Option(60, "a connection longer than this is a session, not an attempt", 1),
         "similarity": Option(0.35, "largest median absolute deviation of client bytes, as a share of the median", 0),
@@ -98,7 +115,12 @@ class BruteForce(Detector):
         if not self._attempt(flow):
             return None
         a = self.keys.rows.get((flow.src_ip, flow.dst_ip, flow.dst_port, flow.protocol))
-        threshold = self.attempts if flow.dst_port in self._auth else self.attempts_other
+        auth = authentication_service(flow.dst_port, flow.application, self._auth)
+        if not auth and (flow.protocol != TCP or flow.dst_port in LOOKUP_PORTS or flow.application in LOOKUPS):
+            return None  # a query and its answer: a lookup, not a login
+        if not auth and not self.local(flow.dst_ip):
+            return None  # an outside server that logs no one in: check-ins or API calls, not guesses
+        threshold = self.attempts if auth else self.attempts_other
         if a is None or len(a.times) < threshold:
             return None
         n = len(a.times)
@@ -111,9 +133,20 @@ class BruteForce(Detector):
         if spread > self.similarity:
             return None
         a.reported_tier = tier
-        service = SERVICE_NAMES.get(flow.dst_port, f"port {flow.dst_port}")
+        regular = regularity(a.times)
+        service = SERVICE_NAMES.get(flow.dst_port) or auth or f"port {flow.dst_port}"
         span = (a.times[-1] - a.first_ms) / 1000
         proto = "TCP" if flow.protocol == TCP else "UDP"
+        also = []
+        if regular.regular():
+            why = f"{service} authenticates" if auth else "the server is inside the site (command servers are not)"
+            also.append({
+                "what": "regularity",
+                "value": regular.share,
+                "typical": chance_in_band(regular.lag),
+                "score": regular.share,
+                "text": f"also regular like a beacon ({regular.text()}), but {why}: repeated logins, not check-ins",
+            })  # fmt: skip
         return Finding(
             kind=self.kind,
             src_ip=flow.src_ip,
@@ -144,6 +177,7 @@ class BruteForce(Detector):
                     "score": spread,
                     "text": f"each sent about {size(median)} (spread {size(mad)}): the same exchange repeated",
                 },
+                *also,
             ],
             pattern=f"{flow.dst_ip}:{flow.dst_port}",
         )
