@@ -103,6 +103,11 @@ class AggregatorConfig(Settings):
         choices=("auto", "yes", "no"),
     )  # fmt: skip
     reports: Path = setting("path", "/var/lib/ntds-aggregator/reports", "folder of weekly reports the UI lists")
+    ui_login: dict = setting(
+        "mapping", {}, "how logins are throttled: account_failures (5), address_failures (20), lock_s (60), "
+        "max_lock_s (900), forget_s (3600), device_days (90), one_time_hours (24) (README: Alert manager)",
+        check=_ui_login,
+    )  # fmt: skip
 
     @classmethod
     def finish(cls, path: Path, values: dict) -> dict:
@@ -113,13 +118,15 @@ class AggregatorConfig(Settings):
             receivers = parse_receivers(values["receivers"], path.resolve().parent)
             parse_routes(values["routes"], receivers)
         except ValueError as e:
-    ui_login: dict = setting(
-        "mapping", {}, "how logins are throttled: account_failures (5), address_failures (20), lock_s (60), "
-        "max_lock_s (900), forget_s (3600), device_days (90), one_time_hours (24) (README: Alert manager)",
-        check=_ui_login,
-    )  # fmt: skip
             raise InputError(f"{path}: {e}") from None
         return values
+
+    @property
+    def login_policy(self):
+        """The alert manager's login policy (`ui_login` over its defaults)."""
+        from aggregator.manager import LoginPolicy
+
+        return LoginPolicy(**self.ui_login)
 
     @property
     def broadcast_setup(self):
@@ -130,13 +137,6 @@ class AggregatorConfig(Settings):
         receivers = parse_receivers(self.receivers, self.path.resolve().parent)
         return parse_routes(self.routes, receivers), receivers, BroadcastOptions(**self.broadcast)
 
-
-    @property
-    def login_policy(self):
-        """The alert manager's login policy (`ui_login` over its defaults)."""
-        from aggregator.manager import LoginPolicy
-
-        return LoginPolicy(**self.ui_login)
 
 def load(path: str | Path, insecure: bool = False) -> AggregatorConfig:
     """The validated configuration; with insecure (the --insecure flag) no keys are needed."""
