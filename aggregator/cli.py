@@ -216,11 +216,17 @@ def build_parser() -> argparse.ArgumentParser:
         parser_.add_argument("--config", required=True, help="aggregator.yaml")
     us.set_defaults(func=_user)
 
-    dv = sub.add_parser("deliveries", help="broadcast deliveries: list them, retry parked ones")
-    dv.add_argument("action", nargs="?", choices=("list", "retry"), default="list")
-    dv.add_argument("ids", nargs="*", type=int, metavar="ID", help="retry: these (default: every failed one)")
+    dv = sub.add_parser(
+        "deliveries", help="broadcast deliveries: list them, retry parked ones, park or drop stuck ones",
+        description="list; retry [ID ...] (parked ones again, default every one); park ID ... (take pending ones "
+        "out of the queue as failed: retry sends them again); drop ID ... (give pending or parked ones up for good, "
+        "kept in the list as dropped). A running serve sees the change at once.",
+    )  # fmt: skip
+    dv.add_argument("action", nargs="?", choices=("list", "retry", "park", "drop"), default="list")
+    dv.add_argument("ids", nargs="*", type=int, metavar="ID", help="retry: these (default: every failed one); "
+                    "park, drop: these (required)")  # fmt: skip
     dv.add_argument("--config", required=True, help="aggregator.yaml")
-    dv.add_argument("--status", choices=("pending", "delivered", "failed"), help="list: only this status")
+    dv.add_argument("--status", choices=("pending", "delivered", "failed", "dropped"), help="list: only this status")
     dv.add_argument("--json", action="store_true", help="list: one JSON object per delivery")
     dv.set_defaults(func=_deliveries)
 
@@ -687,9 +693,11 @@ def _user(args) -> int:
 def _deliveries(args) -> int:
     import json
 
-    from aggregator.broadcast.outbox import deliveries, retry
+    from aggregator.broadcast.outbox import deliveries, drop, park, retry
     from aggregator.manager import connect
 
+    if args.action in ("park", "drop") and not args.ids:
+        raise InputError(f"deliveries {args.action} needs the ids of the deliveries (see: deliveries --status pending)")
     cfg, store = _open_store(args.config)
     store.close()
     db = connect(cfg.store)
@@ -698,7 +706,31 @@ def _deliveries(args) -> int:
             n = retry(db, args.ids or None)
             print(f"{n} deliveries queued again", file=sys.stderr)
             return 0
+        if args.action in ("park", "drop"):
+            n = (park if args.action == "park" else drop)(db, args.ids)
+            done = "parked as failed (retry sends them again)" if args.action == "park" else "dropped"
+            if n < len(args.ids):
+                state = "pending" if args.action == "park" else "pending or failed"
+                raise InputError(f"{n} of {len(args.ids)} deliveries {done}; the other {len(args.ids) - n} are not "
+                                 f"{state} deliveries")  # fmt: skip
+            print(f"{n} of {len(args.ids)} deliveries {done}", file=sys.stderr)
+            return 0
         rows = deliveries(db, args.status)
+    finally:
+        db.close()
+    for d in rows:
+        if args.json:
+            print(json.dumps(d))
+        else:
+            print(f"{d['id']}\t{d['receiver']}\t{d['status']}\t{d['attempts']} attempts\t{d['alerts']} alerts\t"
+                  f"{d['last_error']}")  # fmt: skip
+    if not args.json:
+        failed = sum(1 for d in rows if d["status"] == "failed")
+        print(f"{len(rows)} deliveries" + (f", {failed} failed (retry with: deliveries retry)" if failed else ""),
+              file=sys.stderr)  # fmt: skip
+    return 0
+
+
 def _store_problem(e: sqlite3.OperationalError) -> str:
     code = getattr(e, "sqlite_errorcode", 0) & 0xFF
     if code == sqlite3.SQLITE_FULL:

@@ -94,7 +94,7 @@ class AggregatorConfig(Settings):
     routes: list = setting("records", [], "which alerts go to which receivers, grouped how (README: Broadcast)")
     broadcast: dict = setting(
         "mapping", {}, "delivery retries: max_attempts (12), backoff_s (5), max_backoff_s (600), keep_delivered_days "
-        "(30)", check=_broadcast,
+        "(30); pages: page_alerts (500), page_bytes (2097152), dispatch_alerts (20000)", check=_broadcast,
     )  # fmt: skip
     ui_listen: str = setting("str", "127.0.0.1:8080", "where the alert manager (ntds-aggregator ui) listens",
                              check=_listen)  # fmt: skip

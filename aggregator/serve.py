@@ -5,6 +5,12 @@ dies unexpectedly (a corrupt store, a bug) stops the whole process with a
 non-zero exit and one log line, so systemd restarts it, instead of leaving a
 receiver that acknowledges while nothing is archived. The watchdog is pinged
 only from a healthy main loop.
+
+The broadcast is the exception: nothing a sensor sends waits on it (its work
+is on the store, picked up where it stopped), while a restart of the process
+stops every sensor's acknowledgements. A broadcast thread that ends is logged
+and started again, with a growing wait while it keeps ending; it never takes
+`serve` down.
 """
 
 from __future__ import annotations
@@ -22,12 +28,14 @@ from aggregator.config import AggregatorConfig
 from aggregator.quotas import Quotas
 from aggregator.receiver import Receiver, StoreBroken
 from aggregator.store import open_store
-from ntds.errors import InputError
+from ntds.errors import InputError, one_line
 from ntds.notify import Notifier
 from ntds.wire.keys import load_pair
 
 log = logging.getLogger("ntds.aggregator")
 EXIT_FAILED = 1
+BROADCAST_RESTART_S = (1.0, 60.0)
+"""First and longest wait before the broadcast thread is started again (doubling while it keeps ending)."""
 
 
 def raise_open_file_limit() -> int:
@@ -62,9 +70,10 @@ class Server:
         self.archiver = Archiver(cfg)
         self.workers: list[threading.Thread] = [self.archiver]
         routes, receivers, options = cfg.broadcast_setup
-        self.broadcaster = Broadcaster(cfg.store, routes, receivers, options) if routes else None
-        if self.broadcaster is not None:
-            self.workers.append(self.broadcaster)
+        self.broadcast_setup = (routes, receivers, options) if routes else None
+        self.broadcaster: Broadcaster | None = None
+        self._broadcast_next = 0.0  # monotonic time of the next start of the broadcast thread
+        self._broadcast_wait = BROADCAST_RESTART_S[0]
         if self.receiver.zap is not None:
             self.workers.append(self.receiver.zap)
         self.notify = Notifier()
@@ -82,9 +91,40 @@ class Server:
             self.failure = f"the {', '.join(dead)} thread stopped" + (f": {reason}" if reason else "")
         return self._stopping or self.failure is not None
 
+    def _broadcast(self) -> None:
+        """Start the broadcast thread, or again once its wait is over if it ended (logged once per end)."""
+        if self.broadcast_setup is None or self._stopping:
+            return
+        b = self.broadcaster
+        if b is not None and b.is_alive():
+            if b.started_at is not None and time.monotonic() - b.started_at > 300:
+                self._broadcast_wait = BROADCAST_RESTART_S[0]  # it has run a while: the next end waits little
+            return
+        now = time.monotonic()
+        if b is not None and not b.noted:
+            b.noted = True
+            self._broadcast_next = now + self._broadcast_wait
+            log.error("the broadcast thread stopped (%s); starting it again in %.0f s", b.failure or "no reason given",
+                      self._broadcast_wait)  # fmt: skip
+            self._broadcast_wait = min(self._broadcast_wait * 2, BROADCAST_RESTART_S[1])
+        if now < self._broadcast_next:
+            return
+        routes, receivers, options = self.broadcast_setup
+        try:
+            self.broadcaster = Broadcaster(self.cfg.store, routes, receivers, options)
+        except Exception as e:  # noqa: BLE001 - a store that cannot be opened now (a full disk): try again later
+            self._broadcast_next = now + self._broadcast_wait
+            log.error("the broadcast cannot start (%s); trying again in %.0f s", one_line(e), self._broadcast_wait)
+            self._broadcast_wait = min(self._broadcast_wait * 2, BROADCAST_RESTART_S[1])
+            self.broadcaster = None
+            return
+        self.broadcaster.start()
+        log.info("broadcasting to %d receivers over %d routes", len(receivers), len(routes))
+
     def _tick(self) -> None:
         if self.failure is not None:
             return
+        self._broadcast()
         self.notify.watchdog()
         if time.monotonic() - self._shown >= 2:
             self._shown = time.monotonic()
@@ -99,10 +139,7 @@ class Server:
         log.info("listening on %s (%s), up to %d open files", self.receiver.endpoint,
                  "CURVE" if self.receiver.secure else "plain", self.files)  # fmt: skip
         self.archiver.start()
-        if self.broadcaster is not None:
-            self.broadcaster.start()
-            log.info("broadcasting to %d receivers over %d routes", len(self.broadcaster.outbox.receivers),
-                     len(self.broadcaster.outbox.routes))  # fmt: skip
+        self._broadcast()
         self.notify.ready(f"listening on {self.receiver.endpoint}")
         try:
             self.receiver.serve(self._stop, self._tick)

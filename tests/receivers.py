@@ -1,5 +1,6 @@
 """Real receivers on 127.0.0.1 for the broadcast tests: an HTTP server that checks the HMAC, syslog listeners
-(UDP and TCP) that parse RFC 5424, an SMTP server (aiosmtpd, optionally with STARTTLS)."""
+(UDP and TCP) that parse RFC 5424, an SMTP server (aiosmtpd, optionally with STARTTLS); and misbehaving ones: a
+webhook that trickles its answer a byte at a time, one that redirects, a TCP listener that never reads."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class WebhookServer:
     def __init__(self, secret: bytes, port: int = 0, delay_s: float = 0.0) -> None:
         self.secret, self.delay_s = secret, delay_s
         self.received: list[dict] = []
+        self.gets: list[str] = []
         self.bad_signatures = 0
         self.lock = threading.Lock()
         self.port = port
@@ -52,6 +54,14 @@ class WebhookServer:
                     owner.received.append(note)
                 self.send_response(204)
                 self.end_headers()
+
+            def do_GET(self):  # noqa: N802 - a GET carries no alerts; answered 200 as any web server would
+                with owner.lock:
+                    owner.gets.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
 
             def log_message(self, *args):
                 pass
@@ -136,6 +146,103 @@ class SyslogListener:
     def stop(self) -> None:
         self._stop.set()
         self.sock.close()
+
+
+class RawHttp:
+    """A TCP server on 127.0.0.1 answering each connection with `answer(conn)` after reading the request head;
+    records each connection's (opened, closed) monotonic times and request heads."""
+
+    def __init__(self, answer) -> None:
+        self.answer = answer
+        self.connections: list[list[float]] = []
+        self.requests: list[bytes] = []
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self._stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        times = [time.monotonic(), 0.0]
+        self.connections.append(times)
+        with conn:
+            conn.settimeout(120)
+            head = b""
+            try:
+                while b"\r\n\r\n" not in head:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    head += chunk
+                self.requests.append(head.split(b"\r\n\r\n")[0])
+                self.answer(conn, self._stop)
+            except OSError:
+                pass
+        times[1] = time.monotonic()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.sock.close()
+
+
+def trickling(interval_s: float):
+    """An answer that sends its status line one byte every interval_s, forever (until the peer goes)."""
+
+    def answer(conn: socket.socket, stop: threading.Event) -> None:
+        for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n" * 1000:
+            if stop.wait(interval_s):
+                return
+            conn.sendall(bytes([byte]))
+
+    return answer
+
+
+def redirecting(location: str, status: int = 302):
+    def answer(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(f"HTTP/1.1 {status} Found\r\nLocation: {location}\r\nContent-Length: 0\r\n"
+                     f"Connection: close\r\n\r\n".encode())  # fmt: skip
+
+    return answer
+
+
+class DeafListener:
+    """A TCP listener that accepts connections and never reads from them (a hung syslog server)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)  # kept open, never read
+
+    def stop(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
 
 
 def self_signed(folder: Path) -> tuple[Path, Path]:

@@ -31,7 +31,13 @@ LABELS = ("kind", "src_ip", "dst_ip", "application", "sensor", "tier")
 """What group_by can name."""
 
 RECEIVER_OPTIONS: dict[str, dict[str, tuple[type, Any]]] = {
-    "webhook": {"url": (str, None), "secret_file": (str, None), "timeout_s": (int, 10), "format": (str, "ntds")},
+    "webhook": {
+        "url": (str, None),
+        "secret_file": (str, None),
+        "timeout_s": (int, 10),
+        "format": (str, "ntds"),
+        "max_redirects": (int, 0),
+    },  # fmt: skip
     "syslog": {
         "host": (str, None),
         "port": (int, 514),
@@ -55,7 +61,8 @@ RECEIVER_OPTIONS: dict[str, dict[str, tuple[type, Any]]] = {
     "file": {"path": (str, None), "rotate_mb": (int, 100), "keep": (int, 5), "format": (str, "eve")},
 }
 """Per receiver type: option -> (type, default; None: required). `file` is `eve` under a name that fits its
-other formats."""
+other formats. `timeout_s` bounds a whole delivery (connect, send, answer), not each read; `max_redirects` is how
+many redirects a webhook may follow (0: a redirect is a failed attempt)."""
 FORMATS = {"webhook": ("ntds", "eve", "ecs", "ocsf"), "syslog": ("ntds", "eve", "ecs", "ocsf"),
            "eve": ("eve", "ecs", "ocsf"), "file": ("eve", "ecs", "ocsf")}  # fmt: skip
 """Per receiver type: the field sets it can send (`ntds`: the notification or structured data as is)."""
@@ -158,6 +165,10 @@ def parse_receivers(items: list, base: Path) -> dict[str, ReceiverConfig]:
             raise ValueError(f"{where}: starttls must be auto, require or never")
         if kind in FORMATS and values["format"] not in FORMATS[kind]:
             raise ValueError(f"{where}: format must be one of {', '.join(FORMATS[kind])} for a {kind} receiver")
+        if "timeout_s" in values and values["timeout_s"] < 1:
+            raise ValueError(f"{where}: timeout_s must be at least 1")
+        if values.get("max_redirects", 0) > 10:
+            raise ValueError(f"{where}: max_redirects must be 0..10")
         if values["rate_per_minute"] < 1:
             raise ValueError(f"{where}: rate_per_minute must be at least 1")
         options = {k: v for k, v in values.items() if k not in COMMON}

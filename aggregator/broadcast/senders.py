@@ -1,17 +1,24 @@
 """Receivers: how one notification (a group of alerts with its idempotency key) reaches a destination.
 
 Each sender raises on any failure (the outbox retries with backoff) and
-returns only once the destination has the notification:
+returns only once the destination has the notification. Network senders work
+under a `Deadline`: `timeout_s` bounds the whole delivery (connecting,
+sending, the answer), not each read, so a receiver that trickles one byte at
+a time is cut off at the deadline like one that never answers.
 
 - webhook: HTTP POST of the JSON notification (or, with `format`, a JSON
   array of the alerts as EVE, ECS or OCSF records); the body is signed with
   HMAC-SHA256 under the receiver's secret (`X-Ntds-Signature: sha256=HEX`),
-  the key travels as `Idempotency-Key`; any 2xx is success.
+  the key travels as `Idempotency-Key`; any 2xx is success. A redirect is a
+  failed attempt unless the receiver allows `max_redirects`; then the same
+  signed POST goes to the new address (never a body-less GET).
 - syslog: one RFC 5424 message per alert, over UDP (one datagram each) or TCP
   (octet-counted framing, RFC 6587), HOSTNAME the host's FQDN where it has
   one; the alert's fields as structured data, the signature as the message
   (or, with `format`, the alert's EVE, ECS or OCSF record as the message, the
-  key as structured data); severity from the tier.
+  key as structured data); severity from the tier. Over TCP the delivery
+  counts only once the listener has read everything and closed its end
+  within the deadline (a listener that never reads is a failed attempt).
 - email: one message per notification over SMTP, upgraded with STARTTLS when
   the server offers it (or required, or never, as configured); the
   Message-ID is derived from the idempotency key.
@@ -31,14 +38,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import http.client
 import json
 import os
 import smtplib
 import socket
 import ssl
+import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from collections import deque
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -52,6 +60,70 @@ SEVERITY = {5: 2, 4: 3, 3: 4}
 """Alert tier -> syslog severity (critical, error, warning; lower tiers notice)."""
 ENTERPRISE = 32473
 """Private enterprise number of RFC 5612's documentation range, for the structured-data id."""
+
+
+class DeadlineExceeded(TimeoutError):
+    """A delivery that did not finish within its receiver's `timeout_s`."""
+
+
+class Deadline:
+    """The total time one delivery may take. Sockets registered with `watch` are shut down when it passes, so a
+    read or write blocked on a peer that trickles or never answers returns at once, whatever the socket's own
+    timeout; `remaining()` gives the socket timeout for the next step (and raises once the time is up)."""
+
+    def __init__(self, seconds: float, what: str = "the receiver") -> None:
+        self.seconds, self.what = seconds, what
+        self.end = time.monotonic() + seconds
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, kind, error, tb) -> None:
+        self._timer.cancel()
+        if error is None or isinstance(error, DeadlineExceeded):
+            return
+        if self.expired or isinstance(error, TimeoutError):  # socket timeouts are set to what is left of it
+            raise self.exceeded() from None  # whatever the shut-down socket raised: the deadline is the cause
+
+    def exceeded(self) -> DeadlineExceeded:
+        return DeadlineExceeded(f"{self.what} did not finish within the {self.seconds:g} s deadline")
+
+    def remaining(self) -> float:
+        left = self.end - time.monotonic()
+        if left <= 0 or self.expired:
+            raise self.exceeded()
+        return left
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if not self.expired:
+                return
+        self._shut(sock)
+        raise self.exceeded()
+
+    def check(self) -> None:
+        """Raise if the deadline passed (a read that returned because its socket was shut down looks like EOF)."""
+        if self.expired:
+            raise self.exceeded()
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            self._shut(sock)
+
+    @staticmethod
+    def _shut(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 class Sender:
@@ -74,29 +146,59 @@ def signature(secret: bytes, body: bytes) -> str:
 
 
 class Webhook(Sender):
+    ANSWER = 65536
+    """Bytes of the answer's body read (and ignored): a receiver that streams an endless body is not read on."""
+
     def __init__(self, cfg: ReceiverConfig) -> None:
         super().__init__(cfg)
         self.secret = Path(self.o["secret_file"]).read_bytes().strip()
+        self.context = ssl.create_default_context()
 
     def send(self, note: dict) -> None:
         body = body_of(note, self.o["format"])
-        request = urllib.request.Request(
-            self.o["url"],
-            data=body,
-            method="POST",
-            headers={
-                "Content-Type": "application/json",
-                "User-Agent": "ntds-aggregator",
-                "Idempotency-Key": note["idempotency_key"],
-                "X-Ntds-Signature": signature(self.secret, body),
-            },
-        )
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "ntds-aggregator",
+            "Idempotency-Key": note["idempotency_key"],
+            "X-Ntds-Signature": signature(self.secret, body),
+        }
+        url, hops = self.o["url"], 0
+        with Deadline(self.o["timeout_s"], "the webhook") as deadline:
+            while True:
+                status, location = self._post(url, body, headers, deadline)
+                if 200 <= status < 300:
+                    return
+                if not (300 <= status < 400 and location):
+                    raise OSError(f"HTTP {status}")
+                target = urllib.parse.urljoin(url, location)
+                if hops >= self.o["max_redirects"]:
+                    raise OSError(f"HTTP {status}: redirect to {printable(target, 200)} refused (the receiver "
+                                  f"allows {self.o['max_redirects']}: max_redirects)")  # fmt: skip
+                if not target.startswith(("http://", "https://")):
+                    raise OSError(f"HTTP {status}: redirect to {printable(target, 200)} refused (not http or https)")
+                url, hops = target, hops + 1
+
+    def _post(self, url: str, body: bytes, headers: dict, deadline: Deadline) -> tuple[int, str]:
+        """One POST; (status, Location header)."""
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme == "https":
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                parts.hostname, parts.port, timeout=deadline.remaining(), context=self.context
+            )
+        else:
+            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=deadline.remaining())
         try:
-            with urllib.request.urlopen(request, timeout=self.o["timeout_s"]) as response:  # noqa: S310 - configured URL
-                if not 200 <= response.status < 300:
-                    raise OSError(f"HTTP {response.status}")
-        except urllib.error.HTTPError as e:
-            raise OSError(f"HTTP {e.code}") from None
+            conn.connect()
+            deadline.watch(conn.sock)
+            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            conn.request("POST", path, body=body, headers=headers)
+            conn.sock.settimeout(deadline.remaining())
+            response = conn.getresponse()
+            response.read(self.ANSWER)
+            deadline.check()
+            return response.status, response.getheader("Location", "") or ""
+        finally:
+            conn.close()
 
 
 def _sd_value(value) -> str:
@@ -149,12 +251,28 @@ class Syslog(Sender):
                 for m in messages:
                     s.sendto(m, address)
             return
-        with socket.create_connection(address, timeout=self.o["timeout_s"]) as s:
+        what = f"the syslog listener {self.o['host']}:{self.o['port']}"
+        with Deadline(self.o["timeout_s"], what) as deadline:
+            self._tcp(address, messages, what, deadline)
+
+    @staticmethod
+    def _tcp(address: tuple, messages: list[bytes], what: str, deadline: Deadline) -> None:
+        with socket.create_connection(address, timeout=deadline.remaining()) as s:
+            deadline.watch(s)
             s.sendall(b"".join(str(len(m)).encode() + b" " + m for m in messages))
             s.shutdown(socket.SHUT_WR)
-            s.settimeout(self.o["timeout_s"])
-            with contextlib.suppress(TimeoutError):
-                s.recv(1)  # wait for the listener to close: the messages were read
+            # Written is not read: the delivery counts once the listener has read to our end and closed its own
+            # (EOF); one that never reads keeps the messages in socket buffers and fails at the deadline.
+            while True:
+                s.settimeout(deadline.remaining())
+                try:
+                    chunk = s.recv(4096)
+                except ConnectionResetError:
+                    deadline.check()
+                    raise OSError(f"{what} reset the connection before reading every message") from None
+                if not chunk:
+                    break
+            deadline.check()
 
 
 def _header(text: str) -> str:
@@ -190,17 +308,25 @@ class Email(Sender):
     def send(self, note: dict) -> None:
         o = self.o
         message = email_message(note, o["from"], o["to"])
-        with smtplib.SMTP(o["smtp_host"], o["smtp_port"], timeout=o["timeout_s"]) as smtp:
+        with Deadline(o["timeout_s"], f"the mail server {o['smtp_host']}") as deadline:
+            self._send(message, deadline)
+
+    def _send(self, message: EmailMessage, deadline: Deadline) -> None:
+        o = self.o
+        with smtplib.SMTP(o["smtp_host"], o["smtp_port"], timeout=deadline.remaining()) as smtp:
+            deadline.watch(smtp.sock)
             smtp.ehlo()
             if o["starttls"] != "never" and smtp.has_extn("starttls"):
                 context = ssl.create_default_context(cafile=o["ca_file"] or None)
                 smtp.starttls(context=context)
+                deadline.watch(smtp.sock)
                 smtp.ehlo()
             elif o["starttls"] == "require":
                 raise OSError(f"{o['smtp_host']} does not offer STARTTLS, which this receiver requires")
             if o["username"]:
                 smtp.login(o["username"], Path(o["password_file"]).read_text().strip())
             smtp.send_message(message)
+        deadline.check()
 
 
 class Eve(Sender):
