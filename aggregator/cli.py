@@ -690,6 +690,9 @@ def _user(args) -> int:
     return 0
 
 
+
+
+
 def _deliveries(args) -> int:
     import json
 
@@ -716,6 +719,21 @@ def _deliveries(args) -> int:
             print(f"{n} of {len(args.ids)} deliveries {done}", file=sys.stderr)
             return 0
         rows = deliveries(db, args.status)
+    finally:
+        db.close()
+    for d in rows:
+        if args.json:
+            print(json.dumps(d))
+        else:
+            print(f"{d['id']}\t{d['receiver']}\t{d['status']}\t{d['attempts']} attempts\t{d['alerts']} alerts\t"
+                  f"{d['last_error']}")  # fmt: skip
+    if not args.json:
+        failed = sum(1 for d in rows if d["status"] == "failed")
+        print(f"{len(rows)} deliveries" + (f", {failed} failed (retry with: deliveries retry)" if failed else ""),
+              file=sys.stderr)  # fmt: skip
+    return 0
+
+
     finally:
         db.close()
     for d in rows:
