@@ -155,6 +155,99 @@ def test_beacon_score_by_hand():
     assert beacon_score(times, [500] * 41)[1]["ts"] < 0.6 < beacon_score(sorted(jittered), [500] * 40)[1]["ts"]
 
 
+def test_regularity_by_hand_and_against_chance():
+    from ntds.detect.hosts.evidence import binomial_tail, chance_in_band, regularity
+
+    # a Poisson process puts 2**-0.5 - 2**-1.5 of its gaps within +-50% of their median (exponential quartiles)
+    assert chance_in_band(1, 0.5) == pytest.approx(2**-0.5 - 2**-1.5)
+    assert binomial_tail(3, 3, 0.5) == pytest.approx(0.125) and binomial_tail(0, 5, 0.3) == 1.0
+    rng = random.Random(3)
+
+    def series(gap, n=30, start=0.0):
+        t, out = start, []
+        for _ in range(n):
+            out.append(int(t))
+            t += gap()
+        return out
+
+    # a timer with +-50% jitter (Empire, Sliver) and Cobalt Strike's "up to 50% shorter": regular in 30 check-ins
+    assert regularity(series(lambda: 60_000 * rng.uniform(0.5, 1.5))).regular()
+    assert regularity(series(lambda: 60_000 * rng.uniform(0.5, 1.0))).regular()
+    # two connections per check-in (a GET, then a POST a moment later): regular at lag 2
+    starts = series(lambda: 4000 * rng.uniform(0.85, 1.15), 35)
+    pairs = sorted(t + d for t in starts for d in (0, rng.randint(50, 1500)))
+    assert regularity(pairs).lag == 2 and regularity(pairs).regular()
+    # independent arrivals of the same rate, and bursty ones, are not; nor a few back-to-back jobs a night
+    misses = [regularity(series(lambda: rng.expovariate(1 / 60_000), 60)).regular() for _ in range(200)]
+    assert sum(misses) == 0
+    assert not regularity(series(lambda: rng.lognormvariate(9, 1.5), 60)).regular()
+    nights = sorted(d * 86_400_000 + k * 6650 for d in range(4) for k in range(6))
+    assert regularity(nights).share > 0.8 and not regularity(nights).regular()
+
+
+def _checkins(src, dst, dport, gaps_ms, proto=6, app="HTTP", fwd=420, dur=300, t0=1_794_787_200_000):
+    t = t0
+    for g in gaps_ms:
+        yield _flow(src=src, dst=dst, sport=40000 + (t // 1000) % 20000, dport=dport, proto=proto, t=t,
+                    end_ms=t + dur, packets_fwd=5, bytes_fwd=fwd, packets_bwd=5, bytes_bwd=900, payload=700,
+                    application=app)  # fmt: skip
+        t += g
+
+
+def _judge(flows) -> list:
+    detectors = [DETECTORS["beacon"](), DETECTORS["brute-force"]()]
+    return [f for flow in flows for d in detectors for f in d.findings(flow)]
+
+
+def test_polling_within_minutes_is_a_beacon_on_tcp_udp_and_quic_and_never_brute_force():
+    rng = random.Random(4)
+    cases = ((6, 80, "HTTP", 0.2, 25), (6, 8443, "TLS", 0.5, 60), (17, 443, "QUIC", 0.3, 30),
+             (17, 9999, "Unknown", 0.5, 60))  # fmt: skip
+    for proto, port, app, jitter, within in cases:  # every 5 s, +-20-50%, for under 7 minutes
+        gaps = [int(5000 * rng.uniform(1 - jitter, 1 + jitter)) for _ in range(80)]
+        found = _judge(_checkins("10.0.0.5", "198.51.100.9", port, gaps, proto=proto, app=app))
+        kinds = {f.kind for f in found}
+        assert kinds == {"beacon"}, (proto, port, kinds)
+        first = next(f for f in found if f.kind == "beacon")
+        assert first.tier >= 3 and first.count <= within, (proto, port, first.count)
+        assert "check-in every" in first.facts[0]["text"] and "s" in first.facts[0]["text"]
+        if proto == 6:
+            assert any(x["what"] == "brute force" for x in first.facts)  # mentions the other story, and why not
+
+
+def test_what_is_regular_by_principle_is_no_beacon():
+    """DNS, NTP and DoH by protocol, the site's own servers (a monitoring station's polls), popular destinations."""
+    gaps = [5000] * 60
+    assert _judge(_checkins("10.0.0.5", "9.9.9.9", 443, gaps, app="DoH_DoT")) == []
+    assert _judge(_checkins("10.0.0.5", "8.8.8.8", 53, gaps, proto=17, app="GOOGLE")) == []  # DNS by its port
+    assert _judge(_checkins("10.0.0.5", "162.159.200.1", 123, gaps, proto=17, app="Unknown")) == []
+    polls = _judge(_checkins("10.0.0.5", "10.0.0.80", 8080, gaps))  # polling a server of the site
+    assert "beacon" not in {f.kind for f in polls}
+    beacon = DETECTORS["beacon"]()
+    everyone = [f for k in range(8) for f in _checkins(f"10.0.1.{k}", "203.0.113.7", 443, gaps[:30], app="TLS",
+                                                        t0=1_794_787_200_000 + k * 300)]  # fmt: skip
+    for f in sorted(everyone, key=lambda f: f.start_ms):  # eight hosts poll one telemetry server: popular
+        assert beacon.findings(f) == []
+
+
+def test_brute_force_needs_evidence_of_authentication():
+    rng = random.Random(5)
+    gaps = [int(rng.uniform(1500, 2500)) for _ in range(150)]
+    # repeated short, similar exchanges with an outside server that logs no one in: not brute force
+    found = _judge(_checkins("10.0.0.5", "198.51.100.9", 8443, gaps, app="TLS"))
+    assert "brute-force" not in {f.kind for f in found}
+    # the same to a server of the site (a login form): brute force
+    assert "brute-force" in {f.kind for f in _judge(_checkins("10.0.0.5", "10.0.0.80", 80, gaps))}
+    # to SSH, by port or by nDPI's name on another port, even from outside and as regular as a metronome
+    for port, app in ((22, "Unknown"), (2222, "SSH")):
+        found = _judge(_checkins("203.0.113.5", "10.0.0.22", port, [10_000] * 40, app=app, dur=2000))
+        assert {f.kind for f in found} == {"brute-force"}, (port, app)
+        assert any("also regular like a beacon" in x["text"] for f in found for x in f.facts)
+    # identical lookups: UDP, or DNS over TCP, are never logins
+    assert _judge(_checkins("10.0.0.5", "10.0.0.53", 53, [100] * 300, proto=17, app="DNS")) == []
+    assert _judge(_checkins("10.0.0.5", "10.0.0.53", 53, [100] * 300, proto=6, app="DNS")) == []
+
+
 def test_registered_domain_uses_the_public_suffix_list():
     assert registered_domain("a.b.example.co.uk") == "example.co.uk"
     assert registered_domain("x.y.github.io") == "y.github.io"  # a private suffix of the list

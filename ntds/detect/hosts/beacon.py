@@ -12,8 +12,8 @@ gap (independent arrivals put 35% there, bursty ones fewer) and the chance of
 that many from independent arrivals (a binomial tail, at lags 1-3 for check-ins
 of two or three connections, and in bands of +-10% and 25% too, for timers
 with little jitter) is at most `chance`. The tier says how sure: chance 1e-6:
-3, 1e-20: 4, 1e-40: 5 (a timer with +-50% jitter gets there in about 20, 45
-and 90 check-ins, a metronome sooner). A check-in period under
+3, 1e-20: 4, 1e-40: 5 (a timer with +-20% jitter gets there in about 20, 40
+and 80 check-ins, one with +-50% in about 45, 60 and 110). A check-in period under
 `min_period_s` is a transfer, not a timer.
 
 **Regular for hours** (RITA's published beacon analysis): over the gaps
