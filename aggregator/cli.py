@@ -690,65 +690,6 @@ def _user(args) -> int:
     return 0
 
 
-
-
-
-def _deliveries(args) -> int:
-    import json
-
-    from aggregator.broadcast.outbox import deliveries, drop, park, retry
-    from aggregator.manager import connect
-
-    if args.action in ("park", "drop") and not args.ids:
-        raise InputError(f"deliveries {args.action} needs the ids of the deliveries (see: deliveries --status pending)")
-    cfg, store = _open_store(args.config)
-    store.close()
-    db = connect(cfg.store)
-    try:
-        if args.action == "retry":
-            n = retry(db, args.ids or None)
-            print(f"{n} deliveries queued again", file=sys.stderr)
-            return 0
-        if args.action in ("park", "drop"):
-            n = (park if args.action == "park" else drop)(db, args.ids)
-            done = "parked as failed (retry sends them again)" if args.action == "park" else "dropped"
-            if n < len(args.ids):
-                state = "pending" if args.action == "park" else "pending or failed"
-                raise InputError(f"{n} of {len(args.ids)} deliveries {done}; the other {len(args.ids) - n} are not "
-                                 f"{state} deliveries")  # fmt: skip
-            print(f"{n} of {len(args.ids)} deliveries {done}", file=sys.stderr)
-            return 0
-        rows = deliveries(db, args.status)
-    finally:
-        db.close()
-    for d in rows:
-        if args.json:
-            print(json.dumps(d))
-        else:
-            print(f"{d['id']}\t{d['receiver']}\t{d['status']}\t{d['attempts']} attempts\t{d['alerts']} alerts\t"
-                  f"{d['last_error']}")  # fmt: skip
-    if not args.json:
-        failed = sum(1 for d in rows if d["status"] == "failed")
-        print(f"{len(rows)} deliveries" + (f", {failed} failed (retry with: deliveries retry)" if failed else ""),
-              file=sys.stderr)  # fmt: skip
-    return 0
-
-
-    finally:
-        db.close()
-    for d in rows:
-        if args.json:
-            print(json.dumps(d))
-        else:
-            print(f"{d['id']}\t{d['receiver']}\t{d['status']}\t{d['attempts']} attempts\t{d['alerts']} alerts\t"
-                  f"{d['last_error']}")  # fmt: skip
-    if not args.json:
-        failed = sum(1 for d in rows if d["status"] == "failed")
-        print(f"{len(rows)} deliveries" + (f", {failed} failed (retry with: deliveries retry)" if failed else ""),
-              file=sys.stderr)  # fmt: skip
-    return 0
-
-
 def _store_problem(e: sqlite3.OperationalError) -> str:
     code = getattr(e, "sqlite_errorcode", 0) & 0xFF
     if code == sqlite3.SQLITE_FULL:
@@ -790,6 +731,32 @@ def _user_command(args, m) -> None:
             print(f"{u['name']}\t{u['role']}" + ("\tpackets" if u["packets"] else ""))
 
 
+def _deliveries(args) -> int:
+    import json
+
+    from aggregator.broadcast.outbox import deliveries, drop, park, retry
+    from aggregator.manager import connect
+
+    if args.action in ("park", "drop") and not args.ids:
+        raise InputError(f"deliveries {args.action} needs the ids of the deliveries (see: deliveries --status pending)")
+    cfg, store = _open_store(args.config)
+    store.close()
+    db = connect(cfg.store)
+    try:
+        if args.action == "retry":
+            n = retry(db, args.ids or None)
+            print(f"{n} deliveries queued again", file=sys.stderr)
+            return 0
+        if args.action in ("park", "drop"):
+            n = (park if args.action == "park" else drop)(db, args.ids)
+            done = "parked as failed (retry sends them again)" if args.action == "park" else "dropped"
+            if n < len(args.ids):
+                state = "pending" if args.action == "park" else "pending or failed"
+                raise InputError(f"{n} of {len(args.ids)} deliveries {done}; the other {len(args.ids) - n} are not "
+                                 f"{state} deliveries")  # fmt: skip
+            print(f"{n} of {len(args.ids)} deliveries {done}", file=sys.stderr)
+            return 0
+        rows = deliveries(db, args.status)
     finally:
         db.close()
     for d in rows:
