@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     le.add_argument("--min-count", type=int, default=100, help="flows an application needs for its own entry")
     le.add_argument("--profile", choices=sorted(PROFILES), default=None,
                     help="feature profile (default: the active baseline's, else unicauca)")  # fmt: skip
+    le.add_argument("--combine-sensors", choices=("median", "pooled"), default="median",
+                    help="median (default): each sensor fitted on its own, the weighted median of the sensors (a "
+                    "minority of sensors cannot steer it); pooled: every sensor's statistics added up (exact, "
+                    "but one sensor can move the tail)")  # fmt: skip
     le.add_argument("--promote", action="store_true", help="promote the candidate if every check passes")
     le.add_argument("--note", default="", help="why: kept with the version if it is promoted")
     le.add_argument("--json", action="store_true", help="what was learned and checked, as one JSON object")
@@ -313,7 +317,8 @@ def _baseline_learn(args) -> int:
         active = baselines.check(current.content, f"active version {current.version}") if current else None
         profile = args.profile or (active.profile if active else "unicauca")
         doc, checks, sp = learn(Archive(cfg.archive), weeks=args.weeks, until=args.until, sensors=args.sensor,
-                                min_count=args.min_count, feature_profile=profile, active=active)  # fmt: skip
+                                min_count=args.min_count, feature_profile=profile, active=active,
+                                fleet=args.combine_sensors)  # fmt: skip
         out = Path(args.output)
         try:
             save(doc, out)

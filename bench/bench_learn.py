@@ -10,13 +10,15 @@ Parquet archive. Then:
 - size: bytes of stats messages per sensor-hour and per (application, port
   class) group-hour, and per scored flow;
 - `learn` time over the archive (10 sensors x 4 weeks learned, the fifth held
-  out), median of --runs runs, against `baseline build` on the same four weeks'
-  flows (the comparison in the same run);
+  out; sensors combined by --fleet, median by default, and every check, the
+  leave-one-sensor-out check's ten extra candidates included), median of --runs
+  runs, against `baseline build` on the same four weeks' flows (the comparison
+  in the same run);
 - calibration on the held-out week's actual flows (not the samples): the share
   of flows at tier k or above over 1 in 10**k, for the learned and the built
   baseline; and the learned baseline's documented checks.
 
-    python bench/bench_learn.py [--sensors 10] [--weeks 5] [--flows-per-hour 400] [--runs 3]
+    python bench/bench_learn.py [--sensors 10] [--weeks 5] [--flows-per-hour 400] [--runs 3] [--fleet median]
 """
 
 from __future__ import annotations
@@ -134,6 +136,7 @@ def main() -> None:
     ap.add_argument("--weeks", type=int, default=5, help="weeks simulated; the last is held out")
     ap.add_argument("--flows-per-hour", type=int, default=400, help="scored flows per sensor-hour at the day's peak")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--fleet", choices=("median", "pooled"), default="median", help="how sensors combine")
     ap.add_argument("--json", type=Path, help="write the results here too")
     args = ap.parse_args()
     rng = np.random.default_rng(2026)
@@ -147,7 +150,8 @@ def main() -> None:
         for _ in range(args.runs):
             t = time.perf_counter()
             doc, checks, _ = learn(sim["archive"], weeks=args.weeks, until=sim["last_day"], sensors=None,
-                                   min_count=100, feature_profile="unicauca", active=None)  # fmt: skip
+                                   min_count=100, feature_profile="unicauca", active=None,
+                                   fleet=args.fleet)  # fmt: skip
             learn_s.append(time.perf_counter() - t)
             t = time.perf_counter()
             built = build(train[0], train[1], classes=train[2], min_count=100)
@@ -156,6 +160,7 @@ def main() -> None:
         "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
         "command": " ".join(sys.argv),
         "sensors": args.sensors,
+        "fleet": args.fleet,
         "weeks_learned": args.weeks - 1,
         "training_flows": len(train[0]),
         "held_out_flows": len(held[0]),

@@ -336,6 +336,7 @@ def group_stats_of(site: LearnSite, first: date, last: date):
         (["--weeks", "0"], "a number of weeks from 1 to 520"),
         (["--until", "2026-02-30"], "a day as YYYY-MM-DD"),
         (["--profile", "nonsense"], "invalid choice"),
+        (["--combine-sensors", "mean"], "invalid choice"),
     ],
 )
 def test_learn_bad_input_is_one_line(tmp_path, args, words):
