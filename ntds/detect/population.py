@@ -25,12 +25,14 @@ So each sensor keeps, per interval and per (application, port class), a
   estimate). A sensor whose baseline is stale or miscalibrated only fills the
   strata unevenly, which makes the estimates noisier, never biased.
 
-The aggregator adds histograms, pools samples (each flow with its own weight),
-fits each entry's scorer from its histograms (`Scorer.fit_histograms`) and
-reads the tier thresholds off the weighted sample
-(aggregator/baseline_learn.py); tests/test_learning.py and
-bench/bench_learn.py measure how close that comes to `baseline build` on the
-flows themselves.
+The aggregator fits each entry's scorer from histograms (`Scorer.fit_histograms`)
+and reads the tier thresholds off weighted samples (aggregator/baseline_learn.py):
+per sensor, combined by weighted median so that a minority of sensors cannot
+steer the result (or, with `--combine-sensors pooled`, from everything added
+up); tests/test_learning.py and bench/bench_learn.py measure how close that
+comes to `baseline build` on the flows themselves, tests/test_learning_poison.py
+what one lying sensor can still do. Everything here is what a sensor *says* it
+saw: merging is exact, but nothing in a statistic proves the flows existed.
 """
 
 from __future__ import annotations
