@@ -49,8 +49,9 @@ system-packages:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEB_PACKAGES) >/dev/null; \
 	else echo "warning: install $(DEB_PACKAGES) (as root) or the tests that need them are skipped" >&2; fi
 
+# Two workers (the machine's cores); the tests of one file share a worker: module fixtures and the demo's folder.
 test: lint fixtures system-packages
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_meter.py
