@@ -13,8 +13,16 @@ queue page takes to serve over a store of 100,000 alerts.
    (grouped by kind, host and application, newest first), the same page with
    a filter (kind and minimum tier) and the JSON API's queue, --runs each. The
    server time is the request's round trip on loopback.
+3. Memory of `serve` delivering one large group. A real `ntds-aggregator
+   serve` stores and delivers one alert (so its store and the group exist) and
+   stops; --group-alerts more alerts of that group are then written straight
+   into the store as stored and routed, due a few seconds after the next start.
+   `serve` is started again, its resident memory read once it idles (VmRSS),
+   and its peak (VmHWM) once a webhook on 127.0.0.1 has every alert; the
+   figure is the peak over the idle memory, median of --memory-runs runs.
 
     python bench/bench_broadcast.py [--alerts 20000] [--hosts 2000] [--queue-alerts 100000] [--runs 7]
+                                    [--group-alerts 100000] [--memory-runs 3] [--only memory]
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import os
 import platform
 import re
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -76,17 +85,23 @@ def fill(store_path: Path, messages: list[wire.Message]) -> None:
 
 
 class Hook:
-    """A webhook on 127.0.0.1 that keeps the bodies it receives (204 to each)."""
+    """A webhook on 127.0.0.1 that keeps the bodies it receives (204 to each); with count_only, only the number
+    of alerts they carried."""
 
-    def __init__(self) -> None:
+    def __init__(self, count_only: bool = False) -> None:
         self.bodies: list[bytes] = []
+        self.alerts = 0
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.0"
 
             def do_POST(self):  # noqa: N802 - http.server's name
-                owner.bodies.append(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if count_only:
+                    owner.alerts += len(json.loads(body)["alerts"])
+                else:
+                    owner.bodies.append(body)
                 self.send_response(204)
                 self.end_headers()
 
@@ -192,37 +207,145 @@ def queue_page(tmp: Path, n: int, runs: int) -> dict:
         ui.wait(20)
 
 
+def status_mb(pid: int) -> dict[str, float]:
+    """VmRSS and VmHWM of a process, in MB."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0]) / 1024
+    return out
+
+
+def group_memory(tmp: Path, n: int) -> dict:
+    """One run of part 3: serve's idle memory, its peak while delivering a group of n alerts, the time it took."""
+    import zmq
+
+    hook = Hook(count_only=True)
+    secret = tmp / "hook.secret"
+    secret.write_text("bench-secret\n")
+    store = tmp / "store.db"
+    port = free_port()
+    receivers = [{"name": "hook", "type": "webhook", "url": hook.url, "secret_file": str(secret),
+                  "rate_per_minute": 10_000_000}]  # fmt: skip
+    routes = [{"receivers": ["hook"], "group_by": ["kind"], "group_wait_s": 0, "group_interval_s": 0}]
+    cfg = tmp / "agg.yaml"
+    cfg.write_text(f"endpoint: tcp://127.0.0.1:{port}\nstore: {store}\narchive: {tmp / 'archive'}\n"
+                   f"receivers: {json.dumps(receivers)}\nroutes: {json.dumps(routes)}\n")  # fmt: skip
+    log = tmp / "serve.log"
+
+    def start() -> subprocess.Popen:
+        before = log.read_text().count("listening on") if log.exists() else 0
+        proc = subprocess.Popen([str(BIN / "ntds-aggregator"), "serve", "--config", str(cfg), "--insecure"],
+                                stderr=log.open("a"))  # fmt: skip
+        until(lambda: log.read_text().count("listening on") > before, 60, "serve", proc)
+        return proc
+
+    def until(condition, seconds: float, what: str, proc: subprocess.Popen) -> None:
+        end = time.monotonic() + seconds
+        while not condition():
+            if proc.poll() is not None:
+                raise SystemExit(f"bench: serve exited ({proc.returncode}) waiting for {what}: "
+                                 f"{log.read_text().strip().splitlines()[-1]}")  # fmt: skip
+            if time.monotonic() > end:
+                raise SystemExit(f"bench: timed out waiting for {what}")
+            time.sleep(0.05)
+
+    proc = start()
+    ctx = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.linger = 0
+    dealer.connect(f"tcp://127.0.0.1:{port}")
+    first = alerts(1, 1)[0]
+    dealer.send(wire.encode(wire.Message("alert", "tap-00", 1, wire.now_iso(), first.body, "0123456789abcdef")))
+    until(lambda: hook.alerts == 1, 60, "the first alert", proc)
+    ctx.destroy(linger=0)
+    proc.terminate()
+    proc.wait(60)
+    bodies = [json.dumps(m.body) for m in alerts(1000, 1000)]  # same kind as the first: one group
+    bodies = [b for b in bodies if json.loads(b)["kind"] == first.body["kind"]]
+    db = sqlite3.connect(store)
+    with db:
+        group = db.execute("SELECT id FROM notify_groups").fetchone()[0]
+        rows = ((f"tap-{k % 4:02d}", k + 1, time.time(), bodies[k % len(bodies)]) for k in range(n))
+        db.executemany("INSERT INTO messages (sensor, spool, seq, type, created, received, data_time, body) "
+                       "VALUES (?, 'bench', ?, 'alert', '2026-12-01T00:00:00.000000Z', ?, 0, ?)", rows)  # fmt: skip
+        db.execute("INSERT INTO notify_pending SELECT ?, id FROM messages WHERE spool = 'bench'", (group,))
+        top = db.execute("SELECT MAX(id) FROM messages").fetchone()[0]
+        for key in ("routed_id", "archived_id"):
+            db.execute("INSERT INTO state VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                       (key, top))  # fmt: skip
+        db.execute("UPDATE notify_groups SET first_pending = ? WHERE id = ?", (time.time() + 15, group))
+    db.close()
+    proc = start()
+    try:
+        time.sleep(8)
+        if hook.alerts != 1:
+            raise SystemExit("bench: the group went out before serve's idle memory was read")
+        idle = status_mb(proc.pid)["VmRSS"]
+        until(lambda: hook.alerts > 1, 60, "the group to start", proc)
+        started = time.perf_counter()
+        until(lambda: hook.alerts == n + 1, 1800, "the whole group", proc)
+        seconds = time.perf_counter() - started
+        peak = status_mb(proc.pid)["VmHWM"]
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        hook.server.shutdown()
+    with sqlite3.connect(store) as db:
+        pages, largest = db.execute("SELECT COUNT(*), MAX(json_array_length(alert_ids)) FROM outbox").fetchone()
+    return {"alerts": n, "idle_mb": idle, "peak_mb": peak, "added_mb": peak - idle, "deliver_s": seconds,
+            "deliveries": pages, "largest_delivery": largest}  # fmt: skip
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--alerts", type=int, default=20_000)
     ap.add_argument("--hosts", type=int, default=2_000)
     ap.add_argument("--queue-alerts", type=int, default=100_000)
     ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--group-alerts", type=int, default=100_000)
+    ap.add_argument("--memory-runs", type=int, default=3)
+    ap.add_argument("--only", choices=("throughput", "queue", "memory"), help="run one part")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     result: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                 "platform": platform.platform()}}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        runs = []
-        for i in range(3):
-            (Path(tmp) / f"t{i}").mkdir()
-            runs.append(throughput(Path(tmp) / f"t{i}", args.alerts, args.hosts))
-        outbox_s = statistics.median(r["outbox_s"] for r in runs)
-        bare_s = statistics.median(r["bare_post_s"] for r in runs)
-        result["throughput"] = {"alerts": args.alerts, "requests": runs[0]["requests"], "runs": runs,
-                                "outbox_alerts_per_s": args.alerts / outbox_s,
-                                "bare_alerts_per_s": args.alerts / bare_s, "ratio": bare_s / outbox_s}  # fmt: skip
-        t = result["throughput"]
-        print(f"broadcast: {args.alerts:,} alerts in {t['requests']:,} webhook requests: outbox "
-              f"{outbox_s:.2f} s ({t['outbox_alerts_per_s']:,.0f} alerts/s), bare urllib POSTs {bare_s:.2f} s "
-              f"({t['bare_alerts_per_s']:,.0f} alerts/s), ratio {t['ratio']:.2f}x (median of 3)")  # fmt: skip
-        q = Path(tmp) / "q"
-        q.mkdir()
-        result["queue"] = queue_page(q, args.queue_alerts, args.runs)
-        for label, v in result["queue"].items():
-            if isinstance(v, dict):
-                print(f"ui over {args.queue_alerts:,} alerts: {label}: median {v['median_ms']:.0f} ms, "
-                      f"max {v['max_ms']:.0f} ms ({v['bytes']:,} bytes; median of {args.runs})")  # fmt: skip
+        if args.only in (None, "memory"):
+            runs = []
+            for i in range(args.memory_runs):
+                (Path(tmp) / f"m{i}").mkdir()
+                runs.append(group_memory(Path(tmp) / f"m{i}", args.group_alerts))
+            added = statistics.median(r["added_mb"] for r in runs)
+            result["group_memory"] = {"alerts": args.group_alerts, "runs": runs, "added_mb": added}
+            r = runs[0]
+            print(f"serve delivering one group of {args.group_alerts:,} alerts to a webhook: +{added:.0f} MB over "
+                  f"{statistics.median(x['idle_mb'] for x in runs):.0f} MB idle (peak RSS; median of {len(runs)}), "
+                  f"{statistics.median(x['deliver_s'] for x in runs):.1f} s, {r['deliveries']:,} deliveries of at "
+                  f"most {r['largest_delivery']} alerts")  # fmt: skip
+        if args.only in (None, "throughput"):
+            runs = []
+            for i in range(3):
+                (Path(tmp) / f"t{i}").mkdir()
+                runs.append(throughput(Path(tmp) / f"t{i}", args.alerts, args.hosts))
+            outbox_s = statistics.median(r["outbox_s"] for r in runs)
+            bare_s = statistics.median(r["bare_post_s"] for r in runs)
+            result["throughput"] = {"alerts": args.alerts, "requests": runs[0]["requests"], "runs": runs,
+                                    "outbox_alerts_per_s": args.alerts / outbox_s,
+                                    "bare_alerts_per_s": args.alerts / bare_s, "ratio": bare_s / outbox_s}  # fmt: skip
+            t = result["throughput"]
+            print(f"broadcast: {args.alerts:,} alerts in {t['requests']:,} webhook requests: outbox "
+                  f"{outbox_s:.2f} s ({t['outbox_alerts_per_s']:,.0f} alerts/s), bare urllib POSTs {bare_s:.2f} s "
+                  f"({t['bare_alerts_per_s']:,.0f} alerts/s), ratio {t['ratio']:.2f}x (median of 3)")  # fmt: skip
+        if args.only in (None, "queue"):
+            q = Path(tmp) / "q"
+            q.mkdir()
+            result["queue"] = queue_page(q, args.queue_alerts, args.runs)
+            for label, v in result["queue"].items():
+                if isinstance(v, dict):
+                    print(f"ui over {args.queue_alerts:,} alerts: {label}: median {v['median_ms']:.0f} ms, "
+                          f"max {v['max_ms']:.0f} ms ({v['bytes']:,} bytes; median of {args.runs})")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     return 0

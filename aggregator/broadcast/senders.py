@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import heapq
 import hmac
 import http.client
 import json
@@ -66,6 +67,43 @@ class DeadlineExceeded(TimeoutError):
     """A delivery that did not finish within its receiver's `timeout_s`."""
 
 
+class _Reaper:
+    """One thread for every deadline of the process: it wakes at the earliest one still open and ends it (no
+    thread started per delivery)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, Deadline]] = []
+        self._count = 0
+        self._thread: threading.Thread | None = None
+
+    def add(self, deadline: Deadline) -> None:
+        with self._cond:
+            self._count += 1
+            heapq.heappush(self._heap, (deadline.end, self._count, deadline))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="broadcast-deadlines", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                while self._heap and self._heap[0][2].done:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                left = self._heap[0][0] - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+                heapq.heappop(self._heap)[2].expire()
+
+
+_REAPER = _Reaper()
+
+
 class Deadline:
     """The total time one delivery may take. Sockets registered with `watch` are shut down when it passes, so a
     read or write blocked on a peer that trickles or never answers returns at once, whatever the socket's own
@@ -75,17 +113,17 @@ class Deadline:
         self.seconds, self.what = seconds, what
         self.end = time.monotonic() + seconds
         self.expired = False
+        self.done = False
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
 
     def __enter__(self) -> Deadline:
-        self._timer.start()
+        _REAPER.add(self)
         return self
 
     def __exit__(self, kind, error, tb) -> None:
-        self._timer.cancel()
+        with self._lock:
+            self.done = True
         if error is None or isinstance(error, DeadlineExceeded):
             return
         if self.expired or isinstance(error, TimeoutError):  # socket timeouts are set to what is left of it
@@ -113,8 +151,10 @@ class Deadline:
         if self.expired:
             raise self.exceeded()
 
-    def _expire(self) -> None:
+    def expire(self) -> None:
         with self._lock:
+            if self.done:
+                return
             self.expired = True
             sockets = list(self._sockets)
         for sock in sockets:
