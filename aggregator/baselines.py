@@ -146,7 +146,8 @@ def promote(
                    (serial, text, signature, cur.lastrowid))  # fmt: skip
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.in_transaction:  # a failed COMMIT (a full disk) has ended it: the first error is the one to tell
+            db.execute("ROLLBACK")
         raise
     return versions(db)[0] | {"version": cur.lastrowid}
 
@@ -177,7 +178,8 @@ def rollback(db: sqlite3.Connection, to: int | None = None, signing_key_file: Pa
                    (serial, text, signature, to))  # fmt: skip
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.in_transaction:  # a failed COMMIT (a full disk) has ended it: the first error is the one to tell
+            db.execute("ROLLBACK")
         raise
     return next(v for v in versions(db) if v["version"] == to)
 

@@ -115,7 +115,8 @@ def _index_audit(db: sqlite3.Connection) -> None:
             db.executemany("INSERT OR IGNORE INTO audit_alerts VALUES (?, ?)", [(i, audit_id) for i in ids])
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.in_transaction:  # a failed COMMIT (a full disk) has ended it: the first error is the one to tell
+            db.execute("ROLLBACK")
         raise
 
 

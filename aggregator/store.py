@@ -173,7 +173,8 @@ class Store:
             self.db.execute("DROP TABLE sensors_v1")
             self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:  # a failed COMMIT (a full disk) has ended it: the first error is the one to tell
+                self.db.execute("ROLLBACK")
             raise
 
     def _index_alerts(self) -> None:
@@ -239,7 +240,8 @@ class Store:
                 )
             self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:  # a failed COMMIT (a full disk) has ended it: the first error is the one to tell
+                self.db.execute("ROLLBACK")
             raise
         self.usage.update(usage)
         return out
