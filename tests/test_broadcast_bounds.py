@@ -25,6 +25,7 @@ import pytest
 from ntds.wire import schema as wire
 from tests.receivers import DeafListener, RawHttp, WebhookServer, redirecting, trickling
 from tests.test_broadcast import BIN, Aggregator, finding
+from tests.test_full_disk import tmpfs
 from tests.test_transport import free_port, wait
 
 SECRET = b"s3cret-for-the-hmac"
@@ -374,16 +375,6 @@ def test_a_stuck_delivery_can_be_parked_or_dropped_while_serve_runs(tmp_path, se
         agg.stop()
         if hook is not None:
             hook.stop()
-
-
-@contextlib.contextmanager
-def tmpfs(path: Path, size: str):
-    path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 def fill(path: Path, leave: int = 0) -> None:

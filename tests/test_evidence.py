@@ -174,13 +174,18 @@ def test_jobs_that_cannot_be_served_end_with_one_line(replayed, tmp_path):
         assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
 
 
-def test_a_job_waits_for_an_offline_sensor_and_survives_an_aggregator_restart(tmp_path):
-    """A job for a sensor that is not connected stays pending (one clear line, exit 3); an aggregator restarted
-    with the job pending sends it when the sensor comes; the packets arrive."""
+def ftp_brute_force(tmp_path: Path) -> tuple[Path, Agent]:
+    """Zeek's FTP brute force, and an agent whose detection runs at its defaults (grouping off)."""
     pcap = SHARED / "zeek__ftp_bruteforce.pcap"
     if not pcap.exists():
         pytest.skip("../shared/pcaps/attacks is not here")
-    agent = Agent(tmp_path, min_alert_tier=3, alert_grouping={}, detectors={}, local_networks=["192.168.0.0/16"])
+    return pcap, Agent(tmp_path, min_alert_tier=3, alert_grouping={}, detectors={}, local_networks=["192.168.0.0/16"])
+
+
+def test_a_job_waits_for_an_offline_sensor_and_survives_an_aggregator_restart(tmp_path):
+    """A job for a sensor that is not connected stays pending (one clear line, exit 3); an aggregator restarted
+    with the job pending sends it when the sensor comes; the packets arrive."""
+    pcap, agent = ftp_brute_force(tmp_path)
     try:
         agent.aggregator()
         p = agent.sensor("replay", str(pcap))
@@ -233,7 +238,7 @@ def test_alert_page_lists_the_flows_and_an_analyst_downloads_the_packets(replaye
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from test_transport import free_port
-    from test_ui import follow
+    from test_ui import _up, follow
 
     from ntds.wire.schema import packets_behind
 
@@ -306,11 +311,6 @@ def test_alert_page_lists_the_flows_and_an_analyst_downloads_the_packets(replaye
         browser.quit()
         ui.terminate()
         ui.wait(20)
-
-
-def _up(base: str) -> bool:
-    import urllib.error
-    import urllib.request
 
     try:
         urllib.request.urlopen(base + "/login", timeout=1)
@@ -533,10 +533,7 @@ def test_a_sensor_killed_in_the_middle_of_a_job_answers_it_after_its_restart(tmp
     and completes, each part stored once; nothing already accepted is lost."""
     from scapy.utils import wrpcap
 
-    pcap = SHARED / "zeek__ftp_bruteforce.pcap"
-    if not pcap.exists():
-        pytest.skip("../shared/pcaps/attacks is not here")
-    agent = Agent(tmp_path, min_alert_tier=3, alert_grouping={}, detectors={}, local_networks=["192.168.0.0/16"])
+    pcap, agent = ftp_brute_force(tmp_path)
     try:
         agent.aggregator()
         p = agent.sensor("replay", str(pcap), "--serve-evidence", "120")
