@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -157,21 +158,19 @@ class Evidence:
         return "", [], "; ".join(looked)
 
     def _extract(self, sources: list[tuple[Path, int | None]], match: Match, cap: int) -> tuple[bytes, int, int]:
-        tmp = self.folder / f".job-{os.getpid()}-{threading.get_ident()}.pcap"
+        """The matching packets as one pcap in memory (at most `cap` bytes: it is sent whole, in parts), with how
+        many it holds and how many matched."""
+        out = io.BytesIO()
+        w = PcapWriter(out)
         total = 0
-        try:
-            with open(tmp, "wb") as f:
-                w = PcapWriter(f)
-                for path, records in sources:
-                    for r in self._records(path, records, match):
-                        if match.wants(r):
-                            total += 1
-                            if w.bytes + 16 + len(r.data) <= cap:
-                                w.add(r)
-                w.finish()
-            return tmp.read_bytes(), w.packets, total
-        finally:
-            tmp.unlink(missing_ok=True)
+        for path, records in sources:
+            for r in self._records(path, records, match):
+                if match.wants(r):
+                    total += 1
+                    if w.bytes + 16 + len(r.data) <= cap:
+                        w.add(r)
+        w.finish()
+        return out.getvalue(), w.packets, total
 
     def _records(self, path: Path, records: int | None, match: Match) -> Iterator[Record]:
         """The records of a file that can match: for a replayed pcap file, only the blocks its index by time says
