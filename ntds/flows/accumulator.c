@@ -95,6 +95,150 @@ static void bulk(const struct ntds_meter *m, struct ntds_direction *d, struct nt
     d->cand_last = t;
 }
 
+/* -- inside payloads: what the host detectors read of DNS and ICMP (struct ntds_payloads) -- */
+
+/* Offset of the transport header in the captured IP bytes, or -1. For IPv4 the IP size is the total length;
+ * for IPv6 NFStream gives the payload length (after the 40-byte header), extension headers included. */
+static int64_t transport_offset(const struct ntds_meter *m, const void *packet) {
+    const struct ntds_layout *L = &m->layout;
+    int64_t len = AT(uint16_t, packet, L->ip_content_len);
+    const uint8_t *c = AT(const uint8_t *, packet, L->ip_content);
+    if (len < 1 || !c) return -1;
+    int64_t off = (int64_t)AT(uint16_t, packet, L->ip_size) - AT(uint16_t, packet, L->transport_size);
+    if ((c[0] >> 4) == 6) off += 40;
+    return off >= 0 && off < len ? off : -1;
+}
+
+static int be16(const uint8_t *c) { return (c[0] << 8) | c[1]; }
+
+#define ENCODED_CHARS 24 /* characters below a name's registered domain that are more than a host name */
+
+static int data_type(int qtype) { /* record types whose answers carry data: how tunnels download */
+    return qtype == 16 || qtype == 10 || qtype == 5 || qtype == 15 || qtype == 255 || qtype >= 65280;
+}
+
+/* The question of a query: its type, and whether its name is new, under the flow's first name's last two
+ * labels (the registered domain of most names), and how many characters it carries below them. */
+static void dns_question(struct ntds_flow *s, const uint8_t *d, int64_t n, int query) {
+    int64_t q = 12, chars = 0;
+    int lens[128], labels = 0;
+    uint64_t hash = 1469598103934665603ULL;
+    while (q < n && labels < 128) {
+        int len = d[q];
+        if (len == 0 || (len & 0xC0) == 0xC0) {
+            q += len ? 2 : 1;
+            break;
+        }
+        if (len & 0xC0 || q + 1 + len > n) return; /* not a name, or not all captured */
+        for (int i = 1; i <= len; i++) hash = (hash ^ (uint8_t)(d[q + i] | 0x20)) * 1099511628211ULL;
+        hash = (hash ^ '.') * 1099511628211ULL;
+        lens[labels++] = len;
+        chars += len;
+        q += 1 + len;
+    }
+    if (q + 2 > n) return;
+    int qtype = be16(d + q);
+    if (!s->p.dns_qtype) s->p.dns_qtype = qtype;
+    if (!query) return;
+    s->p.dns_data_types += data_type(qtype);
+    /* the last two labels: hashed again from their start */
+    uint64_t tail = 1469598103934665603ULL;
+    int64_t at = q - (d[q - 1] == 0 ? 1 : 2), below = chars;
+    if (labels >= 2 && d[q - 1] == 0) {
+        int64_t start = 12;
+        for (int i = 0; i < labels - 2; i++) start += 1 + lens[i];
+        for (int64_t i = start; i < at; i++) tail = (tail ^ (uint8_t)(d[i] | 0x20)) * 1099511628211ULL;
+        below = chars - lens[labels - 1] - lens[labels - 2];
+    }
+    if (!s->dns_tail) s->dns_tail = tail;
+    if (hash == s->dns_last || tail != s->dns_tail) return;
+    s->dns_last = hash;
+    s->p.dns_names += 1;
+    s->p.dns_name_chars += below;
+    if (below >= ENCODED_CHARS) s->p.dns_encoded += 1;
+}
+
+/* One DNS message on UDP port 53: its question, and for a response its code, answers and size. */
+static void dns_message(const struct ntds_meter *m, struct ntds_flow *s, const void *packet) {
+    const struct ntds_layout *L = &m->layout;
+    int64_t off = transport_offset(m, packet);
+    if (off < 0) return;
+    off += 8; /* the UDP header */
+    int64_t n = (int64_t)AT(uint16_t, packet, L->ip_content_len) - off;
+    if (n < 12) return;
+    const uint8_t *d = AT(const uint8_t *, packet, L->ip_content) + off;
+    int response = d[2] >> 7;
+    if (be16(d + 4)) dns_question(s, d, n, !response);
+    if (response) {
+        s->p.dns_rcode = d[3] & 0x0F;
+        s->p.dns_answers += be16(d + 6);
+        int64_t size = AT(uint16_t, packet, L->payload_size);
+        if (size > s->p.dns_reply_max) s->p.dns_reply_max = size;
+    } else {
+        s->p.dns_queries += 1;
+    }
+}
+
+/* Do bytes [from, n) count up by one, or repeat a unit of at most 32 bytes (at least 8 bytes repeated)?
+ * Fewer than 16 bytes are too few to carry anything worth judging. */
+static int fill_from(const uint8_t *p, int64_t from, int64_t n) {
+    int64_t tail = n - from;
+    if (tail < 16) return 1;
+    int64_t i = from + 1;
+    while (i < n && p[i] == (uint8_t)(p[i - 1] + 1)) i++;
+    if (i == n) return 1;
+    for (int64_t unit = 1; unit <= 32 && unit <= tail - 8; unit++) {
+        i = from + unit;
+        while (i < n && p[i] == p[i - unit]) i++;
+        if (i == n) return 1;
+    }
+    return 0;
+}
+
+/* Is an ICMP payload a ping's fill? Ping tools fill with bytes that count up (Linux, BSD, macOS), a repeated
+ * unit (Windows' alphabet, zeros, `ping -p`), after at most a 16-byte binary timestamp. A short text padded
+ * with zeros is a message in a fixed-size buffer: data, however empty the rest. */
+static int ping_fill(const uint8_t *p, int64_t n) {
+    int64_t text = 0;
+    while (text < n && p[text] >= 0x20 && p[text] < 0x7F) text++;
+    if (text >= 2 && text + 8 <= n) {
+        int64_t i = text;
+        while (i < n && !p[i]) i++;
+        if (i == n) return 0;
+    }
+    return fill_from(p, 0, n) || fill_from(p, 8, n) || fill_from(p, 16, n);
+}
+
+/* One ICMP or ICMPv6 packet: echo requests and replies by direction, their sizes, and data carried. */
+static void icmp_message(const struct ntds_meter *m, struct ntds_flow *s, const void *packet, int fwd) {
+    const struct ntds_layout *L = &m->layout;
+    int64_t off = transport_offset(m, packet);
+    if (off < 0) return;
+    const uint8_t *c = AT(const uint8_t *, packet, L->ip_content);
+    int type = c[off], v6 = s->proto == 58;
+    int64_t size = AT(uint16_t, packet, L->payload_size);
+    int64_t n = (int64_t)AT(uint16_t, packet, L->ip_content_len) - off - 8; /* captured after the 8-byte header */
+    if (n > size) n = size;
+    if (n < 0) n = 0;
+    int request = type == (v6 ? 128 : 8), reply = type == (v6 ? 129 : 0);
+    int data;
+    if (request || reply) {
+        int64_t seen = s->echo_dir[0] + s->echo_dir[1] + s->echo_dir[2] + s->echo_dir[3];
+        s->echo_dir[(fwd ? 0 : 2) + reply] += 1;
+        if (!seen || size < s->p.echo_min) s->p.echo_min = size;
+        if (size > s->p.echo_max) s->p.echo_max = size;
+        data = 1;
+    } else if (v6) { /* errors (1-4) quote a packet; 130-161 are neighbour discovery, MLD and the like */
+        data = !(type >= 1 && type <= 4) && !(type >= 130 && type <= 161);
+    } else { /* errors quote a packet; router discovery, redirects and timestamps have fixed contents */
+        data = !(type == 3 || type == 4 || type == 5 || (type >= 9 && type <= 14));
+    }
+    if (data && n && !ping_fill(c + off + 8, n)) {
+        s->p.carried += 1;
+        s->p.carried_bytes += size;
+    }
+}
+
 /* Add one packet to the running statistics; returns its length L. */
 static int64_t add_packet(const struct ntds_meter *m, struct ntds_flow *s, const void *packet, int64_t t, int fwd,
                           int first) {
@@ -170,6 +314,8 @@ static int64_t add_packet(const struct ntds_meter *m, struct ntds_flow *s, const
         }
     }
     if (p->bulk_and_subflows && length) bulk(m, d, fwd ? &s->b : &s->f, t, length);
+    if (s->dns) dns_message(m, s, packet);
+    else if (s->proto == 1 || s->proto == 58) icmp_message(m, s, packet, fwd);
     return length;
 }
 
@@ -186,6 +332,9 @@ void ntds_start(struct ntds_meter *m, struct ntds_flow *s, void *packet, int pro
     s->first_ms = engine_ms(ntds_packet_time(packet, clock)); /* the packet's own time, not the loop's clock */
     s->tcp = protocol == 6;
     s->l4 = s->tcp || protocol == 17;
+    s->proto = (uint8_t)protocol;
+    s->dns = protocol == 17 && (AT(uint16_t, packet, L->src_port) == 53 || AT(uint16_t, packet, L->dst_port) == 53);
+    s->p.dns_rcode = -1;
     s->fwd_code = (int8_t)fwd_code;
     s->iat_min = BIG;
     s->active[3] = s->idle[3] = BIG;

@@ -38,6 +38,19 @@ struct ntds_direction {
     int64_t bulk_n, bulk_pkts, bulk_bytes, bulk_dur;
 };
 
+struct ntds_payloads {
+    /* What the host detectors read inside a few protocols' payloads (ntds/detect/hosts, dns.py and icmp.py):
+     * the DNS question and answers of a flow on port 53, and what its ICMP packets carry. */
+    int32_t dns_qtype, dns_rcode;  /* the first question's type and the last response's code; 0 and -1: none */
+    int64_t dns_queries, dns_answers, dns_reply_max;  /* answer records in responses; the largest response */
+    int64_t dns_names, dns_encoded, dns_name_chars;  /* names asked in turn under the first name's last two
+                                                      * labels; those with 24+ characters below them; their sum */
+    int64_t dns_data_types;  /* questions for record types that carry data: TXT, NULL, CNAME, MX, ANY, private */
+    int64_t echo_requests, echo_replies, unmatched;  /* replies beyond the other side's requests */
+    int64_t carried, carried_bytes;  /* ICMP payloads that are no ping fill (data), and their bytes */
+    int64_t echo_min, echo_max;  /* echo payload sizes, bytes */
+};
+
 struct ntds_flow {
     int64_t first_ms;  /* the first packet's time, ms since the epoch (2038 wrap undone) */
     int64_t last_t, n, iat_min, iat_max;
@@ -51,6 +64,10 @@ struct ntds_flow {
     int8_t fwd_code;  /* NFStream direction that counts as forward; -1: every packet */
     uint8_t tcp, l4, first_fwd, fin_f, fin_b, last_fin_fwd, opens, rst, evicted;
     uint8_t end;  /* 0 open, 1 FIN rule, 2 RST, 3 both FINs and the closing ACK */
+    uint8_t proto, dns;  /* IP protocol; 1 when a UDP port is 53 (DNS) */
+    uint64_t dns_tail, dns_last;  /* hashes of the first name's last two labels and of the last name asked */
+    int64_t echo_dir[4];  /* echo requests forward, replies forward, requests backward, replies backward */
+    struct ntds_payloads p;
 };
 
 void ntds_start(struct ntds_meter *meter, struct ntds_flow *s, void *packet, int protocol, int fwd_code);

@@ -79,13 +79,35 @@ def is_state(value: object) -> bool:
 
 FlowResult = tuple
 """What a finished flow carries back to the sensor on NFStream's `udps` slot: (state bytes or None, end reason,
-opens, error, payload bytes, reset seen). The state (None for a single-packet flow) becomes the 85 columns
-in the sensor's process (`finalize`), so the meter spends its time on packets, not on arithmetic a second
-core can do; payload and reset are what the host-level detectors need of every flow."""
+opens, error, payload bytes, reset seen, inside). The state (None for a single-packet flow) becomes the 85
+columns in the sensor's process (`finalize`), so the meter spends its time on packets, not on arithmetic a
+second core can do; payload, reset and `inside` (the first packet's TCP flags, and what the DNS and ICMP
+payloads showed: `ntds.flows.traffic.inside`) are what the host-level detectors need of every flow."""
+
+FLAG_BITS = (1, 2, 4, 8, 16, 32, 128, 64)
+"""TCP header bits of `struct ntds_flow`'s first_flags (FIN, SYN, RST, PSH, ACK, URG, CWR, ECE)."""
 
 
 def failed(error: Exception, end: str = "", opens: bool = True) -> FlowResult:
-    return (None, end, opens, f"{type(error).__name__}: {error}", 0, False)
+    return (None, end, opens, f"{type(error).__name__}: {error}", 0, False, ())
+
+
+def inside(s: FlowState) -> tuple:
+    """What the C step saw inside the flow's packets, as plain integers (`ntds.flows.traffic.inside` reads it):
+    the first packet's TCP flags (-1 for other protocols), then ("dns", type, code, queries, answers, largest
+    reply, names, encoded names, their characters, data-type questions) or ("icmp", echo requests, replies,
+    unmatched replies, carried payloads, their bytes, smallest and largest echo payload)."""
+    flags = sum(bit for bit, on in zip(FLAG_BITS, s.first_flags) if on) if s.tcp else -1
+    p = s.p
+    if s.dns:
+        return (flags, "dns", p.dns_qtype, p.dns_rcode, p.dns_queries, p.dns_answers, p.dns_reply_max, p.dns_names,
+                p.dns_encoded, p.dns_name_chars, p.dns_data_types)  # fmt: skip
+    if s.proto in (1, 58):
+        e = s.echo_dir
+        unmatched = max(0, e[1] - e[2]) + max(0, e[3] - e[0])
+        return (flags, "icmp", e[0] + e[2], e[1] + e[3], unmatched, p.carried, p.carried_bytes, p.echo_min,
+                p.echo_max)  # fmt: skip
+    return (flags,)
 
 
 class CicFeatures:
@@ -162,7 +184,7 @@ class CicFeatures:
                 if len(memory) > ORIENTATION_MEMORY:
                     del memory[next(iter(memory))]
         state = bytes(_ffi.buffer(s)) if s.n >= 2 else None
-        return (state, end, bool(s.opens), "", s.payload, bool(s.rst))
+        return (state, end, bool(s.opens), "", s.payload, bool(s.rst), inside(s))
 
 
 def _tuple_key(flow) -> int:

@@ -22,7 +22,7 @@ from ntds.flows.engine import CaptureControl, packet_layout
 from ntds.flows.features import CicFeatures, finalize
 from ntds.flows.labels import dataset_label
 from ntds.flows.profiles import FLOW_TIMEOUT_US, UNICAUCA, FeatureProfile, get_profile
-from ntds.flows.traffic import FlowTraffic
+from ntds.flows.traffic import FlowTraffic, inside
 from ntds.times import iso_ms
 
 EXTRA_COLUMNS: tuple[str, ...] = (
@@ -171,14 +171,14 @@ def records(
     """NFStream flows carrying the meter's result -> FlowRecords (the 85 feature columns computed here, in the
     sensor's process, plus the two label columns)."""
     for flow in flows:
-        state, end, opens, error, payload, rst = flow.udps
+        state, end, opens, error, payload, rst, seen = flow.udps
         name, l7 = dataset_label(flow.application_name)
         if state is None:
             if error:
                 where = f"{flow.src_ip}:{flow.src_port} -> {flow.dst_ip}:{flow.dst_port}"
                 on_warning(f"flow {where} skipped: {error}")
             elif single_packet_flows:
-                yield FlowRecord(None, None, _traffic(flow, name, opens, payload, rst))
+                yield FlowRecord(None, None, _traffic(flow, name, opens, payload, rst, seen))
             continue
         yield FlowRecord(
             finalize(state, flow, profile, tz) + (l7, name),
@@ -196,11 +196,12 @@ def records(
                 end,
                 iso_utc(engine_ms(flow.bidirectional_first_seen_ms)),
             ),
-            _traffic(flow, name, opens, payload, rst),
+            _traffic(flow, name, opens, payload, rst, seen),
         )
 
 
-def _traffic(flow, application: str, opens: bool, payload: int, rst: bool) -> FlowTraffic:
+def _traffic(flow, application: str, opens: bool, payload: int, rst: bool, seen: tuple) -> FlowTraffic:
+    flags, dns, icmp = inside(seen)
     return FlowTraffic(
         engine_ms(flow.bidirectional_first_seen_ms),
         flow.src_ip,
@@ -218,6 +219,9 @@ def _traffic(flow, application: str, opens: bool, payload: int, rst: bool) -> Fl
         payload,
         rst,
         flow.requested_server_name or "",
+        flags,
+        dns,
+        icmp,
     )
 
 
