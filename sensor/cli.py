@@ -165,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", type=Path, help="write JSON lines here (default: stdout)")
     s.add_argument("--profile", choices=sorted(PROFILES), help="feature profile (default: unicauca, or the config's)")
     s.add_argument("--summary", action="store_true", help="print tiers, findings and the strongest alerts on stderr")
+    s.add_argument("--intel", type=Path, action="append", metavar="FILE",
+                   help="match every flow against the indicators of FILE (plain list, CSV, Zeek intel, STIX 2.1, "
+                   "MISP JSON); repeatable")  # fmt: skip
+    s.add_argument("--intel-format", default="auto", choices=("auto", "plain", "csv", "zeek", "stix", "misp", "ntds"),
+                   help="the indicator files' format (default: from each file's name and content)")  # fmt: skip
     s.set_defaults(func=cmd_score)
 
     k = sub.add_parser("keygen", help="write this sensor's CURVE key pair (secret file mode 0600)")

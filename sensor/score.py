@@ -9,6 +9,11 @@ local networks); without, the defaults.
 Flow files (the 87 columns) carry no single-packet flows, no server names and
 no IP byte counts, so host-level detectors see less of them than of a capture:
 scans of unanswered probes and DNS names are only visible in captures.
+
+`--intel FILE` (any indicator format, ntds.intel.formats) matches every flow
+against those indicators as a sensor matches the aggregator's pushed set, so a
+capture can be triaged without an aggregator; a bad row is counted and named on
+stderr, the rest is used.
 """
 
 from __future__ import annotations
@@ -124,8 +129,9 @@ def score_command(args) -> int:
             raise InputError(f"{p}: no such file")
     baseline_path, profile, (min_tier, min_flow_tier), detectors, grouping, local = _settings(args)
     baseline = Baseline.load(baseline_path, feature_profile=profile)
+    intel = load_intel(args.intel or [], getattr(args, "intel_format", "auto"))
     detection = Detection(baseline, min_tier=min_tier, min_flow_tier=min_flow_tier, detectors=detectors,
-                          grouping=grouping, local=local)  # fmt: skip
+                          grouping=grouping, local=local, intel=intel)  # fmt: skip
     tiers = [0] * len(TIER_LABELS)
     skipped = [0]
     top: list[tuple[int, float, int, dict]] = []
@@ -165,6 +171,22 @@ def score_command(args) -> int:
     if args.summary:
         print_summary(tiers, detection, written, [a for *_, a in sorted(top, key=lambda x: x[:3], reverse=True)])
     return 0
+
+
+def load_intel(paths: list[Path], fmt: str = "auto"):
+    """The indicator files as one set (None for none), each file's counts and bad rows on stderr."""
+    if not paths:
+        return None
+    from ntds.intel.formats import describe, load
+    from ntds.intel.matching import IntelSet
+
+    indicators = []
+    for p in paths:
+        loaded = load(p, fmt)
+        for line in describe(p, loaded):
+            print(printable(f"ntds-sensor: {line}", 1000), file=sys.stderr)
+        indicators += loaded.indicators
+    return IntelSet(indicators)
 
 
 def print_summary(tiers: list[int], detection: Detection, written: int, top: list[dict]) -> None:

@@ -43,7 +43,7 @@ def frame(**changes) -> bytes:
     [
         (b"\xff\xfe", "not a JSON message"),
         (b"[1, 2]", "not a JSON object"),
-        (frame(v=6), "schema version 6"),
+        (frame(v=7), "schema version 7"),
         (frame(v=True), "schema version True"),
         (frame(type="exploit"), "unknown message type"),
         (frame(seq="1"), "wrong type"),
@@ -220,3 +220,17 @@ def test_version_2_alerts_are_upgraded_to_flow_alerts():
     assert m.body["explanation"][0]["text"] == "payload volume 99 MB, typically 6 kB"
     assert wire.upgrade_body("alert", m.body) == m.body  # idempotent: stored bodies are upgraded again on reading
     assert json.loads(encode(wire.ack("tap-01", "0123456789abcdef", [7]), version=2))["v"] == 2
+
+
+def test_version_5_frames_are_upgraded_to_version_6():
+    """A version 5 sensor (before threat intelligence) is still heard: its hello names no indicator set, its health
+    counts none, its alerts match none; it is acknowledged in version 5."""
+    for kind, missing in (("hello", ("intel_serial",)), ("alert", ("intel",)),
+                          ("health", ("intel_serial", "intel_indicators", "intel_refused"))):  # fmt: skip
+        body = {k: v for k, v in EXAMPLES[kind].items() if k not in missing}
+        frame = json.dumps({"v": 5, "type": kind, "sensor": "tap-01", "spool": "0123456789abcdef", "seq": 1,
+                            "created": "2026-11-23T08:00:00Z", "body": body}).encode()  # fmt: skip
+        m = decode(frame)
+        assert m.version == 5 and {k: m.body[k] for k in missing} == {k: 0 if k != "intel" else [] for k in missing}
+        with pytest.raises(WireError, match="intel"):  # a version 6 sender must send them
+            decode(frame.replace(b'"v": 5', b'"v": 6'))

@@ -127,6 +127,7 @@ def flow_alert(
         "features": features,
         "flows": [flow_entry(t, tier)],
         "flows_total": 1,
+        "intel": [],
     }
 
 
@@ -174,6 +175,7 @@ def host_alert(f: Finding, baseline_id: str, flows: list[dict] | None = None) ->
         "features": {},
         "flows": flows,
         "flows_total": int(min(max(f.count, len(flows)), 2**40)),
+        "intel": [],
     }
 
 

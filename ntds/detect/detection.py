@@ -7,9 +7,12 @@ they finished, to one `Detection`:
    and for TCP carrying payload; see ntds.detect.baseline), in numpy batches;
 2. every flow, single-packet and unanswered ones included, through each
    enabled host-level detector (ntds.detect.hosts);
-3. the alerts of both (flows at or above `min_flow_tier`, host-level findings
-   at or above `min_tier`) through the grouping and the hourly budget
-   (ntds.detect.grouping), on the flows' own clock.
+3. every flow against the indicator set, if one is loaded (ntds.intel: its two
+   ends, server name and fingerprints; every match is an `intel` alert, its
+   tier from the indicator's confidence);
+4. the alerts of all three (flows at or above `min_flow_tier`, host-level
+   findings at or above `min_tier`, every intel match) through the grouping and
+   the hourly budget (ntds.detect.grouping), on the flows' own clock.
 
 A calibrated tier k flags about 1 scored flow in 10**k by construction, so the
 per-flow default is tier 4 (about one alert per 10,000 scored flows before
@@ -22,6 +25,7 @@ a capture gives exactly the alerts a replay of it sent.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +40,8 @@ from ntds.detect.grouping import Grouper, GroupingOptions
 from ntds.detect.hosts import DETECTORS, Detector
 from ntds.flows.files import records_to_columns
 from ntds.flows.traffic import FlowTraffic
+from ntds.intel.alerts import intel_alert
+from ntds.intel.matching import FIELDS, IntelSet
 
 
 @dataclass
@@ -108,8 +114,12 @@ class Detection:
         detectors: dict[str, dict] | None = None,
         grouping: GroupingOptions | None = None,
         local: Callable[[str], bool] | None = None,
+        intel: IntelSet | None = None,
     ) -> None:
         self.baseline = baseline
+        self.intel = intel
+        """The indicator set flows are matched against (None: none); swapped in by a push, between batches."""
+        self.local = local
         self.min_tier = min_tier
         self.min_flow_tier = min_flow_tier
         self.detectors = build_detectors(detectors, local)
@@ -146,6 +156,7 @@ class Detection:
             due.extend([self.clock_ms] * len(alerts))
 
         behind = self.behind
+        intel = self._intel(records)
         for i, r in enumerate(records):
             t = r.traffic
             now = t.end_ms if t.end_ms > t.start_ms else t.start_ms
@@ -162,7 +173,19 @@ class Detection:
             alert = flow_alerts.get(i)
             if alert is not None:
                 sent(grouper.add(alert, self.clock_ms))
+            for m in intel[i] if intel else ():
+                self.stats.findings["intel"] += 1
+                seen = _fields(r)[FIELDS.index(m.field)]
+                alert = intel_alert(t, self.intel.indicator(m.index), m.field, seen, self.baseline.id, tiers[i],
+                                    self.local)  # fmt: skip
+                sent(grouper.add(alert, self.clock_ms))
         return Judged(tiers, out, due, scored)
+
+    def _intel(self, records: Sequence[Any]) -> list | None:
+        """Each flow's indicator matches (None without a set): one vectorised pass over the batch."""
+        if self.intel is None or not len(self.intel):
+            return None
+        return self.intel.match([_fields(r) for r in records], time.time())
 
     def _score(self, records, positions, cols, tiers, flow_alerts) -> Scored:
         """Rarity of the scorable flows: their tiers and flow alerts filled in; the batch as the baseline saw it."""
@@ -208,6 +231,13 @@ class Detection:
     def reload(self, baseline: Baseline, min_tier: int, min_flow_tier: int) -> None:
         """SIGHUP: a new baseline and minimum tiers from the next flow on; detector state is kept."""
         self.baseline, self.min_tier, self.min_flow_tier = baseline, min_tier, min_flow_tier
+
+
+def _fields(r: Any) -> tuple[str, str, str, str, str]:
+    """What indicators are matched on (ntds.intel.matching.FIELDS): the meter's extra columns carry the
+    fingerprints (flows read from flow files and single-packet flows have none)."""
+    t, extra = r.traffic, getattr(r, "extra", None)
+    return (t.src_ip, t.dst_ip, t.server_name, (extra[5] or "") if extra else "", (extra[6] or "") if extra else "")
 
 
 def observed(features: tuple | None, traffic: FlowTraffic) -> _Observed:

@@ -64,6 +64,10 @@ class _Group:
         self.total = 0
 
 
+ADDITIVE = ("flow", "intel")
+"""Kinds whose alerts each stand for one flow, so a group's count is their sum (a detector's count grows)."""
+
+
 def group_key(alert: dict) -> tuple[str, str, str, str]:
     return (alert["kind"], alert["src_ip"], alert["application"], alert["pattern"])
 
@@ -114,11 +118,12 @@ class Grouper:
             g.best = alert
         # flow alerts: flows folded; host-level alerts carry the detector's own count (ports, hosts, attempts),
         # which grows with each finding of a key: the group keeps the largest
-        g.count = g.count + alert["count"] if alert["kind"] == "flow" else max(g.count, alert["count"])
+        # (flow and intel alerts are one flow each: their counts add)
+        g.count = g.count + alert["count"] if alert["kind"] in ADDITIVE else max(g.count, alert["count"])
         # the flows behind the group: every repeat's (a detector's later findings recount the earlier flows)
         flows, total = alert.get("flows", []), alert.get("flows_total", 0)
         g.flows = merge_flows(g.flows, flows)
-        g.total = g.total + total if alert["kind"] == "flow" else max(g.total, total)
+        g.total = g.total + total if alert["kind"] in ADDITIVE else max(g.total, total)
         g.first = min(g.first, alert["first_seen"]) if g.first else alert["first_seen"]
         g.last = max(g.last, alert["last_seen"])
         if g.sent and alert["tier"] > g.sent_tier and g.due_ms > t_ms:
@@ -246,6 +251,7 @@ class Grouper:
             "features": {},
             "flows": [],
             "flows_total": 0,
+            "intel": [],
         }
         self.overflow.clear()
         self.overflow_alerts.clear()

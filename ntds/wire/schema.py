@@ -15,8 +15,8 @@ sequence numbers it has stored.
 
 Older sensors are still accepted: version 1 (no spool id, no health state),
 version 2 (alerts for single flows only), version 3 (no statistics) and
-version 4 (no flows behind alerts, no evidence) frames are upgraded to version
-5 on decoding (`upgrade`): a version 2 alert becomes a
+version 4 (no flows behind alerts, no evidence) and version 5 (no threat intelligence) frames are
+upgraded to version 6 on decoding (`upgrade`): a version 2 alert becomes a
 `flow` alert with a count of 1, first and last seen at the flow's start. Each sensor is acknowledged in
 its own version, so a sensor can be upgraded after the aggregator without
 losing what its spool holds. Bodies stored by an older aggregator are
@@ -45,8 +45,8 @@ from datetime import UTC, datetime
 
 from ntds.times import now_iso, parse_time
 
-VERSION = 5
-ACCEPTED_VERSIONS = (1, 2, 3, 4, 5)
+VERSION = 6
+ACCEPTED_VERSIONS = (1, 2, 3, 4, 5, 6)
 MAX_FRAME = 65536
 """Largest accepted frame in bytes; an alert is about 1 KB, a busy summary about 30 KB."""
 INT_MAX = 2**53 - 1
@@ -150,10 +150,11 @@ INTERVAL_START = F("time", "interval start, ISO-8601 UTC; a flow belongs to the 
 FLOWS_BYTES = {"flows": F("int", "flows of this kind"), "bytes": F("int", "their IP bytes, both directions")}
 
 ENVELOPE: dict[str, F] = {
-    "v": F("int", "schema version (5; version 1 to 4 frames are upgraded on decoding)"),
+    "v": F("int", "schema version (6; version 1 to 5 frames are upgraded on decoding)"),
     "type": F(
         "str",
-        "hello, alert, summary, stats, health, evidence (from sensors); ack, baseline, pcap_job (from the aggregator)",
+        "hello, alert, summary, stats, health, evidence (from sensors); ack, baseline, intel, pcap_job (from the "
+        "aggregator)",
         max_len=16,
     ),
     "sensor": F("str", "the sensor's id; the aggregator only accepts the id bound to the sender's key", max_len=64),
@@ -176,8 +177,14 @@ HELLO = MessageType(
         "software": F("str", "ntds version of the sensor"),
         "baseline_id": F("str", "identifies the baseline the sensor scores with (its build time and method)"),
         "feature_profile": F("str", "unicauca or corrected"),
+        "intel_serial": F("int", "the grant serial of the indicator set it matches with (0: none)", top=INT_MAX),
     },
-    {"software": "0.1.0", "baseline_id": "2026-11-23T02:00:00Z robust", "feature_profile": "unicauca"},
+    {
+        "software": "0.1.0",
+        "baseline_id": "2026-11-23T02:00:00Z robust",
+        "feature_profile": "unicauca",
+        "intel_serial": 0,
+    },  # fmt: skip
     drop_rank=3,
     not_archived="the store keeps each sensor's latest hello (`ntds-aggregator sensors`)",
 )
@@ -203,14 +210,15 @@ def _archive_alert(m: Message) -> Iterable[ArchiveRow]:
     )
 
 
-ALERT_NOT_ARCHIVED = ("first_seen", "last_seen", "explanation", "features", "flows", "flows_total")
+ALERT_NOT_ARCHIVED = ("first_seen", "last_seen", "explanation", "features", "flows", "flows_total", "intel")
 """Alert fields the archive's alerts table does not take as they are (times and JSON columns are made of the first
 four; the flows behind an alert stay in the store, where the alert manager reads them)."""
 
 ALERT_KINDS_MEANING = (
     "flow (one flow rare for the baseline entry that judged it), a host-level detector's kind (port-scan, "
     "host-sweep, brute-force, beacon, long-connection, dns-tunnel, exfiltration, icmp-tunnel), or overflow "
-    "(alerts beyond the sensor's hourly budget, summarised)"
+    "(alerts beyond the sensor's hourly budget, summarised), or intel (a flow matched a known-bad indicator of the "
+    "aggregator's signed set; `intel` says which)"
 )
 
 MAX_FLOWS_BEHIND = 32
@@ -228,6 +236,22 @@ FLOW_BEHIND: dict[str, F] = {
     "bytes": F("int", "IP bytes, both directions"),
     "tier": F("int", "the flow's rarity tier 0..5, or -1 where it was not scored", top=TIERS - 1, low=-1),
     "community_id": F("str", "Community ID v1 of the flow (TCP, UDP, SCTP; empty otherwise)", max_len=64),
+}
+
+INTEL_TYPES = ("ip", "net", "domain", "ja3", "ja3s", "ja4", "hassh", "hassh_server")
+INTEL_MATCH: dict[str, F] = {
+    "type": F("str", "indicator type: " + ", ".join(INTEL_TYPES), choices=INTEL_TYPES),
+    "value": F("str", "the indicator, in its normal form (ntds.intel.indicators)", max_len=256),
+    "source": F("str", "where it came from (a feed, a file, a MISP organisation, a STIX identity)", max_len=256),
+    "confidence": F("int", "the source's confidence 0-100; the alert's tier follows from it", top=100),
+    "added": F("int", "when it was first added, seconds since the epoch (0: unknown)", top=INT_MAX),
+    "expires": F("int", "when it stops matching, seconds since the epoch (0: never)", top=INT_MAX),
+    "matched": F(
+        "str",
+        "what of the flow matched: src_ip, dst_ip, server_name, client_fingerprint, server_fingerprint",
+        max_len=32,
+    ),
+    "found_later": F("int", "1: found by a retro-hunt over what was seen before the indicator was added", top=1),
 }
 
 ALERT = MessageType(
@@ -296,6 +320,12 @@ ALERT = MessageType(
             max_items=MAX_FLOWS_BEHIND,
         ),
         "flows_total": F("int", "how many flows are behind the alert in all (flows lists at most the newest 32)"),
+        "intel": F(
+            "objs",
+            "intel alerts: the indicator the flow matched (empty for other kinds)",
+            INTEL_MATCH,
+            max_items=1,
+        ),
     },
     {
         "kind": "flow",
@@ -346,6 +376,7 @@ ALERT = MessageType(
             }
         ],
         "flows_total": 1,
+        "intel": [],
     },
     drop_rank=4,
     archive=_archive_alert,
@@ -353,24 +384,27 @@ ALERT = MessageType(
 
 
 def upgrade_body(kind: str, body: dict) -> dict:
-    """A body of an older schema version as version 3 (idempotent: a version 3 body is returned as is).
+    """A body of an older schema version as version 6 (idempotent: a version 6 body is returned as is).
 
     Version 2 alerts were single rare flows: first and last seen at the flow's start, a count of 1, the
     explanation's text made from its numbers."""
     if kind == "health" and isinstance(body, dict):
         body = {"flows_evicted": 0, "flows_skipped": 0, "state": "running", "detector_keys_evicted": 0,
                 "baseline_id": "", "baselines_refused": 0, "evidence": dict.fromkeys(EVIDENCE_HEALTH, 0),
-                "frames": dict.fromkeys(FRAMES_HEALTH, 0)} | body  # fmt: skip
+                "frames": dict.fromkeys(FRAMES_HEALTH, 0), "intel_serial": 0, "intel_indicators": 0,
+                "intel_refused": 0} | body  # fmt: skip
         if isinstance(body.get("spool_dropped"), dict):  # version 3 and older spools had no stats to drop
             body["spool_dropped"] = dict.fromkeys(DROP_ORDER, 0) | body["spool_dropped"]
         return body
     if kind == "baseline" and isinstance(body, dict):  # version 4 aggregators signed the bare file: no grant
         return {"grant": ""} | body
+    if kind == "hello" and isinstance(body, dict):  # version 5 and older sensors match no indicators
+        return {"intel_serial": 0} | body
     if kind != "alert" or not isinstance(body, dict):
         return body
     if "time" not in body:
-        # version 3 and 4 alerts name no flows behind them
-        return body if "flows" in body else body | {"flows": [], "flows_total": 0}
+        # version 3 and 4 alerts name no flows behind them, version 5 and older no indicator
+        return {"flows": [], "flows_total": 0, "intel": []} | body
     from ntds.detect.explain import axis_text
 
     b = dict(body)
@@ -395,6 +429,7 @@ def upgrade_body(kind: str, body: dict) -> dict:
         "features": {},
         "flows": [],
         "flows_total": 0,
+        "intel": [],
     } | b
 
 
@@ -688,7 +723,8 @@ def _archive_health(m: Message) -> Iterable[ArchiveRow]:
     yield "health", t, _base(m) | row | {"created": t, "spool_dropped": sum(m.body["spool_dropped"].values())}
 
 
-HEALTH_NOT_ARCHIVED = ("baseline_id", "baselines_refused", "evidence", "frames")
+HEALTH_NOT_ARCHIVED = ("baseline_id", "baselines_refused", "evidence", "frames", "intel_serial", "intel_indicators",
+                       "intel_refused")  # fmt: skip
 """Health fields the store keeps (the sensors page) but the archive's health table does not: its columns are the
 capture and spool counters the report reads."""
 
@@ -736,6 +772,13 @@ HEALTH = MessageType(
         "spool_bytes": F("int", "their size"),
         "evidence": F("obj", "the packet ring and the evidence kept and served since start", EVIDENCE_HEALTH),
         "frames": F("obj", "frames the meters fixed up or skipped before metering, since start", FRAMES_HEALTH),
+        "intel_serial": F(
+            "int", "the grant serial of the indicator set the sensor matches with now (0: none)", top=INT_MAX
+        ),
+        "intel_indicators": F("int", "indicators in that set (those not yet expired when it was loaded)"),
+        "intel_refused": F(
+            "int", "since start: pushed indicator sets refused (bad signature, replayed, corrupt, no baseline_key)"
+        ),
         # "spool_dropped" is derived below from the types' drop ranks
     },
     {
@@ -752,6 +795,9 @@ HEALTH = MessageType(
         "spool_bytes": 0,
         "evidence": dict.fromkeys(EVIDENCE_HEALTH, 0),
         "frames": dict.fromkeys(FRAMES_HEALTH, 0),
+        "intel_serial": 0,
+        "intel_indicators": 0,
+        "intel_refused": 0,
     },
     drop_rank=0,
     archive=_archive_health,
@@ -808,6 +854,48 @@ BASELINE = MessageType(
     },  # fmt: skip
     drop_rank=None,
     not_archived="sent by the aggregator; every promoted version stays in its store (`baseline versions`)",
+)
+
+# -- intel ----------------------------------------------------------------------------------
+
+INTEL_CHUNK = 45_000
+"""Compressed indicator-set bytes per part, as for baselines."""
+INTEL_MAX_PARTS = 4096
+"""At most 184 MB of compressed indicators in one push (bench/bench_intel.py measures a million)."""
+
+INTEL = MessageType(
+    "intel",
+    "the aggregator's indicator set (ntds.intel), pushed to a sensor whose hello or health names another serial; in "
+    "parts (seq is the signed grant's serial). The sensor checks the grant's Ed25519 signature against its "
+    "baseline_key, that it names this file, is for it and has a higher serial than the set it runs; then it "
+    "matches with it from the next flow on and sends a hello naming the serial",
+    {
+        "sha256": F("str", "SHA-256 of the whole set file (hex)", max_len=64),
+        "grant": F(
+            "str",
+            "the signed grant (JSON text): format ntds-intel-grant, serial (grows with every signature), sha256 of "
+            "the file, indicators, to (a sensor id or * for every sensor), signed (time)",
+            max_len=1024,
+        ),
+        "signature": F("str", "the Ed25519 signature of the grant's exact text (hex)", max_len=128),
+        "indicators": F("int", "indicators in the set"),
+        "part": F("int", "this part's number, from 0", top=INTEL_MAX_PARTS - 1),
+        "parts": F("int", "how many parts the zlib-compressed file was cut into", top=INTEL_MAX_PARTS),
+        "data": F("str", "this part of the zlib-compressed file, base64", max_len=4 * INTEL_CHUNK // 3 + 4),
+    },
+    {
+        "sha256": "9f2c" * 16,
+        "grant": '{"format":"ntds-intel-grant","indicators":1,"serial":3,"sha256":"'
+        + "9f2c" * 16
+        + '","signed":"2026-11-23T03:00:00Z","to":"*"}',
+        "signature": "ab" * 64,
+        "indicators": 1,
+        "part": 0,
+        "parts": 1,
+        "data": "eJyrrgUAAXUA+Q==",
+    },  # fmt: skip
+    drop_rank=None,
+    not_archived="sent by the aggregator; its store keeps the indicators and every signed set (`intel list`)",
 )
 
 # -- pcap_job and evidence ----------------------------------------------------------------
@@ -904,7 +992,7 @@ EVIDENCE = MessageType(
 )
 
 MESSAGE_TYPES: dict[str, MessageType] = {
-    t.name: t for t in (HELLO, ALERT, SUMMARY, STATS, HEALTH, EVIDENCE, ACK, BASELINE, PCAP_JOB)
+    t.name: t for t in (HELLO, ALERT, SUMMARY, STATS, HEALTH, EVIDENCE, ACK, BASELINE, INTEL, PCAP_JOB)
 }
 TYPES = tuple(MESSAGE_TYPES)
 SCHEMA: dict[str, dict[str, F]] = {n: t.fields for n, t in MESSAGE_TYPES.items()}
@@ -924,18 +1012,20 @@ HEALTH.example["spool_dropped"] = dict.fromkeys(DROP_ORDER, 0)
 # -- bodies the programs build (alerts: ntds.detect.alerts; summaries: sensor.summaries) ---
 
 
-def hello(baseline_id: str, feature_profile: str) -> dict:
+def hello(baseline_id: str, feature_profile: str, intel_serial: int = 0) -> dict:
     from ntds import __version__
 
-    return {"software": __version__, "baseline_id": baseline_id, "feature_profile": feature_profile}
+    return {"software": __version__, "baseline_id": baseline_id, "feature_profile": feature_profile,
+            "intel_serial": intel_serial}  # fmt: skip
 
 
 def health(
     capture: dict, flows_evicted: int, flows_skipped: int, state: str, spool_messages: int, spool_bytes: int,
     dropped: dict, detector_keys_evicted: int = 0, baseline_id: str = "", baselines_refused: int = 0,
-    evidence: dict | None = None, frames: dict | None = None,
+    evidence: dict | None = None, frames: dict | None = None, intel: tuple[int, int, int] = (0, 0, 0),
 ) -> dict:  # fmt: skip
-    """capture: packets_seen, packets_dropped, flows_active (since start)."""
+    """capture: packets_seen, packets_dropped, flows_active (since start); intel: the set's serial, its indicators,
+    the sets refused."""
     return {
         "packets_seen": capture["packets_seen"],
         "packets_dropped": capture["packets_dropped"],
@@ -950,6 +1040,9 @@ def health(
         "spool_bytes": spool_bytes,
         "evidence": {k: int((evidence or {}).get(k, 0)) for k in EVIDENCE_HEALTH},
         "frames": {k: int((frames or {}).get(k, 0)) for k in FRAMES_HEALTH},
+        "intel_serial": int(intel[0]),
+        "intel_indicators": int(intel[1]),
+        "intel_refused": int(intel[2]),
         "spool_dropped": {k: dropped.get(k, 0) for k in DROP_ORDER},
     }
 
@@ -980,6 +1073,38 @@ def baseline_parts(
                 "sha256": digest,
                 "grant": grant,
                 "signature": signature,
+                "part": i,
+                "parts": len(chunks),
+                "data": base64.b64encode(chunk).decode("ascii"),
+            },
+        )  # fmt: skip
+        for i, chunk in enumerate(chunks)
+    ]
+
+
+def intel_parts(sensor: str, serial: int, content: bytes, indicators: int, grant: str, signature: str) -> list[Message]:
+    """An indicator set file as the parts of one push to `sensor`, with its signed grant and the grant's signature."""
+    import base64
+    import hashlib
+    import zlib
+
+    packed = zlib.compress(content, 6)
+    chunks = [packed[i : i + INTEL_CHUNK] for i in range(0, len(packed), INTEL_CHUNK)] or [b""]
+    if len(chunks) > INTEL_MAX_PARTS:
+        raise ValueError(f"indicator set too large to push ({len(packed):,} bytes compressed)")
+    digest = hashlib.sha256(content).hexdigest()
+    created = now_iso()
+    return [
+        Message(
+            "intel",
+            sensor,
+            serial,
+            created,
+            {
+                "sha256": digest,
+                "grant": grant,
+                "signature": signature,
+                "indicators": indicators,
                 "part": i,
                 "parts": len(chunks),
                 "data": base64.b64encode(chunk).decode("ascii"),

@@ -1,0 +1,1 @@
+"""Threat intelligence: indicators, the formats they come in, and matching them against flows."""
