@@ -23,6 +23,8 @@ SHARED = ROOT.parent / "shared" / "pcaps"
 ATTACKS = SHARED / "attacks"
 BASELINE = ROOT / "config" / "baseline.json"
 STORIES = ("beacon", "brute-force")
+HOST_KINDS = ("port-scan", "host-sweep", "brute-force", "beacon", "dns-tunnel", "icmp-tunnel", "long-connection",
+              "exfiltration")  # fmt: skip
 
 
 def _labels() -> dict[str, tuple[str, str]]:
@@ -104,9 +106,25 @@ def test_a_regular_guesser_is_brute_force_and_says_it_is_regular_too():
     assert any("also regular like a beacon" in t and "SSH authenticates" in t for t in texts), texts
 
 
+OTHERS = [f for f, (kind, _) in sorted(LABELS.items()) if kind not in (*STORIES, "benign")] or [
+    "spiderlabs__pingback_icmp.pcapng"
+]
+
+
+@pytest.mark.parametrize("name", OTHERS)
+def test_each_other_attack_capture_names_its_host_with_its_kind_and_no_other_story(name):
+    """Sweeps, tunnels and the long mining session: the labelled kind for the responsible host, and no other
+    host-level kind naming that host."""
+    path = _capture(name)
+    kind, host = LABELS.get(name, ("icmp-tunnel", "192.168.38.131"))
+    named = {a["kind"] for a in alerts_of(path) if a["kind"] in HOST_KINDS and a["src_ip"] == host}
+    assert named == {kind}, named
+
+
 @pytest.mark.parametrize("name", ["spiderlabs__normal_rdp.pcap"])
 def test_the_benign_control_raises_nothing_of_these_kinds(name):
     assert _told(_capture(name)) == set()
+    assert [a["kind"] for a in alerts_of(_capture(name)) if a["kind"] in HOST_KINDS] == []
 
 
 @pytest.mark.parametrize("name", ["dns_doh.pcap", "dnscrypt-v2-doh.pcap", "googledns_android10.pcap", "doq.pcapng"])

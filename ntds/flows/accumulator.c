@@ -97,15 +97,14 @@ static void bulk(const struct ntds_meter *m, struct ntds_direction *d, struct nt
 
 /* -- inside payloads: what the host detectors read of DNS and ICMP (struct ntds_payloads) -- */
 
-/* Offset of the transport header in the captured IP bytes, or -1. For IPv4 the IP size is the total length;
- * for IPv6 NFStream gives the payload length (after the 40-byte header), extension headers included. */
+/* Offset of the transport header in the captured IP bytes, or -1 (the IP size is the whole packet's, IPv6 too,
+ * as window() reads it). */
 static int64_t transport_offset(const struct ntds_meter *m, const void *packet) {
     const struct ntds_layout *L = &m->layout;
     int64_t len = AT(uint16_t, packet, L->ip_content_len);
     const uint8_t *c = AT(const uint8_t *, packet, L->ip_content);
     if (len < 1 || !c) return -1;
     int64_t off = (int64_t)AT(uint16_t, packet, L->ip_size) - AT(uint16_t, packet, L->transport_size);
-    if ((c[0] >> 4) == 6) off += 40;
     return off >= 0 && off < len ? off : -1;
 }
 

@@ -204,9 +204,22 @@ def prefix(ip: str) -> str:
     return str(ipaddress.ip_network(f"{a}/{bits}", strict=False))
 
 
+SYN, RST, ACK = 2, 4, 16
+
+
+def flag_probe(flow: FlowTraffic) -> bool:
+    """A TCP flow opened by a packet with neither SYN, ACK nor RST: FIN, NULL and XMAS scans (nmap -sF, -sN,
+    -sX) and other odd flag mixes. No TCP stack opens a connection so, and every packet after a SYN carries ACK,
+    so no conversation, whole or split, begins with one."""
+    return flow.protocol == TCP and flow.first_flags >= 0 and not flow.first_flags & (SYN | RST | ACK)
+
+
 def failed_attempt(flow: FlowTraffic) -> bool:
     """An attempt that got nothing: unanswered, refused (reset without data), or a TCP handshake that never
-    carried data (a SYN scan's open ports). Zeek's scan detection counts the same failures."""
+    carried data (a SYN scan's open ports), and every flag probe. Zeek's scan detection counts the same
+    failures."""
+    if flag_probe(flow):
+        return True
     if not flow.opens:
         return False
     if not flow.answered:

@@ -1,16 +1,36 @@
 """DNS tunnelling: data smuggled in query names under one domain, or DNS volume far beyond lookups.
 
-A tunnel (iodine, dnscat2, DNS exfiltration kits) encodes data in the labels
-of names under a domain its operator controls: many unique, long names under
-one registered domain from one client, or one long DNS conversation carrying
-far more packets and bytes than name lookups do. The registered domain comes
-from the public suffix list bundled with the `publicsuffixlist` package (no
-download at run time): names under co.uk count under example.co.uk, not co.uk.
-Reverse lookups (in-addr.arpa, ip6.arpa) and local names are left out.
+A tunnel (iodine, dnscat2, DNS exfiltration kits, DNS C2 channels) encodes
+data in the labels of names under a domain its operator controls, and reads
+its answers from record types that carry data (TXT, NULL, CNAME, MX). Per
+(client, registered domain) over a sliding window, any of these raises an
+alert:
+- **encoded names**: `encoded_names` unique names or more with 24 or more
+  characters below the registered domain (more than a host name holds: data),
+  half as many when most questions ask for data-carrying record types. Names
+  a tunnel asks in turn on one socket count too: the meter counts names that
+  change from query to query inside a flow (ntds/flows/accumulator.c).
+  Lookups of such names by `shared_clients` or more local clients are a
+  service the site uses (antivirus reputation, block lists: prevalence, as
+  RITA and Paxson et al. judge it), not one host's tunnel;
+- **unique names**: `unique_names` unique names under one domain, whatever
+  their length;
+- **volume**: one long DNS conversation carrying far more packets or bytes
+  than name lookups do (iodine's NULL downloads).
+
+The entropy of the encoded part, the record types and the largest answer
+are told in the alert. The registered domain comes from the public suffix
+list bundled with the `publicsuffixlist` package (no download at run time):
+names under co.uk count under example.co.uk, not co.uk. Reverse lookups
+(in-addr.arpa, ip6.arpa) and local names are left out. DNS over HTTPS and TLS
+carry no names a sensor can read; they are DNS all the same, never beacons
+(beacon.py).
 """
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from functools import lru_cache
 
 from ntds.detect.explain import duration, plural, size
@@ -38,14 +58,49 @@ def registered_domain(name: str) -> str:
     return _psl().privatesuffix(name) or ""
 
 
+ENCODED_CHARS = 24
+"""Characters below the registered domain that make a name encoded: more than host names hold (the meter's
+ENCODED_CHARS)."""
+DATA_TYPES = {16: "TXT", 10: "NULL", 5: "CNAME", 15: "MX", 255: "ANY"}
+"""Record types whose answers carry data (and private types, 65280 and up): how tunnels download."""
+
+
+def below(name: str, domain: str) -> str:
+    """The labels of `name` below its registered domain, without dots: where a tunnel puts its data."""
+    return name[: -len(domain)].replace(".", "") if domain and name.endswith(domain) else ""
+
+
+def entropy(text: str) -> float:
+    """Shannon entropy of the characters of `text`, bits per character."""
+    if not text:
+        return 0.0
+    n = len(text)
+    return -sum(c / n * math.log2(c / n) for c in Counter(text).values())
+
+
 class _Domain:
-    __slots__ = ("names", "packets", "bytes", "first_ms", "last_ms", "reported_tier", "name_len")
+    __slots__ = ("names", "packets", "bytes", "first_ms", "last_ms", "reported_tier", "name_len", "more_names",
+                 "more_encoded", "queries", "data_types", "reply_max", "qtypes", "encoded_text")  # fmt: skip
 
     def __init__(self) -> None:
         self.names: dict[str, int] = {}
         self.packets = self.bytes = self.name_len = 0
+        self.more_names = self.more_encoded = self.queries = self.data_types = self.reply_max = 0
         self.first_ms = self.last_ms = 0
         self.reported_tier = 0
+        self.qtypes: Counter = Counter()
+        self.encoded_text = ""
+        """Some encoded text of the names (up to 4 kB), for its entropy."""
+
+    def encoded(self, domain: str) -> int:
+        return self.more_encoded + sum(1 for n in self.names if len(below(n, domain)) >= ENCODED_CHARS)
+
+
+class _Clients:
+    __slots__ = ("clients",)
+
+    def __init__(self) -> None:
+        self.clients: dict[str, int] = {}
 
 
 @register
@@ -56,6 +111,8 @@ class DnsTunnel(Detector):
         "packets": Option(300, "or DNS packets to that domain (a tunnel reuses one conversation)", 2),
         "bytes": Option(250_000, "or DNS bytes (IP bytes, both directions): a download through TXT answers", 1),
         "window_s": Option(600, "sliding window, seconds", 1),
+        "encoded_names": Option(20, "unique encoded names (24+ characters below the domain) that make a tunnel", 2),
+        "shared_clients": Option(3, "local clients asking encoded names under one domain that make it a service", 2),
         "names_kept": Option(4000, "unique names remembered per (client, domain)", 10),
         "sources": Option(50_000, "(client, domain) keys tracked at once", 100),
     }
@@ -64,6 +121,14 @@ class DnsTunnel(Detector):
     def __init__(self, **options) -> None:
         super().__init__(**options)
         self.keys = self.table(self.sources)
+        self.domains = self.table(self.sources)
+        """Registered domain -> the local clients that asked encoded names under it, with their last time."""
+
+    def _clients(self, domain: str, now_ms: int) -> int:
+        """Local clients that asked encoded names under `domain` within the window."""
+        c = self.domains.rows.get(domain)
+        horizon = now_ms - self.window_s * 1000
+        return sum(1 for t in c.clients.values() if t >= horizon) if c else 0
 
     @staticmethod
     def _dns(flow: FlowTraffic) -> bool:
@@ -89,9 +154,28 @@ class DnsTunnel(Detector):
         d.packets += flow.packets_fwd + flow.packets_bwd
         d.bytes += flow.bytes_fwd + flow.bytes_bwd
         name = flow.server_name.lower()
-        if name not in d.names and len(d.names) < self.names_kept:
+        first_new = name not in d.names
+        if first_new and len(d.names) < self.names_kept:
             d.name_len += len(name)
         d.names[name] = flow.start_ms
+        part = below(name, key[1])
+        encoded = len(part) >= ENCODED_CHARS
+        seen = flow.dns
+        if seen is not None:  # the names asked in turn after the first, on the same socket
+            d.more_names += max(seen.names - 1, 0)
+            d.more_encoded += max(seen.encoded - (1 if encoded else 0), 0)
+            d.queries += seen.queries
+            d.data_types += seen.data_types
+            d.reply_max = max(d.reply_max, seen.reply_max)
+            d.qtypes[seen.qtype] += 1
+            encoded = encoded or seen.encoded > 0
+        if encoded:
+            if first_new and len(d.encoded_text) < 4096:
+                d.encoded_text += part
+            c = self.domains.get(key[1], _Clients)
+            c.clients[key[0]] = flow.start_ms
+            if len(c.clients) > 4 * self.shared_clients:
+                c.clients = dict(sorted(c.clients.items(), key=lambda kv: kv[1])[-2 * self.shared_clients :])
         if len(d.names) > self.names_kept:
             horizon = flow.start_ms - window_ms
             d.names = {k: v for k, v in d.names.items() if v >= horizon}
@@ -105,15 +189,42 @@ class DnsTunnel(Detector):
         d = self.keys.rows.get(key)
         if d is None:
             return None
-        ratios = (len(d.names) / self.unique_names, d.packets / self.packets, d.bytes / self.bytes)
+        domain = key[1]
+        encoded = d.encoded(domain)
+        data_share = d.data_types / d.queries if d.queries else 0.0
+        needed = self.encoded_names / 2 if data_share > 0.5 else self.encoded_names
+        clients = self._clients(domain, flow.start_ms)
+        shared = clients >= self.shared_clients
+        unique = len(d.names) + d.more_names
+        ratios = (unique / self.unique_names, d.packets / self.packets, d.bytes / self.bytes,
+                  0.0 if shared else encoded / needed)  # fmt: skip
         strongest = max(ratios)
         tier = tiered(strongest, self.TIERS)
         if tier <= d.reported_tier:
             return None
         d.reported_tier = tier
-        domain = key[1]
         span = (d.last_ms - d.first_ms) / 1000
         avg_name = d.name_len / max(len(d.names), 1)
+        types = ", ".join(f"{DATA_TYPES.get(q, 'private' if q >= 65280 else f'type {q}')} {n}"
+                          for q, n in d.qtypes.most_common(4) if q)  # fmt: skip
+        window = duration(self.window_s * 1e6)
+        facts = [
+            {"what": "encoded names", "value": encoded, "typical": needed, "score": ratios[3],
+             "text": f"{plural(encoded, 'unique name')} with {ENCODED_CHARS}+ characters below {domain} (threshold "
+                     f"{needed:g} in {window}); entropy {entropy(d.encoded_text):.1f} bits a character"
+                     + (f"; asked by {clients} local clients: a service the site uses" if shared else "")},
+            {"what": "unique names", "value": unique, "typical": self.unique_names, "score": ratios[0],
+             "text": f"{unique} unique names under {domain} (threshold {self.unique_names} in {window}), "
+                     f"{avg_name:.0f} characters on average"},
+            {"what": "DNS volume", "value": d.bytes, "typical": self.bytes, "score": max(ratios[1], ratios[2]),
+             "text": f"{d.packets} DNS packets, {size(d.bytes)} (thresholds {self.packets} packets or "
+                     f"{size(self.bytes)})"},
+        ]  # fmt: skip
+        if d.queries:
+            facts.append({"what": "record types", "value": data_share, "typical": 0.5, "score": data_share,
+                          "text": f"{data_share:.0%} of {plural(d.queries, 'question')} for record types that carry "
+                                  f"data ({types or 'none'}); largest answer {size(d.reply_max)}"})  # fmt: skip
+        facts.sort(key=lambda f: -f["score"])
         return Finding(
             kind=self.kind,
             src_ip=flow.src_ip,
@@ -124,29 +235,12 @@ class DnsTunnel(Detector):
             domain=domain,
             first_ms=d.first_ms,
             last_ms=d.last_ms,
-            count=len(d.names),
+            count=unique,
             window_s=self.window_s,
             tier=tier,
             score=strongest,
-            signature=f"DNS tunnel under {domain}: {plural(len(d.names), 'unique name')}, {d.packets} packets, "
-            f"{size(d.bytes)} in {duration(max(span, 1) * 1e6)}",
-            facts=[
-                {
-                    "what": "unique names",
-                    "value": len(d.names),
-                    "typical": self.unique_names,
-                    "score": ratios[0],
-                    "text": f"{len(d.names)} unique names under {domain} (threshold {self.unique_names} in "
-                    f"{duration(self.window_s * 1e6)}), {avg_name:.0f} characters on average",
-                },
-                {
-                    "what": "DNS volume",
-                    "value": d.bytes,
-                    "typical": self.bytes,
-                    "score": max(ratios[1], ratios[2]),
-                    "text": f"{d.packets} DNS packets, {size(d.bytes)} (thresholds {self.packets} packets or "
-                    f"{size(self.bytes)})",
-                },
-            ],
+            signature=f"DNS tunnel under {domain}: {plural(unique, 'unique name')} ({encoded} encoded), "
+            f"{d.packets} packets, {size(d.bytes)} in {duration(max(span, 1) * 1e6)}",
+            facts=facts,
             pattern=domain,
         )

@@ -11,8 +11,11 @@ informational ICMP types carrying data. Per (source, destination) over a
 sliding window, any of these raises an alert:
 - `carried` packets or more whose payload is data, not fill;
 - `carried` echo replies or more beyond the other side's requests;
-- or, as before, `packets` ICMP packets averaging more than `payload` bytes of
-  payload, or `bytes` of ICMP in all.
+- `bytes` of ICMP in all;
+- for flows whose payloads the meter did not see (flows read from flow
+  files), `packets` ICMP packets averaging more than `payload` bytes of
+  payload. Where payloads are seen, large pings of a fill (an MTU test) are
+  no tunnel.
 """
 
 from __future__ import annotations
@@ -27,12 +30,14 @@ PING_SIZES = "32-56 B"
 
 class _Pair:
     __slots__ = ("packets", "bytes", "first_ms", "last_ms", "reported_tier", "carried", "carried_bytes",
-                 "unmatched", "smallest", "largest")  # fmt: skip
+                 "unmatched", "smallest", "largest", "unseen", "unseen_bytes")  # fmt: skip
 
     def __init__(self) -> None:
         self.packets = self.bytes = self.first_ms = self.last_ms = self.reported_tier = 0
         self.carried = self.carried_bytes = self.unmatched = self.largest = 0
         self.smallest = -1
+        self.unseen = self.unseen_bytes = 0
+        """Packets and bytes of flows whose payloads the meter did not see."""
 
 
 @register
@@ -64,7 +69,10 @@ class IcmpTunnel(Detector):
         p.packets += flow.packets_fwd + flow.packets_bwd
         p.bytes += flow.bytes_fwd + flow.bytes_bwd
         seen = flow.icmp
-        if seen is not None:
+        if seen is None:
+            p.unseen += flow.packets_fwd + flow.packets_bwd
+            p.unseen_bytes += flow.bytes_fwd + flow.bytes_bwd
+        else:
             p.carried += seen.carried
             p.carried_bytes += seen.carried_bytes
             p.unmatched += seen.unmatched
@@ -79,10 +87,11 @@ class IcmpTunnel(Detector):
         if p is None:
             return None
         payload = max(0.0, p.bytes / p.packets - HEADERS[flow.protocol]) if p.packets else 0.0
+        unseen = max(0.0, p.unseen_bytes / p.unseen - HEADERS[flow.protocol]) if p.unseen else 0.0
         ratios = {
             "carried data": p.carried / self.carried,
             "unmatched replies": p.unmatched / self.carried,
-            "payload per packet": payload / self.payload if p.packets >= self.packets else 0.0,
+            "payload per packet": unseen / self.payload if p.unseen >= self.packets else 0.0,
             "ICMP volume": p.bytes / self.bytes,
         }
         strength = max(ratios.values())

@@ -6,7 +6,18 @@ carried data), over a sliding window, as in Zeek's scan detection (15 ports or
 concentrate on one /24 (or /64) or be almost all failures over many hosts, so a
 peer-to-peer client's fan-out across the Internet, which partly succeeds and
 spreads over many networks, stays quiet. Multicast and broadcast destinations
-are never targets.
+are never targets. UDP probes count as TCP ones do: an unanswered UDP flow is
+a failed attempt.
+
+Two more flavours:
+- **Flag probes** (FIN, NULL, XMAS and other mixes without SYN, ACK or RST,
+  `base.flag_probe`): no TCP stack opens a conversation so, so `probes`
+  distinct ports (or hosts) probed that way make a scan however few.
+- **Slow scans and small sweeps**: over `slow_window_s` (an hour) the same
+  counts, and for a sweep `few_hosts` hosts of one network, make a scan when
+  nearly all of the source's attempts there failed (`slow_failed`): nmap's
+  -T0/-T1 timings wait minutes between probes, and a sweep of a dozen hosts
+  that all fail is probing, not use.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ from ntds.detect.hosts.base import (
     Finding,
     Option,
     failed_attempt,
+    flag_probe,
     is_group,
     prefix,
     register,
@@ -27,13 +39,18 @@ from ntds.networks import protocol_name
 
 
 def _finding(det: Detector, flow: FlowTraffic, w, n: int, threshold: int, tier: int, what: str, text: str,
-             signature: str, **where) -> Finding:  # fmt: skip
+             signature: str, strength: float, **where) -> Finding:  # fmt: skip
     """A scan finding: `n` failures (ports or hosts) in the window `w` against the detector's `threshold`."""
     return Finding(
         kind=det.kind, src_ip=flow.src_ip, protocol=flow.protocol, first_ms=w.first_ms, last_ms=w.last_ms, count=n,
-        window_s=det.window_s, tier=tier, score=n / threshold, signature=signature,
-        facts=[{"what": what, "value": n, "typical": threshold, "score": n / threshold, "text": text}], **where,
+        window_s=det.window_s, tier=tier, score=strength, signature=signature,
+        facts=[{"what": what, "value": n, "typical": threshold, "score": strength, "text": text}], **where,
     )  # fmt: skip
+
+
+def _flag_text(probes: int, what: str, threshold: int) -> str:
+    return (f"{probes} {what}s probed with TCP flags no stack opens a connection with (FIN, NULL, XMAS: no SYN, ACK "
+            f"or RST; threshold {threshold})")  # fmt: skip
 
 
 def _next_level(threshold: float, levels: tuple[float, float, float], reported_tier: int) -> float:
@@ -46,20 +63,24 @@ def _next_level(threshold: float, levels: tuple[float, float, float], reported_t
 class _Window:
     """Distinct items (ports or hosts) with their last time, pruned to a sliding window."""
 
-    __slots__ = ("seen", "first_ms", "last_ms", "attempts", "failures", "reported_tier")
+    __slots__ = ("seen", "first_ms", "last_ms", "attempts", "failures", "reported_tier", "probed")
 
     def __init__(self) -> None:
         self.seen: dict = {}
+        self.probed: dict = {}
+        """Items tried with a flag probe (a subset of `seen`)."""
         self.first_ms = self.last_ms = 0
         self.attempts = self.failures = 0
         self.reported_tier = 0
 
-    def add(self, item, t_ms: int, window_ms: int, cap: int) -> None:
+    def add(self, item, t_ms: int, window_ms: int, cap: int, probe: bool = False) -> None:
         if self.seen and t_ms - self.last_ms > window_ms:  # quiet for a whole window: a new episode
-            self.seen, self.reported_tier, self.attempts, self.failures = {}, 0, 0, 0
+            self.seen, self.probed, self.reported_tier, self.attempts, self.failures = {}, {}, 0, 0, 0
         if not self.seen:
             self.first_ms = t_ms
         self.seen[item] = t_ms
+        if probe and len(self.probed) < cap:
+            self.probed[item] = t_ms
         self.last_ms = max(self.last_ms, t_ms)
         if len(self.seen) > cap or (len(self.seen) % 64 == 0):
             horizon = self.last_ms - window_ms
@@ -71,6 +92,25 @@ class _Window:
     def count(self, now_ms: int, window_ms: int) -> int:
         horizon = now_ms - window_ms
         return sum(1 for v in self.seen.values() if v >= horizon)
+
+    def failed_share(self) -> float:
+        return self.failures / max(self.attempts, 1)
+
+
+SLOW = {
+    "slow_window_s": Option(3600, "longer window for slow scans, seconds (0: none)", 0),
+    "slow_failed": Option(0.9, "share of the source's attempts there that must have failed, in the longer window", 0),
+}
+PROBES = Option(5, "distinct targets probed with TCP flags no stack opens with (FIN, NULL, XMAS) that make a scan", 1)
+
+
+def _why(n: int, probes: int, threshold: int, probe_threshold: int, slow: bool) -> tuple[float, str]:
+    """The strength of a scan and what made it: failures in the window, flag probes, or the slow count."""
+    by_probes = probes / probe_threshold
+    by_count = n / threshold
+    if by_probes > by_count:
+        return by_probes, "flag probes"
+    return by_count, "slow" if slow else "failures"
 
 
 class _Scan(Detector):
@@ -85,7 +125,9 @@ class PortScan(_Scan):
     kind = "port-scan"
     OPTIONS = {
         "ports": Option(15, "distinct ports of one host with failed attempts that make a scan", 2),
+        "probes": PROBES,
         "window_s": Option(300, "sliding window, seconds", 1),
+        **SLOW,
         "sources": Option(20_000, "(source, target) pairs tracked at once (the least recent are dropped)", 100),
     }
     TIERS = (1, 100 / 15, 1000 / 15)  # x ports: tier 3; about 100: tier 4; about 1,000: tier 5
@@ -95,31 +137,51 @@ class PortScan(_Scan):
         self.pairs = self.table(self.sources)
 
     def learn_one(self, flow: FlowTraffic) -> None:
+        key = (flow.src_ip, flow.dst_ip, flow.protocol)
         if not failed_attempt(flow) or is_group(flow.dst_ip):
+            w = self.pairs.rows.get(key) if flow.opens else None
+            if w is not None:  # an attempt that worked, to a host this source has failed on
+                w.attempts += 1
             return
-        w = self.pairs.get((flow.src_ip, flow.dst_ip, flow.protocol), _Window)
-        w.add(flow.dst_port, flow.start_ms, self.window_s * 1000, max(4 * self.ports, 2000))
+        w = self.pairs.get(key, _Window)
+        keep = max(self.window_s, self.slow_window_s) * 1000
+        w.add(flow.dst_port, flow.start_ms, keep, max(4 * self.ports, 2000), flag_probe(flow))
+        w.attempts += 1
+        w.failures += 1
 
     def score_one(self, flow: FlowTraffic) -> Finding | None:
         if not failed_attempt(flow) or is_group(flow.dst_ip):
             return None
         key = (flow.src_ip, flow.dst_ip, flow.protocol)
         w = self.pairs.rows.get(key)
-        if w is None or len(w.seen) < _next_level(self.ports, self.TIERS, w.reported_tier):
+        probes = len(w.probed) if w is not None else 0
+        if w is None or (len(w.seen) < _next_level(self.ports, self.TIERS, w.reported_tier)
+                         and probes < _next_level(self.probes, self.TIERS, w.reported_tier)):  # fmt: skip
             return None  # the cheap bound: not even counting stale entries could reach the next tier
         n = w.count(flow.start_ms, self.window_s * 1000)
-        tier = tiered(n / self.ports, self.TIERS)
+        slow = False
+        if n < self.ports and self.slow_window_s > self.window_s and w.failed_share() >= self.slow_failed:
+            n, slow = w.count(flow.start_ms, self.slow_window_s * 1000), True
+        strength, why = _why(n, probes, self.ports, self.probes, slow)
+        tier = tiered(strength, self.TIERS)
         if tier <= w.reported_tier:
             return None
         w.reported_tier = tier
         ports = sorted(w.seen)
         proto = protocol_name(flow.protocol)
         span = (w.last_ms - w.first_ms) / 1000
+        window = duration((self.slow_window_s if slow else self.window_s) * 1e6)
         text = (f"{n} distinct {proto} ports failed in {duration(max(span, 1) * 1e6)} (threshold {self.ports} in "
-                f"{duration(self.window_s * 1e6)}); ports {', '.join(map(str, ports[:8]))}"
-                f"{', ...' if len(ports) > 8 else ''}")  # fmt: skip
-        return _finding(self, flow, w, n, self.ports, tier, "ports", text,
-                        f"Port scan of {flow.dst_ip}: {n} {proto} ports tried, none answered with data",
+                f"{window}{f', {w.failed_share():.0%} of attempts failed' if slow else ''}); ports "
+                f"{', '.join(map(str, ports[:8]))}{', ...' if len(ports) > 8 else ''}")  # fmt: skip
+        signature = f"Port scan of {flow.dst_ip}: {n} {proto} ports tried, none answered with data"
+        if why == "flag probes":
+            text = f"{_flag_text(probes, 'port', self.probes)}; {text}"
+            signature = f"Port scan of {flow.dst_ip}: {probes} ports probed with FIN, NULL or XMAS-like flags"
+        elif slow:
+            signature = (f"{'Slow port' if span > self.window_s else 'Port'} scan of {flow.dst_ip}: {n} {proto} ports "
+                         f"tried, {w.failed_share():.0%} failed")  # fmt: skip
+        return _finding(self, flow, w, n, self.ports, tier, "ports", text, signature, strength=strength,
                         dst_ip=flow.dst_ip, pattern=flow.dst_ip)  # fmt: skip
 
 
@@ -130,7 +192,10 @@ class HostSweep(_Scan):
         "hosts": Option(25, "distinct hosts of one network (/24, /64) with failed attempts on one port", 2),
         "wide_hosts": Option(200, "distinct hosts anywhere, when nearly all attempts failed", 2),
         "wide_failed": Option(0.9, "share of failed attempts a wide sweep needs", 0),
+        "few_hosts": Option(10, "distinct hosts of one network, in the longer window, when nearly all failed", 2),
+        "probes": PROBES,
         "window_s": Option(300, "sliding window, seconds", 1),
+        **SLOW,
         "sources": Option(20_000, "(source, port) pairs tracked at once", 100),
     }
     TIERS = (1, 4, 40)  # 25 hosts: tier 3; 100: tier 4; 1,000: tier 5
@@ -140,11 +205,13 @@ class HostSweep(_Scan):
         self.keys = self.table(self.sources)
 
     def learn_one(self, flow: FlowTraffic) -> None:
-        if not flow.opens or is_group(flow.dst_ip):
+        probe = flag_probe(flow)
+        if not (flow.opens or probe) or is_group(flow.dst_ip):
             return
         w = self.keys.get((flow.src_ip, flow.dst_port, flow.protocol), _Window)
         if failed_attempt(flow):
-            w.add(flow.dst_ip, flow.start_ms, self.window_s * 1000, max(4 * self.wide_hosts, 4000))
+            keep = max(self.window_s, self.slow_window_s) * 1000
+            w.add(flow.dst_ip, flow.start_ms, keep, max(4 * self.wide_hosts, 4000), probe)
             w.failures += 1
         w.attempts += 1
 
@@ -152,31 +219,53 @@ class HostSweep(_Scan):
         if not failed_attempt(flow) or is_group(flow.dst_ip):
             return None
         w = self.keys.rows.get((flow.src_ip, flow.dst_port, flow.protocol))
-        if w is None or len(w.seen) < _next_level(self.hosts, self.TIERS, w.reported_tier):
+        if w is None:
             return None
-        horizon = flow.start_ms - self.window_s * 1000
+        probes = len(w.probed)
+        failed_share = w.failed_share()
+        slow_ok = self.slow_window_s > self.window_s and failed_share >= self.slow_failed
+        least = min(self.hosts, self.few_hosts) if slow_ok else self.hosts
+        if len(w.seen) < _next_level(least, self.TIERS, w.reported_tier) and probes < _next_level(
+            self.probes, self.TIERS, w.reported_tier
+        ):
+            return None
+        n, where, slow = self._count(w, flow.start_ms, self.window_s, failed_share)
+        if n < self.hosts and slow_ok:
+            n, where, slow = self._count(w, flow.start_ms, self.slow_window_s, failed_share)
+            n, slow = (n, True) if n >= self.few_hosts else (0, False)
+            threshold = self.few_hosts
+        else:
+            threshold = self.hosts
+            n = n if n >= self.hosts else 0
+        strength, why = _why(n, probes, threshold, self.probes, slow)
+        tier = tiered(strength, self.TIERS)
+        if tier <= w.reported_tier:
+            return None
+        w.reported_tier = tier
+        proto = protocol_name(flow.protocol)
+        span = (w.last_ms - w.first_ms) / 1000
+        window = duration((self.slow_window_s if slow else self.window_s) * 1e6)
+        text = (f"{n} hosts {where} failed on {proto} port {flow.dst_port} in {duration(max(span, 1) * 1e6)} "
+                f"(threshold {threshold} in {window}; {failed_share:.0%} of {w.attempts} attempts failed)")  # fmt: skip
+        signature = f"Host sweep on {proto} port {flow.dst_port}: {n} hosts {where} tried"
+        if why == "flag probes":
+            text = f"{_flag_text(probes, 'host', self.probes)}; {text}"
+            signature = f"Host sweep on {proto} port {flow.dst_port}: {probes} hosts probed by FIN, NULL or XMAS"
+        elif slow:
+            signature = (f"{'Slow host' if span > self.window_s else 'Host'} sweep on {proto} port {flow.dst_port}: "
+                         f"{n} hosts {where} tried, {failed_share:.0%} failed")  # fmt: skip
+        return _finding(self, flow, w, max(n, probes), threshold, tier, "hosts", text, signature, strength=strength,
+                        dst_port=flow.dst_port, pattern=str(flow.dst_port))  # fmt: skip
+
+    def _count(self, w: _Window, now_ms: int, window_s: int, failed_share: float) -> tuple[int, str, bool]:
+        """Hosts that failed within `window_s`: those of the busiest network, or all of them for a wide sweep."""
+        horizon = now_ms - window_s * 1000
         hosts = [h for h, t in w.seen.items() if t >= horizon]
         by_net: dict[str, int] = {}
         for h in hosts:
             net = prefix(h)
             by_net[net] = by_net.get(net, 0) + 1
         net, concentrated = max(by_net.items(), key=lambda kv: kv[1], default=("", 0))
-        failed_share = w.failures / max(w.attempts, 1)
-        wide = len(hosts) >= self.wide_hosts and failed_share >= self.wide_failed
-        if concentrated >= self.hosts:
-            n, where = concentrated, f"in {net}"
-        elif wide:
-            n, where = len(hosts), f"across {len(by_net)} networks"
-        else:
-            return None
-        tier = tiered(n / self.hosts, self.TIERS)
-        if tier <= w.reported_tier:
-            return None
-        w.reported_tier = tier
-        proto = protocol_name(flow.protocol)
-        span = (w.last_ms - w.first_ms) / 1000
-        text = (f"{n} hosts {where} failed on {proto} port {flow.dst_port} in {duration(max(span, 1) * 1e6)} "
-                f"({failed_share:.0%} of {w.attempts} attempts failed)")  # fmt: skip
-        return _finding(self, flow, w, n, self.hosts, tier, "hosts", text,
-                        f"Host sweep on {proto} port {flow.dst_port}: {n} hosts {where} tried",
-                        dst_port=flow.dst_port, pattern=str(flow.dst_port))  # fmt: skip
+        if len(hosts) >= self.wide_hosts and failed_share >= self.wide_failed and concentrated < self.hosts:
+            return len(hosts), f"across {len(by_net)} networks", False
+        return concentrated, f"in {net}", False
