@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     vs.add_argument("--config", required=True, help="aggregator.yaml")
     vs.set_defaults(func=_baseline_versions)
 
+    _intel_parser(sub)
+
     k = sub.add_parser("keygen", help="write the aggregator's CURVE key pair (secret file mode 0600)")
     k.add_argument("--out", required=True, help="folder for NAME.key and NAME.key_secret")
     k.add_argument("--name", default="server", help="key name (default: server)")
@@ -282,6 +284,57 @@ def _baseline_versions(args) -> int:
     finally:
         db.close()
     return 0
+
+
+def _intel_parser(sub) -> None:
+    from ntds.intel.formats import FORMATS
+    from ntds.intel.indicators import TYPES
+
+    it = sub.add_parser("intel", help="threat intelligence: known-bad indicators matched on every sensor")
+    isub = it.add_subparsers(dest="intel_command", required=True)
+    ad = isub.add_parser(
+        "add", help="load indicator files, sign the set, retro-hunt the new ones",
+        description="Read each FILE (plain list, CSV, Zeek intel, STIX 2.1 bundle, MISP JSON export; the format from "
+        "its name and content unless --format), store its indicators (a value already stored from the same source "
+        "takes the new confidence and expiry), sign the set of indicators not yet expired with "
+        "baseline_signing_key (serve pushes it to every sensor), and retro-hunt the new ones over the alerts the "
+        "fleet already sent. A file that cannot be read is one line and a non-zero exit, and nothing is stored; a "
+        "bad row is counted and named, and the rest is stored.",
+    )  # fmt: skip
+    ad.add_argument("files", nargs="+", metavar="FILE")
+    ad.add_argument("--format", default="auto", choices=("auto", *FORMATS))
+    ad.add_argument("--source", help="the source every indicator is credited to (default: the file's own, else its "
+                    "name)")  # fmt: skip
+    ad.add_argument("--confidence", type=int, choices=range(0, 101), metavar="0-100",
+                    help="confidence for every indicator (default: the file's own, else 50)")  # fmt: skip
+    ad.add_argument("--days", type=float, help="expire each indicator this many days from now (default: the file's "
+                    "own expiry, else never)")  # fmt: skip
+    ad.add_argument("--no-hunt", action="store_true", help="do not retro-hunt the new indicators now")
+    ad.add_argument("--config", required=True, help="aggregator.yaml")
+    ls = isub.add_parser("list", help="the stored indicators (not yet expired unless --expired)")
+    ls.add_argument("--type", choices=sorted(TYPES))
+    ls.add_argument("--source")
+    ls.add_argument("--expired", action="store_true", help="expired ones too")
+    ls.add_argument("--limit", type=int, default=0, help="at most this many (0: all)")
+    ls.add_argument("--sets", action="store_true", help="the signed sets instead, newest first")
+    ls.add_argument("--json", action="store_true", help="JSON lines")
+    ls.add_argument("--config", required=True, help="aggregator.yaml")
+    for name, what in (("remove", "delete indicators"), ("expire", "end indicators now (or --at): they stay listed "
+                                                                     "and stop matching")):  # fmt: skip
+        rm = isub.add_parser(name, help=f"{what}; the set is signed anew")
+        rm.add_argument("values", nargs="*", metavar="VALUE", help="indicator values (any type, any source)")
+        rm.add_argument("--source", help="every indicator of this source")
+        rm.add_argument("--type", choices=sorted(TYPES), help="only of this type")
+        if name == "expire":
+            rm.add_argument("--at", metavar="TIME", help="ISO-8601 time (default: now)")
+        rm.add_argument("--config", required=True, help="aggregator.yaml")
+    it.set_defaults(func=_intel)
+
+
+def _intel(args) -> int:
+    from aggregator.intel_cli import run
+
+    return run(args)
 
 
 def _weeks(text: str) -> int:

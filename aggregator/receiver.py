@@ -85,6 +85,8 @@ class Receiver:
         self.store = store
         self.pusher = None
         """The baseline pusher (aggregator.baselines.Pusher), when serve pushes baselines."""
+        self.intel_pusher = None
+        """The indicator-set pusher (aggregator.intel.IntelPusher), the same way."""
         self.rejected: Counter[str] = Counter()
         self.stored = 0
         self.store_errors = 0
@@ -198,9 +200,11 @@ class Receiver:
             self.identities[m.sensor] = identity
         if any(m.type == "evidence" for _, m in batch):
             self._jobs_checked = 0.0
-        if self.pusher is not None:
+        for pusher in (self.pusher, self.intel_pusher):
+            if pusher is None:
+                continue
             for identity, m in batch:
-                for part in self.pusher.offer(m):
+                for part in pusher.offer(m):
                     with contextlib.suppress(zmq.ZMQError):  # a peer gone since is offered it again when back
                         self.socket.send_multipart([identity, encode(part)], flags=zmq.NOBLOCK)
         return len(batch)

@@ -25,6 +25,7 @@ from aggregator.archive import Archiver
 from aggregator.baselines import Pusher
 from aggregator.broadcast.outbox import Broadcaster
 from aggregator.config import AggregatorConfig
+from aggregator.intel import IntelPusher
 from aggregator.quotas import Quotas
 from aggregator.receiver import Receiver, StoreBroken
 from aggregator.store import open_store
@@ -66,6 +67,7 @@ class Server:
             self.store.close()
             raise InputError(f"{cfg.endpoint}: cannot listen: {e}") from None
         self.receiver.pusher = Pusher(cfg.store)
+        self.receiver.intel_pusher = IntelPusher(cfg.store)
         self.receiver.evidence_keep = (cfg.evidence_days * 86400.0, cfg.evidence_mb * 2**20)
         self.archiver = Archiver(cfg)
         self.workers: list[threading.Thread] = [self.archiver]
@@ -149,6 +151,7 @@ class Server:
             self.notify.stopping()
             self.receiver.close()
             self.receiver.pusher.close()
+            self.receiver.intel_pusher.close()
             if self.broadcaster is not None:
                 self.broadcaster.stop()
             self.store.close()

@@ -85,7 +85,7 @@ class Link:
                 except WireError:
                     self.bad_acks += 1
                     continue
-                if msg.type in ("baseline", "pcap_job") and msg.sensor == self.spool.sensor_id:
+                if msg.type in ("baseline", "intel", "pcap_job") and msg.sensor == self.spool.sensor_id:
                     self.downstream.append(msg)  # the pipeline takes these between batches
                     continue
                 if msg.type != "ack" or msg.spool != self.spool.spool_id:

@@ -50,6 +50,8 @@ from sensor.evidence.jobs import Evidence, EvidenceWorker
 from sensor.evidence.ring import prune as prune_ring
 from sensor.flow_records import FlowRecords
 from sensor.geo import GeoIP
+from sensor.intel_updates import IntelUpdates
+from sensor.intel_updates import Refused as IntelRefused
 from sensor.link import Link
 from sensor.populations import PopulationStats
 from sensor.spool import Spool
@@ -128,6 +130,9 @@ class Pipeline:
         # fallback: the configured one is still loaded, so a bad file is an error at start either way.
         configured = Baseline.load(cfg.baseline, feature_profile=cfg.feature_profile)
         self.baseline = self.updates.stored() or configured
+        # The indicator set the aggregator pushed (and signed) last, kept in the spool folder: matched from the start.
+        self.intel_updates = IntelUpdates(cfg.baseline_key, cfg.spool_dir)
+        intel = self.intel_updates.stored()
         self.summariser = self._summariser(cfg)
         self.populations = PopulationStats(cfg.stats_interval_s) if cfg.stats_interval_s else None
         self.detection = Detection(
@@ -137,6 +142,7 @@ class Pipeline:
             detectors=cfg.detectors,
             grouping=cfg.grouping,
             local=lambda ip: self.summariser.classes.is_local(ip),
+            intel=intel,
         )
         self.meter = FlowMeter(
             cfg.feature_profile,
@@ -247,7 +253,7 @@ class Pipeline:
         self._reload_requested = True
 
     def _hello(self) -> dict:
-        return wire.hello(self.baseline.id, self.cfg.feature_profile)
+        return wire.hello(self.baseline.id, self.cfg.feature_profile, self.intel_updates.serial)
 
     def _sources(self) -> list[Callable[[], Iterator[FlowRecord]]]:
         if self.live:
@@ -370,6 +376,9 @@ class Pipeline:
                          m.body["since"], m.body["until"])  # fmt: skip
                 self.evidence_worker.job(m.seq, m.body)
                 continue
+            if m.type == "intel":
+                self._take_intel(m)
+                continue
             try:
                 baseline = self.updates.take(m)
             except Refused as e:
@@ -379,6 +388,22 @@ class Pipeline:
             if baseline is not None:
                 self._swap(baseline, self.cfg)
                 log.info("activated baseline %s (signed grant %d, pushed by the aggregator)", baseline.id, m.seq)
+
+    def _take_intel(self, m: wire.Message) -> None:
+        """A part of a pushed indicator set: a complete, verified one is matched from the next flow on (flows
+        already judged keep the set they were matched with), and a hello names its serial."""
+        try:
+            intel = self.intel_updates.take(m)
+        except IntelRefused as e:
+            log.error("refused the indicator set the aggregator pushed (set %d): %s; still matching set %d", m.seq, e,
+                      self.intel_updates.serial)  # fmt: skip
+            return
+        if intel is not None:
+            self._flush()
+            self.detection.intel = intel
+            self.spool.append([("hello", self._hello())])
+            log.info("matching indicator set %d (%d indicators, %.1f MB), pushed by the aggregator", m.seq, len(intel),
+                     intel.nbytes / 2**20)  # fmt: skip
 
     def _swap(self, baseline: Baseline, cfg: SensorConfig) -> None:
         self._flush()  # flows scored so far keep the baseline they were scored with
@@ -492,6 +517,7 @@ class Pipeline:
             capture, self.control.flows_evicted, self.counters.skipped, state, st.messages, st.bytes, st.dropped,
             self.detection.evicted, self.baseline.id, self.updates.refused, self._evidence_counts(),
             self.control.frame_fixups,
+            (self.intel_updates.serial, len(self.detection.intel or ()), self.intel_updates.refused),
         )  # fmt: skip
 
     def _evidence_counts(self) -> dict:

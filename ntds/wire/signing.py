@@ -1,4 +1,4 @@
-"""Ed25519 signatures on baselines: the aggregator signs what it promotes, sensors check before they score.
+"""Ed25519 signatures on baselines and indicator sets: the aggregator signs what it promotes, sensors check first.
 
 The link is already authenticated (CURVE), but a baseline decides what a sensor
 stays silent about for weeks, so it carries its own proof of origin that
@@ -157,3 +157,49 @@ def verify_grant(text: str, signature: str, key) -> Grant:
     """The grant, if `signature` is `key`'s signature of exactly `text`; BadSignature or ValueError otherwise."""
     verify(text.encode("utf-8"), signature, key)
     return Grant.parse(text)
+
+
+INTEL_GRANT_FORMAT = "ntds-intel-grant"
+
+
+@dataclass(frozen=True)
+class IntelGrant:
+    """What the signing key's holder vouches for in an indicator set: this file, under this serial, for these
+    sensors. Signed with the same key as baselines (one trust anchor per site), but a format of its own, so a
+    baseline's grant can never pass for an indicator set's or the other way round."""
+
+    serial: int
+    """Grows by one with every set signed (`intel add`, `remove`, `expire`): a sensor takes only a higher one, so
+    an old set (indicators since removed) cannot be pushed again."""
+    sha256: str
+    indicators: int
+    to: str = "*"
+    signed: str = ""
+
+    def text(self) -> str:
+        return json.dumps({"format": INTEL_GRANT_FORMAT} | asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def parse(cls, text: str) -> IntelGrant:
+        """A grant from its signed text; ValueError (one line) for anything that is not one."""
+        try:
+            doc = json.loads(text)
+        except (json.JSONDecodeError, RecursionError):
+            raise ValueError("the signed grant is not JSON") from None
+        names = {"format", "serial", "sha256", "indicators", "to", "signed"}
+        if not isinstance(doc, dict) or doc.get("format") != INTEL_GRANT_FORMAT or set(doc) != names:
+            raise ValueError("the signed grant is not an ntds indicator-set grant")
+        ok = (isinstance(doc["serial"], int) and not isinstance(doc["serial"], bool) and 0 < doc["serial"] < 2**53
+              and isinstance(doc["indicators"], int) and not isinstance(doc["indicators"], bool)
+              and 0 <= doc["indicators"] < 2**53 and isinstance(doc["sha256"], str) and _SHA256.fullmatch(doc["sha256"])
+              and all(isinstance(doc[k], str) and len(doc[k]) <= 200 for k in ("to", "signed")))  # fmt: skip
+        if not ok:
+            raise ValueError("the signed grant has a field of the wrong type")
+        doc.pop("format")
+        return cls(**doc)
+
+
+def verify_intel_grant(text: str, signature: str, key) -> IntelGrant:
+    """The grant, if `signature` is `key`'s signature of exactly `text`; BadSignature or ValueError otherwise."""
+    verify(text.encode("utf-8"), signature, key)
+    return IntelGrant.parse(text)
