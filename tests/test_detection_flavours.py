@@ -288,3 +288,61 @@ def test_ipv6_echo_and_dns_are_read_inside_too(tmp_path):
     assert sum(i.carried for i in icmp) == 8
     assert [t.dns.qtype for t in flows if t.dns] == [10]
     assert ("icmp-tunnel", src) in told(path)
+
+
+# -- polls inside one connection ----------------------------------------------------------------------------
+
+
+def session(gaps: list[float], size: int, tcp: bool, client: str = "10.1.2.3", server: str = "198.51.100.7") -> list:
+    """One long connection to port 443 in which the client sends `size` bytes after each gap, and is answered."""
+    out, t = [], 0.0
+    if tcp:
+        out += [at(Ether() / IP(src=client, dst=server) / TCP(sport=50000, dport=443, flags="S"), 0.0),
+                at(Ether() / IP(src=server, dst=client) / TCP(sport=443, dport=50000, flags="SA"), 0.01),
+                at(Ether() / IP(src=client, dst=server) / TCP(sport=50000, dport=443, flags="A"), 0.02)]  # fmt: skip
+    for gap in gaps:
+        t += gap
+        if tcp:
+            ask = IP(src=client, dst=server) / TCP(sport=50000, dport=443, flags="PA") / (b"q" * size)
+            answer = IP(src=server, dst=client) / TCP(sport=443, dport=50000, flags="PA") / (b"a" * 400)
+        else:
+            ask = IP(src=client, dst=server) / UDP(sport=50000, dport=443) / (b"q" * size)
+            answer = IP(src=server, dst=client) / UDP(sport=443, dport=50000) / (b"a" * 400)
+        out += [at(Ether() / ask, t), at(Ether() / answer, t + 0.05)]
+    return out
+
+
+def jittered(n: int, period: float, jitter: float, seed: int) -> list[float]:
+    import random
+
+    rng = random.Random(seed)
+    return [period * (1 + rng.uniform(-jitter, jitter)) for _ in range(n)]
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp-quic", "tcp"])
+def test_polls_inside_one_connection_are_a_beacon(tmp_path, tcp):
+    """40 polls of 300 B every 6 s (+-20%) in one connection of four minutes: two flows after the meter's 120 s
+    split, one check-in series."""
+    path = write(tmp_path / "polls.pcap", session(jittered(40, 6.0, 0.2, 1), 300, tcp))
+    flows = [t for t in meter(path) if t.checkins]
+    asks = [p.time for p in rdpcap(str(path)) if p.haslayer(TCP if tcp else UDP) and p[IP].src == "10.1.2.3"
+            and len(bytes((p[TCP] if tcp else p[UDP]).payload)) == 300]  # fmt: skip
+    checkins = sorted(c for t in flows for c in t.checkins)
+    assert len(flows) == 2 and len(checkins) == 32  # the first 16 of each flow's 20 or so
+    assert all(min(abs(c - float(a) * 1000) for a in asks) < 1.0 for c in checkins)
+    got = [a for a in alerts(path) if a["kind"] == "beacon"]
+    assert [a["src_ip"] for a in got][:1] == ["10.1.2.3"], got
+    assert "check-in every" in got[0]["explanation"][0]["text"]
+
+
+@pytest.mark.parametrize("what", ["keepalives", "irregular"])
+def test_keepalives_and_irregular_requests_in_one_connection_are_no_beacon(tmp_path, what):
+    import random
+
+    if what == "keepalives":  # 40-byte keepalives every 6 s: a session kept open, nothing polled
+        gaps, size = jittered(40, 6.0, 0.0, 2), 40
+    else:  # requests at a person's pace: independent arrivals, 6 s apart on average
+        rng = random.Random(3)
+        gaps, size = [rng.expovariate(1 / 6.0) + 1.1 for _ in range(40)], 300
+    path = write(tmp_path / f"{what}.pcap", session(gaps, size, tcp=False))
+    assert not [a for a in alerts(path) if a["kind"] == "beacon"]

@@ -238,6 +238,19 @@ static void icmp_message(const struct ntds_meter *m, struct ntds_flow *s, const 
     }
 }
 
+#define CHECKIN_GAP_US 1000000 /* quiet before a request that starts a check-in */
+#define CHECKIN_BYTES 128      /* payload of a request: more than any keepalive carries */
+
+/* A poll inside one long connection (an implant checking in over one QUIC or TCP session): a request of the
+ * flow's opener, carrying more than a keepalive, after a quiet second or as its first request. */
+static void checkin(const struct ntds_meter *m, struct ntds_flow *s, const void *packet, int64_t t, int64_t gap) {
+    const struct ntds_layout *L = &m->layout;
+    if (AT(uint8_t, packet, L->direction) != 0 || AT(uint16_t, packet, L->payload_size) < CHECKIN_BYTES) return;
+    if (s->checkins && gap < CHECKIN_GAP_US) return;
+    if (s->checkins < 16) s->checkin_ms[s->checkins] = (int32_t)(t / 1000);
+    s->checkins += 1;
+}
+
 /* Add one packet to the running statistics; returns its length L. */
 static int64_t add_packet(const struct ntds_meter *m, struct ntds_flow *s, const void *packet, int64_t t, int fwd,
                           int first) {
@@ -257,6 +270,7 @@ static int64_t add_packet(const struct ntds_meter *m, struct ntds_flow *s, const
         header = length = 0;
     }
     struct ntds_direction *d = fwd ? &s->f : &s->b;
+    if (s->l4) checkin(m, s, packet, t, first ? 0 : t - s->last_t);
     if (!first) {
         int64_t gap = t - s->last_t;
         add_square(&s->iat_sq_lo, &s->iat_sq_hi, gap);

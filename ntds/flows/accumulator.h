@@ -66,6 +66,8 @@ struct ntds_flow {
     uint8_t end;  /* 0 open, 1 FIN rule, 2 RST, 3 both FINs and the closing ACK */
     uint8_t proto, dns;  /* IP protocol; 1 when a UDP port is 53 (DNS) */
     uint64_t dns_tail, dns_last;  /* hashes of the first name's last two labels and of the last name asked */
+    int64_t checkins;  /* requests of the flow's opener that start a burst after a quiet second (polls) */
+    int32_t checkin_ms[16];  /* the first 16 of them, ms after the flow's first packet */
     int64_t echo_dir[4];  /* echo requests forward, replies forward, requests backward, replies backward */
     struct ntds_payloads p;
 };

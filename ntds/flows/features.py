@@ -94,10 +94,13 @@ def failed(error: Exception, end: str = "", opens: bool = True) -> FlowResult:
 
 def inside(s: FlowState) -> tuple:
     """What the C step saw inside the flow's packets, as plain integers (`ntds.flows.traffic.inside` reads it):
-    the first packet's TCP flags (-1 for other protocols), then ("dns", type, code, queries, answers, largest
+    the first packet's TCP flags (-1 for other protocols; with the times of the check-ins inside the flow
+    beside them when there were two or more: (flags, times)), then ("dns", type, code, queries, answers, largest
     reply, names, encoded names, their characters, data-type questions) or ("icmp", echo requests, replies,
     unmatched replies, carried payloads, their bytes, smallest and largest echo payload)."""
     flags = sum(bit for bit, on in zip(FLAG_BITS, s.first_flags) if on) if s.tcp else -1
+    if s.checkins >= 2:  # polls inside the flow: their times, for the beacon detector
+        flags = (flags, tuple(s.first_ms + s.checkin_ms[i] for i in range(min(s.checkins, 16))))
     p = s.p
     if s.dns:
         return (flags, "dns", p.dns_qtype, p.dns_rcode, p.dns_queries, p.dns_answers, p.dns_reply_max, p.dns_names,

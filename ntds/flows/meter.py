@@ -201,7 +201,7 @@ def records(
 
 
 def _traffic(flow, application: str, opens: bool, payload: int, rst: bool, seen: tuple) -> FlowTraffic:
-    flags, dns, icmp = inside(seen)
+    flags, checkins, dns, icmp = inside(seen)
     return FlowTraffic(
         engine_ms(flow.bidirectional_first_seen_ms),
         flow.src_ip,
@@ -222,6 +222,7 @@ def _traffic(flow, application: str, opens: bool, payload: int, rst: bool, seen:
         flags,
         dns,
         icmp,
+        checkins,
     )
 
 

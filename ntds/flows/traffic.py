@@ -46,13 +46,17 @@ class IcmpSeen:
     payload_max: int
 
 
-def inside(seen: tuple) -> tuple[int, DnsSeen | None, IcmpSeen | None]:
-    """The meter's `inside` integers (ntds.flows.features.inside) as (first_flags, dns, icmp)."""
+def inside(seen: tuple) -> tuple[int, tuple[int, ...], DnsSeen | None, IcmpSeen | None]:
+    """The meter's `inside` values (ntds.flows.features.inside) as (first_flags, checkins, dns, icmp)."""
+    flags = seen[0] if seen else -1
+    checkins: tuple[int, ...] = ()
+    if isinstance(flags, tuple):
+        flags, checkins = flags
     if len(seen) < 2:
-        return (seen[0] if seen else -1), None, None
+        return flags, checkins, None, None
     if seen[1] == "dns":
-        return seen[0], DnsSeen(*seen[2:11]), None
-    return seen[0], None, IcmpSeen(*seen[2:9])
+        return flags, checkins, DnsSeen(*seen[2:11]), None
+    return flags, checkins, None, IcmpSeen(*seen[2:9])
 
 
 @dataclass(slots=True, frozen=True)
@@ -89,6 +93,9 @@ class FlowTraffic:
     """What the flow's DNS messages said (UDP port 53, as the meter parsed them)."""
     icmp: IcmpSeen | None = None
     """What the flow's ICMP packets carried."""
+    checkins: tuple[int, ...] = ()
+    """Times (ms) of the polls inside the flow, when it held two or more: requests of its opener carrying more
+    than a keepalive (128 B or more) after a quiet second (the first 16; ntds/flows/accumulator.c)."""
 
     @property
     def answered(self) -> bool:

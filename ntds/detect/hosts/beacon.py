@@ -2,7 +2,10 @@
 
 Two judgements of one series per (client, destination, port, protocol): the
 connections the client opened (TCP, UDP and QUIC alike), their start times and
-the bytes the client sent.
+the bytes the client sent. An implant that keeps one connection open and polls
+inside it (Merlin over QUIC, Sliver over mTLS) is seen by the meter: each
+request of the client carrying more than a keepalive (128 B or more) after a
+quiet second is a check-in of the series (`FlowTraffic.checkins`).
 
 **Polling, within minutes** (ntds.detect.hosts.evidence, `regularity`): an
 implant sleeps for its period, with the random jitter C2 frameworks add (0-50%
@@ -158,7 +161,7 @@ class Beacon(Detector):
 
     def _counted(self, flow: FlowTraffic) -> bool:
         return (
-            flow.opens
+            (flow.opens or bool(flow.checkins))
             and flow.dst_port not in self._ignore_ports
             and flow.application.upper() not in self._ignore
             and not is_group(flow.dst_ip)
@@ -171,10 +174,17 @@ class Beacon(Detector):
         if len(callers) <= self.max_clients:
             callers.add(flow.src_ip)
         s = self.series.get((flow.src_ip, flow.dst_ip, flow.dst_port, flow.protocol), _Series)
-        s.times.append(flow.start_ms)
-        s.sizes.append(flow.bytes_fwd)
-        s.brief.append(flow.answered and flow.payload > 0 and flow.end_ms - flow.start_ms <= SHORT_S * 1000)
-        s.seen += 1
+        if flow.checkins:  # polls inside one long connection: each is a check-in (their sizes: the flow's share)
+            share = flow.bytes_fwd // len(flow.checkins)
+            s.times += flow.checkins
+            s.sizes += [share] * len(flow.checkins)
+            s.brief += [False] * len(flow.checkins)
+            s.seen += len(flow.checkins)
+        else:
+            s.times.append(flow.start_ms)
+            s.sizes.append(flow.bytes_fwd)
+            s.brief.append(flow.answered and flow.payload > 0 and flow.end_ms - flow.start_ms <= SHORT_S * 1000)
+            s.seen += 1
         if len(s.times) > self.keep:
             del s.times[: -self.keep]
             del s.sizes[: -self.keep]
