@@ -1,7 +1,7 @@
 """The detection week: campus traffic with planted attacks, written byte by byte (fast enough for a week of it).
 
 Bigger and busier than the demo's scapy-made week (pcaps/campus.py): a hundred
-hosts and ten attack scenarios, for the host-level detectors' tests and
+hosts and sixteen attack scenarios, for the host-level detectors' tests and
 bench/bench_detection.py.
 
 `Capture` writes real frames (Ethernet, IPv4, TCP with a handshake and a
@@ -31,7 +31,7 @@ from pathlib import Path
 from pcaps.generate import _client_hello, _server_hello
 
 ETHER = bytes.fromhex("0200000000020200000000010800")
-FIN, SYN, RST, PSH, ACK = 1, 2, 4, 8, 16
+FIN, SYN, RST, PSH, ACK, URG = 1, 2, 4, 8, 16, 32
 STORED = 128
 """Bytes kept of packets over 600 bytes (like a sensor's snap length)."""
 MSS = 1448
@@ -51,9 +51,9 @@ def _ipv4(src: str, dst: str, proto: int, payload_len: int) -> bytes:
     return header[:10] + struct.pack("!H", ~total & 0xFFFF) + header[12:]
 
 
-def dns_message(name: str, ident: int, answer: bool) -> bytes:
+def dns_message(name: str, ident: int, answer: bool, qtype: int = 1) -> bytes:
     qname = b"".join(bytes([len(label)]) + label.encode() for label in name.split(".")) + b"\x00"
-    question = qname + struct.pack("!HH", 1, 1)
+    question = qname + struct.pack("!HH", qtype, 1)
     if not answer:
         return struct.pack("!HHHHHH", ident, 0x0100, 1, 0, 0, 0) + question
     rr = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 300, 4) + bytes((93, 184, 216, ident % 250 + 1))
@@ -153,16 +153,18 @@ class Capture:
         size = data if isinstance(data, int) else len(data)
         self._add(t, src, dst, 17, struct.pack("!HHHH", sp, dp, 8 + size, 0), data)
 
-    def dns(self, t: float, c: str, resolver: str, name: str, *, answer: bool = True, cp: int | None = None) -> None:
+    def dns(self, t: float, c: str, resolver: str, name: str, *, answer: bool = True, cp: int | None = None,
+            qtype: int = 1) -> None:  # fmt: skip
         cp = cp or self.port(c)
         ident = self.rng.randrange(65536)
-        self.udp(t, c, cp, resolver, 53, dns_message(name, ident, False))
+        self.udp(t, c, cp, resolver, 53, dns_message(name, ident, False, qtype))
         if answer:
-            self.udp(t + 0.004, resolver, 53, c, cp, dns_message(name, ident, True))
+            self.udp(t + 0.004, resolver, 53, c, cp, dns_message(name, ident, True, qtype))
 
     def icmp_echo(self, t: float, c: str, s: str, payload: int, seq: int, *, reply: bool = True,
-                  ident: int = 1) -> None:  # fmt: skip
-        data = bytes(payload)
+                  ident: int = 1, data: bytes | None = None) -> None:  # fmt: skip
+        """An echo request (and its reply) of `payload` zero bytes, a ping's fill, or of `data`."""
+        data = bytes(payload) if data is None else data
         self._add(t, c, s, 1, struct.pack("!BBHHH", 8, 0, 0, ident, seq), data)
         if reply:
             self._add(t + 0.002, s, c, 1, struct.pack("!BBHHH", 0, 0, 0, ident, seq), data)
@@ -404,9 +406,10 @@ def slow_exfiltration(cap: Capture, t: float, host: str = "10.20.1.35", drop: st
 
 
 def icmp_tunnel(cap: Capture, t: float, host: str = "10.20.1.36", peer: str = "45.32.1.2") -> None:
-    """2,000 echo requests carrying 600 bytes each over half an hour, answered in kind."""
+    """2,000 echo requests carrying 600 bytes of tunnelled data each over half an hour, answered in kind."""
+    rng = cap.rng
     for k in range(2000):
-        cap.icmp_echo(t + k * 0.9, host, peer, 600, k, ident=0x4242)
+        cap.icmp_echo(t + k * 0.9, host, peer, 600, k, ident=0x4242, data=rng.randbytes(600))
 
 
 def long_c2(cap: Capture, t: float, host: str = "10.20.1.37", c2: str = "91.219.236.10") -> None:
@@ -423,6 +426,57 @@ def long_c2(cap: Capture, t: float, host: str = "10.20.1.37", c2: str = "91.219.
     cap.tcp(now + 0.05, c2, 8443, host, cp, FIN | ACK)
 
 
+def xmas_scan(cap: Capture, t: float, host: str = "10.20.1.38", target: str = FILES) -> None:
+    """nmap -sX of ten ports: FIN, PSH and URG probes; closed ports answer with a reset."""
+    for k, port in enumerate((21, 22, 23, 25, 80, 110, 139, 443, 445, 3389)):
+        cp = cap.port(host)
+        cap.tcp(t + k * 0.3, host, cp, target, port, FIN | PSH | URG)
+        if port not in (22, 139, 445):
+            cap.tcp(t + k * 0.3 + 0.001, target, port, host, cp, RST | ACK)
+
+
+def slow_scan(cap: Capture, t: float, host: str = "10.20.1.39", target: str = GIT) -> None:
+    """nmap -T1 style: 30 ports, one SYN every 150 s (75 minutes), every one refused."""
+    for k, port in enumerate(range(8000, 8030)):
+        cap.tcp_refused(t + k * 150.0, host, target, port)
+
+
+def small_sweep(cap: Capture, t: float, host: str = "10.20.1.40", net: str = "10.20.3") -> None:
+    """Twelve hosts of one network tried on RDP in ten minutes; none answers."""
+    for k in range(12):
+        cap.tcp_dropped(t + k * 50.0, host, f"{net}.{10 + k * 7}", 3389)
+
+
+def txt_tunnel(cap: Capture, t: float, host: str = "10.20.1.41", domain: str = "cdn-sync.example.net") -> None:
+    """A DNS C2 channel under the volume thresholds: 30 TXT questions for encoded names in ten minutes."""
+    alphabet = "abcdefghijklmnopqrstuvwxyz234567"
+    for k in range(30):
+        label = "".join(cap.rng.choice(alphabet) for _ in range(40))
+        cap.dns(t + k * 20.0, host, RESOLVER, f"{label}.{domain}", qtype=16)
+
+
+def icmp_backdoor(cap: Capture, t: float, host: str = "10.20.1.42", peer: str = "45.32.7.9") -> None:
+    """Pingback-style: ten commands in echo requests, text padded with zeros to a fixed buffer, a minute apart."""
+    for k, command in enumerate(["shell", "whoami", "ipconfig", "dir", "upload", "exec", "download", "ls", "ps",
+                                 "exit"]):  # fmt: skip
+        cap.icmp_echo(t + k * 60.0, host, peer, 788, k, ident=1, data=command.encode().ljust(788, b"\x00"))
+
+
+def session_polls(cap: Capture, t: float, host: str = "10.20.1.43", c2: str = "159.65.3.21") -> None:
+    """An implant polling inside one TLS connection for half an hour: a 300-byte request every 10 s (+-30%)."""
+    rng = cap.rng
+    cp = cap.port(host)
+    cap.tcp_session(t, host, c2, 443, [(_client_hello("api.telemetry-cdn.net"), _server_hello())], cp=cp,
+                    close=False)  # fmt: skip
+    now, end = t + 10, t + 1800
+    while now < end:
+        cap.tcp(now, host, cp, c2, 443, PSH | ACK, rng.randint(280, 320))
+        cap.tcp(now + 0.08, c2, 443, host, cp, PSH | ACK, rng.randint(60, 900))
+        now += 10 * rng.uniform(0.7, 1.3)
+    cap.tcp(now, host, cp, c2, 443, FIN | ACK)
+    cap.tcp(now + 0.05, c2, 443, host, cp, FIN | ACK)
+
+
 ATTACKS = [
     Attack("vertical scan answered by resets", "port-scan", "10.20.1.30", scan_resets),
     Attack("vertical scan of dropped probes", "port-scan", "198.51.100.7", scan_dropped),
@@ -434,6 +488,12 @@ ATTACKS = [
     Attack("slow exfiltration", "exfiltration", "10.20.1.35", slow_exfiltration),
     Attack("ICMP tunnel", "icmp-tunnel", "10.20.1.36", icmp_tunnel),
     Attack("long-lived C2", "long-connection", "10.20.1.37", long_c2),
+    Attack("XMAS scan of ten ports", "port-scan", "10.20.1.38", xmas_scan),
+    Attack("slow scan, one port every 150 s", "port-scan", "10.20.1.39", slow_scan),
+    Attack("small sweep of twelve hosts", "host-sweep", "10.20.1.40", small_sweep),
+    Attack("DNS TXT channel under the volume thresholds", "dns-tunnel", "10.20.1.41", txt_tunnel),
+    Attack("ICMP backdoor commands", "icmp-tunnel", "10.20.1.42", icmp_backdoor),
+    Attack("polls inside one TLS connection", "beacon", "10.20.1.43", session_polls),
 ]
 
 

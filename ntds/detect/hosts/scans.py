@@ -48,9 +48,18 @@ def _finding(det: Detector, flow: FlowTraffic, w, n: int, threshold: int, tier: 
     )  # fmt: skip
 
 
-def _flag_text(probes: int, what: str, threshold: int) -> str:
-    return (f"{probes} {what}s probed with TCP flags no stack opens a connection with (FIN, NULL, XMAS: no SYN, ACK "
-            f"or RST; threshold {threshold})")  # fmt: skip
+def _story(det: Detector, w, why: str, probes: int, noun: str, head: str, text: str, tried: str,
+           plain: str = "") -> tuple[str, str]:  # fmt: skip
+    """A scan's explanation and signature by what made it: flag probes, a slow count (or a small one, all
+    failed), or failures in the window. `head` names it ("Port scan of 10.0.0.1"), `tried` says how much."""
+    if why == "flag probes":
+        return (f"{probes} {noun}s probed with TCP flags no stack opens a connection with (FIN, NULL, XMAS: no SYN, "
+                f"ACK or RST; threshold {det.probes}); {text}",
+                f"{head}: {probes} {noun}s probed by FIN, NULL or XMAS")  # fmt: skip
+    if why == "slow":
+        slow = (w.last_ms - w.first_ms) / 1000 > det.window_s
+        return text, f"{'Slow ' + head[0].lower() + head[1:] if slow else head}: {tried}, {w.failed_share():.0%} failed"
+    return text, f"{head}: {tried}{', ' + plain if plain else ''}"
 
 
 def _next_level(threshold: float, levels: tuple[float, float, float], reported_tier: int) -> float:
@@ -174,13 +183,8 @@ class PortScan(_Scan):
         text = (f"{n} distinct {proto} ports failed in {duration(max(span, 1) * 1e6)} (threshold {self.ports} in "
                 f"{window}{f', {w.failed_share():.0%} of attempts failed' if slow else ''}); ports "
                 f"{', '.join(map(str, ports[:8]))}{', ...' if len(ports) > 8 else ''}")  # fmt: skip
-        signature = f"Port scan of {flow.dst_ip}: {n} {proto} ports tried, none answered with data"
-        if why == "flag probes":
-            text = f"{_flag_text(probes, 'port', self.probes)}; {text}"
-            signature = f"Port scan of {flow.dst_ip}: {probes} ports probed with FIN, NULL or XMAS-like flags"
-        elif slow:
-            signature = (f"{'Slow port' if span > self.window_s else 'Port'} scan of {flow.dst_ip}: {n} {proto} ports "
-                         f"tried, {w.failed_share():.0%} failed")  # fmt: skip
+        text, signature = _story(self, w, why, probes, "port", f"Port scan of {flow.dst_ip}", text,
+                                 f"{n} {proto} ports tried", "none answered with data")  # fmt: skip
         return _finding(self, flow, w, n, self.ports, tier, "ports", text, signature, strength=strength,
                         dst_ip=flow.dst_ip, pattern=flow.dst_ip)  # fmt: skip
 
@@ -247,13 +251,8 @@ class HostSweep(_Scan):
         window = duration((self.slow_window_s if slow else self.window_s) * 1e6)
         text = (f"{n} hosts {where} failed on {proto} port {flow.dst_port} in {duration(max(span, 1) * 1e6)} "
                 f"(threshold {threshold} in {window}; {failed_share:.0%} of {w.attempts} attempts failed)")  # fmt: skip
-        signature = f"Host sweep on {proto} port {flow.dst_port}: {n} hosts {where} tried"
-        if why == "flag probes":
-            text = f"{_flag_text(probes, 'host', self.probes)}; {text}"
-            signature = f"Host sweep on {proto} port {flow.dst_port}: {probes} hosts probed by FIN, NULL or XMAS"
-        elif slow:
-            signature = (f"{'Slow host' if span > self.window_s else 'Host'} sweep on {proto} port {flow.dst_port}: "
-                         f"{n} hosts {where} tried, {failed_share:.0%} failed")  # fmt: skip
+        text, signature = _story(self, w, why, probes, "host", f"Host sweep on {proto} port {flow.dst_port}", text,
+                                 f"{n} hosts {where} tried")  # fmt: skip
         return _finding(self, flow, w, max(n, probes), threshold, tier, "hosts", text, signature, strength=strength,
                         dst_port=flow.dst_port, pattern=str(flow.dst_port))  # fmt: skip
 
