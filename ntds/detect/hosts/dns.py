@@ -80,20 +80,23 @@ def entropy(text: str) -> float:
 
 class _Domain:
     __slots__ = ("names", "packets", "bytes", "first_ms", "last_ms", "reported_tier", "name_len", "more_names",
-                 "more_encoded", "queries", "data_types", "reply_max", "qtypes", "encoded_text")  # fmt: skip
+                 "more_encoded", "queries", "data_types", "reply_max", "qtypes", "encoded_text",
+                 "encoded_kept")  # fmt: skip
 
     def __init__(self) -> None:
         self.names: dict[str, int] = {}
         self.packets = self.bytes = self.name_len = 0
         self.more_names = self.more_encoded = self.queries = self.data_types = self.reply_max = 0
+        self.encoded_kept = 0
+        """Names in `names` that are encoded (kept with it: counting them per flow would cost a pass)."""
         self.first_ms = self.last_ms = 0
         self.reported_tier = 0
         self.qtypes: Counter = Counter()
         self.encoded_text = ""
         """Some encoded text of the names (up to 4 kB), for its entropy."""
 
-    def encoded(self, domain: str) -> int:
-        return self.more_encoded + sum(1 for n in self.names if len(below(n, domain)) >= ENCODED_CHARS)
+    def encoded(self) -> int:
+        return self.more_encoded + self.encoded_kept
 
 
 class _Clients:
@@ -160,6 +163,8 @@ class DnsTunnel(Detector):
         d.names[name] = flow.start_ms
         part = below(name, key[1])
         encoded = len(part) >= ENCODED_CHARS
+        if first_new and encoded:
+            d.encoded_kept += 1
         seen = flow.dns
         if seen is not None:  # the names asked in turn after the first, on the same socket
             d.more_names += max(seen.names - 1, 0)
@@ -181,6 +186,7 @@ class DnsTunnel(Detector):
             d.names = {k: v for k, v in d.names.items() if v >= horizon}
             if len(d.names) > self.names_kept:
                 d.names = dict(list(d.names.items())[-self.names_kept :])
+            d.encoded_kept = sum(1 for n in d.names if len(below(n, key[1])) >= ENCODED_CHARS)
 
     def score_one(self, flow: FlowTraffic) -> Finding | None:
         key = self._key(flow)
@@ -190,7 +196,7 @@ class DnsTunnel(Detector):
         if d is None:
             return None
         domain = key[1]
-        encoded = d.encoded(domain)
+        encoded = d.encoded()
         data_share = d.data_types / d.queries if d.queries else 0.0
         needed = self.encoded_names / 2 if data_share > 0.5 else self.encoded_names
         clients = self._clients(domain, flow.start_ms)
