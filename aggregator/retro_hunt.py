@@ -26,9 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from aggregator import intel
-from ntds.detect.behind import merge_flows
 from ntds.flows.traffic import FlowTraffic
-from ntds.intel.alerts import intel_alert
+from ntds.intel.alerts import fold, intel_alert
 from ntds.intel.indicators import Indicator
 from ntds.intel.matching import FIELDS, IntelSet
 from ntds.networks import matcher
@@ -94,7 +93,7 @@ def hunt(store_path: str | Path, now: float | None = None, local_networks: list[
                         seen = (t.src_ip, t.dst_ip, domain)[FIELDS.index(m.field)]
                         a = intel_alert(t, iset.indicator(m.index), m.field, seen, body.get("baseline_id", ""),
                                         None if tier < 0 else tier, local, found_later=now)  # fmt: skip
-                        _group(groups, sensor, a)
+                        fold(groups, sensor, a, MAX_FLOWS_BEHIND)
         stored = _store(db, groups, now)
         db.execute("BEGIN IMMEDIATE")
         db.executemany("UPDATE intel SET hunted = ? WHERE id = ?", [(now, r[0]) for r in rows])
@@ -104,19 +103,6 @@ def hunt(store_path: str | Path, now: float | None = None, local_networks: list[
     contacts = sum(g["count"] for g in groups.values())
     return [f"retro-hunt: {len(iset)} new indicators over {alerts:,} stored alerts: {contacts} past contacts found, "
             f"stored as {stored} alerts marked found later"]  # fmt: skip
-
-
-def _group(groups: dict, sensor: str, a: dict) -> None:
-    key = (sensor, a["src_ip"], a["application"], a["pattern"])
-    g = groups.get(key)
-    if g is None:
-        groups[key] = a
-        return
-    g["count"] += 1
-    g["flows"] = merge_flows(g["flows"], a["flows"])[-MAX_FLOWS_BEHIND:]
-    g["flows_total"] += 1
-    g["first_seen"] = min(g["first_seen"], a["first_seen"], key=wire_time)
-    g["last_seen"] = max(g["last_seen"], a["last_seen"], key=wire_time)
 
 
 def _store(db: sqlite3.Connection, groups: dict, now: float) -> int:

@@ -40,6 +40,7 @@ from ntds.flows.meter import FlowMeter, FlowRecord
 from ntds.logs import printable
 from ntds.notify import Notifier
 from ntds.progress import Progress
+from ntds.times import parse_time
 from ntds.wire import schema as wire
 from ntds.wire.keys import load_pair, load_public
 from ntds.wire.schema import TIERS, in_time_range
@@ -50,6 +51,7 @@ from sensor.evidence.jobs import Evidence, EvidenceWorker
 from sensor.evidence.ring import prune as prune_ring
 from sensor.flow_records import FlowRecords
 from sensor.geo import GeoIP
+from sensor.intel_hunt import RetroHunt, new_indicators
 from sensor.intel_updates import IntelUpdates
 from sensor.intel_updates import Refused as IntelRefused
 from sensor.link import Link
@@ -133,6 +135,7 @@ class Pipeline:
         # The indicator set the aggregator pushed (and signed) last, kept in the spool folder: matched from the start.
         self.intel_updates = IntelUpdates(cfg.baseline_key, cfg.spool_dir)
         intel = self.intel_updates.stored()
+        self.hunt: RetroHunt | None = None
         self.summariser = self._summariser(cfg)
         self.populations = PopulationStats(cfg.stats_interval_s) if cfg.stats_interval_s else None
         self.detection = Detection(
@@ -355,6 +358,7 @@ class Pipeline:
                 link.pump(0)
                 self._take_pushed(link)
                 self._spool_evidence()
+                self._spool_hunted()
                 if now >= next_ring:
                     next_ring = now + RING_PRUNE_S
                     self._prune_ring()
@@ -392,6 +396,7 @@ class Pipeline:
     def _take_intel(self, m: wire.Message) -> None:
         """A part of a pushed indicator set: a complete, verified one is matched from the next flow on (flows
         already judged keep the set they were matched with), and a hello names its serial."""
+        previous = self.intel_updates.running
         try:
             intel = self.intel_updates.take(m)
         except IntelRefused as e:
@@ -404,6 +409,23 @@ class Pipeline:
             self.spool.append([("hello", self._hello())])
             log.info("matching indicator set %d (%d indicators, %.1f MB), pushed by the aggregator", m.seq, len(intel),
                      intel.nbytes / 2**20)  # fmt: skip
+            self._retro_hunt(intel, parse_time(previous.signed).timestamp() if previous and previous.signed else 0.0)
+
+    def _retro_hunt(self, intel, since: float) -> None:
+        """The indicators new to this sensor, searched in its closed flow-record files, in the background."""
+        if self.records is None or (self.hunt is not None and self.hunt.is_alive()):
+            return  # one hunt at a time: a set taken during one is hunted by the next push's
+        files = self.records.files()
+        new = new_indicators(intel, since)
+        if files and len(new):
+            self.hunt = RetroHunt(files, new, self.baseline.id, self.summariser.classes.is_local, self.cfg.sensor_id)
+            self.hunt.start()
+
+    def _spool_hunted(self) -> None:
+        if self.hunt is not None and self.hunt.found:
+            alerts = self.hunt.take()
+            for i in range(0, len(alerts), 64):
+                self._spool_alerts(alerts[i : i + 64])
 
     def _swap(self, baseline: Baseline, cfg: SensorConfig) -> None:
         self._flush()  # flows scored so far keep the baseline they were scored with
@@ -540,6 +562,9 @@ class Pipeline:
 
     def _finish(self, link: Link) -> int:
         self._spool_alerts(self.detection.close())
+        if self.hunt is not None:  # a retro-hunt under way: its findings go out with the rest
+            self.hunt.join(self.drain_s)
+            self._spool_hunted()
         self.summariser.capture(self._packets_seen(), self.control.packets_dropped, 0)
         self._spool_summaries(self.summariser.close(None))
         self._spool_stats(None)

@@ -264,3 +264,38 @@ def test_damaged_or_replayed_sets_are_refused_and_counted(tmp_path, keys, damage
         updates.take(wire.Message("intel", "tap-01", 1, msgs[0].created, body))
     assert updates.refused == before + 1
     assert updates.serial == (2 if damage == "replayed" else 0)
+
+
+class RecordsSite(PushSite):
+    """A site whose sensor keeps its flow records (sensor.flow_records)."""
+
+    def sensor_config(self, key: str = "tap", spool: str = "spool") -> Path:
+        path = super().sensor_config(key, spool)
+        with path.open("a") as fh:
+            fh.write(f"flow_records_dir: {json.dumps(str(self.root / 'records'))}\n")
+        return path
+
+
+def test_a_sensor_hunts_its_flow_records_for_indicators_new_to_it(tmp_path):
+    """A contact made before the sensor had the indicator, found in its own flow records when the set arrives
+    (the aggregator's own hunt is left out, --no-hunt, so only the sensor can find it)."""
+    site = RecordsSite(tmp_path)
+    try:
+        site.aggregator()
+        first = site.replay(site.flows(4))
+        assert first.wait(120) == 0, first.stderr.read()
+        assert len(list((tmp_path / "records").glob("flows-*.parquet"))) == 1
+        f = tmp_path / "c2.txt"
+        f.write_text(f"{SERVER}\n")
+        p = intel(site, "add", f, "--no-hunt")
+        assert p.returncode == 0 and "retro-hunt" not in p.stderr
+        s = site.replay_realtime(site.flows(3))
+        assert s.wait(120) == 0
+        log = s.stderr.read()
+        assert "retro-hunt: 1 new indicators over 1 flow-record files" in log and "4 past contacts, 1 alerts" in log
+        (found,) = [b for b in bodies(site.store, "alert") if b["kind"] == "intel" and b["intel"][0]["found_later"]]
+        assert found["count"] == 4 and found["src_ip"] == CLIENT and found["dst_ip"] == SERVER
+        assert "flow records" in found["explanation"][-1]["text"] and len(found["flows"]) == 4
+        assert [b for b in bodies(site.store, "alert") if b["kind"] == "intel" and not b["intel"][0]["found_later"]]
+    finally:
+        site.stop()

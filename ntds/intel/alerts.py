@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from ntds.detect.alerts import community_id, iso_ms
+from ntds.detect.alerts import iso_ms
 from ntds.detect.behind import flow_entry
 from ntds.flows.traffic import FlowTraffic
 from ntds.intel.indicators import Indicator, tier_of
@@ -81,6 +81,7 @@ def intel_alert(
             f"{_date(found_later)} found it in what the fleet had already reported",
         })  # fmt: skip
     level = tier_of(ind.confidence)
+    flow = flow_entry(t, tier)
     return {
         "kind": "intel",
         "signature": f"Known-bad {what} {ind.value} ({ind.source}, confidence {ind.confidence}): {host} -> "
@@ -98,7 +99,7 @@ def intel_alert(
         "domain": t.server_name[:256] if matched == "server_name" else "",
         "pattern": f"{ind.type} {ind.value}"[:256],
         "flow_id": "",
-        "community_id": community_id(t.protocol, t.src_ip, t.dst_ip, t.src_port, t.dst_port),
+        "community_id": flow["community_id"],  # computed once: the hash is most of an alert's cost
         "baseline_id": baseline_id,
         "baseline": "intel",
         "score": float(ind.confidence),
@@ -106,7 +107,7 @@ def intel_alert(
         "tier_label": f"confidence {ind.confidence}/100",
         "explanation": facts,
         "features": {},
-        "flows": [flow_entry(t, tier)],
+        "flows": [flow],
         "flows_total": 1,
         "intel": [
             {
@@ -121,3 +122,21 @@ def intel_alert(
             }
         ],
     }
+
+
+def fold(groups: dict, sensor: str, a: dict, max_flows: int = 32) -> None:
+    """Group a retro-hunt's alerts as the sensors group theirs: one per (sensor, local host, application,
+    indicator), with the count of flows, the newest `max_flows` of them, and the first and last seen."""
+    from ntds.detect.behind import merge_flows
+    from ntds.wire.schema import wire_time
+
+    key = (sensor, a["src_ip"], a["application"], a["pattern"])
+    g = groups.get(key)
+    if g is None:
+        groups[key] = a
+        return
+    g["count"] += 1
+    g["flows"] = merge_flows(g["flows"], a["flows"])[-max_flows:]
+    g["flows_total"] += 1
+    g["first_seen"] = min(g["first_seen"], a["first_seen"], key=wire_time)
+    g["last_seen"] = max(g["last_seen"], a["last_seen"], key=wire_time)
