@@ -58,8 +58,9 @@ class AggregatorConfig(Settings):
         "path", "/etc/ntds/sensors", "folder of admitted sensors' public keys", must_exist=True, secret=True
     )
     baseline_signing_key: Path = setting(
-        "path", "/etc/ntds/keys/baseline-signing.key", "the Ed25519 key `baseline promote` signs baselines with "
-        "(`baseline keygen`); sensors hold its .pub as baseline_key", secret=True,
+        "path", "/etc/ntds/keys/baseline-signing.key", "the Ed25519 key `baseline promote` signs baselines with, and "
+        "`intel add|remove|expire` indicator sets (`baseline keygen`); sensors hold its .pub as baseline_key",
+        secret=True,
     )  # fmt: skip
     baseline_auto_promote: str = setting(
         "choice", "no", "yes: `baseline learn` promotes its candidate when every documented check passes "

@@ -102,8 +102,8 @@ class SensorConfig(Settings):
         "path", "baseline.json", "the per-application baseline flows are scored against", must_exist=True, reload=True
     )
     baseline_key: Path = setting(
-        "path", "", "the aggregator's baseline public key (baseline-signing.pub): a pushed baseline is taken only "
-        "when signed by it; empty: pushes are refused and the configured baseline stays", must_exist=True,
+        "path", "", "the aggregator's baseline public key (baseline-signing.pub): a pushed baseline or indicator set "
+        "is taken only when signed by it; empty: pushes are refused and the configured baseline stays", must_exist=True,
     )  # fmt: skip
     feature_profile: str = setting(
         "choice", "unicauca", "feature profile; must match the baseline's", choices=tuple(sorted(PROFILES))
