@@ -172,7 +172,8 @@ class DnsTunnel(Detector):
             d.queries += seen.queries
             d.data_types += seen.data_types
             d.reply_max = max(d.reply_max, seen.reply_max)
-            d.qtypes[seen.qtype] += 1
+            if seen.qtype in d.qtypes or len(d.qtypes) < 16:  # bounded: a flood of odd types adds nothing
+                d.qtypes[seen.qtype] += 1
             encoded = encoded or seen.encoded > 0
         if encoded:
             if first_new and len(d.encoded_text) < 4096:
