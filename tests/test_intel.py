@@ -435,3 +435,36 @@ def test_score_with_intel_from_the_command_line(tmp_path, site_pcap):
                           str(ROOT / "config" / "baseline.json"), "--intel", str(bad)],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)  # fmt: skip
     assert run.returncode != 0 and len(run.stderr.strip().splitlines()) == 1 and "not JSON" in run.stderr
+
+
+def test_intel_alerts_in_every_broadcast_format():
+    """EVE, ECS and OCSF each carry the indicator, its source and confidence, and validate against the standards'
+    schemas (ECS as an indicator match: threat.enrichments)."""
+    from aggregator.broadcast import formats
+    from ntds.flows.traffic import FlowTraffic
+    from ntds.intel.alerts import intel_alert
+    from tests.test_siem_formats import ecs_errors, eve_errors, ocsf_errors
+
+    t = FlowTraffic(1794816000000, "10.1.0.10", "203.0.113.9", 42000, 443, 6, 5, 500, 5, 900, "TLS",
+                    end_ms=1794816001000, server_name="www.evil.example")  # fmt: skip
+    alerts = [intel_alert(t, Indicator("ip", "203.0.113.9", "abuse.ch", 90, 1794800000.0), "dst_ip", t.dst_ip, "b"),
+              intel_alert(t, Indicator("domain", "evil.example", "phish", 45), "server_name", t.server_name, "b",
+                          found_later=1794900000.0),
+              intel_alert(t, Indicator("ja3s", "ae53107a2e47ea20c72ac44821a728bf", "x", 10), "server_fingerprint",
+                          "ae53107a2e47ea20c72ac44821a728bf", "b")]  # fmt: skip
+    for n, a in enumerate(alerts):
+        a = {"id": n + 1, "sensor": "tap-01", **a}
+        eve, ecs, ocsf = formats.eve_record(a, "k"), formats.ecs_document(a, "k"), formats.ocsf_finding(a, "k")
+        assert eve_errors(eve) == [] and ecs_errors(ecs) == [] and ocsf_errors(ocsf) == [], a["intel"]
+        i = a["intel"][0]
+        assert eve["alert"]["signature_id"] == 1_900_020 and eve["alert"]["category"] == "Potentially Bad Traffic"
+        assert eve["alert"]["metadata"]["ntds_intel_indicator"] == [f"{i['type']} {i['value']}"]
+        assert eve["alert"]["metadata"]["ntds_intel_source"] == [i["source"]]
+        (e,) = ecs["threat"]["enrichments"]
+        assert e["indicator"]["provider"] == i["source"] and e["matched"]["type"] == "indicator_match_rule"
+        assert ocsf["unmapped"]["ntds"]["intel"] == a["intel"]
+    ecs = [formats.ecs_document(a, "k")["threat"]["enrichments"][0] for a in alerts]
+    assert [e["indicator"]["confidence"] for e in ecs] == ["High", "Medium", "Low"]
+    assert ecs[0]["indicator"]["ip"] == "203.0.113.9" and ecs[0]["matched"]["field"] == "destination.ip"
+    assert ecs[1]["indicator"]["url"]["domain"] == "evil.example" and ecs[1]["matched"]["atomic"] == "www.evil.example"
+    assert ecs[2]["matched"]["field"] == "tls.server.ja3s"

@@ -66,6 +66,10 @@ def _leaves(doc: dict, prefix: str = ""):
         name = f"{prefix}{k}"
         if isinstance(v, dict):
             yield from _leaves(v, name + ".")
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):  # a nested field (threat.enrichments)
+            yield name, v
+            for x in v:
+                yield from _leaves(x, name + ".")
         else:
             yield name, v
 
@@ -74,7 +78,7 @@ ECS_TYPES = {
     "keyword": str, "constant_keyword": str, "wildcard": str, "text": str, "match_only_text": str,
     "long": int, "integer": int, "short": int, "byte": int, "unsigned_long": int,
     "float": (int, float), "double": (int, float), "scaled_float": (int, float), "half_float": (int, float),
-    "boolean": bool, "date": str, "ip": str, "object": dict, "flattened": dict,
+    "boolean": bool, "date": str, "ip": str, "object": dict, "flattened": dict, "nested": dict,
 }  # fmt: skip
 
 

@@ -49,6 +49,7 @@ KIND_SIDS = {
     "dns-tunnel": 1_900_700,
     "exfiltration": 1_900_800,
     "icmp-tunnel": 1_900_900,
+    "intel": 1_900_020,
     "overflow": 1_900_010,
 }
 """First signature id of each kind's block of 100 (one detector's alert is its block's first id)."""
@@ -65,6 +66,7 @@ CATEGORY = {
     "dns-tunnel": "Potentially Bad Traffic",
     "exfiltration": "Large Scale Information Leak",
     "icmp-tunnel": "Detection of a non-standard protocol or event",
+    "intel": "Potentially Bad Traffic",
     "overflow": "Misc activity",
 }
 """Kind -> Suricata's classification (etc/classification.config descriptions), EVE's alert.category."""
@@ -204,6 +206,11 @@ def eve_record(alert: dict, key: str) -> dict:
     texts = _texts(alert)
     if texts:
         metadata["ntds_explanation"] = texts
+    for i in _intel(alert):  # an indicator match: what, whose, how sure (EVE metadata holds lists of strings)
+        metadata |= {"ntds_intel_indicator": [f"{i.get('type')} {i.get('value')}"],
+                     "ntds_intel_source": [str(i.get("source", ""))],
+                     "ntds_intel_confidence": [str(i.get("confidence", ""))],
+                     "ntds_intel_found_later": [str(bool(i.get("found_later"))).lower()]}  # fmt: skip
     record: dict = {"timestamp": suricata_time(alert.get("first_seen", "")), "event_type": "alert"}
     flow = flow_number(alert)
     if flow is not None:
@@ -238,6 +245,54 @@ def eve_record(alert: dict, key: str) -> dict:
     return record
 
 
+def _intel(alert: dict) -> list[dict]:
+    return [i for i in alert.get("intel") or [] if isinstance(i, dict)]
+
+
+ECS_INDICATOR = {"ip": ("ip", "destination.ip"), "net": ("ip", "destination.ip"),
+                 "domain": ("url.domain", "dns.question.name"), "ja3": ("name", "tls.client.ja3"),
+                 "ja3s": ("name", "tls.server.ja3s"), "ja4": ("name", "tls.client.ja4"),
+                 "hassh": ("name", "ssh.client.hassh"), "hassh_server": ("name", "ssh.server.hassh")}  # fmt: skip
+"""Indicator type -> where ECS puts its value in threat.enrichments.indicator, and the event field it matched."""
+
+
+def _ecs_enrichments(alert: dict) -> list[dict]:
+    """An intel alert's indicator as ECS threat.enrichments (what SIEM indicator-match rules write)."""
+    out = []
+    for i in _intel(alert):
+        kind, value = str(i.get("type", "")), str(i.get("value", ""))
+        where, field = ECS_INDICATOR.get(kind, ("name", ""))
+        if i.get("matched") == "src_ip":
+            field = "source.ip"
+        if i.get("matched") == "server_name" and alert.get("application", "").startswith(("TLS", "QUIC", "HTTP")):
+            field = "tls.client.server_name"
+        c = int(i.get("confidence", 0) or 0)
+        level = "High" if c >= 70 else "Medium" if c >= 40 else "Low" if c else "None"  # ECS's confidence words
+        indicator: dict = {
+            "provider": str(i.get("source", "")),
+            "description": f"{kind} indicator",
+            "confidence": level,
+        }
+        if kind in ("ip", "net"):
+            ip = alert.get("dst_ip") if i.get("matched") == "dst_ip" else alert.get("src_ip")
+            indicator["type"] = "ipv6-addr" if ":" in value else "ipv4-addr"
+            if kind == "ip":
+                indicator["ip"] = value
+            else:
+                indicator["name"] = value
+            atomic = str(ip or value)
+        else:
+            if kind == "domain":
+                indicator["type"] = "domain-name"
+            indicator[where.split(".")[0]] = {"domain": value} if where == "url.domain" else value
+            atomic = str(alert.get("domain") or value) if kind == "domain" else value
+        if i.get("added"):
+            indicator["first_seen"] = datetime.fromtimestamp(int(i["added"]), UTC).isoformat().replace("+00:00", "Z")
+        out.append({"indicator": indicator, "matched": {"atomic": atomic, "field": field or "destination.ip",
+                                                       "type": "indicator_match_rule"}})  # fmt: skip
+    return out
+
+
 def _extras(alert: dict, key: str) -> dict:
     """ntds's own fields, for the formats' extension places (ECS `ntds`, OCSF `unmapped.ntds`)."""
     out = {"delivery": key, "alert_id": alert.get("id"), "sensor": alert.get("sensor"), "kind": alert.get("kind"),
@@ -245,7 +300,7 @@ def _extras(alert: dict, key: str) -> dict:
            "window_s": alert.get("window_s"), "score": alert.get("score"), "baseline": alert.get("baseline"),
            "baseline_id": alert.get("baseline_id"), "pattern": alert.get("pattern"),
            "flow_id": alert.get("flow_id"), "application": alert.get("application"),
-           "explanation": _texts(alert)}  # fmt: skip
+           "explanation": _texts(alert), "intel": _intel(alert)}  # fmt: skip
     return {k: v for k, v in out.items() if v not in (None, "", [])}
 
 
@@ -306,6 +361,9 @@ def ecs_document(alert: dict, key: str) -> dict:
                 threat["technique"]["subtechnique"] = {"id": [sub[0]], "name": [sub[1]],
                                                        "reference": [_attack_ref(sub[0])]}  # fmt: skip
         doc["threat"] = threat
+    enrichments = _ecs_enrichments(alert)
+    if enrichments:
+        doc.setdefault("threat", {})["enrichments"] = enrichments
     doc[PRODUCT] = _extras(alert, key)
     return doc
 
