@@ -33,6 +33,10 @@ def describe(row: dict, now: float) -> dict:
         "packets_seen": health.get("packets_seen"),
         "packets_dropped": health.get("packets_dropped"),
         "baseline": hello.get("baseline_id"),
+        # the indicator set it matches with (its serial, 0: none), its size, and pushed sets it refused
+        "intel_serial": health.get("intel_serial", hello.get("intel_serial", 0)) or 0,
+        "intel_indicators": health.get("intel_indicators", 0) or 0,
+        "intel_refused": health.get("intel_refused", 0) or 0,
         "refused": row.get("refused", 0),
         "over_quota": bool(row.get("refused_last")) and now - row["refused_last"] < ONLINE_S,
     }
