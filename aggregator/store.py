@@ -39,7 +39,7 @@ from ntds.wire.schema import Message, upgrade_body, wire_time
 
 log = logging.getLogger("ntds.aggregator.store")
 
-DATA_TIME = {"summary": "interval_start", "stats": "interval_start", "alert": "first_seen"}
+DATA_TIME = {"summary": "interval_start", "stats": "interval_start", "context": "interval_start", "alert": "first_seen"}
 """The body field holding a message's data time; other types are dated by their creation."""
 
 SCHEMA = """

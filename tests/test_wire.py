@@ -43,7 +43,7 @@ def frame(**changes) -> bytes:
     [
         (b"\xff\xfe", "not a JSON message"),
         (b"[1, 2]", "not a JSON object"),
-        (frame(v=7), "schema version 7"),
+        (frame(v=wire.VERSION + 1), f"schema version {wire.VERSION + 1}"),
         (frame(v=True), "schema version True"),
         (frame(type="exploit"), "unknown message type"),
         (frame(seq="1"), "wrong type"),
@@ -232,5 +232,29 @@ def test_version_5_frames_are_upgraded_to_version_6():
                             "created": "2026-11-23T08:00:00Z", "body": body}).encode()  # fmt: skip
         m = decode(frame)
         assert m.version == 5 and {k: m.body[k] for k in missing} == {k: 0 if k != "intel" else [] for k in missing}
-        with pytest.raises(WireError, match="intel"):  # a version 6 sender must send them
-            decode(frame.replace(b'"v": 5', b'"v": 6'))
+        with pytest.raises(WireError, match="intel"):  # a sender of the current version must send them
+            decode(frame.replace(b'"v": 5', f'"v": {wire.VERSION}'.encode()))
+
+
+def test_version_6_frames_are_upgraded_to_version_7():
+    """A version 6 sensor (before context messages) is still heard: its health counts no context messages dropped
+    at its spool's limit; a version 7 health must count them."""
+    body = EXAMPLES["health"] | {"spool_dropped": {k: 0 for k in wire.DROP_ORDER if k != "context"}}
+    frame = json.dumps({"v": 6, "type": "health", "sensor": "tap-01", "spool": "0123456789abcdef", "seq": 1,
+                        "created": "2026-11-23T08:00:00Z", "body": body}).encode()  # fmt: skip
+    m = decode(frame)
+    assert m.version == 6 and m.body["spool_dropped"]["context"] == 0
+    with pytest.raises(WireError, match="context"):
+        decode(frame.replace(b'"v": 6', b'"v": 7'))
+
+
+def test_context_sketches_are_checked():
+    """A context message's sketches are DataSketches bytes: anything else is refused as malformed."""
+    good = {"v": 7, "type": "context", "sensor": "tap-01", "spool": "0123456789abcdef", "seq": 1,
+            "created": "2026-11-23T08:00:00Z", "body": EXAMPLES["context"]}  # fmt: skip
+    assert decode(json.dumps(good).encode()).body["destinations"][0]["kind"] == "address"
+    for bad in ("AAAAAAAAAAAAAAAA", "not base64!", ""):
+        d = EXAMPLES["context"]["destinations"][0] | {"sketch": bad}
+        frame = json.dumps(good | {"body": EXAMPLES["context"] | {"destinations": [d]}}).encode()
+        with pytest.raises(WireError, match="sketch"):
+            decode(frame)

@@ -15,8 +15,8 @@ sequence numbers it has stored.
 
 Older sensors are still accepted: version 1 (no spool id, no health state),
 version 2 (alerts for single flows only), version 3 (no statistics) and
-version 4 (no flows behind alerts, no evidence) and version 5 (no threat intelligence) frames are
-upgraded to version 6 on decoding (`upgrade`): a version 2 alert becomes a
+version 4 (no flows behind alerts, no evidence), version 5 (no threat intelligence) and version 6
+(no context messages) frames are upgraded to version 7 on decoding (`upgrade`): a version 2 alert becomes a
 `flow` alert with a count of 1, first and last seen at the flow's start. Each sensor is acknowledged in
 its own version, so a sensor can be upgraded after the aggregator without
 losing what its spool holds. Bodies stored by an older aggregator are
@@ -45,8 +45,8 @@ from datetime import UTC, datetime
 
 from ntds.times import now_iso, parse_time
 
-VERSION = 6
-ACCEPTED_VERSIONS = (1, 2, 3, 4, 5, 6)
+VERSION = 7
+ACCEPTED_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
 MAX_FRAME = 65536
 """Largest accepted frame in bytes; an alert is about 1 KB, a busy summary about 30 KB."""
 INT_MAX = 2**53 - 1
@@ -150,11 +150,11 @@ INTERVAL_START = F("time", "interval start, ISO-8601 UTC; a flow belongs to the 
 FLOWS_BYTES = {"flows": F("int", "flows of this kind"), "bytes": F("int", "their IP bytes, both directions")}
 
 ENVELOPE: dict[str, F] = {
-    "v": F("int", "schema version (6; version 1 to 5 frames are upgraded on decoding)"),
+    "v": F("int", "schema version (7; version 1 to 6 frames are upgraded on decoding)"),
     "type": F(
         "str",
-        "hello, alert, summary, stats, health, evidence (from sensors); ack, baseline, intel, pcap_job (from the "
-        "aggregator)",
+        "hello, alert, summary, stats, context, health, evidence (from sensors); ack, baseline, intel, pcap_job (from "
+        "the aggregator)",
         max_len=16,
     ),
     "sensor": F("str", "the sensor's id; the aggregator only accepts the id bound to the sender's key", max_len=64),
@@ -185,7 +185,7 @@ HELLO = MessageType(
         "feature_profile": "unicauca",
         "intel_serial": 0,
     },  # fmt: skip
-    drop_rank=3,
+    drop_rank=4,
     not_archived="the store keeps each sensor's latest hello (`ntds-aggregator sensors`)",
 )
 
@@ -378,13 +378,13 @@ ALERT = MessageType(
         "flows_total": 1,
         "intel": [],
     },
-    drop_rank=4,
+    drop_rank=5,
     archive=_archive_alert,
 )
 
 
 def upgrade_body(kind: str, body: dict) -> dict:
-    """A body of an older schema version as version 6 (idempotent: a version 6 body is returned as is).
+    """A body of an older schema version as version 7 (idempotent: a version 7 body is returned as is).
 
     Version 2 alerts were single rare flows: first and last seen at the flow's start, a count of 1, the
     explanation's text made from its numbers."""
@@ -583,7 +583,7 @@ SUMMARY = MessageType(
         "countries": [{"country": "US", "flows": 9, "bytes_in": 45000, "bytes_out": 6000, "max_tier": 1}],
         "capture": {"packets_seen": 104, "packets_dropped": 0, "flows_active": 3},
     },
-    drop_rank=2,
+    drop_rank=3,
     archive=_archive_summary,
 )
 
@@ -712,6 +712,139 @@ STATS = MessageType(
     drop_rank=1,
     archive=_archive_stats,
     check=_check_stats,
+)
+
+# -- context ----------------------------------------------------------------------------
+
+CONTEXT_KINDS = ("address", "domain", "server_name", "client_fingerprint")
+"""ntds.prevalence.KINDS (repeated here: the schema imports nothing that needs a compiled library)."""
+
+
+def _check_context(body: dict) -> None:
+    from ntds.prevalence import SketchError
+    from ntds.prevalence import decode as sketch
+
+    for i, d in enumerate(body["destinations"]):
+        if d["first_ms"] > d["last_ms"] or not (in_time_range(d["first_ms"]) and in_time_range(d["last_ms"])):
+            raise ValueError(f"context.destinations[{i}]: first and last seen out of order or range")
+        try:
+            sketch(d["sketch"])
+        except SketchError as e:
+            raise ValueError(f"context.destinations[{i}].sketch: {e}") from None
+    for i, h in enumerate(body["hosts"]):
+        if h["first_ms"] > h["last_ms"] or not (in_time_range(h["first_ms"]) and in_time_range(h["last_ms"])):
+            raise ValueError(f"context.hosts[{i}]: first and last seen out of order or range")
+
+
+CONTEXT = MessageType(
+    "context",
+    "what context on alerts is built from, per context interval (an hour by default): for every external "
+    "destination local hosts reached, a HyperLogLog sketch of those hosts with first and last seen (fleet "
+    "prevalence); for every local host, its traffic, the applications it used, the services it answered and its "
+    "top peers (the host's story). An interval too big for one message continues in the next",
+    {
+        "interval_start": INTERVAL_START,
+        "interval_s": F("int", "length of the interval in seconds (context_interval_s)", top=86400),
+        "destinations": F(
+            "objs",
+            "external destinations reached in the interval (at most context_max_destinations in all its messages)",
+            {
+                "kind": F(
+                    "str",
+                    "address, domain (registered), server_name (TLS SNI, QUIC, HTTP Host), "
+                    "client_fingerprint (JA4, HASSH)",
+                    choices=CONTEXT_KINDS,
+                ),  # fmt: skip
+                "key": F("str", "the destination: an address, a name, a fingerprint", max_len=256),
+                "first_ms": F("int", "start of its first flow, ms since the epoch", top=INT_MAX),
+                "last_ms": F("int", "end of its last flow, ms since the epoch", top=INT_MAX),
+                "flows": F("int", "flows to it"),
+                "sketch": F(
+                    "str",
+                    "the local hosts that reached it: an Apache DataSketches HLL_4 sketch (lg_k 10) in its compact "
+                    "serialisation, base64 (ntds.prevalence)",
+                    max_len=1024,
+                ),
+            },
+            max_items=2000,
+        ),
+        "destinations_omitted": F("int", "flows to destinations beyond context_max_destinations (not sketched)"),
+        "hosts": F(
+            "objs",
+            "local hosts active in the interval (at most context_max_hosts in all its messages)",
+            {
+                "host": F("str", "the local host's address", max_len=64),
+                "first_ms": F("int", "start of its first flow in the interval, ms since the epoch", top=INT_MAX),
+                "last_ms": F("int", "end of its last flow, ms since the epoch", top=INT_MAX),
+                "flows": F("int", "its flows"),
+                "bytes_up": F("int", "IP bytes it sent"),
+                "bytes_down": F("int", "IP bytes it received"),
+                "applications": F(
+                    "objs",
+                    "applications it used as a client (the flow's source), most flows first, at most 16",
+                    {"application": F("str", "ProtocolName", max_len=128), "flows": F("int", "flows")},
+                    max_items=16,
+                ),  # fmt: skip
+                "services": F(
+                    "objs",
+                    "services it answered as a server (the flow's destination answered, not a refusal), most flows "
+                    "first, at most 16",
+                    {
+                        "protocol": F("int", "IP protocol number", top=255),
+                        "port": F("int", "its port", top=65535),
+                        "application": F("str", "ProtocolName", max_len=128),
+                        "flows": F("int", "flows"),
+                    },
+                    max_items=16,
+                ),
+                "peers": F(
+                    "objs",
+                    "the other ends it exchanged most bytes with, at most 8",
+                    {
+                        "peer": F("str", "address", max_len=64),
+                        "flows": F("int", "flows"),
+                        "bytes": F("int", "IP bytes, both directions"),
+                    },
+                    max_items=8,
+                ),
+            },
+            max_items=2000,
+        ),
+        "hosts_omitted": F("int", "flows of hosts beyond context_max_hosts (not counted per host)"),
+    },
+    {
+        "interval_start": "2026-11-16T08:00:00Z",
+        "interval_s": 3600,
+        "destinations": [
+            {
+                "kind": "address",
+                "key": "93.184.216.34",
+                "first_ms": 1794816000100,
+                "last_ms": 1794816100100,
+                "flows": 3,
+                "sketch": "AgEHCgMIAQBVRfgL",
+            }
+        ],
+        "destinations_omitted": 0,
+        "hosts": [
+            {
+                "host": "10.1.0.10",
+                "first_ms": 1794816000100,
+                "last_ms": 1794816100100,
+                "flows": 3,
+                "bytes_up": 6000,
+                "bytes_down": 45000,
+                "applications": [{"application": "TLS", "flows": 3}],
+                "services": [],
+                "peers": [{"peer": "93.184.216.34", "flows": 3, "bytes": 51000}],
+            }
+        ],
+        "hosts_omitted": 0,
+    },
+    drop_rank=2,
+    not_archived="merged into the store's prevalence and host tables (aggregator.prevalence, aggregator.host_story), "
+    "which the alert manager, `ntds-aggregator prevalence` and the weekly report read",
+    check=_check_context,
 )
 
 # -- health -----------------------------------------------------------------------------
@@ -992,7 +1125,7 @@ EVIDENCE = MessageType(
 )
 
 MESSAGE_TYPES: dict[str, MessageType] = {
-    t.name: t for t in (HELLO, ALERT, SUMMARY, STATS, HEALTH, EVIDENCE, ACK, BASELINE, INTEL, PCAP_JOB)
+    t.name: t for t in (HELLO, ALERT, SUMMARY, STATS, CONTEXT, HEALTH, EVIDENCE, ACK, BASELINE, INTEL, PCAP_JOB)
 }
 TYPES = tuple(MESSAGE_TYPES)
 SCHEMA: dict[str, dict[str, F]] = {n: t.fields for n, t in MESSAGE_TYPES.items()}
