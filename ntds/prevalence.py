@@ -33,8 +33,8 @@ import datasketches as ds
 
 LG_K = 10
 """log2 of the sketch's registers: 1,024 registers of 4 bits (HLL_4)."""
-SKETCH_MAX_BYTES = 8 + 4 * 136
-"""The largest compact sketch at LG_K (a dense HLL_4 sketch is 552 bytes; a host in list mode adds 4)."""
+SKETCH_MAX_BYTES = ds.hll_sketch.get_max_updatable_serialization_bytes(LG_K, ds.tgt_hll_type.HLL_4)
+"""The largest sketch at LG_K, 616 bytes (a dense HLL_4 sketch is about 552; in list mode 8 + 4 per host)."""
 RELATIVE_ERROR = 1.04 / math.sqrt(2**LG_K)
 """Relative standard error of an estimate beyond the exact (coupon) range, 1 standard deviation."""
 EXACT_BELOW = 100

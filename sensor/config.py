@@ -129,6 +129,18 @@ class SensorConfig(Settings):
         "int", 3600, "seconds per statistics message, what the aggregator learns baselines from (0: none sent)",
         low=0, high=86400,
     )  # fmt: skip
+    context_interval_s: int = setting(
+        "int", 3600, "seconds per context message: destination prevalence sketches and each local host's activity "
+        "(0: none sent)", low=0, high=86400,
+    )  # fmt: skip
+    context_max_destinations: int = setting(
+        "int", 20_000, "external destinations sketched per context interval at most (more are counted, not sketched)",
+        low=1, high=1_000_000,
+    )  # fmt: skip
+    context_max_hosts: int = setting(
+        "int", 5_000, "local hosts described per context interval at most (more are counted, not described)", low=1,
+        high=1_000_000,
+    )  # fmt: skip
     health_interval_s: int = setting("int", 60, "seconds between health messages", low=1, high=86400, reload=True)
     aggregator: str = setting("str", "tcp://127.0.0.1:5555", "the aggregator's endpoint", check=_endpoint)
     sensor_key: Path = setting(

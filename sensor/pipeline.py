@@ -47,6 +47,7 @@ from ntds.wire.schema import TIERS, in_time_range
 from sensor.baseline_updates import BaselineUpdates, Refused
 from sensor.config import SensorConfig
 from sensor.config import load as load_config
+from sensor.context import ContextCounter
 from sensor.evidence.jobs import Evidence, EvidenceWorker
 from sensor.evidence.ring import prune as prune_ring
 from sensor.flow_records import FlowRecords
@@ -138,6 +139,10 @@ class Pipeline:
         self.hunt: RetroHunt | None = None
         self.summariser = self._summariser(cfg)
         self.populations = PopulationStats(cfg.stats_interval_s) if cfg.stats_interval_s else None
+        self.context = (
+            ContextCounter(self.summariser.classes, cfg.context_interval_s, cfg.context_max_destinations,
+                           cfg.context_max_hosts) if cfg.context_interval_s else None
+        )  # fmt: skip
         self.detection = Detection(
             self.baseline,
             min_tier=cfg.min_alert_tier,
@@ -449,6 +454,8 @@ class Pipeline:
             self.populations.add(judged.scored)
         for r, tier in zip(pending, judged.tiers):
             self.summariser.add(r.traffic, tier)
+            if self.context is not None:
+                self.context.add(r.traffic, (r.extra[5] or "") if r.extra else "")
             self.counters.packets += r.traffic.packets_fwd + r.traffic.packets_bwd
             if tier is not None:
                 self.counters.tiers[tier] += 1
@@ -508,6 +515,13 @@ class Pipeline:
             self._spool_alerts(self.detection.advance(now_ms))
         self._spool_summaries(self.summariser.close(now_ms))
         self._spool_stats(now_ms)
+        self._spool_context(now_ms)
+
+    def _spool_context(self, now_ms: int | None) -> None:
+        if self.context is not None:
+            bodies = self.context.close(now_ms)
+            if bodies:
+                self.spool.append([("context", b) for b in bodies])
 
     def _spool_stats(self, now_ms: int | None) -> None:
         if self.populations is not None:
@@ -568,6 +582,7 @@ class Pipeline:
         self.summariser.capture(self._packets_seen(), self.control.packets_dropped, 0)
         self._spool_summaries(self.summariser.close(None))
         self._spool_stats(None)
+        self._spool_context(None)
         deadline = time.monotonic() + self.drain_s
         link.drain(self.drain_s)
         if self.serve_evidence_s and not self._stop_requested:
@@ -625,6 +640,8 @@ class Pipeline:
         if fixed:
             log.warning("reload: %s changed; these take effect at the next restart", ", ".join(fixed))
         self.summariser.classes, self.summariser.geo = classes, geo  # from the next flow on
+        if self.context is not None:
+            self.context.classes = classes
         self._swap(baseline, cfg)
         self.cfg = cfg
         log.info("reloaded: baseline %s (%s), minimum tiers %d (host-level), %d (flows)", baseline.source,

@@ -46,8 +46,8 @@ def test_size_limit_drops_evidence_then_health_then_statistics_then_summaries_an
     s.append([("health", EXAMPLES["health"])] * 20)
     st = s.stats()
     assert st.bytes <= limit
-    assert st.dropped == {"evidence": 2, "health": st.dropped["health"], "stats": 0, "summary": 0, "hello": 0,
-                          "alert": 0}  # fmt: skip
+    assert st.dropped == {"evidence": 2, "health": st.dropped["health"], "stats": 0, "context": 0, "summary": 0,
+                          "hello": 0, "alert": 0}  # fmt: skip
     assert 0 < st.dropped["health"] < 20  # the oldest health went first, the newest stayed
     s.append([("summary", EXAMPLES["summary"])] * 5)  # more summaries: every health message goes first, then stats
     st = s.stats()
