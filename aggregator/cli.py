@@ -240,6 +240,18 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--config", required=True, help="aggregator.yaml")
     se.add_argument("--json", action="store_true", help="one JSON object per sensor")
     se.set_defaults(func=_sensors)
+
+    pv = sub.add_parser(
+        "prevalence", help="external destinations: how many local hosts reached them, at how many sites, since when"
+    )
+    pv.add_argument("destination", nargs="?", help="an address, domain, server name or fingerprint (default: the "
+                    "rarest and newest destinations)")  # fmt: skip
+    pv.add_argument("--config", required=True, help="aggregator.yaml")
+    pv.add_argument("--kind", choices=("address", "domain", "server_name", "client_fingerprint"),
+                    help="only this kind of destination")  # fmt: skip
+    pv.add_argument("--limit", type=int, default=50, help="destinations listed without DESTINATION (default 50)")
+    pv.add_argument("--json", action="store_true", help="one JSON object per destination")
+    pv.set_defaults(func=_prevalence)
     return parser
 
 
@@ -555,6 +567,49 @@ def _promotions(store: Path, used: list[dict]) -> None:
         row["promoted"] = iso(datetime.fromtimestamp(v["promoted"], UTC), "seconds") if v else ""
         row["promoted_by"] = v["promoted_by"] if v else ""
         row["note"] = v["note"] if v else ""
+
+
+def _prevalence(args) -> int:
+    import json
+
+    from aggregator import context, prevalence
+    from ntds import prevalence as sketches
+    from ntds.logs import printable
+
+    if not 1 <= args.limit <= 100_000:
+        raise InputError("--limit must be between 1 and 100000")
+    cfg, store = _open_store(args.config)
+    options = context.ContextOptions.of(cfg)
+    try:
+        context.catch_up(store.db, options)
+        if args.destination is not None:
+            text = args.destination.strip()
+            if not text or len(text) > 256:
+                raise InputError("a destination is an address, a name or a fingerprint of 1 to 256 characters")
+            kinds = (args.kind,) if args.kind else sketches.kind_of(text)
+            looked = (prevalence.lookup(store.db, options.sites, k, sketches.normal_key(k, text)) for k in kinds)
+            found = [p for p in looked if p is not None]
+            if not found:
+                raise InputError(f"{printable(text, 80)}: no sensor has reported a local host reaching it")
+        else:
+            kinds = (args.kind,) if args.kind else sketches.KINDS
+            found = prevalence.listing(store.db, options.sites, kinds, args.limit)
+    finally:
+        store.close()
+    for p in found:
+        if args.json:
+            print(json.dumps(p.as_dict()))
+        else:
+            print(
+                printable(
+                    f"{sketches.KIND_WORDS[p.kind]:<18} {p.key}  {prevalence.words(p)}  (last seen "
+                    f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(p.last_seen))}, {p.flows:,} flows)",
+                    1000,
+                )
+            )
+    if not args.json:
+        print(f"{len(found)} destinations", file=sys.stderr)
+    return 0
 
 
 def _alerts(args) -> int:

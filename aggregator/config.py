@@ -38,6 +38,25 @@ def _ui_login(value: dict) -> str | None:
     return LoginPolicy.problem(value)
 
 
+def _sites(value: dict) -> str | None:
+    from aggregator.prevalence import Sites
+
+    return Sites.problem(value)
+
+
+def _modifier(value: dict) -> str | None:
+    from aggregator.prevalence import ModifierOptions
+
+    return ModifierOptions.problem(value)
+
+
+def _notice_kinds(value: list) -> str | None:
+    from aggregator.host_story import NOTICE_KINDS
+
+    bad = [v for v in value if v not in NOTICE_KINDS]
+    return f"has unknown kind {bad[0]!r} (known: {', '.join(NOTICE_KINDS)})" if bad else None
+
+
 def _listen(value: str) -> str | None:
     host, _, port = value.rpartition(":")
     return None if host and port.isdigit() and 0 < int(port) < 65536 else "must be HOST:PORT"
@@ -108,6 +127,23 @@ class AggregatorConfig(Settings):
         "mapping", {}, "how logins are throttled: account_failures (5), address_failures (20), lock_s (60), "
         "max_lock_s (900), forget_s (3600), device_days (90), one_time_hours (24) (README: Alert manager)",
         check=_ui_login,
+    )  # fmt: skip
+
+    sites: dict = setting(
+        "mapping", {}, "named groups of sensors, e.g. {campus: [tap-01, tap-02]}; a sensor in none is a site of its "
+        "own (prevalence counts hosts per site and sites per destination)", check=_sites,
+    )  # fmt: skip
+    prevalence_modifier: dict = setting(
+        "mapping", {}, "how prevalence moves an alert's tier (README: Context on every alert): rare_hosts (2), "
+        "new_days (7), common_hosts (50), old_days (30)", check=_modifier,
+    )  # fmt: skip
+    notices_learning_days: int = setting(
+        "int", 1, "days from a site's first context message during which nothing is news (no notices)", low=0,
+        high=3650,
+    )  # fmt: skip
+    notices_alert: list = setting(
+        "list", [], "notice kinds also stored as alerts (tier 1): new-host, new-service, new-application; empty: "
+        "notices only", check=_notice_kinds,
     )  # fmt: skip
 
     @classmethod

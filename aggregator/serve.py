@@ -25,6 +25,7 @@ from aggregator.archive import Archiver
 from aggregator.baselines import Pusher
 from aggregator.broadcast.outbox import Broadcaster
 from aggregator.config import AggregatorConfig
+from aggregator.context import ContextOptions, ContextWorker
 from aggregator.intel import IntelPusher
 from aggregator.quotas import Quotas
 from aggregator.receiver import Receiver, StoreBroken
@@ -70,7 +71,8 @@ class Server:
         self.receiver.intel_pusher = IntelPusher(cfg.store)
         self.receiver.evidence_keep = (cfg.evidence_days * 86400.0, cfg.evidence_mb * 2**20)
         self.archiver = Archiver(cfg)
-        self.workers: list[threading.Thread] = [self.archiver]
+        self.context = ContextWorker(cfg.store, ContextOptions.of(cfg))
+        self.workers: list[threading.Thread] = [self.archiver, self.context]
         routes, receivers, options = cfg.broadcast_setup
         self.broadcast_setup = (routes, receivers, options) if routes else None
         self.broadcaster: Broadcaster | None = None
@@ -141,6 +143,7 @@ class Server:
         log.info("listening on %s (%s), up to %d open files", self.receiver.endpoint,
                  "CURVE" if self.receiver.secure else "plain", self.files)  # fmt: skip
         self.archiver.start()
+        self.context.start()
         self._broadcast()
         self.notify.ready(f"listening on {self.receiver.endpoint}")
         try:
@@ -154,6 +157,7 @@ class Server:
             self.receiver.intel_pusher.close()
             if self.broadcaster is not None:
                 self.broadcaster.stop()
+            self.context.stop()
             self.store.close()
             self.archiver.stop(final_export=self.failure is None)
         if self.failure:
