@@ -268,7 +268,7 @@ def chart_png(traffic: list[dict], alerts: list[tuple[float, int]], notice_times
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
-    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(9, 3.6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(9, 3.6), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
     try:
         days = [datetime.strptime(t["day"], "%Y-%m-%d").replace(tzinfo=UTC) for t in traffic]
         if days:
@@ -285,8 +285,9 @@ def chart_png(traffic: list[dict], alerts: list[tuple[float, int]], notice_times
                         marker="o", zorder=3)  # fmt: skip
         for when in notice_times:
             ax2.scatter([datetime.fromtimestamp(when, UTC)], [0], color="#2a9d8f", marker="^", s=24, zorder=3)
-        ax2.set_ylim(-0.7, 5.7)
-        ax2.set_yticks([0, 1, 3, 5], ["notice", "tier 1", "tier 3", "tier 5"], fontsize=7)
+        ax2.set_ylim(-1, 5.8)
+        ax2.set_yticks([0, 2, 4], ["notice", "tier 2", "tier 4"], fontsize=7)
+        ax2.grid(axis="y", color="#eeeeee")
         ax2.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d"))
         ax2.tick_params(axis="x", labelsize=7)
         fig.autofmt_xdate()

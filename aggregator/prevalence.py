@@ -229,14 +229,19 @@ def listing(db: sqlite3.Connection, sites: Sites, kinds: Iterable[str], limit: i
 # -- in words, and the tier modifier ------------------------------------------------------
 
 
-def ago(seconds: float) -> str:
-    """'2 hours ago', '3 days ago': how long before now (or before an alert)."""
+def span(seconds: float) -> str:
+    """'2 hours', '3 days', 'under a minute': a length of time in the largest whole unit."""
     s = max(0.0, seconds)
     for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
         if s >= size:
             n = int(s // size)
-            return f"{n} {unit}{'s' if n != 1 else ''} ago"
-    return "just now"
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return "under a minute"
+
+
+def ago(seconds: float) -> str:
+    """'2 hours ago', '3 days ago': how long before now (or before an alert)."""
+    return "just now" if seconds < 60 else f"{span(seconds)} ago"
 
 
 def words(p: Prevalence, now: float | None = None) -> str:
@@ -269,15 +274,16 @@ def modifier(p: Prevalence | None, tier: int, at: float, options: ModifierOption
     if p.hosts <= options.rare_hosts and age_days <= options.new_days:
         after = min(5, tier + 1)
         why = (f"rare and new: {p.hosts} host{'s' if p.hosts != 1 else ''} (at most {options.rare_hosts}), first "
-               f"seen {age_days:.1f} days before (at most {options.new_days:g})")  # fmt: skip
+               f"seen {span(at - p.first_seen)} before the alert (at most {options.new_days:g} days)")  # fmt: skip
         return Modifier(after - tier, tier, after, f"prevalence raised the tier {tier} -> {after}: {why}")
     if p.hosts >= options.common_hosts and age_days >= options.old_days:
         after = max(1, tier - 1)
-        why = (f"common and old: {p.hosts:,} hosts (at least {options.common_hosts}), first seen {age_days:.0f} days "
-               f"before (at least {options.old_days:g})")  # fmt: skip
+        why = (f"common and old: {p.hosts:,} hosts (at least {options.common_hosts}), first seen "
+               f"{span(at - p.first_seen)} before the alert (at least {options.old_days:g} days)")  # fmt: skip
         return Modifier(after - tier, tier, after, f"prevalence lowered the tier {tier} -> {after}: {why}")
-    return Modifier(0, tier, tier, f"prevalence left the tier at {tier}: neither rare and new nor common and old "
-                                   f"({p.hosts:,} hosts, first seen {age_days:.1f} days before)")  # fmt: skip
+    text = (f"prevalence left the tier at {tier}: neither rare and new nor common and old ({p.hosts:,} hosts, "
+            f"first seen {span(at - p.first_seen)} before the alert)")  # fmt: skip
+    return Modifier(0, tier, tier, text)
 
 
 def destination_of(alert: dict) -> tuple[str, str] | None:

@@ -50,7 +50,7 @@ from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter, ValidationError
 
-from aggregator import evidence
+from aggregator import context, evidence, host_story, prevalence
 from aggregator.broadcast.outbox import deliveries as list_deliveries
 from aggregator.config import AggregatorConfig
 from aggregator.manager import ACTIONS, ID_MAX, NAME_MAX, SILENCE_FIELDS, STATUSES, Manager, QueueFilter
@@ -159,6 +159,7 @@ def _json_body() -> dict:
 
 
 def create_app(cfg: AggregatorConfig) -> Flask:
+    context_options = context.ContextOptions.of(cfg)
     app = Flask(__name__, template_folder=str(HERE / "templates"), static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = 1 << 20
     app.url_map.converters["id"] = IdConverter
@@ -181,6 +182,7 @@ def create_app(cfg: AggregatorConfig) -> Flask:
     def store() -> Store:
         if getattr(local, "store", None) is None:
             local.store = Store(cfg.store)
+            context.ensure(local.store.db)
             local.manager = Manager(connect_manager(cfg.store), cfg.login_policy)
         return local.store
 
@@ -380,6 +382,7 @@ def create_app(cfg: AggregatorConfig) -> Flask:
         a["sensor_status"] = _sensor(a["sensor"])
         a["history"] = manager().history(alert_id)
         a["flows"] = _flow_rows(a["body"])
+        a["context"] = context.of_alert(store().db, context_options, alert_id, a["body"])
         return a
 
     @app.get("/alerts/<id:alert_id>")
@@ -468,11 +471,23 @@ def create_app(cfg: AggregatorConfig) -> Flask:
         for x in alerts:
             if x["src_ip"] == ip:
                 kinds[x["kind"]] = kinds.get(x["kind"], 0) + 1
-        return {"ip": ip, "alerts": alerts, "kinds": kinds}
+        db = store().db
+        story = host_story.story(db, ip)
+        if story is not None:
+            for p in story["peers"]:
+                found = prevalence.lookup(db, context_options.sites, "address", p["peer"])
+                local = "a local host" if context.is_local_default(p["peer"]) else "not in the fleet's context yet"
+                p["prevalence"] = prevalence.words(found) if found else local
+        notices = host_story.notices(db, host=ip, limit=100)
+        return {"ip": ip, "alerts": alerts, "kinds": kinds, "story": story, "notices": notices}
 
     @app.get("/hosts/<ip>")
     def host(ip: str):
-        return page("host.html", h=host_view(ip))
+        h = host_view(ip)
+        traffic = h["story"]["traffic"] if h["story"] else []
+        h["chart"] = host_story.chart_png(traffic, [(x["first_seen"], x["tier"]) for x in h["alerts"]],
+                                          [n["time"] for n in h["notices"]])  # fmt: skip
+        return page("host.html", h=h)
 
     @app.get("/api/hosts/<ip>")
     def api_host(ip: str):
