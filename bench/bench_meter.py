@@ -13,7 +13,11 @@ are reported. Memory is also measured on a generated capture half the size, to
 show it does not grow with the number of packets (both span more than the 120 s
 flow timeout, so the flow table is in its steady state).
 
-    python bench/bench_meter.py [--packets 1000000] [--mix-packets 500000] [--runs 5]
+    python bench/bench_meter.py [--packets 1000000] [--mix-packets 500000] [--runs 5] [--only generated|real-mix]
+                                [--base CHECKOUT]
+
+With --base (a checkout of another commit, its C part built in place with `python setup.py build_ext --inplace`),
+that checkout's `features` replaces NFStream with an empty plugin: the cost of a change, measured alternating.
 """
 
 from __future__ import annotations
@@ -60,6 +64,14 @@ for flow in NFStreamer(source=sys.argv[1], decode_tunnels=False, bpf_filter=None
     n += 1
 print(n)
 """
+
+AT_BASE = """
+import sys
+sys.path.insert(0, sys.argv[1])  # another checkout of ntds, its C part built in place
+from sensor.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+"""`ntds-sensor` of another checkout (--base): the same command, the code before a change."""
 
 PEAK = """
 import resource, subprocess, sys
@@ -170,10 +182,19 @@ def real_mix(path: Path, packets: int) -> int:
     return written
 
 
-def timed(cmd: list[str]) -> float:
+def timed(cmd: list[str], cpu: list[float] | None = None) -> float:
+    """Wall seconds of a command; its CPU seconds (user + system, the process and its children) appended to
+    `cpu`: on a shared machine CPU time says what a change costs when wall time says mostly the load."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if cpu is not None:
+        cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return wall
 
 
 def peak_kib(cmd: list[str]) -> int:
@@ -181,17 +202,24 @@ def peak_kib(cmd: list[str]) -> int:
     return int(out.stdout.strip())
 
 
-def compare(label: str, big: Path, small: Path | None, packets: int, runs: int) -> dict:
-    """`ntds-sensor features` against bare NFStream (same streamer settings) on one capture, alternating."""
+def compare(label: str, big: Path, small: Path | None, packets: int, runs: int, base: Path | None = None) -> dict:
+    """`ntds-sensor features` against bare NFStream (same streamer settings) on one capture, alternating; with
+    `base`, against that checkout's `features` instead of NFStream with an empty plugin."""
     sensor_cmd = lambda p: [str(BIN / "ntds-sensor"), "features", "-q", str(p), "-o", str(DATA / "out.csv")]  # noqa: E731
     bare_cmd = lambda p: [sys.executable, "-c", BARE, str(p)]  # noqa: E731
     empty_cmd = lambda p: [sys.executable, "-c", EMPTY_PLUGIN, str(p)]  # noqa: E731
+    base_cmd = lambda p: [sys.executable, "-c", AT_BASE, str(base), "features", "-q", str(p), "-o",  # noqa: E731
+                          str(DATA / "out-base.csv")]  # fmt: skip
     commands = {"nfstream": bare_cmd, "nfstream_empty_plugin": empty_cmd, "sensor": sensor_cmd}
+    if base is not None:
+        commands = {"nfstream": bare_cmd, "sensor_base": base_cmd, "sensor": sensor_cmd}
     times: dict[str, list[float]] = {k: [] for k in commands}
+    cpu: dict[str, list[float]] = {k: [] for k in commands}
     for i in range(runs):
         for name, cmd in commands.items():
-            times[name].append(timed(cmd(big)))
-        print(f"{label} run {i + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), file=sys.stderr)
+            times[name].append(timed(cmd(big), cpu[name]))
+        print(f"{label} run {i + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s (CPU {cpu[k][-1]:.2f} s)"
+                                                   for k, v in times.items()), file=sys.stderr)  # fmt: skip
     med = {k: statistics.median(v) for k, v in times.items()}
     pps = {k: packets / v for k, v in med.items()}
     memory = {"sensor_big_kib": peak_kib(sensor_cmd(big)), "nfstream_big_kib": peak_kib(bare_cmd(big))}
@@ -202,9 +230,17 @@ def compare(label: str, big: Path, small: Path | None, packets: int, runs: int) 
         "packets": packets,
         "runs": runs,
         "median_s": med,
+        "median_cpu_s": {k: statistics.median(v) for k, v in cpu.items()},
         "packets_per_s": pps,
         "ratio_sensor_to_nfstream": pps["sensor"] / pps["nfstream"],
-        "ratio_empty_plugin_to_nfstream": pps["nfstream_empty_plugin"] / pps["nfstream"],
+        **(
+            {
+                "ratio_sensor_to_base": pps["sensor"] / pps["sensor_base"],
+                "cpu_ratio_sensor_to_base": statistics.median(cpu["sensor"]) / statistics.median(cpu["sensor_base"]),
+            }
+            if base
+            else {"ratio_empty_plugin_to_nfstream": pps["nfstream_empty_plugin"] / pps["nfstream"]}
+        ),  # fmt: skip
         "peak_memory": memory,
     }
 
@@ -214,6 +250,8 @@ def main() -> int:
     ap.add_argument("--packets", type=int, default=1_000_000)
     ap.add_argument("--mix-packets", type=int, default=500_000)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--base", type=Path, help="another checkout (C part built in place) to measure against")
+    ap.add_argument("--only", choices=("generated", "real-mix"), help="one capture only")
     args = ap.parse_args()
     big = DATA / f"spread-{args.packets}.pcap"
     small = DATA / f"spread-{args.packets // 2}.pcap"
@@ -221,14 +259,16 @@ def main() -> int:
         if not path.exists():
             print(f"generating {path} ({n} packets)", file=sys.stderr)
             generate(path, n)
-    results = [compare("generated", big, small, args.packets, args.runs)]
+    results = []
+    if args.only != "real-mix":
+        results.append(compare("generated", big, small, args.packets, args.runs, args.base))
     mix = DATA / f"real-mix-{args.mix_packets}.pcap"
     if not mix.exists():
         print(f"building {mix} from ../shared/pcaps", file=sys.stderr)
         real_mix(mix, args.mix_packets)
-    if mix.exists():
+    if mix.exists() and args.only != "generated":
         n = sum(1 for _ in _records(mix))
-        results.append(compare("real-mix", mix, None, n, args.runs))
+        results.append(compare("real-mix", mix, None, n, args.runs, args.base))
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "command": "python bench/bench_meter.py " + " ".join(sys.argv[1:]),
