@@ -525,6 +525,7 @@ def _report_weekly(args) -> int:
     with client, archive.reading():
         report = compute(archive, week, args.sensor)
     _promotions(cfg.store, report["overview"]["baselines"])
+    _news(cfg, report, week, args.sensor)
     t = report["overview"]["totals"]
     if not t["flows"] and not t["alerts"] and dated and not args.sensor:
         print(
@@ -541,6 +542,23 @@ def _report_weekly(args) -> int:
     )
     print(html)
     return 0
+
+
+def _news(cfg, report: dict, week, sensors: list[str] | None) -> None:
+    """The week's notices and new destinations, from the store's context tables (brought up to date first)."""
+    import sqlite3
+
+    from aggregator.context import ContextOptions
+    from aggregator.report import news
+
+    try:
+        db = sqlite3.connect(cfg.store, isolation_level=None, timeout=30)
+        try:
+            news.fill(report, db, ContextOptions.of(cfg), week.start_s, week.end_s, sensors)
+        finally:
+            db.close()
+    except sqlite3.Error as e:
+        print(f"{PROG}: warning: new behaviour left out: the store cannot be read ({e})", file=sys.stderr)
 
 
 def _promotions(store: Path, used: list[dict]) -> None:

@@ -267,27 +267,37 @@ def chart_png(traffic: list[dict], alerts: list[tuple[float, int]], notice_times
 
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
+    import numpy as np
 
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(9, 3.6), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
     try:
-        days = [datetime.strptime(t["day"], "%Y-%m-%d").replace(tzinfo=UTC) for t in traffic]
-        if days:
-            up = [t["bytes_up"] / 1e6 for t in traffic]
-            down = [t["bytes_down"] / 1e6 for t in traffic]
-            ax.bar(days, down, width=0.9, color="#7aa6c2", label="received")
-            ax.bar(days, up, width=0.9, bottom=down, color="#e08a3c", label="sent")
+        # One call per series (not one per day or per alert): a year of days and hundreds of alerts draw in tens of
+        # milliseconds (bench/bench_prevalence.py).
+        if traffic:
+            given = mdates.date2num([datetime.strptime(t["day"], "%Y-%m-%d").replace(tzinfo=UTC) for t in traffic])
+            days = np.arange(given.min(), given.max() + 1)  # every day, a day without data at zero
+            at = np.searchsorted(days, given)
+            down, up = np.zeros(len(days)), np.zeros(len(days))
+            down[at] = [t["bytes_down"] / 1e6 for t in traffic]
+            up[at] = [t["bytes_up"] / 1e6 for t in traffic]
+            ax.fill_between(days, 0, down, step="mid", color="#7aa6c2", label="received", linewidth=0)
+            ax.fill_between(days, down, down + up, step="mid", color="#e08a3c", label="sent", linewidth=0)
+            ax.set_ylim(bottom=0)
             ax.legend(loc="upper left", fontsize=8, frameon=False)
         ax.set_ylabel("MB per day", fontsize=8)
         ax.tick_params(labelsize=8)
         colours = ["#bbbbbb", "#f2c14e", "#f29e4c", "#e4572e", "#c1121f", "#6a040f"]
-        for when, tier in alerts:
-            ax2.scatter([datetime.fromtimestamp(when, UTC)], [tier], color=colours[max(0, min(5, tier))], s=18,
-                        marker="o", zorder=3)  # fmt: skip
-        for when in notice_times:
-            ax2.scatter([datetime.fromtimestamp(when, UTC)], [0], color="#2a9d8f", marker="^", s=24, zorder=3)
+        if alerts:
+            when = mdates.date2num([datetime.fromtimestamp(w, UTC) for w, _ in alerts])
+            tiers = np.clip(np.array([t for _, t in alerts]), 0, 5)
+            ax2.scatter(when, tiers, c=[colours[t] for t in tiers], s=18, marker="o", zorder=3)
+        if notice_times:
+            when = mdates.date2num([datetime.fromtimestamp(w, UTC) for w in notice_times])
+            ax2.scatter(when, np.zeros(len(when)), color="#2a9d8f", marker="^", s=24, zorder=3)
         ax2.set_ylim(-1, 5.8)
         ax2.set_yticks([0, 2, 4], ["notice", "tier 2", "tier 4"], fontsize=7)
         ax2.grid(axis="y", color="#eeeeee")
+        ax2.xaxis_date()
         ax2.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d"))
         ax2.tick_params(axis="x", labelsize=7)
         fig.autofmt_xdate()

@@ -197,3 +197,25 @@ def test_prevalence_command(store, tmp_path):
     p = subprocess.run([str(BIN / "ntds-aggregator"), "prevalence", "--config", str(bad)], capture_output=True,
                        text=True, timeout=60)  # fmt: skip
     assert p.returncode != 0 and "in two sites" in p.stderr and p.stderr.strip().count("\n") == 0
+
+
+def test_the_weekly_report_lists_the_weeks_notices_and_new_destinations(store, tmp_path):
+    """Notices and rare new destinations dated in the week are in report.json, a CSV and the page (escaped)."""
+    app = "<b>New</b>App"
+    put(store, "tap-a", "context", ctx(T0 - 3 * DAY, hosts=[host("10.6.0.1", T0 - 3 * DAY, apps=["DNS"])]))
+    put(store, "tap-a", "context", ctx(T0, [dest("198.51.100.200", ["10.6.0.1"], T0)],
+                                       [host("10.6.0.1", T0, apps=["DNS", app])]))  # fmt: skip
+    put(store, "tap-a", "context", ctx(T0 + 8 * DAY, hosts=[host("10.6.0.2", T0 + 8 * DAY)]))  # the next week
+    cfg = tmp_path / "agg.yaml"
+    cfg.write_text(f"store: {store.path}\narchive: {tmp_path / 'archive'}\n")
+    out = tmp_path / "report"
+    p = subprocess.run([str(BIN / "ntds-aggregator"), "report", "weekly", "--week", "2026-W47", "-o", str(out),
+                        "--config", str(cfg)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    news = json.loads((out / "report.json").read_text())["news"]
+    assert news["from_store"] and news["notices_per_kind"] == {"new-host": 0, "new-service": 0, "new-application": 1}
+    assert [(n["host"], n["what"]) for n in news["notices"]] == [("10.6.0.1", f"used {app} for the first time")]
+    assert [(d["destination"], d["hosts"]) for d in news["new_destinations"]] == [("198.51.100.200", 1)]
+    assert "10.6.0.1" in (out / "notices.csv").read_text()
+    html = (out / "report.html").read_text()
+    assert "&lt;b&gt;New&lt;/b&gt;App" in html and "<b>New</b>" not in html

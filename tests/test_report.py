@@ -190,7 +190,9 @@ def test_cli_writes_html_json_and_csv(site, report, tmp_path):
         timeout=120,
     )
     assert run.returncode == 0, run.stderr
-    assert json.loads((out / "report.json").read_text()) == report
+    written = json.loads((out / "report.json").read_text())
+    assert written["news"]["from_store"]  # new behaviour is read from the store, which the command has
+    assert written | {"news": report["news"]} == report
     html = (out / "report.html").read_text()
     for needle in ("2026-W47", "tap-a", "tap-b", report["applications"][0]["application"], "<svg"):
         assert needle in html

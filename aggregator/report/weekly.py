@@ -17,12 +17,12 @@ from __future__ import annotations
 import dask
 
 from aggregator.archive import Archive
-from aggregator.report import alerts, applications, geography, overview, peers, throughput, unanswered
+from aggregator.report import alerts, applications, geography, news, overview, peers, throughput, unanswered
 from aggregator.report.query import Query
 from aggregator.report.week import Week
 
 REPORT_SCHEMA = 1
-SECTIONS = (overview, throughput, applications, alerts, unanswered, peers, geography)
+SECTIONS = (overview, throughput, applications, alerts, unanswered, peers, geography, news)
 
 __all__ = ["REPORT_SCHEMA", "SECTIONS", "Week", "compute"]
 
