@@ -53,6 +53,10 @@ def is_local_default(ip: str) -> bool:
 MARK = "context_mark"
 ALERT_MARK = "context_alert_mark"
 BATCH = 200
+MERGED_KEEP_S = 2 * 86400.0
+"""Context messages are deleted from the store this long after they arrived once merged: what they said lives on
+in the merged tables, and a busy sensor's hourly context (about 1-3 MB, docs/benchmarks.md) would otherwise stay
+for retention_days."""
 SKIPPED_KINDS = ("overflow", *host_story.NOTICE_KINDS)
 """Alerts prevalence does not judge: an overflow summary names no destination; notices are about the host itself."""
 
@@ -62,6 +66,7 @@ class ContextOptions:
     sites: Sites = Sites({})
     modifier: ModifierOptions = ModifierOptions()
     notices: host_story.NoticeOptions = host_story.NoticeOptions()
+    retention_days: int = 400
 
     @classmethod
     def of(cls, cfg) -> ContextOptions:
@@ -70,6 +75,7 @@ class ContextOptions:
             Sites.of(cfg.sites),
             ModifierOptions(**cfg.prevalence_modifier),
             host_story.NoticeOptions(cfg.notices_learning_days, tuple(cfg.notices_alert)),
+            cfg.retention_days,
         )
 
 
@@ -113,6 +119,9 @@ def catch_up(db: sqlite3.Connection, options: ContextOptions, now: float | None 
                 db.execute("ROLLBACK")
             raise
         messages += len(rows)
+    if messages:
+        db.execute("DELETE FROM messages WHERE type = 'context' AND id <= ? AND received < ?",
+                   (_mark(db, MARK), (time.time() if now is None else now) - MERGED_KEEP_S))  # fmt: skip
     while True:
         mark = _mark(db, ALERT_MARK)
         rows = db.execute(
@@ -137,6 +146,22 @@ def catch_up(db: sqlite3.Connection, options: ContextOptions, now: float | None 
             raise
         alerts += len(rows)
     return messages, alerts
+
+
+def forget(db: sqlite3.Connection, options: ContextOptions, now: float | None = None) -> None:
+    """Retention (retention_days, 0: keep everything): destinations, days, peers and notices older go."""
+    if not options.retention_days:
+        return
+    before = (time.time() if now is None else now) - options.retention_days * 86400.0
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        prevalence.forget(db, before)
+        host_story.forget(db, before)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 def _external(kind: str, key: str) -> bool:
@@ -211,9 +236,14 @@ class ContextWorker(threading.Thread):
 
     def run(self) -> None:
         db = sqlite3.connect(self.store_path, isolation_level=None, timeout=30, check_same_thread=False)
+        forgotten = 0.0
         try:
             while not self._stop.is_set():
                 try:
+                    if time.monotonic() - forgotten > 3600 or not forgotten:
+                        ensure(db)
+                        forget(db, self.options)
+                        forgotten = time.monotonic()
                     done = catch_up(db, self.options)
                     if any(done):
                         log.info("context: %d context messages merged, %d alerts judged", *done)

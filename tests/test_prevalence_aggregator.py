@@ -11,6 +11,7 @@ import copy
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -219,3 +220,19 @@ def test_the_weekly_report_lists_the_weeks_notices_and_new_destinations(store, t
     assert "10.6.0.1" in (out / "notices.csv").read_text()
     html = (out / "report.html").read_text()
     assert "&lt;b&gt;New&lt;/b&gt;App" in html and "<b>New</b>" not in html
+
+
+def test_merged_context_leaves_the_store_and_retention_forgets(store):
+    """Merged context messages are deleted two days after they arrived (the merged tables keep what they said);
+    destinations and a host's days older than retention_days are forgotten."""
+    put(store, "tap-a", "context", ctx(T0, [dest("198.51.100.7", ["10.0.0.1"], T0)], [host("10.0.0.1", T0)]))
+    context.catch_up(store.db, SITES, now=time.time())
+    assert store.count("context") == 1  # kept a while: just arrived
+    put(store, "tap-a", "context", ctx(T0 + 3600, [dest("203.0.113.8", ["10.0.0.1"], T0 + 3600)]))
+    context.catch_up(store.db, SITES, now=time.time() + 3 * DAY)
+    assert store.count("context") == 0
+    assert prevalence.lookup(store.db, SITES.sites, "address", "203.0.113.8").hosts == 1
+    old = context.ContextOptions(retention_days=30)
+    context.forget(store.db, old, now=T0 + 3600 + 31 * DAY)
+    assert prevalence.lookup(store.db, SITES.sites, "address", "198.51.100.7") is None
+    assert host_story.story(store.db, "10.0.0.1")["traffic"] == []
