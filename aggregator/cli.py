@@ -759,22 +759,15 @@ def _sensors(args) -> int:
             print(json.dumps({k: r[k] for k in keys}))
         return 0
     print(f"{'sensor':<16}{'status':<9}{'last seen (UTC)':<22}{'quota':<11}{'MB today':>9}{'refused':>10}"
-          f"{'backlog':>9}{'drops':>8}  intel")  # fmt: skip
+          f"{'backlog':>9}{'drops':>8}")  # fmt: skip
     for r in rows:
         seen = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["last_seen"]))
         backlog = "-" if r["backlog"] is None else r["backlog"]
         drops = "-" if r["drops"] is None else r["drops"]
         quota = f"over({r['refused_why']})" if r["over_quota"] else "ok"
         print(f"{printable(r['sensor'], 15):<16}{r['status']:<9}{seen:<22}{quota:<11}"
-              f"{r['stored_today_bytes'] / 1e6:>9.1f}{r['refused']:>10}{backlog:>9}{drops:>8}  "
-              f"{_intel_set(r)}")  # fmt: skip
+              f"{r['stored_today_bytes'] / 1e6:>9.1f}{r['refused']:>10}{backlog:>9}{drops:>8}")  # fmt: skip
     return 0
-
-
-def _intel_set(r: dict) -> str:
-    """The indicator set a sensor matches with, as `sensors` prints it."""
-    text = f"set {r['intel_serial']} ({r['intel_indicators']:,})" if r["intel_serial"] else "none"
-    return text + (f", {r['intel_refused']} refused" if r["intel_refused"] else "")
 
 
 def _ui(args) -> int:
