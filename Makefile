@@ -63,6 +63,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_detection.py
 	$(BIN)/python bench/bench_broadcast.py
 	$(BIN)/python bench/bench_evidence.py
+	$(BIN)/python bench/bench_intel.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache
