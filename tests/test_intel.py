@@ -468,3 +468,25 @@ def test_intel_alerts_in_every_broadcast_format():
     assert ecs[0]["indicator"]["ip"] == "203.0.113.9" and ecs[0]["matched"]["field"] == "destination.ip"
     assert ecs[1]["indicator"]["url"]["domain"] == "evil.example" and ecs[1]["matched"]["atomic"] == "www.evil.example"
     assert ecs[2]["matched"]["field"] == "tls.server.ja3s"
+
+
+@pytest.mark.parametrize("fmt", ["auto", "plain", "csv", "zeek", "stix", "misp", "ntds"])
+def test_arbitrary_bytes_are_read_or_refused_in_one_line_never_a_crash(tmp_path, fmt):
+    """Whatever a file holds, a reader returns indicators or raises InputError (the command's one line)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    heads = [b"", b"#fields\tindicator\tindicator_type\n", b"#separator \\x", b"indicator,type\n",
+             b'{"type": "bundle", "objects": [', b'{"Event": {"Attribute": [', b"# ntds-intel 1\n{}\n"]  # fmt: skip
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.sampled_from(heads), st.binary(max_size=200))
+    def check(head, tail):
+        f = tmp_path / "f.csv"
+        f.write_bytes(head + tail)
+        try:
+            load(f, fmt)
+        except InputError as e:
+            assert "\n" not in str(e)
+
+    check()

@@ -251,7 +251,12 @@ def _zeek(text: str, d: Defaults, out: Loaded, name: str) -> None:
     for n, line in enumerate(text.splitlines(), 1):
         if line.startswith("#separator"):
             arg = line.split(None, 1)[1] if len(line.split(None, 1)) > 1 else "\\x09"
-            sep = arg.encode().decode("unicode_escape") if arg.startswith("\\x") else arg
+            try:
+                sep = arg.encode().decode("unicode_escape") if arg.startswith("\\x") else arg
+            except UnicodeDecodeError:
+                raise InputError(f"{name}:{n}: not a separator: {arg[:20]!r}") from None
+            if not sep:
+                raise InputError(f"{name}:{n}: an empty separator")
             continue
         if line.startswith("#fields"):
             fields = line.split(sep)[1:] if sep in line else line.split()[1:]
