@@ -26,7 +26,7 @@ from aggregator import host_story, prevalence
 from aggregator.prevalence import ModifierOptions, Sites
 from ntds.errors import one_line
 from ntds.networks import DEFAULT_LOCAL_NETWORKS, parse_networks
-from ntds.wire.schema import upgrade_body, wire_time
+from ntds.wire.schema import unpack, upgrade_body, wire_time
 
 log = logging.getLogger("ntds.aggregator.context")
 
@@ -110,6 +110,7 @@ def catch_up(db: sqlite3.Connection, options: ContextOptions, now: float | None 
                 continue
             for _, sensor, body in rows:
                 b = json.loads(body)
+                b |= unpack(b.pop("packed"))  # checked as the message was received
                 prevalence.ingest(db, sensor, b)
                 host_story.ingest(db, sensor, options.sites.site(sensor), b, options.notices)
             _set_mark(db, MARK, rows[-1][0])

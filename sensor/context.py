@@ -35,7 +35,7 @@ from typing import Any
 from ntds.detect.hosts.dns import registered_domain
 from ntds.flows.traffic import FlowTraffic
 from ntds.prevalence import encode, new_sketch
-from ntds.wire.schema import MAX_FRAME
+from ntds.wire.schema import MAX_FRAME, pack
 from sensor.summaries import GRACE_MS, iso_seconds
 from sensor.traffic_classes import EXTERNAL, OTHER, TrafficClasses
 
@@ -47,6 +47,9 @@ MAX_KEPT = 64
 MAX_PEERS_KEPT = 256
 """Peers tracked per host and interval: a scanner's thousands of peers cost no more than this."""
 BUDGET = MAX_FRAME - 4096
+"""Largest packed text in one message (the envelope and the other fields stay within the rest)."""
+RAW_PART = 200_000
+"""Plain JSON packed into one message at most: compressed about 4x, it fits BUDGET (or is halved until it does)."""
 TCP = 6
 DNS_PORT = 53
 
@@ -190,35 +193,42 @@ class ContextCounter:
         return out
 
     def _bodies(self, start: int, iv: _Interval) -> list[dict]:
-        head = {"interval_start": iso_seconds(start), "interval_s": self.interval_ms // 1000}
         items: list[tuple[str, dict]] = []
         for (kind, key), d in sorted(iv.destinations.items()):
             items.append(("destinations", {"kind": kind, "key": key, "first_ms": d.first_ms, "last_ms": d.last_ms,
                                            "flows": d.flows, "sketch": encode(d.sketch)}))  # fmt: skip
         for ip, h in sorted(iv.hosts.items()):
             items.append(("hosts", _host_body(ip, h)))
-        out: list[dict] = []
-        body = self._empty(head, iv, first=True)
-        size = _size(body)
-        for section, item in items:
-            n = _size(item)
-            if size + n > BUDGET:
-                out.append(body)
-                body = self._empty(head, iv, first=False)
-                size = _size(body)
-            body[section].append(item)
+        if not items and not iv.destinations_omitted and not iv.hosts_omitted:
+            return []
+        parts: list[list[tuple[str, dict]]] = []
+        current: list[tuple[str, dict]] = []
+        size = 0
+        for item in items:
+            n = _size(item[1])
+            if current and size + n > RAW_PART:
+                parts.append(current)
+                current, size = [], 0
+            current.append(item)
             size += n
-        out.append(body)
+        parts.append(current)
+        head = {"interval_start": iso_seconds(start), "interval_s": self.interval_ms // 1000}
+        out: list[dict] = []
+        for part in parts:
+            out.extend(self._packed(head, part))
+        out[0] |= {"destinations_omitted": iv.destinations_omitted, "hosts_omitted": iv.hosts_omitted}
         return out
 
-    @staticmethod
-    def _empty(head: dict, iv: _Interval, first: bool) -> dict:
-        return head | {
-            "destinations": [],
-            "destinations_omitted": iv.destinations_omitted if first else 0,
-            "hosts": [],
-            "hosts_omitted": iv.hosts_omitted if first else 0,
-        }
+    def _packed(self, head: dict, part: list[tuple[str, dict]]) -> list[dict]:
+        """One message for the part, or two halves each as small as it needs (sketches compress less than names)."""
+        obj: dict[str, list] = {"destinations": [], "hosts": []}
+        for section, item in part:
+            obj[section].append(item)
+        text = pack(obj)
+        if len(text) > BUDGET and len(part) > 1:
+            half = len(part) // 2
+            return self._packed(head, part[:half]) + self._packed(head, part[half:])
+        return [head | {"destinations_omitted": 0, "hosts_omitted": 0, "packed": text}]
 
 
 def _host_body(ip: str, h: _Host) -> dict:

@@ -17,7 +17,7 @@ from ntds import prevalence
 from ntds.flows.meter import FlowMeter
 from ntds.flows.traffic import FlowTraffic
 from ntds.networks import DEFAULT_LOCAL_NETWORKS
-from ntds.wire.schema import MAX_FRAME, Message, decode, encode, in_time_range
+from ntds.wire.schema import MAX_FRAME, Message, decode, encode, in_time_range, unpack
 from sensor.context import ContextCounter
 from sensor.traffic_classes import TrafficClasses
 from tests.conftest import SHARED
@@ -50,7 +50,7 @@ def merged(bodies: list[dict]) -> dict[tuple[str, str], tuple[int, int, int]]:
     """(kind, key) -> (hosts, first ms, last ms) over every interval, as the aggregator merges them."""
     parts: dict[tuple[str, str], list] = {}
     for b in bodies:
-        for d in b["destinations"]:
+        for d in unpack(b["packed"])["destinations"]:
             p = parts.setdefault((d["kind"], d["key"]), [[], d["first_ms"], d["last_ms"]])
             p[0].append(d["sketch"])
             p[1], p[2] = min(p[1], d["first_ms"]), max(p[2], d["last_ms"])
@@ -88,9 +88,10 @@ def test_context_is_bounded_whatever_the_traffic():
     for i in range(100_000):
         c.add(flow(f"10.0.{(i % 3000) >> 8}.{i % 256}", f"198.{i >> 16}.{(i >> 8) & 255}.{i & 255}", t0 + i))
     bodies = c.close(None)
-    assert sum(len(b["destinations"]) for b in bodies) == 5_000
+    contents = [unpack(b["packed"]) for b in bodies]
+    assert sum(len(x["destinations"]) for x in contents) == 5_000
     assert bodies[0]["destinations_omitted"] == 100_000 - 5_000
-    assert sum(len(b["hosts"]) for b in bodies) == 1_000 and bodies[0]["hosts_omitted"] > 0
+    assert sum(len(x["hosts"]) for x in contents) == 1_000 and bodies[0]["hosts_omitted"] > 0
     for i, b in enumerate(bodies):
         frame = encode(Message("context", "tap-01", i + 1, "2026-11-16T09:00:00Z", b, "0123456789abcdef"))
         assert len(frame) < MAX_FRAME
@@ -105,6 +106,7 @@ def test_host_activity_counts_services_answered_and_applications_used():
     c.add(flow("10.0.0.8", "10.0.0.5", t0 + 20, dst_port=23, packets_bwd=1, bytes_bwd=40, rst=True, payload=0))
     c.add(flow("203.0.113.9", "10.0.0.5", t0 + 30, dst_port=3389, packets_bwd=0, bytes_bwd=0))  # unanswered probe
     (body,) = c.close(None)
+    body = unpack(body["packed"])
     hosts = {h["host"]: h for h in body["hosts"]}
     five = hosts["10.0.0.5"]
     assert five["applications"] == [{"application": "TLS", "flows": 1}]

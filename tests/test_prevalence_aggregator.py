@@ -20,7 +20,7 @@ from aggregator import context, host_story, prevalence
 from aggregator.prevalence import ModifierOptions, Sites
 from aggregator.store import Store
 from ntds import prevalence as sk
-from ntds.wire.schema import EXAMPLES, Message, decode, encode
+from ntds.wire.schema import EXAMPLES, Message, decode, encode, pack
 
 BIN = Path(sys.executable).parent
 DAY = 86400.0
@@ -29,8 +29,8 @@ SEQ = iter(range(1, 10**6))
 
 
 def ctx(t: float, destinations=(), hosts=()) -> dict:
-    return {"interval_start": _iso(t - t % 3600), "interval_s": 3600, "destinations": list(destinations),
-            "destinations_omitted": 0, "hosts": list(hosts), "hosts_omitted": 0}  # fmt: skip
+    return {"interval_start": _iso(t - t % 3600), "interval_s": 3600, "destinations_omitted": 0, "hosts_omitted": 0,
+            "packed": pack({"destinations": list(destinations), "hosts": list(hosts)})}  # fmt: skip
 
 
 def _iso(t: float) -> str:

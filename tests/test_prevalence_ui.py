@@ -33,7 +33,8 @@ def _iso(t: float) -> str:
 
 def context_body(t: float, destinations: list, hosts: list) -> dict:
     return {"interval_start": iso_ms(int(t - t % 3600) * 1000, "seconds"), "interval_s": 3600,
-            "destinations": destinations, "destinations_omitted": 0, "hosts": hosts, "hosts_omitted": 0}  # fmt: skip
+            "destinations_omitted": 0, "hosts_omitted": 0,
+            "packed": wire.pack({"destinations": destinations, "hosts": hosts})}  # fmt: skip
 
 
 def host_body(t: float, apps: list[str], services: list, peers: list[str]) -> dict:

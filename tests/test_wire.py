@@ -252,9 +252,19 @@ def test_context_sketches_are_checked():
     """A context message's sketches are DataSketches bytes: anything else is refused as malformed."""
     good = {"v": 7, "type": "context", "sensor": "tap-01", "spool": "0123456789abcdef", "seq": 1,
             "created": "2026-11-23T08:00:00Z", "body": EXAMPLES["context"]}  # fmt: skip
-    assert decode(json.dumps(good).encode()).body["destinations"][0]["kind"] == "address"
+    assert wire.unpack(decode(json.dumps(good).encode()).body["packed"])["destinations"][0]["kind"] == "address"
     for bad in ("AAAAAAAAAAAAAAAA", "not base64!", ""):
-        d = EXAMPLES["context"]["destinations"][0] | {"sketch": bad}
-        frame = json.dumps(good | {"body": EXAMPLES["context"] | {"destinations": [d]}}).encode()
+        d = wire.CONTEXT_EXAMPLE["destinations"][0] | {"sketch": bad}
+        packed = wire.pack(wire.CONTEXT_EXAMPLE | {"destinations": [d]})
+        frame = json.dumps(good | {"body": EXAMPLES["context"] | {"packed": packed}}).encode()
         with pytest.raises(WireError, match="sketch"):
+            decode(frame)
+    import base64
+    import zlib
+
+    bomb = base64.b64encode(zlib.compress(b'{"destinations": [' + b" " * (4 * 2**20) + b"]}", 9)).decode()
+    for bad, why in ((bomb, "at most"), ("eJzLSM3JyQcABiwCFQ==", "not a packed object"),
+                     (wire.pack({"destinations": [], "hosts": [], "x": 1}), "unknown field")):  # fmt: skip
+        frame = json.dumps(good | {"body": EXAMPLES["context"] | {"packed": bad}}).encode()
+        with pytest.raises(WireError, match=why):
             decode(frame)

@@ -80,7 +80,9 @@ class F:
     kinds: int (0..`top`), num (finite), str, time (ISO-8601 with a zone), obj
     (exactly `fields`), objs (a list of such objects, at most `max_items`), ints
     (a list of ints, of `length` items when set), nums (an object of at most
-    `max_items` names, each a finite number).
+    `max_items` names, each a finite number), packed (text of at most `max_len`:
+    base64 of a zlib-compressed JSON object with exactly `fields`, checked as
+    strictly as the rest; `unpack` reads it).
     """
 
     kind: str
@@ -714,6 +716,42 @@ STATS = MessageType(
     check=_check_stats,
 )
 
+PACKED_MAX = 2**20
+"""Largest packed object, decompressed: a frame's 64 kB never unpack into more than this (no zlib bomb)."""
+
+
+def pack(obj: dict) -> str:
+    """An object as a `packed` field's text: compact JSON, zlib level 9, base64."""
+    import base64
+    import zlib
+
+    raw = json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    return base64.b64encode(zlib.compress(raw, 9)).decode("ascii")
+
+
+def unpack(text: str) -> dict:
+    """A `packed` field's object; ValueError for anything else (bad base64, not zlib, bigger than PACKED_MAX
+    decompressed, not a JSON object, non-finite numbers, oversized integers)."""
+    import base64
+    import binascii
+    import zlib
+
+    try:
+        d = zlib.decompressobj()
+        raw = d.decompress(base64.b64decode(text, validate=True), PACKED_MAX)
+        if d.unconsumed_tail or not d.eof:
+            raise ValueError(f"not a complete packed object of at most {PACKED_MAX:,} bytes")
+        obj = json.loads(raw.decode("utf-8"), parse_constant=_no_constants, parse_float=_finite,
+                         parse_int=_bounded_int)  # fmt: skip
+    except (binascii.Error, zlib.error, UnicodeDecodeError, json.JSONDecodeError, RecursionError, TypeError) as e:
+        raise ValueError(f"not a packed object ({type(e).__name__})") from None
+    except WireError as e:
+        raise ValueError(str(e)) from None
+    if not isinstance(obj, dict):
+        raise ValueError("not a packed object")
+    return obj
+
+
 # -- context ----------------------------------------------------------------------------
 
 CONTEXT_KINDS = ("address", "domain", "server_name", "client_fingerprint")
@@ -724,6 +762,7 @@ def _check_context(body: dict) -> None:
     from ntds.prevalence import SketchError
     from ntds.prevalence import decode as sketch
 
+    body = unpack(body["packed"])
     for i, d in enumerate(body["destinations"]):
         if d["first_ms"] > d["last_ms"] or not (in_time_range(d["first_ms"]) and in_time_range(d["last_ms"])):
             raise ValueError(f"context.destinations[{i}]: first and last seen out of order or range")
@@ -736,6 +775,34 @@ def _check_context(body: dict) -> None:
             raise ValueError(f"context.hosts[{i}]: first and last seen out of order or range")
 
 
+CONTEXT_EXAMPLE = {
+    "destinations": [
+        {
+            "kind": "address",
+            "key": "93.184.216.34",
+            "first_ms": 1794816000100,
+            "last_ms": 1794816100100,
+            "flows": 3,
+            "sketch": "AgEHCgMIAQBVRfgL",
+        }
+    ],
+    "hosts": [
+        {
+            "host": "10.1.0.10",
+            "first_ms": 1794816000100,
+            "last_ms": 1794816100100,
+            "flows": 3,
+            "bytes_up": 6000,
+            "bytes_down": 45000,
+            "applications": [{"application": "TLS", "flows": 3}],
+            "services": [],
+            "peers": [{"peer": "93.184.216.34", "flows": 3, "bytes": 51000}],
+        }
+    ],
+}
+"""What the example context message packs."""
+
+
 CONTEXT = MessageType(
     "context",
     "what context on alerts is built from, per context interval (an hour by default): for every external "
@@ -745,101 +812,90 @@ CONTEXT = MessageType(
     {
         "interval_start": INTERVAL_START,
         "interval_s": F("int", "length of the interval in seconds (context_interval_s)", top=86400),
-        "destinations": F(
-            "objs",
-            "external destinations reached in the interval (at most context_max_destinations in all its messages)",
-            {
-                "kind": F(
-                    "str",
-                    "address, domain (registered), server_name (TLS SNI, QUIC, HTTP Host), "
-                    "client_fingerprint (JA4, HASSH)",
-                    choices=CONTEXT_KINDS,
-                ),  # fmt: skip
-                "key": F("str", "the destination: an address, a name, a fingerprint", max_len=256),
-                "first_ms": F("int", "start of its first flow, ms since the epoch", top=INT_MAX),
-                "last_ms": F("int", "end of its last flow, ms since the epoch", top=INT_MAX),
-                "flows": F("int", "flows to it"),
-                "sketch": F(
-                    "str",
-                    "the local hosts that reached it: an Apache DataSketches HLL_4 sketch (lg_k 10) in its compact "
-                    "serialisation, base64 (ntds.prevalence)",
-                    max_len=1024,
-                ),
-            },
-            max_items=2000,
-        ),
         "destinations_omitted": F("int", "flows to destinations beyond context_max_destinations (not sketched)"),
-        "hosts": F(
-            "objs",
-            "local hosts active in the interval (at most context_max_hosts in all its messages)",
+        "hosts_omitted": F("int", "flows of hosts beyond context_max_hosts (not counted per host)"),
+        "packed": F(
+            "packed",
+            "the interval's destinations and hosts (this message's share of them), compressed: about a quarter of "
+            "their size as plain JSON",
             {
-                "host": F("str", "the local host's address", max_len=64),
-                "first_ms": F("int", "start of its first flow in the interval, ms since the epoch", top=INT_MAX),
-                "last_ms": F("int", "end of its last flow, ms since the epoch", top=INT_MAX),
-                "flows": F("int", "its flows"),
-                "bytes_up": F("int", "IP bytes it sent"),
-                "bytes_down": F("int", "IP bytes it received"),
-                "applications": F(
+                "destinations": F(
                     "objs",
-                    "applications it used as a client (the flow's source), most flows first, at most 16",
-                    {"application": F("str", "ProtocolName", max_len=128), "flows": F("int", "flows")},
-                    max_items=16,
-                ),  # fmt: skip
-                "services": F(
-                    "objs",
-                    "services it answered as a server (the flow's destination answered, not a refusal), most flows "
-                    "first, at most 16",
+                    "external destinations reached in the interval (at most context_max_destinations in all its "
+                    "messages)",
                     {
-                        "protocol": F("int", "IP protocol number", top=255),
-                        "port": F("int", "its port", top=65535),
-                        "application": F("str", "ProtocolName", max_len=128),
-                        "flows": F("int", "flows"),
+                        "kind": F(
+                            "str",
+                            "address, domain (registered), server_name (TLS SNI, QUIC, HTTP Host), "
+                            "client_fingerprint (JA4, HASSH)",
+                            choices=CONTEXT_KINDS,
+                        ),  # fmt: skip
+                        "key": F("str", "the destination: an address, a name, a fingerprint", max_len=256),
+                        "first_ms": F("int", "start of its first flow, ms since the epoch", top=INT_MAX),
+                        "last_ms": F("int", "end of its last flow, ms since the epoch", top=INT_MAX),
+                        "flows": F("int", "flows to it"),
+                        "sketch": F(
+                            "str",
+                            "the local hosts that reached it: an Apache DataSketches HLL_4 sketch (lg_k 10) in its "
+                            "compact serialisation, base64 (ntds.prevalence)",
+                            max_len=1024,
+                        ),
                     },
-                    max_items=16,
+                    max_items=20_000,
                 ),
-                "peers": F(
+                "hosts": F(
                     "objs",
-                    "the other ends it exchanged most bytes with, at most 8",
+                    "local hosts active in the interval (at most context_max_hosts in all its messages)",
                     {
-                        "peer": F("str", "address", max_len=64),
-                        "flows": F("int", "flows"),
-                        "bytes": F("int", "IP bytes, both directions"),
+                        "host": F("str", "the local host's address", max_len=64),
+                        "first_ms": F(
+                            "int", "start of its first flow in the interval, ms since the epoch", top=INT_MAX
+                        ),
+                        "last_ms": F("int", "end of its last flow, ms since the epoch", top=INT_MAX),
+                        "flows": F("int", "its flows"),
+                        "bytes_up": F("int", "IP bytes it sent"),
+                        "bytes_down": F("int", "IP bytes it received"),
+                        "applications": F(
+                            "objs",
+                            "applications it used as a client (the flow's source), most flows first, at most 16",
+                            {"application": F("str", "ProtocolName", max_len=128), "flows": F("int", "flows")},
+                            max_items=16,
+                        ),  # fmt: skip
+                        "services": F(
+                            "objs",
+                            "services it answered as a server (the flow's destination answered, not a refusal), most "
+                            "flows first, at most 16",
+                            {
+                                "protocol": F("int", "IP protocol number", top=255),
+                                "port": F("int", "its port", top=65535),
+                                "application": F("str", "ProtocolName", max_len=128),
+                                "flows": F("int", "flows"),
+                            },
+                            max_items=16,
+                        ),
+                        "peers": F(
+                            "objs",
+                            "the other ends it exchanged most bytes with, at most 8",
+                            {
+                                "peer": F("str", "address", max_len=64),
+                                "flows": F("int", "flows"),
+                                "bytes": F("int", "IP bytes, both directions"),
+                            },
+                            max_items=8,
+                        ),
                     },
-                    max_items=8,
+                    max_items=5_000,
                 ),
             },
-            max_items=2000,
+            max_len=MAX_FRAME,
         ),
-        "hosts_omitted": F("int", "flows of hosts beyond context_max_hosts (not counted per host)"),
     },
     {
         "interval_start": "2026-11-16T08:00:00Z",
         "interval_s": 3600,
-        "destinations": [
-            {
-                "kind": "address",
-                "key": "93.184.216.34",
-                "first_ms": 1794816000100,
-                "last_ms": 1794816100100,
-                "flows": 3,
-                "sketch": "AgEHCgMIAQBVRfgL",
-            }
-        ],
         "destinations_omitted": 0,
-        "hosts": [
-            {
-                "host": "10.1.0.10",
-                "first_ms": 1794816000100,
-                "last_ms": 1794816100100,
-                "flows": 3,
-                "bytes_up": 6000,
-                "bytes_down": 45000,
-                "applications": [{"application": "TLS", "flows": 3}],
-                "services": [],
-                "peers": [{"peer": "93.184.216.34", "flows": 3, "bytes": 51000}],
-            }
-        ],
         "hosts_omitted": 0,
+        "packed": pack(CONTEXT_EXAMPLE),
     },
     drop_rank=2,
     not_archived="merged into the store's prevalence and host tables (aggregator.prevalence, aggregator.host_story), "
@@ -1309,6 +1365,14 @@ def _value(f: F, v, where: str) -> None:
             and ((_is_int(x) and abs(x) <= INT_MAX) or (isinstance(x, float) and math.isfinite(x)))
             for k, x in v.items()
         )
+    elif f.kind == "packed":
+        ok = isinstance(v, str) and len(v) <= f.max_len
+        if ok:
+            try:
+                obj = unpack(v)
+            except ValueError as e:
+                raise WireError(f"{where}: {e}") from None
+            _check(f.fields, obj, where)
     elif f.kind == "ints":
         ok = isinstance(v, list) and len(v) <= f.max_items and all(_is_int(x) and f.low <= x <= f.top for x in v)
         ok = ok and (f.length is None or len(v) == f.length)
@@ -1419,6 +1483,8 @@ __all__ = [
     "health",
     "hello",
     "now_iso",
+    "pack",
     "parse_time",
+    "unpack",
     "wire_time",
 ]
