@@ -34,7 +34,7 @@ from ntds.detect.scoring import TIER_LABELS
 from ntds.errors import InputError
 from ntds.flows.columns import COLUMNS as FLOW_COLUMNS
 from ntds.flows.files import kind_of, read_flow_table, table_time
-from ntds.flows.meter import FlowMeter
+from ntds.flows.meter import EXTRA_COLUMNS, FlowMeter
 from ntds.flows.traffic import FlowTraffic
 from ntds.logs import printable
 from ntds.networks import DEFAULT_LOCAL_NETWORKS, matcher
@@ -44,9 +44,37 @@ from ntds.wire.schema import TIME_MAX, TIME_MIN, in_time_range
 CHUNK = 4096
 
 
+class _Recorded:
+    """A flow read from a flow file written with its extra columns (`features --extra`, the sensor's flow records):
+    the server name and fingerprints indicators are matched on come with it (the host-level detectors still see
+    the flow as any flow file's, so their results do not depend on how the file was written)."""
+
+    __slots__ = ("extra", "features", "traffic")
+
+    def __init__(self, features: tuple, traffic: FlowTraffic, extra: tuple) -> None:
+        self.features, self.traffic, self.extra = features, traffic, extra
+
+
+def _extra_columns(path: Path) -> list[str]:
+    """The extra columns (ntds.flows.meter.EXTRA_COLUMNS) a flow file has."""
+    if kind_of(path) == "csv":
+        with open(path, "rb") as fh:
+            names = fh.readline().decode("utf-8", "replace").strip().split(",")
+    else:
+        import pyarrow.parquet as pq
+
+        try:
+            names = pq.ParquetFile(path).schema_arrow.names
+        except Exception:  # noqa: BLE001 - not Parquet: read_flow_table says so in one line
+            return []
+    return [c for c in EXTRA_COLUMNS if c in names]
+
+
 def _table_records(path: Path, skipped: list[int]) -> Iterator[list]:
-    """Chunks of a flow file as records Detection reads (87 columns and the traffic they imply)."""
-    for cols in read_flow_table(path, list(FLOW_COLUMNS)):
+    """Chunks of a flow file as records Detection reads (87 columns and the traffic they imply, and the extra
+    columns where the file has them)."""
+    extras = _extra_columns(path)
+    for cols in read_flow_table(path, list(FLOW_COLUMNS) + extras):
         n = len(cols["Flow.ID"])
         rows = list(zip(*(cols[c] for c in FLOW_COLUMNS)))
         out = []
@@ -76,8 +104,19 @@ def _table_records(path: Path, skipped: list[int]) -> Iterator[list]:
                 payload=fwd_payload + bwd_payload,
                 rst=float(cols["RST.Flag.Count"][i]) > 0,
             )
-            out.append(observed(rows[i], traffic))
+            if extras:
+                out.append(_Recorded(rows[i], traffic, tuple(_text(cols, c, i) for c in EXTRA_COLUMNS)))
+            else:
+                out.append(observed(rows[i], traffic))
         yield out
+
+
+def _text(cols: dict, name: str, i: int) -> str:
+    """A text extra column's value ("" where the file has no such column or the value is missing)."""
+    if name not in cols:
+        return ""
+    v = cols[name][i]
+    return v if isinstance(v, str) else ""
 
 
 def _capture_records(path: Path, profile: str, skipped: list[int]) -> Iterator[list]:

@@ -490,3 +490,42 @@ def test_arbitrary_bytes_are_read_or_refused_in_one_line_never_a_crash(tmp_path,
             assert "\n" not in str(e)
 
     check()
+
+
+def _cli_hits(*args) -> set:
+    run = subprocess.run([sys.executable, "-m", "sensor.cli", "score", *map(str, args), "--baseline",
+                          str(ROOT / "config" / "baseline.json"), "--all"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    out = set()
+    for a in map(json.loads, run.stdout.splitlines()):
+        if a["kind"] == "intel":
+            for f in a["flows"]:
+                conv = (frozenset({(f["src_ip"], f["src_port"]), (f["dst_ip"], f["dst_port"])}), f["protocol"])
+                out.add((a["intel"][0]["type"], a["intel"][0]["value"], conv))
+    return out
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="shared captures not present (../shared/pcaps)")
+@pytest.mark.parametrize("name", ["443-curl.pcap", "ssh.pcap"])
+def test_a_flow_file_with_its_extra_columns_matches_as_its_capture(tmp_path, name):
+    """`features --extra` keeps the server name and fingerprints, so `score FLOWS.parquet --intel` finds what
+    `score CAPTURE --intel` finds on the same flows (a flow file has no single-packet flows)."""
+    import pyarrow.parquet as pq
+
+    path = SHARED / name
+    if not path.exists():
+        pytest.skip(f"{name} not in ../shared/pcaps")
+    seen = direct_search(path)
+    feed = tmp_path / "feed.csv"
+    feed.write_text("indicator,type\n" + "".join(f"{i.value},{i.type}\n" for i in _indicators(seen)))
+    flows = tmp_path / "flows.parquet"
+    run = subprocess.run([sys.executable, "-m", "sensor.cli", "features", str(path), "--extra", "-o", str(flows)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    t = pq.read_table(flows).to_pydict()
+    convs = {(frozenset({(s, sp), (d, dp)}), p) for s, sp, d, dp, p in zip(
+        t["Source.IP"], t["Source.Port"], t["Destination.IP"], t["Destination.Port"], t["Protocol"])}  # fmt: skip
+    from_capture = {h for h in _cli_hits(path, "--intel", feed) if h[2] in convs}
+    from_flows = _cli_hits(flows, "--intel", feed)
+    assert from_flows == from_capture and {k for k, _, _ in from_flows} - {"ip", "net"}  # names or fingerprints too

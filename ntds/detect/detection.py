@@ -234,10 +234,12 @@ class Detection:
 
 
 def _fields(r: Any) -> tuple[str, str, str, str, str]:
-    """What indicators are matched on (ntds.intel.matching.FIELDS): the meter's extra columns carry the
-    fingerprints (flows read from flow files and single-packet flows have none)."""
+    """What indicators are matched on (ntds.intel.matching.FIELDS): the meter's extra columns carry the server name
+    and fingerprints (single-packet flows and flow files written without --extra have none)."""
     t, extra = r.traffic, getattr(r, "extra", None)
-    return (t.src_ip, t.dst_ip, t.server_name, (extra[5] or "") if extra else "", (extra[6] or "") if extra else "")
+    if not extra:
+        return (t.src_ip, t.dst_ip, t.server_name, "", "")
+    return (t.src_ip, t.dst_ip, t.server_name or extra[4] or "", extra[5] or "", extra[6] or "")
 
 
 def observed(features: tuple | None, traffic: FlowTraffic) -> _Observed:
