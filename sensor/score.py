@@ -13,7 +13,9 @@ scans of unanswered probes and DNS names are only visible in captures.
 `--intel FILE` (any indicator format, ntds.intel.formats) matches every flow
 against those indicators as a sensor matches the aggregator's pushed set, so a
 capture can be triaged without an aggregator; a bad row is counted and named on
-stderr, the rest is used.
+stderr, the rest is used. A flow file written with its extra columns
+(`features --extra`, the sensor's flow records) is matched on its server names
+and fingerprints too; without them, on addresses only.
 """
 
 from __future__ import annotations
