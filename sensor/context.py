@@ -30,6 +30,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from ntds.detect.hosts.dns import registered_domain
@@ -82,12 +83,16 @@ class _Interval:
     hosts_omitted: int = 0
 
 
-def _is_address(name: str) -> bool:
+@lru_cache(maxsize=65536)
+def _names(server_name: str) -> tuple[str, str]:
+    """(the name as counted, its registered domain); ("", "") for a Host header or SNI that is an address (the
+    address kind counts it). Cached: a site asks for the same names all day."""
+    name = server_name.strip().rstrip(".").lower()[:256]
     try:
         ipaddress.ip_address(name.strip("[]"))
-        return True
+        return "", ""
     except ValueError:
-        return False
+        return name, registered_domain(name)
 
 
 def _size(obj: object) -> int:
@@ -129,12 +134,9 @@ class ContextCounter:
             self._reach(iv, "address", server, client, t.start_ms, end)
             if fingerprint:
                 self._reach(iv, "client_fingerprint", fingerprint[:256], client, t.start_ms, end)
-        name = t.server_name.strip().rstrip(".").lower()[:256] if t.server_name else ""
-        if name and _is_address(name):
-            name = ""  # a Host header or SNI that is an address names no domain: the address kind counts it
+        name, domain = _names(t.server_name) if t.server_name else ("", "")
         is_dns = t.dst_port == DNS_PORT or t.dns is not None
         if name and (is_dns or not local_server):
-            domain = registered_domain(name)
             if domain:
                 self._reach(iv, "domain", domain, client, t.start_ms, end)
             if not is_dns:
