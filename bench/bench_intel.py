@@ -13,7 +13,10 @@ flows) is timed the same way.
 
 Memory: a child process reads the 1,000,000-indicator set file as a sensor does after a push (`IntelUpdates._load`:
 every line read, then the numpy arrays) and reports its resident memory before, at its peak and after.
-Push: the set file's size, compressed, its parts on the wire, and the sensor's time to check and load it.
+Push: the set file's size, compressed, its parts on the wire, and the sensor's time to check and load it. With
+`--push`, also end to end: `ntds-aggregator intel add` of a CSV of the million (read, stored, signed, hunted), a real
+`serve` (CURVE) and a real `ntds-sensor replay --pace realtime` of 20 flows to a known-bad server on 127.0.0.1 (the
+site of tests/test_baseline_push.py): the set's arrival and the intel alerts stored.
 
     .venv/bin/python bench/bench_intel.py [--runs 5] [--indicators 1000000]
 """
@@ -151,11 +154,46 @@ def memory_child(path: str) -> None:
                       "load_s": load_s}))  # fmt: skip
 
 
+def push_end_to_end(inds: list[Indicator]) -> None:
+    """intel add, serve, a sensor replaying 20 flows to a server the set names: what each step took."""
+    import sqlite3
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tests.test_baseline_push import PushSite
+    from tests.test_transport import run
+
+    with tempfile.TemporaryDirectory() as d:
+        root = Path(d)
+        site = PushSite(root)
+        try:
+            feed = root / "feed.csv"
+            rows = "".join(f"{i.value},{i.type},{i.source},{i.confidence}\n" for i in inds)
+            feed.write_text("indicator,type,source,confidence\n" + rows + "10.1.0.53,ip,bench,90\n")
+            t0 = time.perf_counter()
+            p = run("ntds-aggregator", "intel", "add", feed, "--config", site.config)
+            add_s = time.perf_counter() - t0
+            assert p.returncode == 0, p.stderr
+            site.aggregator()
+            t0 = time.perf_counter()
+            sensor = site.replay_realtime(site.flows(20))
+            assert sensor.wait(600) == 0
+            log = [line for line in sensor.stderr.read().splitlines() if "matching indicator set" in line]
+            with sqlite3.connect(site.store) as db:
+                alerts = db.execute("SELECT COUNT(*) FROM alerts WHERE kind = 'intel'").fetchone()[0]
+            taken = log[0].split(" INFO ")[-1] if log else "no set taken"
+            print(f"\nEnd to end: intel add of {len(inds) + 1:,} indicators (CSV) {add_s:.1f} s; a sensor replaying "
+                  f"20 flows (20 s at their pace) took the set and sent {alerts} intel alerts in "
+                  f"{time.perf_counter() - t0:.1f} s; {taken}")  # fmt: skip
+        finally:
+            site.stop()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--indicators", type=int, default=1_000_000)
     ap.add_argument("--sessions", type=int, default=2400, help="site traffic sessions (2,400: the starter's)")
+    ap.add_argument("--push", action="store_true", help="also push the set end to end through real processes")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
@@ -211,6 +249,8 @@ def main() -> int:
     print(f"Sensor memory for the set: {mem['after'] - mem['before']:.0f} MiB resident after loading "
           f"({mem['nbytes'] / 2**20:.0f} MiB of arrays), peak {mem['peak'] - mem['before']:.0f} MiB above the "
           f"start while loading; check and load {mem['load_s']:.1f} s")  # fmt: skip
+    if args.push:
+        push_end_to_end(big)
     print(f"Building the matcher in-process: {build_s:.1f} s for both sets; {platform.machine()}, "
           f"{os.cpu_count()} cores, Python {platform.python_version()}")  # fmt: skip
     return 0
