@@ -34,7 +34,7 @@ from ntds.intel.indicators import Indicator
 from ntds.intel.matching import write_set
 from ntds.times import now_iso
 from ntds.wire import signing
-from ntds.wire.schema import Message, intel_parts
+from ntds.wire.schema import Message, packed_intel_parts
 
 log = logging.getLogger("ntds.aggregator.intel")
 
@@ -158,10 +158,15 @@ def listing(db: sqlite3.Connection, kind: str | None = None, source: str | None 
 class SignedSet:
     serial: int
     sha256: str
-    content: bytes
+    packed: bytes
+    """The set file, zlib-compressed: what is pushed."""
     indicators: int
     grant: str
     signature: str
+
+    @property
+    def content(self) -> bytes:
+        return zlib.decompress(self.packed)
 
 
 def sign(db: sqlite3.Connection, signing_key_file: Path | None, note: str = "") -> SignedSet | None:
@@ -172,6 +177,7 @@ def sign(db: sqlite3.Connection, signing_key_file: Path | None, note: str = "") 
     inds = list(active(db))
     content = write_set(inds)
     digest = hashlib.sha256(content).hexdigest()
+    packed = zlib.compress(content, 6)  # as pushed (ntds.wire.schema.packed_intel_parts)
     with _transaction(db):
         serial = db.execute("SELECT COALESCE(MAX(serial), 0) + 1 FROM intel_sets").fetchone()[0]
         grant = signing.IntelGrant(serial, digest, len(inds), "*", now_iso())
@@ -180,11 +186,11 @@ def sign(db: sqlite3.Connection, signing_key_file: Path | None, note: str = "") 
         db.execute(
             "INSERT INTO intel_sets (serial, sha256, content, indicators, grant_text, signature, signed, note) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (serial, digest, zlib.compress(content, 6), len(inds), text, signature, time.time(), note[:2000]),
+            (serial, digest, packed, len(inds), text, signature, time.time(), note[:2000]),
         )
         # the content of old sets is never pushed again (sensors refuse a lower serial): keep their rows, small
         db.execute("UPDATE intel_sets SET content = x'' WHERE serial <= ?", (serial - KEEP_SETS,))
-    return SignedSet(serial, digest, content, len(inds), text, signature)
+    return SignedSet(serial, digest, packed, len(inds), text, signature)
 
 
 def newest(db: sqlite3.Connection) -> SignedSet | None:
@@ -193,7 +199,7 @@ def newest(db: sqlite3.Connection) -> SignedSet | None:
     ).fetchone()
     if row is None:
         return None
-    return SignedSet(row[0], row[1], zlib.decompress(row[2]), row[3], row[4], row[5])
+    return SignedSet(row[0], row[1], bytes(row[2]), row[3], row[4], row[5])
 
 
 def sets(db: sqlite3.Connection) -> list[dict]:
@@ -222,7 +228,7 @@ class IntelPusher:
                 serial = self.db.execute("SELECT COALESCE(MAX(serial), 0) FROM intel_sets").fetchone()[0]
                 if serial != self._serial:
                     self._newest, self._serial = newest(self.db), serial
-            except (sqlite3.Error, zlib.error) as e:  # pushing pauses; receiving goes on
+            except sqlite3.Error as e:  # pushing pauses; receiving goes on
                 log.error("cannot read the newest indicator set: %s", e)
         return self._newest
 
@@ -245,7 +251,8 @@ class IntelPusher:
         log.info("pushing indicator set %d (%d indicators) to %s, which runs set %s", s.serial, s.indicators,
                  m.sensor, m.body.get("intel_serial") or "none")  # fmt: skip
         if self._parts[0] != s.serial:
-            self._parts = (s.serial, intel_parts("", s.serial, s.content, s.indicators, s.grant, s.signature))
+            self._parts = (s.serial, packed_intel_parts("", s.serial, s.packed, s.sha256, s.indicators, s.grant,
+                                                        s.signature))  # fmt: skip
         return [dataclasses.replace(p, sensor=m.sensor) for p in self._parts[1]]
 
     def close(self) -> None:
