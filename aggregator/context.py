@@ -232,14 +232,14 @@ class ContextWorker(threading.Thread):
         self.store_path = store_path
         self.options = options
         self.every_s = every_s
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self.failure: str | None = None
 
     def run(self) -> None:
         db = sqlite3.connect(self.store_path, isolation_level=None, timeout=30, check_same_thread=False)
         forgotten = 0.0
         try:
-            while not self._stop.is_set():
+            while not self._halt.is_set():
                 try:
                     if time.monotonic() - forgotten > 3600 or not forgotten:
                         ensure(db)
@@ -250,10 +250,10 @@ class ContextWorker(threading.Thread):
                         log.info("context: %d context messages merged, %d alerts judged", *done)
                 except sqlite3.OperationalError as e:  # a full disk, a busy store: again at the next pass
                     log.error("context waits: %s", one_line(e))
-                self._stop.wait(self.every_s)
+                self._halt.wait(self.every_s)
         finally:
             db.close()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=10)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -75,6 +76,9 @@ def test_two_sensors_fleet_prevalence_equals_an_exact_count(tmp_path):
                 return row is not None and int(row[0]) >= top
 
         wait(merged, 60, "the context thread")
+        serve = agent.procs[0]
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(60) == 0, (tmp_path / "agg.log").read_text()[-2000:]  # its context thread stops cleanly
     finally:
         agent.stop()
     p = subprocess.run([str(BIN / "ntds-aggregator"), "prevalence", "--kind", "address", "--limit", "100000",
