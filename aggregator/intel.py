@@ -34,7 +34,7 @@ from ntds.intel.indicators import Indicator
 from ntds.intel.matching import write_set
 from ntds.times import now_iso
 from ntds.wire import signing
-from ntds.wire.schema import Message, packed_intel_parts
+from ntds.wire.schema import INTEL_CHUNK, Message, packed_intel_parts
 
 log = logging.getLogger("ntds.aggregator.intel")
 
@@ -49,6 +49,9 @@ CREATE TABLE IF NOT EXISTS intel_sets (
     grant_text TEXT NOT NULL, signature TEXT NOT NULL, signed REAL NOT NULL, note TEXT NOT NULL);
 """
 KEEP_SETS = 3
+PUSH_MAX_PARTS = 900
+"""Parts one push may have: under ZeroMQ's default queue of 1,000 messages per peer, which `serve`'s socket drops
+beyond (about 40 MB compressed: some four million indicators)."""
 RESEND_S = 60.0
 REREAD_S = 1.0
 
@@ -178,6 +181,10 @@ def sign(db: sqlite3.Connection, signing_key_file: Path | None, note: str = "") 
     content = write_set(inds)
     digest = hashlib.sha256(content).hexdigest()
     packed = zlib.compress(content, 6)  # as pushed (ntds.wire.schema.packed_intel_parts)
+    if len(packed) > PUSH_MAX_PARTS * INTEL_CHUNK:
+        raise InputError(f"{len(inds):,} indicators are {len(packed) / 2**20:.0f} MB compressed, more than one push "
+                         f"carries ({PUSH_MAX_PARTS * INTEL_CHUNK / 2**20:.0f} MB): they are stored but not signed; "
+                         "remove or expire some (intel remove --source ...)")  # fmt: skip
     with _transaction(db):
         serial = db.execute("SELECT COALESCE(MAX(serial), 0) + 1 FROM intel_sets").fetchone()[0]
         grant = signing.IntelGrant(serial, digest, len(inds), "*", now_iso())

@@ -302,3 +302,16 @@ def test_a_sensor_hunts_its_flow_records_for_indicators_new_to_it(tmp_path):
         assert [b for b in bodies(site.store, "alert") if b["kind"] == "intel" and not b["intel"][0]["found_later"]]
     finally:
         site.stop()
+
+
+def test_a_set_too_large_for_one_push_is_refused_before_it_is_signed(tmp_path, keys, monkeypatch):
+    """ZeroMQ drops what exceeds a peer's queue, so a set that would not arrive whole is never signed."""
+    _, public = keys
+    db = agg_intel.connect(tmp_path / "store.db")
+    agg_intel.add(db, [Indicator("ip", "203.0.113.9", "a")])
+    assert agg_intel.sign(db, tmp_path / "sign" / signing.SECRET_NAME).serial == 1
+    monkeypatch.setattr(agg_intel, "PUSH_MAX_PARTS", 0)
+    with pytest.raises(agg_intel.InputError, match="more than one push carries"):
+        agg_intel.sign(db, tmp_path / "sign" / signing.SECRET_NAME)
+    assert [s["serial"] for s in agg_intel.sets(db)] == [1]
+    db.close()
