@@ -121,6 +121,7 @@ def sensor_side(args) -> dict:
         "destinations": destinations,
         "sketch_text_bytes": sketch_bytes,
         "hosts_described": sum(len(x["hosts"]) for x in unpacked),
+        "destinations_omitted": contexts[0]["destinations_omitted"],
         "context_plain_bytes": plain,
         "summary_us_per_flow": statistics.median(summary_s) / len(flows) * 1e6,
         "context_us_per_flow": statistics.median(context_s) / len(flows) * 1e6,
@@ -257,7 +258,8 @@ def main() -> None:
     print(f"busy hour: {s['flows']:,} flows of {s['hosts']} hosts; summaries {s['summary_bytes']:,} B in "
           f"{s['summary_messages']} messages; context {s['context_bytes']:,} B in {s['context_messages']} messages "
           f"({s['context_bytes'] / s['summary_bytes']:.2f}x the summaries): {s['destinations']:,} destinations "
-          f"(sketches {s['sketch_text_bytes']:,} B as base64), {s['hosts_described']} hosts; as plain JSON "
+          f"(sketches {s['sketch_text_bytes']:,} B as base64; {s['destinations_omitted']:,} past the cap omitted), "
+          f"{s['hosts_described']} hosts; as plain JSON "
           f"{s['context_plain_bytes']:,} B")  # fmt: skip
     print(f"per flow: summaries {s['summary_us_per_flow']:.2f} us, context {s['context_us_per_flow']:.2f} us "
           f"(median of {args.runs})")  # fmt: skip
