@@ -204,6 +204,13 @@ def test_expired_indicators_stop_matching_by_themselves():
     assert [m.field for m in s.match([flow], now=999.0)[0]] == ["dst_ip", "server_name"]
     assert [m.field for m in s.match([flow], now=1000.0)[0]] == ["server_name"]
     assert len(IntelSet(inds, now=2000.0)) == 1  # built after the expiry: not even loaded
+    # an expired address leaves the flow to the network around it, and an expired name to its parent domain
+    layered = IntelSet([Indicator("ip", "203.0.113.9", "a", 90, 0, expires=1000.0),
+                        Indicator("net", "203.0.113.0/24", "b", 40),
+                        Indicator("domain", "www.evil.example", "c", 90, 0, expires=1000.0),
+                        Indicator("domain", "evil.example", "d", 40)], now=0)  # fmt: skip
+    for now, want in ((999.0, ["a", "c"]), (1000.0, ["b", "d"])):
+        assert [layered.indicator(m.index).source for m in layered.match([flow], now=now)[0]] == want
 
 
 def test_most_specific_match_and_highest_confidence_win():

@@ -178,6 +178,11 @@ class IntelSet:
         if not self.n or not flows:
             return out
         best: dict[tuple[int, str], int] = {}
+        expires = self.expires
+
+        def alive(k: int) -> bool:  # an expired indicator leaves the field to a broader one that is not
+            return not expires[k] or expires[k] > now
+
         if self.nets:
             keys = [ip_key(f[0]) or bytes(16) for f in flows] + [ip_key(f[1]) or bytes(16) for f in flows]
             q = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(-1, 16)
@@ -189,8 +194,9 @@ class IntelSet:
                 for j in np.flatnonzero(sorted_keys[pos] == masked):
                     j = int(j)
                     where = (j % m, FIELDS[j // m])
-                    if where not in best and keys[j] != bytes(16):
-                        best[where] = int(idx[pos[j]])
+                    k = int(idx[pos[j]])
+                    if where not in best and keys[j] != bytes(16) and alive(k):
+                        best[where] = k
         if len(self.str_keys):
             cand: list[tuple[int, str, str, str]] = []
             for i, f in enumerate(flows):
@@ -212,12 +218,11 @@ class IntelSet:
                 for j in np.flatnonzero(self.str_keys[pos] == q):
                     i, field, kind, value = cand[int(j)]
                     k = int(self.str_idx[pos[j]])
-                    if (i, field) not in best and TYPES_BY_CODE[int(self.types[k])] == kind and self.value(k) == value:
+                    if ((i, field) not in best and TYPES_BY_CODE[int(self.types[k])] == kind and self.value(k) == value
+                            and alive(k)):  # fmt: skip
                         best[(i, field)] = k
         for (i, field), k in best.items():
-            e = self.expires[k]
-            if not e or e > now:
-                out[i].append(Match(k, field))
+            out[i].append(Match(k, field))
         for hits in out:
             hits.sort(key=lambda h: FIELDS.index(h.field))
         return out
