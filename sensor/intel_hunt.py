@@ -4,8 +4,8 @@ The aggregator can only hunt what the fleet sent up (alerts and the flows
 behind them, aggregator.retro_hunt). A sensor with `flow_records_dir` keeps
 every flow it metered (rotated Parquet files, sensor.flow_records), with the
 server name and fingerprints, so when it takes a new indicator set it searches
-those files for the indicators that are new to it: those added after the set
-it ran before was signed (every indicator, for its first set). Each contact is
+those files for the indicators that are new to it: those the set it ran before
+did not have (every indicator, for its first set; `IntelSet.new_since`). Each contact is
 an `intel` alert marked found later, grouped per local host and indicator,
 sent like any other alert. It runs in a thread of its own, so capture and
 detection go on; what it found is spooled by the pipeline's loop.
@@ -37,13 +37,6 @@ COLUMNS = ["Source.IP", "Destination.IP", "Source.Port", "Destination.Port", "Pr
            "Flow.Duration", "Total.Fwd.Packets", "Total.Backward.Packets", "Total.Length.of.Fwd.Packets",
            "Total.Length.of.Bwd.Packets", "requested_server_name", "client_fingerprint", "server_fingerprint",
            "flow_start_utc"]  # fmt: skip
-
-
-def new_indicators(intel: IntelSet, since: float) -> IntelSet:
-    """The indicators of `intel` first added after `since` (0: all of them)."""
-    if not since:
-        return intel
-    return IntelSet((intel.indicator(int(i)) for i in np.flatnonzero(intel.added > since)), now=0)
 
 
 def hunt_files(files: list[Path], intel: IntelSet, now: float, baseline_id: str,

@@ -37,10 +37,10 @@ from ntds.detect.detection import Detection
 from ntds.errors import InputError
 from ntds.flows.engine import CaptureControl
 from ntds.flows.meter import FlowMeter, FlowRecord
+from ntds.intel.matching import IntelSet
 from ntds.logs import printable
 from ntds.notify import Notifier
 from ntds.progress import Progress
-from ntds.times import parse_time
 from ntds.wire import schema as wire
 from ntds.wire.keys import load_pair, load_public
 from ntds.wire.schema import TIERS, in_time_range
@@ -52,7 +52,7 @@ from sensor.evidence.jobs import Evidence, EvidenceWorker
 from sensor.evidence.ring import prune as prune_ring
 from sensor.flow_records import FlowRecords
 from sensor.geo import GeoIP
-from sensor.intel_hunt import RetroHunt, new_indicators
+from sensor.intel_hunt import RetroHunt
 from sensor.intel_updates import IntelUpdates
 from sensor.intel_updates import Refused as IntelRefused
 from sensor.link import Link
@@ -401,7 +401,7 @@ class Pipeline:
     def _take_intel(self, m: wire.Message) -> None:
         """A part of a pushed indicator set: a complete, verified one is matched from the next flow on (flows
         already judged keep the set they were matched with), and a hello names its serial."""
-        previous = self.intel_updates.running
+        previous = self.detection.intel
         try:
             intel = self.intel_updates.take(m)
         except IntelRefused as e:
@@ -414,14 +414,14 @@ class Pipeline:
             self.spool.append([("hello", self._hello())])
             log.info("matching indicator set %d (%d indicators, %.1f MB), pushed by the aggregator", m.seq, len(intel),
                      intel.nbytes / 2**20)  # fmt: skip
-            self._retro_hunt(intel, parse_time(previous.signed).timestamp() if previous and previous.signed else 0.0)
+            self._retro_hunt(intel, previous)
 
-    def _retro_hunt(self, intel, since: float) -> None:
+    def _retro_hunt(self, intel: IntelSet, previous: IntelSet | None) -> None:
         """The indicators new to this sensor, searched in its closed flow-record files, in the background."""
         if self.records is None or (self.hunt is not None and self.hunt.is_alive()):
             return  # one hunt at a time: a set taken during one is hunted by the next push's
         files = self.records.files()
-        new = new_indicators(intel, since)
+        new = intel.new_since(previous)
         if files and len(new):
             self.hunt = RetroHunt(files, new, self.baseline.id, self.summariser.classes.is_local, self.cfg.sensor_id)
             self.hunt.start()

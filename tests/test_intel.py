@@ -536,3 +536,16 @@ def test_a_flow_file_with_its_extra_columns_matches_as_its_capture(tmp_path, nam
     from_capture = {h for h in _cli_hits(path, "--intel", feed) if h[2] in convs}
     from_flows = _cli_hits(flows, "--intel", feed)
     assert from_flows == from_capture and {k for k, _, _ in from_flows} - {"ip", "net"}  # names or fingerprints too
+
+
+def test_new_since_is_what_the_older_set_lacks():
+    """What a sensor retro-hunts when a set arrives: the indicators the set it ran did not have, whatever dates
+    their sources gave them."""
+    old = IntelSet([Indicator("ip", "203.0.113.9", "a", 90, added=5.0), Indicator("domain", "evil.example", "a"),
+                    Indicator("net", "198.51.100.0/24", "a")], now=0)  # fmt: skip
+    new = IntelSet([Indicator("ip", "203.0.113.9", "b", 10), Indicator("domain", "evil.example", "a"),
+                    Indicator("net", "198.51.100.0/25", "a"), Indicator("ip", "192.0.2.1", "c", added=1.0),
+                    Indicator("ja3s", "ae53107a2e47ea20c72ac44821a728bf", "c")], now=0)  # fmt: skip
+    assert sorted(i.value for i in new.new_since(old)) == ["192.0.2.1", "198.51.100.0/25",
+                                                           "ae53107a2e47ea20c72ac44821a728bf"]  # fmt: skip
+    assert new.new_since(None) is new and len(new.new_since(new)) == 0

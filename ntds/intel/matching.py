@@ -169,6 +169,19 @@ class IntelSet:
     def __iter__(self) -> Iterator[Indicator]:
         return (self.indicator(i) for i in range(self.n))
 
+    def new_since(self, old: IntelSet | None) -> IntelSet:
+        """The indicators of this set that `old` does not have (by type and value): what a sensor has not been
+        matching yet, so what its retro-hunt looks for. Both sets must be built in this process (the hashes)."""
+        if old is None or not len(old):
+            return self
+        keep = np.zeros(self.n, dtype=bool)
+        before = {plen: keys for plen, keys, _ in old.nets}
+        for plen, keys, idx in self.nets:
+            known = before.get(plen)
+            keep[idx if known is None else idx[~np.isin(keys, known)]] = True
+        keep[self.str_idx[~np.isin(self.str_keys, old.str_keys)]] = True
+        return IntelSet((self.indicator(int(i)) for i in np.flatnonzero(keep)), now=0)
+
     # -- matching ---------------------------------------------------------------------------
 
     def match(self, flows: Sequence[tuple[str, str, str, str, str]], now: float) -> list[list[Match]]:
