@@ -29,11 +29,14 @@ class Link:
         server_public: bytes | None = None,
         window: int = 1000,
         resend_after: float = 5.0,
+        context: zmq.Context | None = None,
     ) -> None:
         self.spool = spool
         self.window = window
         self.resend_after = resend_after
-        self.context = zmq.Context()
+        self._own_context = context is None
+        """A sensor owns its context; a fleet simulated in one process (bench/bench_fleet.py) shares one."""
+        self.context = zmq.Context() if context is None else context
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.linger = 0
         self.socket.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_MS)
@@ -56,7 +59,10 @@ class Link:
 
     def close(self) -> None:
         # Everything unacknowledged is still in the spool: nothing to linger for.
-        self.context.destroy(linger=0)
+        if self._own_context:
+            self.context.destroy(linger=0)
+        else:
+            self.socket.close(linger=0)
 
     def pump(self, timeout_ms: int = 100) -> None:
         """Send what the window allows, resend what is overdue, take in acknowledgements."""
