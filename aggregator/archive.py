@@ -44,7 +44,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote, unquote
@@ -64,6 +64,8 @@ MERGE_AT = 8
 """Small files in one folder that trigger a merge (a finished day's small files are merged too)."""
 MERGE_ROWS = 250_000
 """A file with this many rows is big enough: never merged again, so no merge holds more than this in memory."""
+SHUTDOWN_EXPORT_S = 15.0
+"""Longest final export at shutdown, seconds: with the rest of the stop, within systemd's 30 s (TimeoutStopSec)."""
 STATE_KEY = "archived_id"
 ARCHIVE_ID_KEY = "archive_id"
 
@@ -270,13 +272,20 @@ class Archive:
         """Hold while reading files listed by `files`: no export changes the folders meanwhile."""
         return self._locked(shared=True)
 
-    def export(self, store: Store, retention_days: int | None = None, today: date | None = None) -> int:
-        """Move everything stored but not yet archived into Parquet; returns messages exported."""
+    def export(self, store: Store, retention_days: int | None = None, today: date | None = None,
+               stop: Callable[[], bool] | None = None) -> int:  # fmt: skip
+        """Move everything stored but not yet archived into Parquet; returns messages exported.
+
+        `stop` is asked between batches: once it says so, the export ends after the batch it wrote (each batch
+        moves the high-water mark on its own) and leaves expiry and merges to the next one: a shutdown waits
+        for one batch, not for a backlog."""
         done = 0
         with self._locked():
             self._check_identity(store)
             last = store.state(STATE_KEY)
             while True:
+                if stop is not None and stop():
+                    return done
                 batch = store.after(last, BATCH)
                 if not batch:
                     break
@@ -458,17 +467,19 @@ class Archiver(threading.Thread):
         self.cfg = cfg
         self.archive = Archive(cfg.archive)
         self._stopping = threading.Event()
+        self._deadline = float("inf")
+        """Monotonic time after which an export stops between batches (set at shutdown)."""
         self.failure: str | None = None
 
     def run(self) -> None:
         try:
             while not self._stopping.wait(self.cfg.archive_interval_s):
-                self.export_once()
+                self.export_once(stop=self._stopping.is_set)
         except Exception as e:  # noqa: BLE001 - reported by serve, which stops the process
             self.failure = f"{type(e).__name__}: {e}"
             log.critical("archive export stopped: %s", self.failure)
 
-    def export_once(self) -> int:
+    def export_once(self, stop: Callable[[], bool] | None = None) -> int:
         """One export; transient failures are logged and retried later, others raise."""
         try:
             store = Store(self.cfg.store)
@@ -476,7 +487,7 @@ class Archiver(threading.Thread):
             log.error("archive export failed, will retry: %s", e)
             return 0
         try:
-            n = self.archive.export(store, self.cfg.retention_days)
+            n = self.archive.export(store, self.cfg.retention_days, stop=stop)
             if n:
                 log.info("archived %d messages", n)
             return n
@@ -486,12 +497,24 @@ class Archiver(threading.Thread):
         finally:
             store.close()
 
-    def stop(self, final_export: bool = True) -> None:
+    def stop(self, final_export: bool = True, within_s: float = SHUTDOWN_EXPORT_S) -> None:
+        """Stop exporting: the export under way ends after its current batch; then, at most `within_s` more of
+        export (a shutdown must finish inside systemd's stop timeout). What is left stays in the store and goes
+        out at the next start: nothing is lost, the archive is only later."""
         self._stopping.set()
         if self.is_alive():
             self.join(timeout=60)
         if final_export and self.failure is None:
+            deadline = time.monotonic() + within_s
             try:
-                self.export_once()
+                self.export_once(stop=lambda: time.monotonic() > deadline)
             except Exception as e:  # noqa: BLE001 - the store is closing; what is not exported stays stored
                 log.error("final archive export failed: %s", e)
+            try:
+                left = Store(self.cfg.store)
+                behind = left.count_after(left.state(STATE_KEY))
+                left.close()
+            except (OSError, sqlite3.Error):
+                behind = 0
+            if behind:
+                log.info("%d stored messages not archived yet: they go out at the next start", behind)

@@ -90,6 +90,10 @@ class AggregatorConfig(Settings):
     retention_days: int = setting("int", 400, "days of data kept, counted from arrival (0: everything)", low=0,
                                   high=36500)  # fmt: skip
     archive_interval_s: int = setting("int", 30, "seconds between archive exports while serving", low=1, high=86400)
+    shutdown_export_s: int = setting(
+        "int", 15, "longest final archive export when `serve` stops (the rest goes out at the next start)", low=0,
+        high=3600,
+    )  # fmt: skip
     evidence_days: int = setting(
         "int", 30, "days the packets fetched from sensors (pcap jobs, evidence/ beside the store) are kept", low=1,
         high=36500,

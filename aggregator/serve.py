@@ -159,7 +159,7 @@ class Server:
                 self.broadcaster.stop()
             self.context.stop()
             self.store.close()
-            self.archiver.stop(final_export=self.failure is None)
+            self.archiver.stop(final_export=self.failure is None, within_s=self.cfg.shutdown_export_s)
         if self.failure:
             log.critical("stopping: %s", self.failure)
             return EXIT_FAILED

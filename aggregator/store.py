@@ -333,6 +333,10 @@ class Store:
             (last_id, limit),
         ).fetchall()
 
+    def count_after(self, last_id: int) -> int:
+        """Messages stored after last_id (those the archive has yet to take)."""
+        return self.db.execute("SELECT COUNT(*) FROM messages WHERE id > ?", (last_id,)).fetchone()[0]
+
     def state(self, key: str, default=0):
         row = self.db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
         return row[0] if row else default

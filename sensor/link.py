@@ -3,12 +3,18 @@
 A DEALER socket (CURVE by default) connects to the aggregator. Messages go out
 in sequence order, at most `window` unacknowledged at a time; a message not
 acknowledged within `resend_after` seconds is sent again (after a reconnect the
-aggregator's store makes the duplicate harmless). ZeroMQ reconnects by itself
-and heartbeats detect a dead peer.
+aggregator's store makes the duplicate harmless), and each further time after
+twice as long, up to `MAX_RESEND_S`, with +-20% random jitter: an overloaded
+aggregator is not answered by the whole fleet resending its whole window every
+few seconds, in step. Progress resets it: once acknowledgements come again (the
+aggregator is back or has caught up), messages waiting on a long back-off are
+sent again within `resend_after`. ZeroMQ reconnects by itself and heartbeats
+detect a dead peer.
 """
 
 from __future__ import annotations
 
+import random
 import time
 
 import zmq
@@ -17,6 +23,9 @@ from ntds.wire.schema import WireError, decode
 from sensor.spool import Spool
 
 HEARTBEAT_MS = 5000
+MAX_RESEND_S = 60.0
+"""Longest wait for an acknowledgement before a message is sent again (the resend back-off's ceiling)."""
+JITTER = 0.2
 
 
 class Link:
@@ -51,6 +60,12 @@ class Link:
             self.socket.curve_serverkey = server_public
         self.socket.connect(endpoint)
         self.in_flight: dict[int, float] = {}
+        """Sequence number -> when it is sent again if not acknowledged (monotonic seconds)."""
+        self.tries: dict[int, int] = {}
+        """Sequence number -> times sent (the back-off doubles with each)."""
+        self.resent = 0
+        self.backed_off = False
+        """Some message in flight waits on a back-off longer than resend_after."""
         self.sent = 0
         self.acked = 0
         self.bad_acks = 0
@@ -67,14 +82,15 @@ class Link:
     def pump(self, timeout_ms: int = 100) -> None:
         """Send what the window allows, resend what is overdue, take in acknowledgements."""
         now = time.monotonic()
-        overdue = [s for s, t in self.in_flight.items() if now - t > self.resend_after]
+        overdue = [s for s, due in self.in_flight.items() if now > due]
         if overdue:
             frames = dict(self.spool.pending(limit=len(overdue) + self.window, after=min(overdue) - 1))
             for s in overdue:
                 if s in frames:
                     self._send(s, frames[s], now)
-                else:
-                    del self.in_flight[s]  # acknowledged meanwhile or dropped at the size limit
+                else:  # acknowledged meanwhile or dropped at the size limit
+                    del self.in_flight[s]
+                    self.tries.pop(s, None)
         room = self.window - len(self.in_flight)
         if room > 0:
             after = max(self.in_flight, default=0)
@@ -100,16 +116,37 @@ class Link:
                 seqs = msg.body["seqs"]
                 self.spool.ack(seqs)
                 for s in seqs:
+                    self.tries.pop(s, None)
                     if self.in_flight.pop(s, None) is not None:
                         self.acked += 1
+                if self.backed_off:
+                    self._progress(time.monotonic())
 
     def _send(self, seq: int, frame: bytes, now: float) -> None:
         try:
             self.socket.send(frame, flags=zmq.NOBLOCK)
         except zmq.Again:
             return  # not connected yet or queue full: stays pending, tried again later
-        self.in_flight[seq] = now
+        tries = self.tries.get(seq, 0)
+        self.tries[seq] = tries + 1
+        self.resent += tries > 0
+        self.backed_off = self.backed_off or tries > 0
+        self.in_flight[seq] = now + self.resend_wait(tries)
         self.sent += 1
+
+    def _progress(self, now: float) -> None:
+        """Acknowledgements arrive again: what waits on a long back-off goes out within resend_after."""
+        soon = now + self.resend_after * (1 + JITTER)
+        for s, due in self.in_flight.items():
+            if due > soon:
+                self.in_flight[s] = now + self.resend_wait(0)
+        self.backed_off = False
+
+    def resend_wait(self, tries: int) -> float:
+        """Seconds to wait for the acknowledgement of a message sent `tries` times before: `resend_after`, then
+        twice as long each time up to MAX_RESEND_S, with +-20% jitter so that sensors do not resend in step."""
+        base = min(self.resend_after * 2**tries, MAX_RESEND_S)
+        return base * random.uniform(1 - JITTER, 1 + JITTER)
 
     def drain(self, timeout: float) -> bool:
         """Pump until the spool is empty or timeout seconds pass; True if everything was acknowledged."""

@@ -209,6 +209,32 @@ def test_serve_archives_while_running_and_at_shutdown(tmp_path):
         s.stop()
 
 
+def test_serve_stops_within_its_shutdown_export_and_the_next_start_archives_the_rest(tmp_path):
+    """A backlog the final export may not finish: serve stops at once (shutdown_export_s: 0), says what it left,
+    and the next start exports all of it, once."""
+    s = Site(tmp_path)
+    try:
+        store = Store(s.store)
+        flows = fill(store, "tap-1", 1, 1400)  # a minute each: one day
+        store.close()
+        s.config.write_text(s.config.read_text() + "archive: archive\narchive_interval_s: 3600\nshutdown_export_s: 0\n")
+        agg = s.aggregator()
+        t = time.monotonic()
+        agg.send_signal(signal.SIGTERM)
+        assert agg.wait(60) == 0
+        assert time.monotonic() - t < 10
+        log = (tmp_path / "aggregator.log").read_text()
+        assert "1400 stored messages not archived yet: they go out at the next start" in log, log
+        s.config.write_text(s.config.read_text().replace("archive_interval_s: 3600", "archive_interval_s: 1"))
+        agg = s.aggregator()
+        wait(lambda: _archived(tmp_path / "archive") >= len(flows), 60, "the next start's export")
+        agg.send_signal(signal.SIGTERM)
+        assert agg.wait(60) == 0
+        assert sorted(r["flows"] for r in rows(Archive(tmp_path / "archive"), "summaries")) == flows
+    finally:
+        s.stop()
+
+
 def _sample():
     from conftest import FIXTURES
 
@@ -248,3 +274,17 @@ def test_many_exports_and_merges_never_lose_or_double_a_row(tmp_path, monkeypatc
     got = sorted((r["sensor"], r["seq"]) for r in rows(archive, "summaries"))
     assert got == sorted((s, q) for s, last in seq.items() for q in range(1, last))
     assert len(archive.files("summaries", TODAY, TODAY)) < 2 * sum(seq.values()) // 40 + 4
+
+
+def test_an_export_told_to_stop_ends_after_its_batch_and_the_next_takes_the_rest(tmp_path, monkeypatch):
+    """Shutdown waits for one batch, not a backlog: the high-water mark says how far it got, and nothing is lost
+    or doubled when the next export (the next start) takes the rest."""
+    monkeypatch.setattr(archive_mod, "BATCH", 10)
+    store, archive = Store(tmp_path / "s.db"), Archive(tmp_path / "a")
+    flows = fill(store, "tap-1", 1, 35)
+    asked = []
+    assert archive.export(store, today=TODAY, stop=lambda: asked.append(1) or len(asked) > 1) == 10
+    assert store.state(STATE_KEY) == 10 and store.count_after(10) == 25
+    assert sorted(r["flows"] for r in rows(archive, "summaries")) == flows[:10]
+    assert archive.export(store, today=TODAY) == 25
+    assert sorted(r["flows"] for r in rows(archive, "summaries")) == flows

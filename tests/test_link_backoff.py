@@ -1,0 +1,70 @@
+"""The sensor's resends back off while the aggregator is silent, with jitter, and come back quickly once it answers.
+
+A real Link and Spool against a real ROUTER socket on 127.0.0.1 that plays an aggregator: silent first (an
+overloaded or stuck one), then acknowledging everything it receives.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import zmq
+
+from ntds.wire.schema import EXAMPLES, ack, decode, encode
+from sensor.link import MAX_RESEND_S, Link
+from sensor.spool import Spool
+
+
+def test_resends_double_while_unanswered_and_progress_brings_the_rest_back(tmp_path):
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    spool = Spool(tmp_path / "spool.db", "tap-01")
+    spool.append([("alert", EXAMPLES["alert"])] * 5)
+    link = Link(spool, f"tcp://127.0.0.1:{port}", resend_after=0.2)
+    seen: dict[int, list[float]] = defaultdict(list)
+
+    def serve(seconds: float, answer: bool) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            link.pump(timeout_ms=5)
+            while router.poll(0):
+                who, frame = router.recv_multipart()
+                m = decode(frame)
+                seen[m.seq].append(time.monotonic())
+                if answer:
+                    router.send_multipart([who, encode(ack(m.sensor, m.spool, [m.seq]))])
+
+    try:
+        serve(3.2, answer=False)
+        # Without back-off each message would come 3.2 / 0.2 = 16 times; doubling from 0.2 s: 0.2, 0.6, 1.4, 3.0 s.
+        assert sorted(seen) == [1, 2, 3, 4, 5]
+        for times in seen.values():
+            assert 3 <= len(times) <= 5, times
+            gaps = [b - a for a, b in zip(times, times[1:])]
+            assert all(later > 1.3 * earlier for earlier, later in zip(gaps, gaps[1:])), gaps
+        assert link.resent == sum(len(t) for t in seen.values()) - 5
+        # The aggregator answers again: a new message is acknowledged, and what waited on a back-off of seconds
+        # comes back within about resend_after, not after its long wait.
+        spool.append([("alert", EXAMPLES["alert"])])
+        t0 = time.monotonic()
+        while not spool.empty() and time.monotonic() - t0 < 10:
+            serve(0.05, answer=True)
+        assert spool.empty()
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        link.close()
+        spool.close()
+        router.close(0)
+        ctx.term()
+
+
+def test_the_back_off_is_capped_and_jittered():
+    link = Link.__new__(Link)
+    link.resend_after = 5.0
+    waits = [link.resend_wait(tries) for tries in range(12) for _ in range(20)]
+    assert max(waits) <= MAX_RESEND_S * 1.2 + 1e-9
+    assert min(link.resend_wait(10) for _ in range(50)) >= MAX_RESEND_S * 0.8 - 1e-9
+    firsts = {round(link.resend_wait(0), 3) for _ in range(50)}
+    assert len(firsts) > 10 and all(4.0 <= w <= 6.0 for w in firsts)  # spread: sensors do not resend in step
