@@ -640,9 +640,14 @@ def _alerts(args) -> int:
     if not 0 <= args.min_tier < len(TIER_LABELS):
         raise InputError(f"--min-tier must be 0..{len(TIER_LABELS) - 1}")
     since = _time_option("--since", args.since) if args.since else None
-    _, store = _open_store(args.config)
+    from aggregator import context
+
+    cfg, store = _open_store(args.config)
     try:
         rows = store.alerts(sensor=args.sensor, since=since)
+        context.catch_up(store.db, context.ContextOptions.of(cfg))
+        judged = {i: (w, m, t) for i, w, m, t in store.db.execute(
+            "SELECT alert_id, words, modifier, tier_after FROM alert_context")}  # fmt: skip
     finally:
         store.close()
     shown = 0
@@ -650,11 +655,14 @@ def _alerts(args) -> int:
         if a["tier"] < args.min_tier:
             continue
         shown += 1
+        words, modifier, tier = judged.get(alert_id, ("", "", a["tier"]))
         if args.json:
-            print(json.dumps({"id": alert_id, "sensor": sensor, "seq": seq} | a))
+            extra = {"prevalence": {"words": words, "modifier": modifier, "tier": tier}} if words else {}
+            print(json.dumps({"id": alert_id, "sensor": sensor, "seq": seq} | a | extra))
         else:
             why = "; ".join(e.get("text") or e["axis"] for e in a["explanation"])
-            print(printable(f"{alert_id}  {sensor}  {summary_line(a)}  ({why})", 1000))
+            context_words = f"; {words} ({modifier})" if words else ""
+            print(printable(f"{alert_id}  {sensor}  {summary_line(a)}  ({why}{context_words})", 1000))
     if not args.json:
         print(f"{shown} alerts", file=sys.stderr)
     return 0

@@ -236,3 +236,19 @@ def test_merged_context_leaves_the_store_and_retention_forgets(store):
     context.forget(store.db, old, now=T0 + 3600 + 31 * DAY)
     assert prevalence.lookup(store.db, SITES.sites, "address", "198.51.100.7") is None
     assert host_story.story(store.db, "10.0.0.1")["traffic"] == []
+
+
+def test_the_alerts_command_says_prevalence(store, tmp_path):
+    put(store, "tap-a", "context", ctx(T0 - 40 * DAY, [dest("142.250.9.9", [f"10.7.0.{i}" for i in range(60)],
+                                                            T0 - 40 * DAY)]))  # fmt: skip
+    put(store, "tap-a", "alert", alert("10.7.0.1", "142.250.9.9", T0, tier=4))
+    cfg = tmp_path / "agg.yaml"
+    cfg.write_text(f"store: {store.path}\n")
+    cmd = [str(BIN / "ntds-aggregator"), "alerts", "--config", str(cfg)]
+    p = subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    (a,) = map(json.loads, p.stdout.splitlines())
+    assert a["tier"] == 4 and a["prevalence"]["tier"] == 3  # the sensor's tier, and the one with prevalence
+    assert a["prevalence"]["words"] == "reached by 60 hosts at 1 of 1 site since 2026-10-07"
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert "reached by 60 hosts at 1 of 1 site since 2026-10-07 (prevalence lowered the tier 4 -> 3" in p.stdout
