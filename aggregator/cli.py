@@ -612,8 +612,13 @@ def _prevalence(args) -> int:
         else:
             kinds = (args.kind,) if args.kind else sketches.KINDS
             found = prevalence.listing(store.db, options.sites, kinds, args.limit)
+        omitted = store.db.execute("SELECT sensor, destinations, hosts FROM context_omitted ORDER BY sensor").fetchall()
     finally:
         store.close()
+    for sensor, destinations, hosts in omitted:  # counts are lower bounds where a sensor hit its caps
+        print(printable(f"{PROG}: note: sensor {sensor} counted {destinations:,} flows to destinations beyond "
+                        f"context_max_destinations and {hosts:,} of hosts beyond context_max_hosts (not in these "
+                        "counts)", 400), file=sys.stderr)  # fmt: skip
     for p in found:
         if args.json:
             print(json.dumps(p.as_dict()))

@@ -191,6 +191,11 @@ def test_prevalence_command(store, tmp_path):
                                                                           ("evil.example", 2, 1)]  # fmt: skip
     p = run("EVIL.example.")
     assert p.returncode == 0 and "reached by 2 hosts at 1 of 1 site" in p.stdout
+    assert "note" not in p.stderr
+    put(store, "tap-b", "context", ctx(T0, [dest("198.51.100.7", ["10.0.0.3"], T0)]) | {"destinations_omitted": 7})
+    p = run("198.51.100.7")
+    assert "reached by 2 hosts at 1 of 1 site" in p.stdout  # tap-a and tap-b are one site
+    assert "sensor tap-b counted 7 flows to destinations beyond context_max_destinations" in p.stderr
     p = run("203.0.113.1")
     assert p.returncode != 0 and p.stderr.strip().count("\n") == 0 and "no sensor has reported" in p.stderr
     bad = tmp_path / "bad.yaml"
