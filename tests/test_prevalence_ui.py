@@ -9,6 +9,7 @@ Skipped when /usr/bin/chromium or /usr/bin/chromedriver is missing (`make test` 
 from __future__ import annotations
 
 import copy
+import json
 import sqlite3
 import time
 
@@ -134,3 +135,8 @@ def test_the_host_page_shows_its_story_chart_and_notices_escaped(site, browser):
     assert "&lt;script&gt;" in browser.page_source and browser.title != "pwned"
     assert not browser.find_elements(By.TAG_NAME, "script")
     assert len(browser.find_elements(By.TAG_NAME, "img")) == 1  # the chart alone: the markup's img was not made
+    browser.get(f"{site.base}/api/hosts/{HOST}")  # the same story for scripts
+    api = json.loads(browser.find_element(By.TAG_NAME, "body").text)
+    assert {a["application"] for a in api["story"]["applications"]} == {"TLS", APP}
+    assert sorted(n["kind"] for n in api["notices"]) == ["new-application", "new-host", "new-service"]
+    assert "chart" not in api
