@@ -55,15 +55,17 @@ TCP = 6
 DNS_PORT = 53
 
 
-@dataclass
+@dataclass(slots=True)
 class _Destination:
     first_ms: int
     last_ms: int
     flows: int = 0
     sketch: Any = field(default_factory=new_sketch)
+    last_host: str = ""
+    """The host the sketch was last updated with: the same host's next flow need not hash again."""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Host:
     first_ms: int
     last_ms: int
@@ -151,10 +153,14 @@ class ContextCounter:
                 iv.destinations_omitted += 1
                 return
             d = iv.destinations[(kind, key)] = _Destination(start, end)
-        d.first_ms = min(d.first_ms, start)
-        d.last_ms = max(d.last_ms, end)
+        if start < d.first_ms:
+            d.first_ms = start
+        if end > d.last_ms:
+            d.last_ms = end
         d.flows += 1
-        d.sketch.update(host)
+        if host != d.last_host:
+            d.sketch.update(host)
+            d.last_host = host
 
     def _host(self, iv: _Interval, ip: str, t: FlowTraffic, end: int) -> None:
         h = iv.hosts.get(ip)
@@ -163,8 +169,10 @@ class ContextCounter:
                 iv.hosts_omitted += 1
                 return
             h = iv.hosts[ip] = _Host(t.start_ms, end)
-        h.first_ms = min(h.first_ms, t.start_ms)
-        h.last_ms = max(h.last_ms, end)
+        if t.start_ms < h.first_ms:
+            h.first_ms = t.start_ms
+        if end > h.last_ms:
+            h.last_ms = end
         h.flows += 1
         is_src = ip == t.src_ip
         sent, received = (t.bytes_fwd, t.bytes_bwd) if is_src else (t.bytes_bwd, t.bytes_fwd)
