@@ -1,12 +1,16 @@
 """The Parquet archive: what reports read, on one machine or a Dask cluster, and what any Parquet reader
 (pandas, pyarrow datasets, DuckDB) can open as it is.
 
-Layout: ROOT/TABLE/day=YYYY-MM-DD/sensor_id=ID/FILE.parquet, one folder per
-table, UTC day and sensor (the id percent-encoded), so a week's report opens
-only that week's folders. The day is the data's own time (a summary's
-interval, an alert's flow start), not the time it arrived. The partition key
-is `sensor_id` so that a hive-partitioned read does not clash with the rows'
-own `sensor` column.
+Layout: ROOT/TABLE/day=YYYY-MM-DD/hour=HH/FILE.parquet, one folder per table,
+UTC day and hour, every sensor's rows together (each row names its `sensor`),
+so a week's report opens only that week's folders and the files a day holds
+are bounded by tables x hours, not by the size of the fleet: an export batch
+writes one file per (table, day, hour) it touches, and a finished hour's files
+are merged into one. The day and hour are the data's own time (a summary's
+interval, an alert's flow start), not the time it arrived. Readers that want
+some sensors only filter rows on the `sensor` column (`files` lists every file
+that may hold them). Archives written before 0.3 kept a folder per sensor
+under each day (`sensor_id=ID`): those are still read, merged and expired.
 
 Export is idempotent and crash-safe. Messages leave the SQLite store in `id`
 order, in batches; a batch starting after id N writes `part-N.parquet` in every
@@ -199,10 +203,22 @@ summary's, bytes are IP bytes."""
 
 
 PARTITION = "sensor_id="
+"""The per-sensor folders of archives written before 0.3 (read, merged and expired as before)."""
+HOUR = "hour="
+SENSORS_FILE = ".sensors"
+"""The sensors whose rows the archive holds (JSON list): `sensors` without reading every file."""
 
 
-def _folder(root: Path, table: str, day: date, sensor: str) -> Path:
-    return root / table / f"day={day.isoformat()}" / f"{PARTITION}{quote(sensor, safe='')}"
+def _folder(root: Path, table: str, day: date, hour: int) -> Path:
+    return root / table / f"day={day.isoformat()}" / f"{HOUR}{hour:02d}"
+
+
+def _hour(folder: Path) -> int | None:
+    """The hour of an hour folder; None for an older archive's sensor folder."""
+    if folder.name.startswith(HOUR):
+        with contextlib.suppress(ValueError):
+            return int(folder.name[len(HOUR) :])
+    return None
 
 
 _NAME = re.compile(r"^(?:part-(\d+)|c-(\d+)-(\d+))\.parquet$")
@@ -295,7 +311,7 @@ class Archive:
                 done += len(batch)
             if retention_days:  # before merging: a merge must not give rows past retention a newer file
                 self._expire(store, retention_days, last)
-            self._merge(today or datetime.now(UTC).date())
+            self._merge(today)
         return done
 
     def _check_identity(self, store: Store) -> None:
@@ -328,18 +344,34 @@ class Archive:
 
     def _write_batch(self, batch: list) -> None:
         first = batch[0][0]
-        groups: dict[tuple[str, date, str], list[dict]] = defaultdict(list)
+        groups: dict[tuple[str, date, int], list[dict]] = defaultdict(list)
+        senders = set()
         for _, sensor, spool, seq, kind, created, body in batch:
             flatten = MESSAGE_TYPES[kind].archive
             if flatten is None:
                 continue
             message = Message(kind, sensor, seq, created, upgrade_body(kind, json.loads(body)), spool)
             for table, t, row in flatten(message):
-                groups[(table, t.date(), sensor)].append(row)
-        for (table, day, sensor), rows in groups.items():
-            folder = _folder(self.root, table, day, sensor)
+                groups[(table, t.date(), t.hour)].append(row)
+                senders.add(sensor)
+        for (table, day, hour), rows in groups.items():
+            folder = _folder(self.root, table, day, hour)
             folder.mkdir(parents=True, exist_ok=True)
             _write_atomic(pa.Table.from_pylist(rows, schema=TABLES[table]), folder / f"part-{first}.parquet")
+        self._note_sensors(senders)
+
+    def _note_sensors(self, senders: set[str]) -> None:
+        known = set(self._noted_sensors())
+        if senders - known:
+            with atomic_path(self.root / SENSORS_FILE) as tmp:
+                tmp.write_text(json.dumps(sorted(known | senders)))
+
+    def _noted_sensors(self) -> list[str]:
+        try:
+            names = json.loads((self.root / SENSORS_FILE).read_text())
+        except (OSError, ValueError):
+            return []
+        return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
 
     def _folders(self) -> Iterable[tuple[str, date, Path]]:
         for table in TABLES:
@@ -352,18 +384,28 @@ class Archive:
                     old.rename(day_dir / (PARTITION + old.name[len("sensor=") :]))
                 for folder in sorted(day_dir.glob(PARTITION + "*")):
                     yield table, day, folder
+                for folder in sorted(day_dir.glob(HOUR + "*")):
+                    if _hour(folder) is not None:
+                        yield table, day, folder
 
-    def _merge(self, today: date) -> None:
+    def _merge(self, today: date | None = None) -> None:
         """Size-tiered merges: MERGE_AT files of one size tier (rows within a factor of MERGE_AT) become one
-        file of the next tier, so a row is rewritten a few times over its day, never once per export. A
-        finished day's small files are merged as far as MERGE_ROWS allows."""
+        file of the next tier, so a row is rewritten a few times over its hour, never once per export. A
+        finished hour's (an older archive's finished day's) small files are merged as far as MERGE_ROWS allows.
+        `today` (tests) makes every hour of that day unfinished; by default the clock's hour decides."""
+        now = datetime.now(UTC)
         for table, day, folder in self._folders():
             live, leftovers = _live(folder)
             for f in leftovers:
                 f.unlink(missing_ok=True)
+            hour = _hour(folder)
+            if today is not None or hour is None:
+                finished = day < (today or now.date())
+            else:
+                finished = (day, hour) < (now.date(), now.hour)
             # Only runs of neighbouring files (by message id) are merged: the merged name's span then covers
             # exactly them, and no other file is ever taken for one of its parts.
-            for run in self._runs(live, whole_day=day < today):
+            for run in self._runs(live, whole_day=finished):
                 self._replace(folder, table, run)
 
     @staticmethod
@@ -425,7 +467,7 @@ class Archive:
             for f in _live(folder)[0]:
                 if f.stat().st_mtime < cutoff:
                     f.unlink(missing_ok=True)
-            for empty in (folder, folder.parent):  # the sensor's folder, then the day's, once empty
+            for empty in (folder, folder.parent):  # the hour's (or sensor's) folder, then the day's, once empty
                 with contextlib.suppress(OSError):
                     empty.rmdir()
         gone = store.forget(exported_up_to, cutoff)
@@ -435,7 +477,9 @@ class Archive:
     # -- readers ------------------------------------------------------------------------
 
     def files(self, table: str, first: date, last: date, sensors: Iterable[str] | None = None) -> list[str]:
-        """The live files of one table for days first..last (inclusive), optionally some sensors only."""
+        """The live files of one table for days first..last (inclusive) that may hold rows of `sensors` (all
+        by default). Hour folders hold every sensor's rows: a reader of some sensors filters on the `sensor`
+        column (`only`); an older archive's sensor folders are chosen by name."""
         wanted = {quote(s, safe="") for s in sensors} if sensors else None
         out = []
         day = first
@@ -445,11 +489,25 @@ class Archive:
                 for folder in sorted(day_dir.glob(PARTITION + "*")):
                     if wanted is None or folder.name[len(PARTITION) :] in wanted:
                         out += [str(f) for f in _live(folder)[0]]
+                for folder in sorted(day_dir.glob(HOUR + "*")):
+                    if _hour(folder) is not None:
+                        out += [str(f) for f in _live(folder)[0]]
             day += timedelta(days=1)
         return out
 
     def sensors(self) -> list[str]:
-        return sorted({unquote(f.name[len(PARTITION) :]) for _, _, f in self._folders()})
+        """Every sensor with rows in the archive (noted at export; an older archive's folder names too)."""
+        legacy = {unquote(f.name[len(PARTITION) :]) for _, _, f in self._folders() if _hour(f) is None}
+        return sorted(legacy | set(self._noted_sensors()))
+
+
+def only(table: pa.Table, sensors: Iterable[str] | None) -> pa.Table:
+    """The rows of `sensors` (all when None): what a reader of some sensors keeps of the files `files` lists."""
+    if not sensors:
+        return table
+    import pyarrow.compute as pc
+
+    return table.filter(pc.is_in(table["sensor"], value_set=pa.array(sorted(set(sensors)), pa.string())))
 
 
 class Archiver(threading.Thread):

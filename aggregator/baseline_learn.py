@@ -56,6 +56,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from aggregator.archive import only
 from ntds.detect.baseline import (
     AXIS_INDEX,
     METRICS,
@@ -147,8 +148,10 @@ class Groups:
         return self.subset(np.isin(self.sensors, list(names)))
 
 
-def _read(files: list[str], columns: list[str]) -> pa.Table:
-    tables = [pq.read_table(f, columns=columns) for f in files]
+def _read(files: list[str], columns: list[str], sensors: list[str] | None = None) -> pa.Table | None:
+    """The rows of `sensors` (all when None) in those archive files, or None when there are none."""
+    tables = [only(pq.read_table(f, columns=columns), sensors) for f in files]
+    tables = [t for t in tables if len(t)]
     return pa.concat_tables(tables) if tables else None
 
 
@@ -393,7 +396,8 @@ def newest_day(archive, sensors: list[str] | None) -> date | None:
     root = Path(archive.root) / "population_samples"
     days = sorted(p.name[4:] for p in root.glob("day=*")) if root.is_dir() else []
     for d in reversed(days):
-        if archive.files("population_samples", date.fromisoformat(d), date.fromisoformat(d), sensors):
+        files = archive.files("population_samples", date.fromisoformat(d), date.fromisoformat(d), sensors)
+        if any(len(only(pq.read_table(f, columns=["sensor"]), sensors)) for f in files):
             return date.fromisoformat(d)
     return None
 
@@ -408,8 +412,8 @@ def span(last: date, weeks: int) -> Span:
 def read_groups(archive, first: date, last: date, sensors: list[str] | None) -> tuple[Groups, list[str]]:
     """The statistics of days first..last (inclusive) and the sensors they came from."""
     with archive.reading():
-        hist = _read(archive.files("population_histograms", first, last, sensors), HIST_COLUMNS)
-        samples = _read(archive.files("population_samples", first, last, sensors), SAMPLE_COLUMNS)
+        hist = _read(archive.files("population_histograms", first, last, sensors), HIST_COLUMNS, sensors)
+        samples = _read(archive.files("population_samples", first, last, sensors), SAMPLE_COLUMNS, sensors)
     names = sorted(set(samples["sensor"].to_pylist())) if samples is not None else []
     return group_stats(hist, samples), names
 

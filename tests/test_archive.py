@@ -11,6 +11,7 @@ import sqlite3
 import threading
 import time
 from datetime import date
+from pathlib import Path
 
 import pyarrow.parquet as pq
 from test_transport import Site, run, wait
@@ -124,7 +125,8 @@ def test_archive_reads_the_same_in_pandas_pyarrow_and_duckdb_at_any_moment(tmp_p
     counts = [n for n in seen if n is not None]
     assert counts and max(counts) <= total and min(counts) >= 3  # never a row twice
     frame = pd.read_parquet(folder)
-    assert len(frame) == total and set(frame["sensor"]) == {"tap/2"} and set(frame["sensor_id"]) == {"tap/2"}
+    assert len(frame) == total and set(frame["sensor"]) == {"tap/2"}
+    assert {int(h) for h in frame["hour"]} == {0} and {str(d) for d in frame["day"]} == {"2026-11-23"}
     query = f"SELECT COUNT(*) FROM read_parquet('{folder}/**/*.parquet', hive_partitioning=true)"
     assert duckdb.sql(query).fetchall()[0][0] == total
     table = ds.dataset(folder, format="parquet", partitioning="hive").to_table()
@@ -132,16 +134,40 @@ def test_archive_reads_the_same_in_pandas_pyarrow_and_duckdb_at_any_moment(tmp_p
     assert sorted(table.column("flows").to_pylist()) == sorted(r["flows"] for r in rows(archive, "summaries"))
 
 
-def test_finished_days_are_merged_to_one_file_per_sensor(tmp_path):
+def test_finished_hours_are_merged_to_one_file_whatever_the_number_of_sensors(tmp_path):
+    """Files per day are bounded by tables x hours, not by the fleet: 20 sensors' rows of one hour end in one
+    file, a reader of some sensors keeps their rows only, and the archive still knows every sensor."""
+    from aggregator.archive import only
+
     store, archive = Store(tmp_path / "s.db"), Archive(tmp_path / "a")
     fill(store, "tap-1", 1, 2)
     archive.export(store, today=TODAY)
     fill(store, "tap-1", 3, 2, minute0=10)
-    fill(store, "tap/2", 1, 2)  # an id that needs quoting in a folder name
+    for k in range(19):
+        fill(store, f"tap/{k}", 1, 2, minute0=5)  # ids that need quoting in a folder name, once
+    fill(store, "tap-1", 5, 1, minute0=70)  # the next hour
     archive.export(store, today=date(2026, 11, 24))
-    assert len(archive.files("summaries", TODAY, TODAY, ["tap-1"])) == 1
-    assert [r["sensor"] for r in rows(archive, "summaries") if r["sensor"] != "tap-1"] == ["tap/2", "tap/2"]
-    assert archive.sensors() == ["tap-1", "tap/2"]
+    files = archive.files("summaries", TODAY, TODAY)
+    assert len(files) == 2 and sorted(Path(f).parent.name for f in files) == ["hour=00", "hour=01"]
+    assert len(rows(archive, "summaries")) == 5 + 19 * 2
+    mine = [r for f in archive.files("summaries", TODAY, TODAY, ["tap-1"])
+            for r in only(pq.read_table(f, schema=TABLES["summaries"]), ["tap-1"]).to_pylist()]  # fmt: skip
+    assert sorted(r["flows"] for r in mine) == [1, 2, 3, 4, 5]
+    assert archive.sensors() == sorted(["tap-1", *(f"tap/{k}" for k in range(19))])
+
+
+def test_an_archive_written_before_the_hour_layout_is_still_read_merged_and_listed(tmp_path):
+    """Per-sensor folders of 0.2 archives (sensor_id=ID) stay readable beside the new hour folders."""
+    store, archive = Store(tmp_path / "s.db"), Archive(tmp_path / "a")
+    fill(store, "tap-1", 1, 3)
+    archive.export(store, today=TODAY)
+    old = archive.root / "summaries" / "day=2026-11-23" / "sensor_id=tap-old"
+    old.mkdir(parents=True)
+    for f in (archive.root / "summaries" / "day=2026-11-23" / "hour=00").glob("*.parquet"):
+        shutil.copy(f, old / f.name)
+    assert len(rows(archive, "summaries")) == 6
+    assert len(archive.files("summaries", TODAY, TODAY, ["tap-old"])) == 2  # its folder, and the shared hour
+    assert "tap-old" in archive.sensors() and "tap-1" in archive.sensors()
 
 
 def test_retention_counts_from_arrival_not_from_the_data_time(tmp_path):

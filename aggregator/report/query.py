@@ -15,7 +15,7 @@ import dask.dataframe as dd
 import pandas as pd
 import pyarrow.parquet as pq
 
-from aggregator.archive import TABLES, Archive
+from aggregator.archive import TABLES, Archive, only
 from aggregator.report.week import Week
 from ntds.wire.schema import TIERS
 
@@ -24,8 +24,8 @@ HISTORY_WEEKS = 12
 TIER_COLUMNS = [f"tier{k}" for k in range(TIERS)]
 
 
-def _read(path: str, table: str) -> pd.DataFrame:
-    return pq.read_table(path, schema=TABLES[table]).to_pandas()
+def _read(path: str, table: str, sensors: list[str] | None = None) -> pd.DataFrame:
+    return only(pq.read_table(path, schema=TABLES[table]), sensors).to_pandas()
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,8 @@ class Query:
         files = self.archive.files(table, first or self.first, self.last, self.sensors)
         if not files:
             return dd.from_pandas(TABLES[table].empty_table().to_pandas(), npartitions=1)
-        return dd.from_map(_read, files, table=table, meta=TABLES[table].empty_table().to_pandas())
+        return dd.from_map(_read, files, table=table, sensors=self.sensors,
+                           meta=TABLES[table].empty_table().to_pandas())  # fmt: skip
 
 
 def day_index(times: dd.Series, first: date) -> dd.Series:
