@@ -64,6 +64,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_broadcast.py
 	$(BIN)/python bench/bench_evidence.py
 	$(BIN)/python bench/bench_intel.py
+	$(BIN)/python bench/bench_prevalence.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache
