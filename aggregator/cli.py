@@ -587,6 +587,19 @@ def _promotions(store: Path, used: list[dict]) -> None:
         row["note"] = v["note"] if v else ""
 
 
+def _catch_up(store, options) -> None:
+    """Merge what serve's context thread has not merged yet; a store this user cannot write is read as it is."""
+    import sqlite3
+
+    from aggregator import context
+
+    try:
+        context.catch_up(store.db, options)
+    except sqlite3.OperationalError as e:
+        context.ensure_readable(store.db)
+        print(f"{PROG}: note: reading context as merged so far ({e})", file=sys.stderr)
+
+
 def _prevalence(args) -> int:
     import json
 
@@ -599,7 +612,7 @@ def _prevalence(args) -> int:
     cfg, store = _open_store(args.config)
     options = context.ContextOptions.of(cfg)
     try:
-        context.catch_up(store.db, options)
+        _catch_up(store, options)
         if args.destination is not None:
             text = args.destination.strip()
             if not text or len(text) > 256:
@@ -650,7 +663,7 @@ def _alerts(args) -> int:
     cfg, store = _open_store(args.config)
     try:
         rows = store.alerts(sensor=args.sensor, since=since)
-        context.catch_up(store.db, context.ContextOptions.of(cfg))
+        _catch_up(store, context.ContextOptions.of(cfg))
         judged = {i: (w, m, t) for i, w, m, t in store.db.execute(
             "SELECT alert_id, words, modifier, tier_after FROM alert_context")}  # fmt: skip
     finally:

@@ -83,6 +83,14 @@ def ensure(db: sqlite3.Connection) -> None:
     db.executescript(SCHEMA)
 
 
+def ensure_readable(db: sqlite3.Connection) -> None:
+    """Whether the context tables exist, for a reader that cannot create them: InputError if they do not."""
+    from ntds.errors import InputError
+
+    if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'alert_context'").fetchone() is None:
+        raise InputError("the store has no context yet and cannot be written here (run serve, or as its owner)")
+
+
 def _mark(db: sqlite3.Connection, key: str) -> int:
     row = db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
     return int(row[0]) if row else 0
