@@ -90,6 +90,10 @@ class AggregatorConfig(Settings):
     retention_days: int = setting("int", 400, "days of data kept, counted from arrival (0: everything)", low=0,
                                   high=36500)  # fmt: skip
     archive_interval_s: int = setting("int", 30, "seconds between archive exports while serving", low=1, high=86400)
+    store_check_at_start_mb: int = setting(
+        "int", 256, "a store up to this size is checked whole before serve starts; a larger one in the background",
+        low=0, high=2**24,
+    )  # fmt: skip
     shutdown_export_s: int = setting(
         "int", 15, "longest final archive export when `serve` stops (the rest goes out at the next start)", low=0,
         high=3600,

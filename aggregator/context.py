@@ -259,6 +259,8 @@ class ContextWorker(threading.Thread):
                 except sqlite3.OperationalError as e:  # a full disk, a busy store: again at the next pass
                     log.error("context waits: %s", one_line(e))
                 self._halt.wait(self.every_s)
+        except Exception as e:  # noqa: BLE001 - a damaged store, a bug: serve stops and says why, in one line
+            self.failure = one_line(e)
         finally:
             db.close()
 

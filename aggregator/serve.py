@@ -15,6 +15,7 @@ and started again, with a growing wait while it keeps ending; it never takes
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import resource
 import signal
@@ -29,13 +30,15 @@ from aggregator.context import ContextOptions, ContextWorker
 from aggregator.intel import IntelPusher
 from aggregator.quotas import Quotas
 from aggregator.receiver import Receiver, StoreBroken
-from aggregator.store import open_store
+from aggregator.store import IntegrityCheck, damaged_marker, open_store
 from ntds.errors import InputError, one_line
 from ntds.notify import Notifier
 from ntds.wire.keys import load_pair
 
 log = logging.getLogger("ntds.aggregator")
 EXIT_FAILED = 1
+DAMAGE_WORDS = ("malformed", "not a database", "the store is damaged")
+"""What SQLite (or the store check) says of a damaged store: serve marks it and will not start on it again."""
 BROADCAST_RESTART_S = (1.0, 60.0)
 """First and longest wait before the broadcast thread is started again (doubling while it keeps ending)."""
 
@@ -58,7 +61,7 @@ class Server:
         self.cfg = cfg
         self.files = raise_open_file_limit()
         secret = None if insecure else load_pair(cfg.server_key)
-        self.store = open_store(cfg.store, create=True, check=True)
+        self.store = open_store(cfg.store, create=True, check=True, check_at_start_mb=cfg.store_check_at_start_mb)
         try:
             self.receiver = Receiver(
                 cfg.endpoint, self.store, server_secret=secret, allow_folder=None if insecure else cfg.allow_list,
@@ -73,6 +76,10 @@ class Server:
         self.archiver = Archiver(cfg)
         self.context = ContextWorker(cfg.store, ContextOptions.of(cfg))
         self.workers: list[threading.Thread] = [self.archiver, self.context]
+        self.store_check: IntegrityCheck | None = None
+        if cfg.store.stat().st_size > cfg.store_check_at_start_mb * 2**20:  # too big to check before starting
+            self.store_check = IntegrityCheck(cfg.store)
+            self.workers.append(self.store_check)
         routes, receivers, options = cfg.broadcast_setup
         self.broadcast_setup = (routes, receivers, options) if routes else None
         self.broadcaster: Broadcaster | None = None
@@ -144,6 +151,8 @@ class Server:
                  "CURVE" if self.receiver.secure else "plain", self.files)  # fmt: skip
         self.archiver.start()
         self.context.start()
+        if self.store_check is not None:
+            self.store_check.start()
         self._broadcast()
         self.notify.ready(f"listening on {self.receiver.endpoint}")
         try:
@@ -158,9 +167,14 @@ class Server:
             if self.broadcaster is not None:
                 self.broadcaster.stop()
             self.context.stop()
+            if self.store_check is not None:
+                self.store_check.stop()
             self.store.close()
             self.archiver.stop(final_export=self.failure is None, within_s=self.cfg.shutdown_export_s)
         if self.failure:
             log.critical("stopping: %s", self.failure)
+            if any(word in self.failure for word in DAMAGE_WORDS):  # found damaged: no restart until someone looks
+                with contextlib.suppress(OSError):
+                    damaged_marker(self.cfg.store).write_text(self.failure + "\n")
             return EXIT_FAILED
         return 0

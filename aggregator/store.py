@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,8 @@ from ntds.wire.schema import Message, upgrade_body, wire_time
 
 log = logging.getLogger("ntds.aggregator.store")
 
+ALERTS_INDEXED_KEY = "alerts_indexed"
+"""State key: every stored alert has its row in the alerts table (the upgrade from before it ran)."""
 DATA_TIME = {"summary": "interval_start", "stats": "interval_start", "context": "interval_start", "alert": "first_seen"}
 """The body field holding a message's data time; other types are dated by their creation."""
 
@@ -178,7 +181,10 @@ class Store:
             raise
 
     def _index_alerts(self) -> None:
-        """Alerts stored before the index existed (an upgraded aggregator) get their index rows once."""
+        """Alerts stored before the index existed (an upgraded aggregator) get their index rows, once: the
+        state table remembers it, so opening a big store does not read every message (start-up time)."""
+        if self.state(ALERTS_INDEXED_KEY, 0):
+            return
         missing = self.db.execute(
             "SELECT COUNT(*) FROM messages m WHERE m.type = 'alert' "
             "AND NOT EXISTS (SELECT 1 FROM alerts a WHERE a.id = m.id)"
@@ -189,6 +195,8 @@ class Store:
                 f"INSERT OR IGNORE INTO alerts ({_INDEXED}) SELECT m.id, m.sensor, {_alert_columns('m')} "
                 "FROM messages m WHERE m.type = 'alert'"
             )
+        with contextlib.suppress(sqlite3.OperationalError):  # a read-only store: the next writer notes it
+            self.set_state(ALERTS_INDEXED_KEY, 1)
 
     def close(self) -> None:
         self.db.close()
@@ -363,20 +371,47 @@ class Store:
         return [(i, s, q, upgrade_body("alert", json.loads(b))) for i, s, q, b in rows]
 
 
-def open_store(path: str | Path, create: bool = False, check: bool = False) -> Store:
+CHECK_AT_START_MB = 256
+"""Stores up to this size are checked whole (PRAGMA quick_check, 5-13 s a GB here) before `serve` says it is
+ready; a larger one is checked in the background (`IntegrityCheck`), so start-up does not grow with the store."""
+
+
+def damaged_marker(path: str | Path) -> Path:
+    """The file beside a store that says it was found damaged: `serve` refuses to start until someone looks."""
+    p = Path(path)
+    return p.with_name(p.name + ".damaged")
+
+
+def integrity(db: sqlite3.Connection) -> str:
+    """SQLite's quick_check verdict of a store: "ok", or its first problem."""
+    (verdict,) = db.execute("PRAGMA quick_check(1)").fetchone()
+    return str(verdict)
+
+
+def open_store(path: str | Path, create: bool = False, check: bool = False, check_at_start_mb: int | None = None
+               ) -> Store:  # fmt: skip
     """The store, or one InputError line: missing (for the read commands), unwritable, not a database, or
-    (with check, as `serve` starts) damaged anywhere: a service must not start on a store it cannot keep."""
+    (with check, as `serve` starts) damaged: found so before (its marker), at its newest message, or anywhere
+    when it is no bigger than `check_at_start_mb` (larger: `IntegrityCheck` reads it all in the background).
+    A service must not start on a store it cannot keep."""
     p = Path(path)
     if not create and not p.exists():
         raise InputError(f"{p}: no store yet (has serve run?)")
+    marker = damaged_marker(p)
+    if check and marker.exists():
+        why = marker.read_text(errors="replace").strip()[:300]
+        raise InputError(f"{p}: found damaged before ({why}); repair it or move it aside, then remove {marker}")
+    limit = CHECK_AT_START_MB if check_at_start_mb is None else check_at_start_mb
     try:
         store = Store(p)
         store.db.execute("SELECT COUNT(*) FROM sensors").fetchone()
         if check:
-            (verdict,) = store.db.execute("PRAGMA quick_check(1)").fetchone()
-            if verdict != "ok":
-                store.close()
-                raise sqlite3.DatabaseError(f"damaged ({verdict})")
+            store.db.execute("SELECT id, body FROM messages ORDER BY id DESC LIMIT 1").fetchone()  # the newest pages
+            if p.stat().st_size <= limit * 2**20:
+                verdict = integrity(store.db)
+                if verdict != "ok":
+                    store.close()
+                    raise sqlite3.DatabaseError(f"damaged ({verdict})")
     except PermissionError as e:
         raise InputError(f"{p}: cannot open the store: {e.strerror}") from None
     except OSError as e:
@@ -384,3 +419,46 @@ def open_store(path: str | Path, create: bool = False, check: bool = False) -> S
     except sqlite3.DatabaseError as e:
         raise InputError(f"{p}: cannot open the store: {e}") from None
     return store
+
+
+class IntegrityCheck(threading.Thread):
+    """`serve`'s background check of a store too big to check at start: soon after start, then daily.
+
+    It reads the whole store on a connection of its own (WAL: the receiver keeps writing meanwhile). A damaged
+    store is marked (`damaged_marker`) and the thread ends with `failure` set, so `serve` stops with one line
+    and refuses to start again until someone has looked."""
+
+    def __init__(self, path: str | Path, first_after_s: float = 10.0, every_s: float = 86400.0) -> None:
+        super().__init__(name="store-check", daemon=True)
+        self.path = Path(path)
+        self.first_after_s = first_after_s
+        self.every_s = every_s
+        self._stopping = threading.Event()
+        self.failure: str | None = None
+        self.checked = 0
+
+    def run(self) -> None:
+        wait = self.first_after_s
+        while not self._stopping.wait(wait):
+            wait = self.every_s
+            try:
+                db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
+                try:
+                    verdict = integrity(db)
+                finally:
+                    db.close()
+            except sqlite3.DatabaseError as e:
+                verdict = str(e)
+            except (OSError, sqlite3.Error) as e:  # not readable now (a busy disk): try again at the next round
+                log.error("store check skipped: %s", e)
+                continue
+            self.checked += 1
+            if verdict != "ok":
+                self.failure = f"the store is damaged ({verdict})"
+                with contextlib.suppress(OSError):
+                    damaged_marker(self.path).write_text(f"{verdict}\n")
+                return
+            log.info("store check: %s is sound", self.path)
+
+    def stop(self) -> None:
+        self._stopping.set()

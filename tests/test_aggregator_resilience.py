@@ -247,3 +247,62 @@ def test_an_unwritable_store_is_one_line(tmp_path):
     cfg = tmp_path / "agg.yaml"
     cfg.write_text("endpoint: tcp://127.0.0.1:0\nstore: /proc/forbidden/store.db\n")
     one_line_error(run("ntds-aggregator", "serve", "--config", cfg, "--insecure"), "cannot open the store")
+
+
+def damage_early_pages(db: Path) -> None:
+    """Garbage over the pages of the oldest messages (a quarter into the file): the newest still read, so only
+    a check of the whole store finds it."""
+    size = db.stat().st_size
+    with open(db, "r+b") as fh:
+        fh.seek(size // 4)
+        fh.write(os.urandom(size * 15 // 100))
+
+
+def test_a_store_too_big_to_check_at_start_is_checked_in_the_background_and_marked(tmp_path):
+    """Start-up does not read the whole store (store_check_at_start_mb: 0 makes any store "big"): serve starts,
+    a reader of the damaged pages finds them (the background check, or here the context thread first), serve
+    stops with one line and marks the store, and the next start
+    refuses in one line until someone has looked."""
+    store = damage_early_pages(filled_store(tmp_path / "store.db")) or tmp_path / "store.db"
+    with sqlite3.connect(store) as db:  # the damage is where a start-up check does not look
+        assert db.execute("SELECT id FROM messages ORDER BY id DESC LIMIT 1").fetchone() == (2000,)
+        assert db.execute("PRAGMA quick_check(1)").fetchone()[0] != "ok"
+    p = Plain(tmp_path, store_check_at_start_mb=0)
+    try:
+        assert p.proc.wait(60) == 1  # the first reader of the damaged pages stops it: the check, or the context
+        text = p.log.read_text()
+        assert "Traceback" not in text and "listening on" in text
+        stop = [line for line in text.splitlines() if "CRITICAL stopping:" in line]
+        assert len(stop) == 1 and ("malformed" in stop[0] or "damaged" in stop[0]), text
+    finally:
+        p.close()
+    assert (tmp_path / "store.db.damaged").exists()
+    again = run("ntds-aggregator", "serve", "--config", p.config, "--insecure")
+    one_line_error(again, "found damaged before", "store.db.damaged")
+
+
+def test_a_store_checked_whole_at_start_is_refused_at_once(tmp_path):
+    """The same damage in a store small enough to check before starting: one line, exit 2, nothing served."""
+    damage_early_pages(filled_store(tmp_path / "store.db"))
+    cfg = tmp_path / "agg.yaml"
+    cfg.write_text(f"endpoint: tcp://127.0.0.1:9\nstore: {tmp_path / 'store.db'}\narchive: {tmp_path / 'a'}\n")
+    one_line_error(run("ntds-aggregator", "serve", "--config", cfg, "--insecure"), "store", "damaged")
+
+
+def test_the_background_store_check_marks_a_damaged_store_and_says_why(tmp_path):
+    from aggregator.store import IntegrityCheck
+
+    sound = filled_store(tmp_path / "sound.db")
+    check = IntegrityCheck(sound, first_after_s=0.0, every_s=3600)
+    check.start()
+    wait(lambda: check.checked == 1, 30, "the check of a sound store")
+    check.stop()
+    check.join(5)
+    assert check.failure is None and not (tmp_path / "sound.db.damaged").exists()
+    damaged = filled_store(tmp_path / "damaged.db")
+    damage_early_pages(damaged)
+    check = IntegrityCheck(damaged, first_after_s=0.0)
+    check.start()
+    check.join(30)
+    assert not check.is_alive() and check.failure.startswith("the store is damaged (")
+    assert "Page" in (tmp_path / "damaged.db.damaged").read_text()
