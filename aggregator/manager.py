@@ -400,15 +400,16 @@ class Manager:
         with self._tx():
             self._log(name, address, outcome, detail)
             self.count("login_" + outcome)
-            locks = [(k, f, u) for k in keys for f, u in
-                     self.db.execute("SELECT failures, locked_until FROM login_throttle WHERE key = ? AND "
+            locks = [(k, f, u - last) for k in keys for f, u, last in
+                     self.db.execute("SELECT failures, locked_until, last FROM login_throttle WHERE key = ? AND "
                                      "locked_until > ?", (k, now))]  # fmt: skip
             if locks:
                 self.count("login_lockouts", len(locks))
         log.warning("login refused (%s) for %s from %s%s", outcome, printable(name, NAME_MAX), printable(address, 64),
                     f": {detail}" if detail else "")  # fmt: skip
-        for k, failures, until in locks:
-            log.warning("logins locked for %s for %.0f s after %d failures", printable(k, 100), until - now, failures)
+        for k, failures, length in locks:  # the lock's length from the failure that set it (a slow hash under
+            # load must not make the log say 4 s for a 5 s lock)
+            log.warning("logins locked for %s for %.0f s after %d failures", printable(k, 100), length, failures)
         return Login(outcome)
 
     def _log(self, name: str, address: str, outcome: str, detail: str = "") -> None:
