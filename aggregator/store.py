@@ -278,8 +278,9 @@ class Store:
                     f"sensor {m.sensor!r}: new spool {m.spool or '(v1)'!r} restarts its sequence at {m.seq} "
                     f"(was {max_seq} in spool {spool or '(v1)'!r}); both are kept"
                 )
-            elif new and m.spool == spool and m.seq <= max_seq:
-                # A number already used with another creation time: a spool restored from a backup.
+            elif new and m.spool == spool and m.seq <= max_seq and self._reused(m):
+                # A number already used with another creation time: a spool restored from a backup. (A new
+                # message below the highest number is otherwise a gap filled late: a resend after a restart.)
                 self.db.execute("UPDATE sensors SET seq_backwards = seq_backwards + 1 WHERE sensor = ?", (m.sensor,))
                 events.append(f"sensor {m.sensor!r}: sequence went backwards to {m.seq} (was {max_seq}); stored as new")
             elif m.seq > max_seq or m.spool != spool:
@@ -289,6 +290,11 @@ class Store:
             self.db.execute("UPDATE sensors SET last_seen = ? WHERE sensor = ?", (now, m.sensor))
         if new and m.type in ("hello", "health"):
             self.db.execute(f"UPDATE sensors SET {m.type} = ? WHERE sensor = ?", (json.dumps(m.body), m.sensor))
+
+    def _reused(self, m: Message) -> bool:
+        """Does another message of this spool already hold this sequence number (another creation time)?"""
+        return self.db.execute("SELECT 1 FROM messages WHERE sensor = ? AND spool = ? AND seq = ? AND created != ? "
+                               "LIMIT 1", (m.sensor, m.spool, m.seq, m.created)).fetchone() is not None  # fmt: skip
 
     def count(self, kind: str | None = None, sensor: str | None = None) -> int:
         sql, args = "SELECT COUNT(*) FROM messages WHERE 1=1", []

@@ -306,3 +306,23 @@ def test_the_background_store_check_marks_a_damaged_store_and_says_why(tmp_path)
     check.join(30)
     assert not check.is_alive() and check.failure.startswith("the store is damaged (")
     assert "Page" in (tmp_path / "damaged.db.damaged").read_text()
+
+
+def test_a_gap_filled_late_is_no_backwards_sequence_but_a_reused_number_is(tmp_path):
+    """After a restart a resend can arrive after later messages were stored: new, below the highest number, and
+    no warning. A number that another message of the same spool already holds is a spool restored from a
+    backup: counted and said."""
+    s = Store(tmp_path / "store.db")
+    body = wire.EXAMPLES["summary"]
+
+    def msg(seq: int, created: str) -> wire.Message:
+        return wire.Message("summary", "tap-1", seq, created, body, "spool-a")
+
+    first = s.store([msg(i, f"2026-11-23T00:00:{i:02d}.000Z") for i in (1, 2, 4, 5)])
+    late = s.store([msg(3, "2026-11-23T00:00:03.000Z")])  # the gap, filled by a resend
+    reused = s.store([msg(4, "2026-11-24T09:00:00.000Z")])  # number 4 again, another message
+    row = s.db.execute("SELECT seq_backwards FROM sensors WHERE sensor = 'tap-1'").fetchone()
+    assert row == (1,)
+    events = [e for r in (first, late, reused) for e in r.events]
+    assert events == ["sensor 'tap-1': sequence went backwards to 4 (was 5); stored as new"], events
+    assert s.count() == 6
