@@ -23,19 +23,18 @@ used at start, with no serial to hold: the first granted push replaces it.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import logging
-import zlib
 from pathlib import Path
 
-from ntds.atomic import atomic_path, atomic_write_text
 from ntds.detect.baseline import MAX_FILE_BYTES, Baseline
 from ntds.errors import InputError
 from ntds.wire import signing
 from ntds.wire.schema import Message
+from sensor.pushes import PushedParts, Refused
+
+__all__ = ["BaselineUpdates", "Refused"]
 
 log = logging.getLogger("ntds.sensor.baselines")
 
@@ -43,22 +42,15 @@ PUSHED = "pushed-baseline.json"
 RESIGN = "the aggregator must sign it anew (`ntds-aggregator baseline rollback --to VERSION`)"
 
 
-class Refused(Exception):
-    """A pushed baseline the sensor will not use; the message says why, in one line."""
+class BaselineUpdates(PushedParts):
+    what = "baseline"
 
-
-class BaselineUpdates:
     def __init__(self, key_file: Path | str, profile: str, folder: Path) -> None:
+        super().__init__(folder / PUSHED, MAX_FILE_BYTES)
         self.key = signing.load_verify_key(key_file) if key_file else None
         self.profile = profile
-        self.path = folder / PUSHED
         self.signature_path = folder / (PUSHED + ".sig")
         """A signature over the bare file, as sensors before grants kept it."""
-        self.grant_path = folder / (PUSHED + ".grant")
-        self._parts: dict[int, bytes] = {}
-        self._push: tuple | None = None
-        self.refused = 0
-        self.taken = 0
         self.running: signing.Grant | None = self._kept_grant()
         """The grant of the newest push taken (kept across restarts): anything pushed must be newer."""
 
@@ -98,19 +90,9 @@ class BaselineUpdates:
 
         Raises Refused (counted) for a push that completes but fails a check."""
         b = m.body
-        push = (m.seq, b["baseline_id"], b["sha256"], b["grant"], b["signature"], b["parts"])
-        if push != self._push:  # a new push (or a resend) starts over
-            self._push, self._parts = push, {}
-        if b["part"] >= b["parts"]:
-            return self._refuse(f"part {b['part']} of {b['parts']}")
-        try:
-            self._parts[b["part"]] = base64.b64decode(b["data"], validate=True)
-        except (binascii.Error, ValueError):
-            return self._refuse("a part is not base64")
-        if len(self._parts) < b["parts"]:
+        packed = self._gather(m, (m.seq, b["baseline_id"], b["sha256"], b["grant"], b["signature"], b["parts"]))
+        if packed is None:
             return None
-        packed = b"".join(self._parts[i] for i in range(b["parts"]))
-        self._push, self._parts = None, {}
         try:
             content = self._inflate(packed)
             digest = hashlib.sha256(content).hexdigest()
@@ -130,14 +112,9 @@ class BaselineUpdates:
             baseline = self._load(content, Path(f"pushed baseline {b['baseline_id'][:80]}"))
         except (Refused, signing.BadSignature, InputError) as e:
             return self._refuse(str(e))
-        # The file first, then its grant: a crash between leaves the old grant, whose serial still holds, and a
-        # file it does not name (ignored at the next start, pushed again).
-        with atomic_path(self.path) as tmp:
-            tmp.write_bytes(content)
-        atomic_write_text(self.grant_path, json.dumps({"grant": b["grant"], "signature": b["signature"]}) + "\n")
+        self._keep(content, b)  # a crash before the grant leaves the old one, whose serial still holds
         self.signature_path.unlink(missing_ok=True)
         self.running = grant
-        self.taken += 1
         return baseline
 
     def _check_grant(self, grant: signing.Grant, digest: str, sensor: str) -> None:
@@ -158,22 +135,6 @@ class BaselineUpdates:
                 f"version {grant.version} is older than version {now.version} this sensor runs and is not signed as "
                 "a rollback"
             )
-
-    def _refuse(self, why: str) -> None:
-        self.refused += 1
-        self._push, self._parts = None, {}
-        raise Refused(why)
-
-    @staticmethod
-    def _inflate(packed: bytes) -> bytes:
-        d = zlib.decompressobj()
-        try:
-            content = d.decompress(packed, MAX_FILE_BYTES + 1)
-        except zlib.error:
-            raise Refused("not a compressed baseline") from None
-        if len(content) > MAX_FILE_BYTES or d.unconsumed_tail or not d.eof:
-            raise Refused(f"truncated, or larger than {MAX_FILE_BYTES // 2**20} MB")
-        return content
 
     def _load(self, content: bytes, name: Path) -> Baseline:
         tmp = self.path.with_name(".pushed-check.json")

@@ -19,18 +19,17 @@ health); the running set stays.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import logging
-import zlib
 from pathlib import Path
 
-from ntds.atomic import atomic_path, atomic_write_text
 from ntds.intel.matching import IntelSet, read_set
 from ntds.wire import signing
 from ntds.wire.schema import Message
+from sensor.pushes import PushedParts, Refused
+
+__all__ = ["IntelUpdates", "Refused"]
 
 log = logging.getLogger("ntds.sensor.intel")
 
@@ -39,19 +38,12 @@ MAX_SET_BYTES = 1 << 30
 """Largest set file taken (1 GiB uncompressed: about twenty million indicators)."""
 
 
-class Refused(Exception):
-    """A pushed indicator set the sensor will not use; the message says why, in one line."""
+class IntelUpdates(PushedParts):
+    what = "indicator set"
 
-
-class IntelUpdates:
     def __init__(self, key_file: Path | str, folder: Path) -> None:
+        super().__init__(folder / PUSHED, MAX_SET_BYTES)
         self.key = signing.load_verify_key(key_file) if key_file else None
-        self.path = folder / PUSHED
-        self.grant_path = folder / (PUSHED + ".grant")
-        self._parts: dict[int, bytes] = {}
-        self._push: tuple | None = None
-        self.refused = 0
-        self.taken = 0
         self.running: signing.IntelGrant | None = None
         """The grant of the set in use (kept across restarts): anything pushed must have a higher serial."""
 
@@ -82,19 +74,9 @@ class IntelUpdates:
 
         Raises Refused (counted) for a push that completes but fails a check."""
         b = m.body
-        push = (m.seq, b["sha256"], b["grant"], b["signature"], b["parts"])
-        if push != self._push:  # a new push (or a resend) starts over
-            self._push, self._parts = push, {}
-        if b["part"] >= b["parts"]:
-            return self._refuse(f"part {b['part']} of {b['parts']}")
-        try:
-            self._parts[b["part"]] = base64.b64decode(b["data"], validate=True)
-        except (binascii.Error, ValueError):
-            return self._refuse("a part is not base64")
-        if len(self._parts) < b["parts"]:
+        packed = self._gather(m, (m.seq, b["sha256"], b["grant"], b["signature"], b["parts"]))
+        if packed is None:
             return None
-        packed = b"".join(self._parts[i] for i in range(b["parts"]))
-        self._push, self._parts = None, {}
         try:
             content = self._inflate(packed)
             digest = hashlib.sha256(content).hexdigest()
@@ -112,13 +94,8 @@ class IntelUpdates:
             intel = self._load(content)
         except (Refused, signing.BadSignature) as e:
             return self._refuse(str(e))
-        # The file first, then its grant: a crash between leaves a grant that does not name the file (ignored at
-        # the next start, and pushed again).
-        with atomic_path(self.path) as tmp:
-            tmp.write_bytes(content)
-        atomic_write_text(self.grant_path, json.dumps({"grant": b["grant"], "signature": b["signature"]}) + "\n")
+        self._keep(content, b)
         self.running = grant
-        self.taken += 1
         return intel
 
     def _check_grant(self, grant: signing.IntelGrant, digest: str, sensor: str) -> None:
@@ -130,22 +107,6 @@ class IntelUpdates:
         if now is not None and grant != now and grant.serial <= now.serial:
             raise Refused(f"replayed: indicator set {grant.serial}, but this sensor already took set {now.serial}; "
                           "only a newer signature is taken")  # fmt: skip
-
-    def _refuse(self, why: str) -> None:
-        self.refused += 1
-        self._push, self._parts = None, {}
-        raise Refused(why)
-
-    @staticmethod
-    def _inflate(packed: bytes) -> bytes:
-        d = zlib.decompressobj()
-        try:
-            content = d.decompress(packed, MAX_SET_BYTES + 1)
-        except zlib.error:
-            raise Refused("not a compressed indicator set") from None
-        if len(content) > MAX_SET_BYTES or d.unconsumed_tail or not d.eof:
-            raise Refused(f"truncated, or larger than {MAX_SET_BYTES >> 20} MB")
-        return content
 
     @staticmethod
     def _load(content: bytes) -> IntelSet:

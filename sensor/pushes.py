@@ -1,0 +1,79 @@
+"""What every signed push in parts shares on the sensor: a baseline (sensor.baseline_updates) and an indicator set
+(sensor.intel_updates) arrive the same way.
+
+The parts of one push are gathered (a new push, or a resend, starts over), decoded and joined; the whole is
+decompressed within a bound; every refusal is counted and drops the parts; and a push that checks out is kept as
+its file first, then its grant, so a crash between leaves a grant that does not name the file (ignored at the next
+start, and pushed again). What is checked in between (the signature, the serial, the content) is each kind's own.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import zlib
+from pathlib import Path
+
+from ntds.atomic import atomic_path, atomic_write_text
+from ntds.wire.schema import Message
+
+
+class Refused(Exception):
+    """A pushed file the sensor will not use; the message says why, in one line."""
+
+
+class PushedParts:
+    """The parts of one push being gathered, the refusals and takes counted, the kept file and its grant."""
+
+    what = "file"
+    """What is pushed, in refusals ("not a compressed baseline")."""
+
+    def __init__(self, path: Path, max_bytes: int) -> None:
+        self.path = path
+        self.grant_path = path.with_name(path.name + ".grant")
+        self.max_bytes = max_bytes
+        self._parts: dict[int, bytes] = {}
+        self._push: tuple | None = None
+        self.refused = 0
+        self.taken = 0
+
+    def _gather(self, m: Message, push: tuple) -> bytes | None:
+        """Take one part of the push `push` identifies; the joined, still compressed parts once all are in."""
+        b = m.body
+        if push != self._push:  # a new push (or a resend) starts over
+            self._push, self._parts = push, {}
+        if b["part"] >= b["parts"]:
+            return self._refuse(f"part {b['part']} of {b['parts']}")
+        try:
+            self._parts[b["part"]] = base64.b64decode(b["data"], validate=True)
+        except (binascii.Error, ValueError):
+            return self._refuse("a part is not base64")
+        if len(self._parts) < b["parts"]:
+            return None
+        packed = b"".join(self._parts[i] for i in range(b["parts"]))
+        self._push, self._parts = None, {}
+        return packed
+
+    def _refuse(self, why: str) -> None:
+        self.refused += 1
+        self._push, self._parts = None, {}
+        raise Refused(why)
+
+    def _inflate(self, packed: bytes) -> bytes:
+        """Decompress within `max_bytes`: a small push must not expand into the sensor's whole memory."""
+        d = zlib.decompressobj()
+        try:
+            content = d.decompress(packed, self.max_bytes + 1)
+        except zlib.error:
+            raise Refused(f"not a compressed {self.what}") from None
+        if len(content) > self.max_bytes or d.unconsumed_tail or not d.eof:
+            raise Refused(f"truncated, or larger than {self.max_bytes // 2**20} MB")
+        return content
+
+    def _keep(self, content: bytes, body: dict) -> None:
+        """The file first, then its grant (see the module's docstring)."""
+        with atomic_path(self.path) as tmp:
+            tmp.write_bytes(content)
+        atomic_write_text(self.grant_path, json.dumps({"grant": body["grant"], "signature": body["signature"]}) + "\n")
+        self.taken += 1
