@@ -94,20 +94,9 @@ class BaselineUpdates(PushedParts):
         if packed is None:
             return None
         try:
-            content = self._inflate(packed)
-            digest = hashlib.sha256(content).hexdigest()
-            if digest != b["sha256"]:
-                raise Refused("the parts do not add up to the announced file (SHA-256 differs)")
-            if self.key is None:
-                raise Refused("no baseline_key is configured, so no pushed baseline can be trusted")
             if not b["grant"]:
                 raise Refused(f"it is signed without a version (an aggregator from before version signing): {RESIGN}")
-            try:
-                grant = signing.verify_grant(b["grant"], b["signature"], self.key)
-            except signing.BadSignature:
-                raise
-            except ValueError as e:
-                raise Refused(str(e)) from None
+            content, digest, grant = self._opened(packed, b, self.key, signing.verify_grant)
             self._check_grant(grant, digest, m.sensor)
             baseline = self._load(content, Path(f"pushed baseline {b['baseline_id'][:80]}"))
         except (Refused, signing.BadSignature, InputError) as e:

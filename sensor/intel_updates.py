@@ -78,18 +78,7 @@ class IntelUpdates(PushedParts):
         if packed is None:
             return None
         try:
-            content = self._inflate(packed)
-            digest = hashlib.sha256(content).hexdigest()
-            if digest != b["sha256"]:
-                raise Refused("the parts do not add up to the announced file (SHA-256 differs)")
-            if self.key is None:
-                raise Refused("no baseline_key is configured, so no pushed indicator set can be trusted")
-            try:
-                grant = signing.verify_intel_grant(b["grant"], b["signature"], self.key)
-            except signing.BadSignature:
-                raise
-            except ValueError as e:
-                raise Refused(str(e)) from None
+            content, digest, grant = self._opened(packed, b, self.key, signing.verify_intel_grant)
             self._check_grant(grant, digest, m.sensor)
             intel = self._load(content)
         except (Refused, signing.BadSignature) as e:

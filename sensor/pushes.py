@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 from ntds.atomic import atomic_path, atomic_write_text
+from ntds.wire import signing
 from ntds.wire.schema import Message
 
 
@@ -70,6 +73,23 @@ class PushedParts:
         if len(content) > self.max_bytes or d.unconsumed_tail or not d.eof:
             raise Refused(f"truncated, or larger than {self.max_bytes // 2**20} MB")
         return content
+
+    def _opened(self, packed: bytes, body: dict, key, verify: Callable) -> tuple[bytes, str, object]:
+        """(content, its SHA-256, the verified grant) of a gathered push: the announced file, signed by `key`.
+        A bad signature raises signing.BadSignature, anything else wrong Refused."""
+        content = self._inflate(packed)
+        digest = hashlib.sha256(content).hexdigest()
+        if digest != body["sha256"]:
+            raise Refused("the parts do not add up to the announced file (SHA-256 differs)")
+        if key is None:
+            raise Refused(f"no baseline_key is configured, so no pushed {self.what} can be trusted")
+        try:
+            grant = verify(body["grant"], body["signature"], key)
+        except signing.BadSignature:
+            raise
+        except ValueError as e:
+            raise Refused(str(e)) from None
+        return content, digest, grant
 
     def _keep(self, content: bytes, body: dict) -> None:
         """The file first, then its grant (see the module's docstring)."""
