@@ -161,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--min-tier", type=int, default=0, metavar="K", help="only tier K and rarer (0-5)")
     al.add_argument("--sensor", help="only this sensor")
     al.add_argument("--json", action="store_true", help="one JSON object per alert")
+    al.add_argument("--limit", type=int, default=1000, metavar="N",
+                    help="the newest N alerts that match (default 1000; 0: every one)")  # fmt: skip
     al.set_defaults(func=_alerts)
 
     pc = sub.add_parser(
@@ -660,18 +662,24 @@ def _alerts(args) -> int:
     since = _time_option("--since", args.since) if args.since else None
     from aggregator import context
 
+    if not 0 <= args.limit <= 10**9:
+        raise InputError("--limit must be 0 (every alert) or a positive number")
     cfg, store = _open_store(args.config)
     try:
-        rows = store.alerts(sensor=args.sensor, since=since)
+        rows = store.alerts(sensor=args.sensor, since=since, min_tier=args.min_tier, limit=args.limit)
+        total = store.count_alerts(sensor=args.sensor, since=since, min_tier=args.min_tier) if args.limit else len(rows)
         _catch_up(store, context.ContextOptions.of(cfg))
-        judged = {i: (w, m, t) for i, w, m, t in store.db.execute(
-            "SELECT alert_id, words, modifier, tier_after FROM alert_context")}  # fmt: skip
+        ids = [r[0] for r in rows]
+        judged = {}
+        for k in range(0, len(ids), 500):
+            chunk = ids[k : k + 500]
+            judged |= {i: (w, m, t) for i, w, m, t in store.db.execute(
+                f"SELECT alert_id, words, modifier, tier_after FROM alert_context WHERE alert_id IN "
+                f"({','.join('?' * len(chunk))})", chunk)}  # fmt: skip
     finally:
         store.close()
     shown = 0
     for alert_id, sensor, seq, a in rows:
-        if a["tier"] < args.min_tier:
-            continue
         shown += 1
         words, modifier, tier = judged.get(alert_id, ("", "", a["tier"]))
         if args.json:
@@ -682,7 +690,10 @@ def _alerts(args) -> int:
             context_words = f"; {words} ({modifier})" if words else ""
             print(printable(f"{alert_id}  {sensor}  {summary_line(a)}  ({why}{context_words})", 1000))
     if not args.json:
-        print(f"{shown} alerts", file=sys.stderr)
+        more = f" (the newest {shown:,} of {total:,}; --limit 0 for every one)" if total > shown else ""
+        print(f"{shown} alerts{more}", file=sys.stderr)
+    elif total > shown:
+        print(f"the newest {shown:,} of {total:,} alerts; --limit 0 for every one", file=sys.stderr)
     return 0
 
 

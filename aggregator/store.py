@@ -365,16 +365,37 @@ class Store:
         cur = self.db.execute("DELETE FROM messages WHERE id <= ? AND received < ?", (up_to_id, received_before))
         return cur.rowcount
 
-    def alerts(self, sensor: str | None = None, since: float | None = None) -> list[tuple[int, str, int, dict]]:
+    def alerts(self, sensor: str | None = None, since: float | None = None, min_tier: int = 0,
+               limit: int = 0) -> list[tuple[int, str, int, dict]]:  # fmt: skip
         """Stored alerts as (id, sensor, seq, body), oldest first by first seen (bodies as the current schema); the
-        id is the alert's one id everywhere (the alert manager's URLs, the API, `pcap`)."""
-        sql, args = "SELECT id, sensor, seq, body FROM messages WHERE type = 'alert'", []
+        id is the alert's one id everywhere (the alert manager's URLs, the API, `pcap`). With `limit`, the newest
+        that many: chosen on the alerts index (first seen, tier, sensor), so a big store is not read whole."""
+        where, args = self._alert_filter(sensor, since, min_tier)
+        ids = [i for (i,) in self.db.execute(
+            f"SELECT id FROM alerts WHERE {where} ORDER BY first_seen DESC, id DESC"
+            + (" LIMIT ?" if limit else ""), [*args, limit] if limit else args)]  # fmt: skip
+        rows = []
+        for k in range(0, len(ids), 500):  # SQLite's parameter limit
+            chunk = ids[k : k + 500]
+            rows += self.db.execute(f"SELECT id, sensor, seq, body, data_time FROM messages WHERE id IN "
+                                    f"({','.join('?' * len(chunk))})", chunk).fetchall()  # fmt: skip
+        rows.sort(key=lambda r: (r[4], r[1], r[2]))
+        return [(i, s, q, upgrade_body("alert", json.loads(b))) for i, s, q, b, _ in rows]
+
+    def count_alerts(self, sensor: str | None = None, since: float | None = None, min_tier: int = 0) -> int:
+        where, args = self._alert_filter(sensor, since, min_tier)
+        return self.db.execute(f"SELECT COUNT(*) FROM alerts WHERE {where}", args).fetchone()[0]
+
+    @staticmethod
+    def _alert_filter(sensor: str | None, since: float | None, min_tier: int) -> tuple[str, list]:
+        where, args = ["1 = 1"], []
         if sensor:
-            sql, args = sql + " AND sensor = ?", [*args, sensor]
+            where, args = [*where, "sensor = ?"], [*args, sensor]
         if since is not None:
-            sql, args = sql + " AND data_time >= ?", [*args, since]
-        rows = self.db.execute(sql + " ORDER BY data_time, sensor, seq", args)
-        return [(i, s, q, upgrade_body("alert", json.loads(b))) for i, s, q, b in rows]
+            where, args = [*where, "first_seen >= ?"], [*args, since]
+        if min_tier:
+            where, args = [*where, "tier >= ?"], [*args, min_tier]
+        return " AND ".join(where), args
 
 
 CHECK_AT_START_MB = 256

@@ -275,6 +275,15 @@ def test_alerts_command_lists_and_filters(site, config):
     assert text.returncode == 0 and f"{len(truth) + len(FINDINGS)} alerts" in text.stderr
     assert len(text.stdout.splitlines()) == len(truth) + len(FINDINGS)
     assert "port-scan  tier 5" in text.stdout and "10.1.0.13" in text.stdout
+    # the newest N only, chosen on the index, and said so; the same N as the end of the whole list
+    n = 5
+    newest = _cli("alerts", "--config", config, "--json", "--limit", n)
+    assert newest.returncode == 0, newest.stderr
+    every = _cli("alerts", "--config", config, "--json", "--limit", 0).stdout.splitlines()
+    got = [json.loads(line) for line in newest.stdout.splitlines()]
+    assert len(every) == len(truth) + len(FINDINGS) and len(got) == n
+    assert [a["id"] for a in got] == [json.loads(line)["id"] for line in every][-n:]
+    assert f"the newest {n} of {len(every):,} alerts" in newest.stderr
 
 
 @pytest.mark.parametrize(
@@ -285,6 +294,7 @@ def test_alerts_command_lists_and_filters(site, config):
         (["report", "weekly", "--week", "2026-W47", "--sensor", "nobody"], "no data from such a sensor"),
         (["alerts", "--since", "yesterday"], "--since 'yesterday'"),
         (["alerts", "--min-tier", "9"], "--min-tier must be 0..5"),
+        (["alerts", "--limit", "-1"], "--limit must be 0"),
     ],
 )
 def test_report_and_alerts_bad_input_is_one_line(config, tmp_path, args, words):
