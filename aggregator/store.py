@@ -372,7 +372,7 @@ class Store:
         that many: chosen on the alerts index (first seen, tier, sensor), so a big store is not read whole."""
         where, args = self._alert_filter(sensor, since, min_tier)
         ids = [i for (i,) in self.db.execute(
-            f"SELECT id FROM alerts WHERE {where} ORDER BY first_seen DESC, id DESC"
+            f"SELECT a.id FROM {where} ORDER BY a.first_seen DESC, a.id DESC"
             + (" LIMIT ?" if limit else ""), [*args, limit] if limit else args)]  # fmt: skip
         rows = []
         for k in range(0, len(ids), 500):  # SQLite's parameter limit
@@ -384,18 +384,21 @@ class Store:
 
     def count_alerts(self, sensor: str | None = None, since: float | None = None, min_tier: int = 0) -> int:
         where, args = self._alert_filter(sensor, since, min_tier)
-        return self.db.execute(f"SELECT COUNT(*) FROM alerts WHERE {where}", args).fetchone()[0]
+        return self.db.execute(f"SELECT COUNT(*) FROM {where}", args).fetchone()[0]
 
     @staticmethod
     def _alert_filter(sensor: str | None, since: float | None, min_tier: int) -> tuple[str, list]:
+        """FROM and WHERE of an alert query on the alerts index. The tier is the sensor's (the alert's own body):
+        the index holds the tier prevalence adjusted, which the alert manager's queue sorts on."""
         where, args = ["1 = 1"], []
         if sensor:
-            where, args = [*where, "sensor = ?"], [*args, sensor]
+            where, args = [*where, "a.sensor = ?"], [*args, sensor]
         if since is not None:
-            where, args = [*where, "first_seen >= ?"], [*args, since]
+            where, args = [*where, "a.first_seen >= ?"], [*args, since]
         if min_tier:
-            where, args = [*where, "tier >= ?"], [*args, min_tier]
-        return " AND ".join(where), args
+            where, args = [*where, "json_extract(m.body, '$.tier') >= ?"], [*args, min_tier]
+            return f"alerts a JOIN messages m ON m.id = a.id WHERE {' AND '.join(where)}", args
+        return f"alerts a WHERE {' AND '.join(where)}", args
 
 
 CHECK_AT_START_MB = 256
