@@ -106,7 +106,11 @@ def test_a_regular_guesser_is_brute_force_and_says_it_is_regular_too():
     assert any("also regular like a beacon" in t and "SSH authenticates" in t for t in texts), texts
 
 
-OTHERS = [f for f, (kind, _) in sorted(LABELS.items()) if kind not in (*STORIES, "benign")] or [
+BENCH_ONLY = {
+    "spiderlabs__mirai_2016-11-06.pcap": "the same Mirai sweep as the 11-07 capture at twice its size (27 s to meter): "
+    "bench/bench_detection.py judges both",
+}
+OTHERS = [f for f, (kind, _) in sorted(LABELS.items()) if kind not in (*STORIES, "benign") and f not in BENCH_ONLY] or [
     "spiderlabs__pingback_icmp.pcapng"
 ]
 
