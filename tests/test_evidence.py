@@ -557,6 +557,8 @@ def test_a_sensor_killed_in_the_middle_of_a_job_answers_it_after_its_restart(tmp
             assert db.execute("SELECT COUNT(*) FROM pcap_parts").fetchone()[0] == 0
             assert db.execute("SELECT state FROM pcap_jobs").fetchall() == [("done",)]
         assert len(alerts_in(agent.store)) == len(alerts)  # what was accepted before the kill is all there
+        # stopped once it is up (its SIGTERM handler set): on a fast run the job can finish before it is
+        wait(lambda: "serving pcap jobs" in agent.log(), 60, "the restarted sensor")
         again.send_signal(signal.SIGTERM)
         assert again.wait(60) == 0
     finally:
