@@ -13,6 +13,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+from frames import ether
 
 from ntds.detect.baseline import Baseline
 from ntds.detect.detection import Detection
@@ -143,16 +144,15 @@ def test_200_identical_dns_lookups_to_a_public_resolver_are_no_brute_force(tmp_p
     """The same question asked 200 times in 100 s, each from its own port, each answered: lookups, not logins."""
     from scapy.layers.dns import DNS, DNSQR, DNSRR
     from scapy.layers.inet import IP, UDP
-    from scapy.layers.l2 import Ether
     from scapy.utils import wrpcap
 
     packets = []
     t0 = 1_794_787_200.0
     for k in range(200):
         sport = 40000 + k
-        ask = Ether() / IP(src="10.1.2.3", dst="8.8.8.8") / UDP(sport=sport, dport=53) / DNS(
+        ask = ether() / IP(src="10.1.2.3", dst="8.8.8.8") / UDP(sport=sport, dport=53) / DNS(
             id=k, rd=1, qd=DNSQR(qname="www.example.com"))  # fmt: skip
-        answer = Ether() / IP(src="8.8.8.8", dst="10.1.2.3") / UDP(sport=53, dport=sport) / DNS(
+        answer = ether() / IP(src="8.8.8.8", dst="10.1.2.3") / UDP(sport=53, dport=sport) / DNS(
             id=k, qr=1, ra=1, qd=DNSQR(qname="www.example.com"),
             an=DNSRR(rrname="www.example.com", rdata="93.184.216.34"))  # fmt: skip
         ask.time, answer.time = t0 + k * 0.5, t0 + k * 0.5 + 0.012

@@ -16,9 +16,9 @@ import os
 from pathlib import Path
 
 import pytest
+from frames import ether
 from scapy.layers.dns import DNS, DNSQR, DNSRR
 from scapy.layers.inet import ICMP, IP, TCP, UDP
-from scapy.layers.l2 import Ether
 from scapy.utils import rdpcap, wrpcap
 
 from ntds.detect.baseline import Baseline
@@ -61,8 +61,8 @@ def told(path: Path) -> set[tuple[str, str]]:
 def pings(payloads: list[bytes], gap: float = 1.0, src: str = "10.1.2.3", dst: str = "10.9.9.9") -> list:
     out = []
     for k, data in enumerate(payloads):
-        out.append(at(Ether() / IP(src=src, dst=dst) / ICMP(type=8, id=7, seq=k) / data, k * gap))
-        out.append(at(Ether() / IP(src=dst, dst=src) / ICMP(type=0, id=7, seq=k) / data, k * gap + 0.001))
+        out.append(at(ether() / IP(src=src, dst=dst) / ICMP(type=8, id=7, seq=k) / data, k * gap))
+        out.append(at(ether() / IP(src=dst, dst=src) / ICMP(type=0, id=7, seq=k) / data, k * gap + 0.001))
     return out
 
 
@@ -114,7 +114,7 @@ def test_a_ping_tunnel_alert_says_what_was_carried(tmp_path):
 
 def test_echo_replies_to_no_request_are_unmatched(tmp_path):
     src, dst = "10.1.2.3", "10.9.9.9"
-    replies = [at(Ether() / IP(src=src, dst=dst) / ICMP(type=0, id=9, seq=k) / WINDOWS, k) for k in range(8)]
+    replies = [at(ether() / IP(src=src, dst=dst) / ICMP(type=0, id=9, seq=k) / WINDOWS, k) for k in range(8)]
     path = write(tmp_path / "replies.pcap", replies)
     flows = [t for t in meter(path) if t.icmp]
     assert sum(t.icmp.unmatched for t in flows) == 8
@@ -130,10 +130,10 @@ def lookups(names: list[str], qtype: str = "TXT", client: str = "10.1.2.3", reso
     for k, name in enumerate(names):
         sport = 30000 + k
         t = start + k * gap
-        ask = Ether() / IP(src=client, dst=resolver) / UDP(sport=sport, dport=53) / DNS(
+        ask = ether() / IP(src=client, dst=resolver) / UDP(sport=sport, dport=53) / DNS(
             id=k, rd=1, qd=DNSQR(qname=name, qtype=qtype))  # fmt: skip
         answer = (
-            Ether()
+            ether()
             / IP(src=resolver, dst=client)
             / UDP(sport=53, dport=sport)
             / DNS(id=k, qr=1, qd=DNSQR(qname=name, qtype=qtype), an=DNSRR(rrname=name, type="TXT", rdata="ok" * 60))
@@ -208,9 +208,9 @@ def probes(flags: str, ports: list[int], gap: float = 0.05, answer: bool = True,
     out = []
     for k, port in enumerate(ports):
         t = k * gap
-        out.append(at(Ether() / IP(src=SCANNER, dst=dst) / TCP(sport=40000 + k, dport=port, flags=flags), t))
+        out.append(at(ether() / IP(src=SCANNER, dst=dst) / TCP(sport=40000 + k, dport=port, flags=flags), t))
         if answer:  # a closed port answers RST
-            out.append(at(Ether() / IP(src=dst, dst=SCANNER) / TCP(sport=port, dport=40000 + k, flags="RA"), t + 1e-3))
+            out.append(at(ether() / IP(src=dst, dst=SCANNER) / TCP(sport=port, dport=40000 + k, flags="RA"), t + 1e-3))
     return out
 
 
@@ -232,7 +232,7 @@ def test_seven_syn_connections_are_no_flag_probes(tmp_path):
 
 
 def test_udp_probes_of_many_ports_are_a_port_scan(tmp_path):
-    packets = [at(Ether() / IP(src=SCANNER, dst=TARGET) / UDP(sport=50000, dport=p), k * 0.2)
+    packets = [at(ether() / IP(src=SCANNER, dst=TARGET) / UDP(sport=50000, dport=p), k * 0.2)
                for k, p in enumerate(range(100, 140))]  # fmt: skip
     path = write(tmp_path / "udp.pcap", packets)
     assert ("port-scan", SCANNER) in told(path)
@@ -260,9 +260,9 @@ def test_a_small_sweep_that_all_fails_is_found_and_the_same_hosts_answering_are_
         sport = 41000 + k
         t = k * 30
         served += [
-            at(Ether() / IP(src=SCANNER, dst=h) / TCP(sport=sport, dport=445, flags="S", seq=1), t),
-            at(Ether() / IP(src=h, dst=SCANNER) / TCP(sport=445, dport=sport, flags="SA", seq=9, ack=2), t + 0.001),
-            at(Ether() / IP(src=SCANNER, dst=h) / TCP(sport=sport, dport=445, flags="PA", seq=2, ack=10) / (b"x" * 60),
+            at(ether() / IP(src=SCANNER, dst=h) / TCP(sport=sport, dport=445, flags="S", seq=1), t),
+            at(ether() / IP(src=h, dst=SCANNER) / TCP(sport=445, dport=sport, flags="SA", seq=9, ack=2), t + 0.001),
+            at(ether() / IP(src=SCANNER, dst=h) / TCP(sport=sport, dport=445, flags="PA", seq=2, ack=10) / (b"x" * 60),
                t + 0.002),
         ]  # fmt: skip
     path = write(tmp_path / "served.pcap", served)
@@ -276,10 +276,10 @@ def test_ipv6_echo_and_dns_are_read_inside_too(tmp_path):
     packets = []
     for k, c in enumerate(["shell", "upload", "exec", "download"]):
         data = c.encode() + bytes(500)
-        packets.append(at(Ether() / IPv6(src=src, dst=dst) / ICMPv6EchoRequest(id=1, seq=k, data=data), k))
-        packets.append(at(Ether() / IPv6(src=dst, dst=src) / ICMPv6EchoReply(id=1, seq=k, data=data), k + 0.001))
+        packets.append(at(ether() / IPv6(src=src, dst=dst) / ICMPv6EchoRequest(id=1, seq=k, data=data), k))
+        packets.append(at(ether() / IPv6(src=dst, dst=src) / ICMPv6EchoReply(id=1, seq=k, data=data), k + 0.001))
     question = DNS(qd=DNSQR(qname="a.b.example.com", qtype="NULL"))
-    ask = Ether() / IPv6(src=src, dst="fd00::53") / UDP(sport=5000, dport=53) / question
+    ask = ether() / IPv6(src=src, dst="fd00::53") / UDP(sport=5000, dport=53) / question
     packets.append(at(ask, 9))
     path = write(tmp_path / "v6.pcap", packets)
     flows = meter(path)
@@ -297,9 +297,9 @@ def session(gaps: list[float], size: int, tcp: bool, client: str = "10.1.2.3", s
     """One long connection to port 443 in which the client sends `size` bytes after each gap, and is answered."""
     out, t = [], 0.0
     if tcp:
-        out += [at(Ether() / IP(src=client, dst=server) / TCP(sport=50000, dport=443, flags="S"), 0.0),
-                at(Ether() / IP(src=server, dst=client) / TCP(sport=443, dport=50000, flags="SA"), 0.01),
-                at(Ether() / IP(src=client, dst=server) / TCP(sport=50000, dport=443, flags="A"), 0.02)]  # fmt: skip
+        out += [at(ether() / IP(src=client, dst=server) / TCP(sport=50000, dport=443, flags="S"), 0.0),
+                at(ether() / IP(src=server, dst=client) / TCP(sport=443, dport=50000, flags="SA"), 0.01),
+                at(ether() / IP(src=client, dst=server) / TCP(sport=50000, dport=443, flags="A"), 0.02)]  # fmt: skip
     for gap in gaps:
         t += gap
         if tcp:
@@ -308,7 +308,7 @@ def session(gaps: list[float], size: int, tcp: bool, client: str = "10.1.2.3", s
         else:
             ask = IP(src=client, dst=server) / UDP(sport=50000, dport=443) / (b"q" * size)
             answer = IP(src=server, dst=client) / UDP(sport=443, dport=50000) / (b"a" * 400)
-        out += [at(Ether() / ask, t), at(Ether() / answer, t + 0.05)]
+        out += [at(ether() / ask, t), at(ether() / answer, t + 0.05)]
     return out
 
 

@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from frames import ether
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
@@ -328,12 +329,12 @@ def _scapy_packets():
 
     base = 1_700_000_000
     pkts = [
-        Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=40000, dport=22) / b"a",
-        Ether() / IP(src="10.0.0.2", dst="10.0.0.1") / TCP(sport=22, dport=40000) / b"bb",
-        Ether() / Dot1Q(vlan=7) / IP(src="10.0.0.1", dst="10.0.0.3") / UDP(sport=5353, dport=53) / b"q",
-        Ether() / IPv6(src="fd00::1", dst="fd00::2") / TCP(sport=1, dport=443),
-        Ether() / IP(src="10.0.0.9", dst="10.0.0.1") / ICMP(),
-        Ether() / IP(src="10.0.0.4", dst="10.0.0.5") / TCP(sport=1, dport=2),
+        ether() / IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=40000, dport=22) / b"a",
+        ether() / IP(src="10.0.0.2", dst="10.0.0.1") / TCP(sport=22, dport=40000) / b"bb",
+        ether() / Dot1Q(vlan=7) / IP(src="10.0.0.1", dst="10.0.0.3") / UDP(sport=5353, dport=53) / b"q",
+        ether() / IPv6(src="fd00::1", dst="fd00::2") / TCP(sport=1, dport=443),
+        ether() / IP(src="10.0.0.9", dst="10.0.0.1") / ICMP(),
+        ether() / IP(src="10.0.0.4", dst="10.0.0.5") / TCP(sport=1, dport=2),
     ]
     for k, p in enumerate(pkts):
         p.time = base + k + 0.000123 * (k + 1)
@@ -547,7 +548,7 @@ def test_a_sensor_killed_in_the_middle_of_a_job_answers_it_after_its_restart(tmp
         p.kill()
         p.wait(10)
         tiny = tmp_path / "tiny.pcap"
-        wrpcap(str(tiny), [Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1, dport=2)])
+        wrpcap(str(tiny), [ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1, dport=2)])
         again = agent.sensor("replay", str(tiny), "--serve-evidence", "120")
         assert job.wait(120) == 0, job.stderr.read() + agent.log()
         from ntds.wire.schema import packets_behind
@@ -611,8 +612,8 @@ def test_a_replayed_file_is_read_by_its_index_by_time(tmp_path):
     from sensor.evidence.jobs import Evidence
     from sensor.evidence.packets import BLOCK, Match, index, read
 
-    frame = bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1000, dport=53) / b"q")
-    other = bytes(Ether() / IP(src="10.0.0.3", dst="10.0.0.4") / UDP(sport=1000, dport=53) / b"q")
+    frame = bytes(ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1000, dport=53) / b"q")
+    other = bytes(ether() / IP(src="10.0.0.3", dst="10.0.0.4") / UDP(sport=1000, dport=53) / b"q")
     path = tmp_path / "long.pcap"
     base = 1_700_000_000
     with open(path, "wb") as f:

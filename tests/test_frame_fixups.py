@@ -11,6 +11,7 @@ from collections import defaultdict
 
 import pytest
 from conftest import FIXTURES, sensor_rows
+from frames import ether
 from scapy.all import IP, TCP, UDP, Dot1Q, Ether, PcapReader
 
 from ntds.flows import _compiled
@@ -137,8 +138,8 @@ def test_flows_keep_their_own_times_when_the_capture_clock_goes_backwards(fixtur
 @pytest.mark.parametrize(
     ("dlt", "frame", "filled_at"),
     [
-        (1, bytes(Ether() / IP(len=0, src="10.0.0.1", dst="10.0.0.2") / UDP() / bytes(100)), 14),
-        (1, bytes(Ether() / Dot1Q(vlan=3) / Dot1Q(vlan=4) / IP(len=0) / UDP() / bytes(100)), 22),
+        (1, bytes(ether() / IP(len=0, src="10.0.0.1", dst="10.0.0.2") / UDP() / bytes(100)), 14),
+        (1, bytes(ether() / Dot1Q(vlan=3) / Dot1Q(vlan=4) / IP(len=0) / UDP() / bytes(100)), 22),
         (113, bytes(16)[:14] + b"\x08\x00" + bytes(IP(len=0) / UDP() / bytes(100)), 16),
         (12, bytes(IP(len=0) / UDP() / bytes(100)), 0),
         (104, b"\x0f\x00\x08\x00" + bytes(IP(len=0) / UDP() / bytes(100)), 4),
@@ -159,9 +160,9 @@ def test_the_fixup_works_on_a_copy(dlt, frame, filled_at):
 def test_frames_that_need_no_fixup_are_handed_on_as_they_are():
     ffi, lib = _compiled.ffi, _compiled.lib
     for dlt, frame in (
-        (1, bytes(Ether() / IP() / UDP() / bytes(100))),
-        (1, bytes(Ether() / IP(len=0, ihl=4) / bytes(100))),  # no sane header to fill in
-        (1, bytes(Ether(type=0x86DD) / bytes(100))),
+        (1, bytes(ether() / IP() / UDP() / bytes(100))),
+        (1, bytes(ether() / IP(len=0, ihl=4) / bytes(100))),  # no sane header to fill in
+        (1, bytes(ether(type=0x86DD) / bytes(100))),
         (127, bytes(200)),
     ):
         out, caplen, length = ffi.new("uint8_t **"), ffi.new("uint32_t *"), ffi.new("uint32_t *")
