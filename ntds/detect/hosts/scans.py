@@ -70,9 +70,13 @@ def _next_level(threshold: float, levels: tuple[float, float, float], reported_t
 
 
 class _Window:
-    """Distinct items (ports or hosts) with their last time, pruned to a sliding window."""
+    """Distinct items (ports or hosts) with their last time, pruned to a sliding window.
 
-    __slots__ = ("seen", "first_ms", "last_ms", "attempts", "failures", "reported_tier", "probed")
+    Stale items are dropped when the table has doubled since the last pruning, and a table over `cap` is cut to
+    three quarters of it (the newest): both cost O(1) per item over time, where pruning at every item past a
+    fixed size made a busy source's every flow cost a sort of the whole table."""
+
+    __slots__ = ("seen", "first_ms", "last_ms", "attempts", "failures", "reported_tier", "probed", "prune_at")
 
     def __init__(self) -> None:
         self.seen: dict = {}
@@ -81,22 +85,26 @@ class _Window:
         self.first_ms = self.last_ms = 0
         self.attempts = self.failures = 0
         self.reported_tier = 0
+        self.prune_at = 64
 
     def add(self, item, t_ms: int, window_ms: int, cap: int, probe: bool = False) -> None:
         if self.seen and t_ms - self.last_ms > window_ms:  # quiet for a whole window: a new episode
             self.seen, self.probed, self.reported_tier, self.attempts, self.failures = {}, {}, 0, 0, 0
+            self.prune_at = 64
         if not self.seen:
             self.first_ms = t_ms
         self.seen[item] = t_ms
         if probe and len(self.probed) < cap:
             self.probed[item] = t_ms
-        self.last_ms = max(self.last_ms, t_ms)
-        if len(self.seen) > cap or (len(self.seen) % 64 == 0):
+        if t_ms > self.last_ms:
+            self.last_ms = t_ms
+        if len(self.seen) >= self.prune_at or len(self.seen) > cap:
             horizon = self.last_ms - window_ms
             self.seen = {k: v for k, v in self.seen.items() if v >= horizon}
-            if len(self.seen) > cap:  # keep the newest: counts above cap read as "at least cap"
-                self.seen = dict(sorted(self.seen.items(), key=lambda kv: kv[1])[-cap:])
+            if len(self.seen) > cap:  # keep the newest: counts above cap read as "at least 3/4 of cap"
+                self.seen = dict(sorted(self.seen.items(), key=lambda kv: kv[1])[-(cap * 3 // 4) :])
             self.first_ms = min(self.seen.values(), default=t_ms)
+            self.prune_at = max(64, 2 * len(self.seen))
 
     def count(self, now_ms: int, window_ms: int) -> int:
         horizon = now_ms - window_ms
