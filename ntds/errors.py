@@ -8,6 +8,11 @@ class InputError(Exception):
     """Bad input from the user: the message is the whole story, no traceback needed."""
 
 
+class WorkerFailed(RuntimeError):
+    """An analysis worker died or raised (ntds.detect.workers): its detectors' state is gone, so the sensor stops
+    with this one line, and what is spooled stays spooled."""
+
+
 def one_line(message: object) -> str:
     """An error as the one line a user sees: white space folded, control characters escaped."""
     from ntds.logs import printable

@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ntds.errors import ArgumentParser, InputError, one_line
+from ntds.errors import ArgumentParser, InputError, WorkerFailed, one_line
 from ntds.flows.profiles import PROFILES
 from ntds.progress import Progress
 from sensor import __version__
@@ -165,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", type=Path, help="write JSON lines here (default: stdout)")
     s.add_argument("--profile", choices=sorted(PROFILES), help="feature profile (default: unicauca, or the config's)")
     s.add_argument("--summary", action="store_true", help="print tiers, findings and the strongest alerts on stderr")
+    s.add_argument("--workers", type=int, metavar="N", help="processes running the host-level detectors (0: none; "
+                   "default: the config's analysis_workers, else the cores left beside the meter)")  # fmt: skip
     s.add_argument("--intel", type=Path, action="append", metavar="FILE",
                    help="match every flow against the indicators of FILE (plain list, CSV, Zeek intel, STIX 2.1, "
                    "MISP JSON); repeatable")  # fmt: skip
@@ -282,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except InputError as e:
         return _fail(str(e), EXIT_INPUT)
+    except WorkerFailed as e:
+        return _fail(str(e), 1)
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130

@@ -88,6 +88,11 @@ class SensorConfig(Settings):
         "detectors, publishing), so that on a busy host packets go first and analysis catches up; 0: equal",
         low=0, high=19,
     )  # fmt: skip
+    analysis_workers: int = setting(
+        "int", -1, "processes running the host-level detectors beside the sensor's own, each detector's state "
+        "kept whole in one of them (0: none, everything in the sensor's process; -1: the cores left beside the "
+        "meters and the sensor's process)", low=-1, high=64,
+    )  # fmt: skip
     max_flows: int = setting(
         "int", 200_000, "open flows per meter before the least recently seen are expired early (memory bound)",
         low=1000, high=50_000_000,

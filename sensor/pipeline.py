@@ -34,6 +34,7 @@ from pathlib import Path
 
 from ntds.detect.baseline import Baseline
 from ntds.detect.detection import Detection
+from ntds.detect.workers import cores_left
 from ntds.errors import InputError
 from ntds.flows.engine import CaptureControl
 from ntds.flows.meter import FlowMeter, FlowRecord
@@ -151,6 +152,7 @@ class Pipeline:
             grouping=cfg.grouping,
             local=lambda ip: self.summariser.classes.is_local(ip),
             intel=intel,
+            workers=self._workers(cfg, len(self.interfaces)),
         )
         self.meter = FlowMeter(
             cfg.feature_profile,
@@ -185,6 +187,13 @@ class Pipeline:
                 self.records = FlowRecords(cfg.flow_records_dir, cfg.flow_records_file_mb, cfg.flow_records_max_mb)
             except OSError as e:
                 raise InputError(f"{cfg.flow_records_dir}: cannot keep flow records there: {e.strerror or e}") from None
+
+    @staticmethod
+    def _workers(cfg: SensorConfig, interfaces: int) -> int:
+        """Analysis worker processes: the setting, or (-1) the cores left beside the meters and this process."""
+        if cfg.analysis_workers >= 0:
+            return cfg.analysis_workers
+        return cores_left(max(interfaces, 1) * max(cfg.n_meters, 1))
 
     def _evidence(self, cfg: SensorConfig) -> Evidence:
         """The evidence room: the ring (live, ring_mb > 0), the kept packets, the replayed files remembered."""
@@ -243,6 +252,7 @@ class Pipeline:
             raise InputError(f"{self.cfg.spool}: cannot write the spool ({e}); what it holds is kept") from None
         finally:
             self.control.stop()
+            self.detection.stop()
             self.evidence_worker.stop()
             if self.records is not None:
                 with contextlib.suppress(OSError):
@@ -300,10 +310,10 @@ class Pipeline:
         step = self.cfg.analysis_nice
         if not self.live or not step:
             return
+        workers = self.detection.workers.pids if self.detection.workers else []
         try:
-            for tid in os.listdir("/proc/self/task"):
-                t = int(tid)
-                os.setpriority(os.PRIO_PROCESS, t, min(19, os.getpriority(os.PRIO_PROCESS, t) + step))
+            for tid in [*map(int, os.listdir("/proc/self/task")), *workers]:
+                os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + step))
         except OSError as e:
             log.warning("analysis runs at the meters' priority: cannot lower it (%s)", e.strerror or e)
 
@@ -640,6 +650,7 @@ class Pipeline:
         if fixed:
             log.warning("reload: %s changed; these take effect at the next restart", ", ".join(fixed))
         self.summariser.classes, self.summariser.geo = classes, geo  # from the next flow on
+        self.detection.set_local(classes.is_local)
         if self.context is not None:
             self.context.classes = classes
         self._swap(baseline, cfg)

@@ -33,6 +33,7 @@ from ntds.detect.baseline import Baseline
 from ntds.detect.detection import Detection, observed
 from ntds.detect.grouping import GroupingOptions
 from ntds.detect.scoring import TIER_LABELS
+from ntds.detect.workers import cores_left
 from ntds.errors import InputError
 from ntds.flows.columns import COLUMNS as FLOW_COLUMNS
 from ntds.flows.files import kind_of, read_flow_table, table_time
@@ -141,10 +142,11 @@ def _capture_records(path: Path, profile: str, skipped: list[int]) -> Iterator[l
 
 
 def _settings(args):
-    """(baseline path, profile, (host-level, flow) min tiers, detectors, grouping, local matcher) from --config
-    and the flags; --min-tier sets both tiers."""
+    """(baseline path, profile, (host-level, flow) min tiers, detectors, grouping, local matcher, analysis workers)
+    from --config and the flags; --min-tier sets both tiers."""
     detectors, grouping, nets = {}, GroupingOptions(), list(DEFAULT_LOCAL_NETWORKS)
     baseline, profile, min_tier = args.baseline, args.profile, args.min_tier
+    workers = args.workers
     tiers = (3, 4)
     if args.config is not None:
         from sensor.config import load as load_config
@@ -154,13 +156,18 @@ def _settings(args):
         baseline = baseline or cfg.baseline
         profile = profile or cfg.feature_profile
         tiers = (cfg.min_alert_tier, cfg.min_flow_tier)
+        workers = cfg.analysis_workers if workers is None else workers
+    if workers is not None and not -1 <= workers <= 64:
+        raise InputError(f"--workers {workers}: give 0 to 64 (-1: the cores left beside the meter)")
+    if workers is None or workers < 0:
+        workers = cores_left(1)
     if baseline is None:
         raise InputError("give --baseline (or --config with a sensor.yaml naming one)")
     if min_tier is not None:
         tiers = (min_tier, min_tier)
     if args.all:  # every scored flow on its own line: no grouping, no budget
         tiers, grouping = (0, 0), GroupingOptions(group_wait_s=0, group_interval_s=0, budget_per_hour=2**62)
-    return baseline, profile or "unicauca", tiers, detectors, grouping, matcher(nets)
+    return baseline, profile or "unicauca", tiers, detectors, grouping, matcher(nets), workers
 
 
 def score_command(args) -> int:
@@ -168,11 +175,11 @@ def score_command(args) -> int:
         kind_of(p)
         if not p.exists():
             raise InputError(f"{p}: no such file")
-    baseline_path, profile, (min_tier, min_flow_tier), detectors, grouping, local = _settings(args)
+    baseline_path, profile, (min_tier, min_flow_tier), detectors, grouping, local, workers = _settings(args)
     baseline = Baseline.load(baseline_path, feature_profile=profile)
     intel = load_intel(args.intel or [], getattr(args, "intel_format", "auto"))
     detection = Detection(baseline, min_tier=min_tier, min_flow_tier=min_flow_tier, detectors=detectors,
-                          grouping=grouping, local=local, intel=intel)  # fmt: skip
+                          grouping=grouping, local=local, intel=intel, workers=workers)  # fmt: skip
     tiers = [0] * len(TIER_LABELS)
     skipped = [0]
     top: list[tuple[int, float, int, dict]] = []
@@ -189,21 +196,30 @@ def score_command(args) -> int:
                 if len(top) > 10:
                     heapq.heappop(top)
 
+    def judged(begun) -> None:
+        judged = detection.end(begun)
+        for t in judged.tiers:
+            if t is not None:
+                tiers[t] += 1
+        emit(judged.alerts)
+
     try:
+        begun = None
         for path in args.inputs:
             chunks = (
                 _capture_records(path, profile, skipped)
                 if kind_of(path) == "capture"
                 else _table_records(path, skipped)
             )
-            for records in chunks:
-                judged = detection.process(records)
-                for t in judged.tiers:
-                    if t is not None:
-                        tiers[t] += 1
-                emit(judged.alerts)
+            for records in chunks:  # the next chunk is read while the workers judge this one
+                if begun is not None:
+                    judged(begun)
+                begun = detection.begin(records)
+        if begun is not None:
+            judged(begun)
         emit(detection.close())
     finally:
+        detection.stop()
         if out is not sys.stdout:
             out.close()
     if skipped[0]:

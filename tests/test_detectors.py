@@ -288,19 +288,65 @@ def test_grouping_folds_repeats_escalates_at_once_and_keeps_to_the_budget():
 
 
 @pytest.fixture(scope="module")
-def campus_alerts(tmp_path_factory) -> tuple[list[dict], Detection]:
-    """Four days of a 30-host campus with every planted attack, metered and judged once."""
+def campus_batches(tmp_path_factory) -> list[list]:
+    """Four days of a 30-host campus with every planted attack, metered once, in the sensor's batches."""
     path, _ = campus.week(tmp_path_factory.mktemp("campus") / "campus.pcap", hosts=30, days=4, seed=3)
+    records = list(FlowMeter("unicauca", single_packet_flows=True).read([path]))
+    return [records[i : i + 512] for i in range(0, len(records), 512)]
+
+
+def _judged(batches: list[list], detection: Detection, switch=None) -> tuple[list[dict], list]:
+    """Every alert and every flow's tier of the batches; `switch(detection)` is called halfway."""
+    alerts, tiers = [], []
+    for k, batch in enumerate(batches):
+        if switch is not None and k == len(batches) // 2:
+            switch(detection)
+        judged = detection.process(batch)
+        alerts += judged.alerts
+        tiers += judged.tiers
+    return alerts + detection.close(), tiers
+
+
+@pytest.fixture(scope="module")
+def campus_alerts(campus_batches) -> tuple[list[dict], Detection]:
+    """The campus week judged once, in the sensor's own process."""
     detection = Detection(Baseline.load(BASELINE))
-    meter = FlowMeter("unicauca", single_packet_flows=True)
-    alerts, batch = [], []
-    for record in meter.read([path]):
-        batch.append(record)
-        if len(batch) == 512:
-            alerts += detection.process(batch).alerts
-            batch = []
-    alerts += detection.process(batch).alerts + detection.close()
-    return alerts, detection
+    return _judged(campus_batches, detection)[0], detection
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_analysis_workers_find_exactly_what_one_process_finds(campus_batches, campus_alerts, workers):
+    """Each detector's rows live in one worker (its route), and findings come back in flow order: the alerts,
+    tiers and counts of N workers are those of the sensor's process alone, every planted attack included.
+    Three workers split the routes unevenly, so a detector whose state crossed routes would differ here."""
+    alerts, alone = campus_alerts
+    detection = Detection(Baseline.load(BASELINE), workers=workers)
+    try:
+        got, tiers = _judged(campus_batches, detection)
+        assert json.dumps(got) == json.dumps(alerts)
+        assert detection.stats.findings == alone.stats.findings and sum(alone.stats.findings.values()) >= 20
+        assert tiers == _judged(campus_batches, Detection(Baseline.load(BASELINE)))[1]
+        assert len({a["kind"] for a in got}) >= 8
+        assert detection.evicted == alone.evicted
+    finally:
+        detection.stop()
+
+
+def test_new_local_networks_reach_the_workers_from_the_next_batch(campus_batches):
+    """SIGHUP's local networks: the workers' detectors switch at the same flow as the sensor's own would."""
+    from sensor.traffic_classes import TrafficClasses
+
+    def switch(d: Detection) -> None:
+        d.set_local(TrafficClasses(["10.20.1.0/24"]).is_local)  # what the sensor's SIGHUP hands over
+
+    one = _judged(campus_batches, Detection(Baseline.load(BASELINE)), switch)[0]
+    detection = Detection(Baseline.load(BASELINE), workers=2)
+    try:
+        assert json.dumps(_judged(campus_batches, detection, switch)[0]) == json.dumps(one)
+    finally:
+        detection.stop()
+    before = _judged(campus_batches, Detection(Baseline.load(BASELINE)))[0]
+    assert json.dumps(one) != json.dumps(before)  # the switch changed something, so the comparison means something
 
 
 @pytest.mark.parametrize("attack", campus.ATTACKS, ids=[a.name for a in campus.ATTACKS])

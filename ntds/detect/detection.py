@@ -37,7 +37,8 @@ from ntds.detect.alerts import COLUMNS, features_map, flow_alert, host_alert
 from ntds.detect.baseline import AXIS_INDEX, Baseline, metrics_matrix, scorable_columns, service_keys
 from ntds.detect.behind import FlowsBehind
 from ntds.detect.grouping import Grouper, GroupingOptions
-from ntds.detect.hosts import DETECTORS, Detector
+from ntds.detect.hosts import DETECTORS, Detector, Finding
+from ntds.detect.workers import Workers
 from ntds.flows.files import records_to_columns
 from ntds.flows.traffic import FlowTraffic
 from ntds.intel.alerts import intel_alert
@@ -75,6 +76,17 @@ class DetectionStats:
     """Host-level findings by kind, before grouping."""
     flow_alerts: int = 0
     """Flows at or above min_flow_tier, before grouping."""
+
+
+@dataclass
+class _Begun:
+    """A batch between `Detection.begin` and `Detection.end`."""
+
+    records: Sequence[Any]
+    tiers: list[int | None]
+    flow_alerts: dict[int, dict]
+    scored: Scored | None
+    intel: list | None
 
 
 class _Observed:
@@ -115,6 +127,7 @@ class Detection:
         grouping: GroupingOptions | None = None,
         local: Callable[[str], bool] | None = None,
         intel: IntelSet | None = None,
+        workers: int = 0,
     ) -> None:
         self.baseline = baseline
         self.intel = intel
@@ -122,7 +135,13 @@ class Detection:
         self.local = local
         self.min_tier = min_tier
         self.min_flow_tier = min_flow_tier
-        self.detectors = build_detectors(detectors, local)
+        self.workers: Workers | None = None
+        """With `workers` > 0 the host-level detectors run in that many processes (ntds.detect.workers)."""
+        if workers > 0:
+            self.workers = Workers(workers, lambda: build_detectors(detectors, local))
+            self.detectors = self.workers.kinds
+        else:
+            self.detectors = build_detectors(detectors, local)
         self.grouper = Grouper(grouping)
         self.behind = FlowsBehind()
         self.stats = DetectionStats()
@@ -131,10 +150,18 @@ class Detection:
     @property
     def evicted(self) -> int:
         """Keys the detectors and the grouping stopped tracking because their tables were full."""
-        return sum(d.evicted for d in self.detectors) + self.grouper.evicted + self.behind.evicted
+        hosts = sum(self.workers.evicted) if self.workers else sum(d.evicted for d in self.detectors)
+        return hosts + self.grouper.evicted + self.behind.evicted
 
     def process(self, records: Sequence[Any]) -> Judged:
         """One batch of finished flows (objects with `.features` (87 columns or None) and `.traffic`)."""
+        return self.end(self.begin(records))
+
+    def begin(self, records: Sequence[Any]) -> _Begun:
+        """The first half of `process`: the batch goes to the analysis workers, and its rarity is scored here
+        meanwhile. A caller with more to do (reading the next batch) does it before `end`; one batch at a time."""
+        if self.workers is not None:
+            self.workers.send([r.traffic for r in records])
         tiers: list[int | None] = [None] * len(records)
         flow_alerts: dict[int, dict] = {}
         scored = None
@@ -147,6 +174,11 @@ class Detection:
                 sub = {k: v[mask] for k, v in cols.items()}
                 scored = self._score([records[recorded[j]] for j in picked], [recorded[j] for j in picked], sub,
                                      tiers, flow_alerts)  # fmt: skip
+        return _Begun(records, tiers, flow_alerts, scored, self._intel(records))
+
+    def end(self, begun: _Begun) -> Judged:
+        """The second half of `process`: the host-level findings, in flow order, then grouping."""
+        records, tiers, flow_alerts, intel = begun.records, begun.tiers, begun.flow_alerts, begun.intel
         out: list[dict] = []
         due: list[int] = []
         grouper = self.grouper
@@ -156,7 +188,15 @@ class Detection:
             due.extend([self.clock_ms] * len(alerts))
 
         behind = self.behind
-        intel = self._intel(records)
+        detectors = self.detectors
+        found = self.workers.receive() if self.workers is not None else None
+
+        def host(f: Finding, d: Detector) -> None:
+            self.stats.findings[f.kind] += 1
+            if f.tier >= self.min_tier:
+                alert = host_alert(f, self.baseline.id, behind.behind(f, d))
+                sent(grouper.add(alert, self.clock_ms))
+
         for i, r in enumerate(records):
             t = r.traffic
             now = t.end_ms if t.end_ms > t.start_ms else t.start_ms
@@ -164,12 +204,13 @@ class Detection:
                 self.clock_ms = now
                 sent(grouper.advance(now))
             behind.add(t, tiers[i])
-            for d in self.detectors:
-                for f in d.findings(t):
-                    self.stats.findings[f.kind] += 1
-                    if f.tier >= self.min_tier:
-                        alert = host_alert(f, self.baseline.id, behind.behind(f, d))
-                        sent(grouper.add(alert, self.clock_ms))
+            if found is None:
+                for d in detectors:
+                    for f in d.findings(t):
+                        host(f, d)
+            else:
+                for d_i, f in found.get(i, ()):
+                    host(f, detectors[d_i])
             alert = flow_alerts.get(i)
             if alert is not None:
                 sent(grouper.add(alert, self.clock_ms))
@@ -179,7 +220,7 @@ class Detection:
                 alert = intel_alert(t, self.intel.indicator(m.index), m.field, seen, self.baseline.id, tiers[i],
                                     self.local)  # fmt: skip
                 sent(grouper.add(alert, self.clock_ms))
-        return Judged(tiers, out, due, scored)
+        return Judged(tiers, out, due, begun.scored)
 
     def _intel(self, records: Sequence[Any]) -> list | None:
         """Each flow's indicator matches (None without a set): one vectorised pass over the batch."""
@@ -227,6 +268,22 @@ class Detection:
     def close(self) -> list[dict]:
         """Every alert still being grouped: the end of the input, or a sensor stopping."""
         return self.grouper.close()
+
+    def set_local(self, local: Callable[[str], bool]) -> None:
+        """New local networks (SIGHUP) for the detectors, from the next batch on; with analysis workers, `local`
+        must pickle (a bound method of the sensor's traffic classes does)."""
+        self.local = local
+        if self.workers is not None:
+            self.workers.set_local(local)
+        else:
+            for d in self.detectors:
+                d.local = local
+
+    def stop(self) -> None:
+        """End the analysis workers, if any (their state goes with them)."""
+        if self.workers is not None:
+            self.workers.close()
+            self.workers = None
 
     def reload(self, baseline: Baseline, min_tier: int, min_flow_tier: int) -> None:
         """SIGHUP: a new baseline and minimum tiers from the next flow on; detector state is kept."""

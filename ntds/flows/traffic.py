@@ -59,10 +59,14 @@ def inside(seen: tuple) -> tuple[int, tuple[int, ...], DnsSeen | None, IcmpSeen 
     return flags, checkins, None, IcmpSeen(*seen[2:9])
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class FlowTraffic:
     """A flow as NFStream saw it: NFStream's own orientation (src sent the first
-    packet), IP-layer bytes, and the application label of the 87-column records."""
+    packet), IP-layer bytes, and the application label of the 87-column records.
+
+    Read-only by convention, not frozen: a frozen dataclass sets each field through `object.__setattr__`, three
+    times the cost of making one, and a flow is made once in the sensor's process and once in an analysis
+    worker."""
 
     start_ms: int
     src_ip: str

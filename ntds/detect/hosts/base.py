@@ -155,6 +155,13 @@ class Detector(ABC):
             return False
         return not finding.protocol or flow.protocol == finding.protocol
 
+    def route(self, flow: FlowTraffic) -> Hashable:
+        """What this flow's part of the state is kept under: every table of the detector is keyed so that flows
+        with the same route meet in the same rows, and only those. Analysis workers (ntds.detect.workers) give
+        each route to one process, so a detector's view of a host, a pair or a domain stays whole however many
+        processes share the work. By default the flow's source: the host that scans, guesses or tunnels."""
+        return flow.src_ip
+
     def findings(self, flow: FlowTraffic) -> list[Finding]:
         self.learn_one(flow)
         found = self.score_one(flow)

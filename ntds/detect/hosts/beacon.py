@@ -167,6 +167,11 @@ class Beacon(Detector):
             and not is_group(flow.dst_ip)
         )
 
+    def route(self, flow: FlowTraffic) -> str:
+        """The destination: a series is one caller's, but whether a destination has too many callers to be a
+        command server is counted over all of them."""
+        return flow.dst_ip
+
     def learn_one(self, flow: FlowTraffic) -> None:
         if not self._counted(flow):
             return

@@ -143,6 +143,12 @@ class DnsTunnel(Detector):
         domain = registered_domain(flow.server_name)
         return (flow.src_ip, domain) if domain else None
 
+    def route(self, flow: FlowTraffic) -> str:
+        """The registered domain: a client's names are kept per domain, and a domain many clients ask encoded
+        names of is counted over all of them."""
+        key = self._key(flow)
+        return key[1] if key else ""
+
     def learn_one(self, flow: FlowTraffic) -> None:
         key = self._key(flow)
         if key is None:

@@ -82,6 +82,11 @@ class Exfiltration(Detector):
             return flow.src_ip, flow.dst_ip, flow.bytes_fwd, flow.bytes_bwd
         return flow.dst_ip, flow.src_ip, flow.bytes_bwd, flow.bytes_fwd
 
+    def route(self, flow: FlowTraffic) -> str:
+        """The local host, whichever end it is: its uploads are counted per destination and over all of them."""
+        sides = self._sides(flow)
+        return sides[0] if sides else flow.src_ip
+
     def learn_one(self, flow: FlowTraffic) -> None:
         sides = self._sides(flow)
         if sides is None:

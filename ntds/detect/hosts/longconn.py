@@ -47,6 +47,10 @@ class LongConnection(Detector):
         a, b = (flow.src_ip, flow.src_port), (flow.dst_ip, flow.dst_port)
         return (a, b, flow.protocol) if a <= b else (b, a, flow.protocol)
 
+    def route(self, flow: FlowTraffic) -> tuple:
+        """The conversation (both ends, either way round): its flows chain into one long connection."""
+        return self._key(flow)
+
     def learn_one(self, flow: FlowTraffic) -> None:
         if flow.protocol not in (TCP, UDP) or is_group(flow.dst_ip):
             return
