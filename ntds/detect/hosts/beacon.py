@@ -204,9 +204,9 @@ class Beacon(Detector):
         n = len(s.times)
         # polling: judged at each new check-in while the series is short, then as it grows by an eighth
         poll = n >= self.checkins and s.seen - s.polled >= max(1, n // 8)
-        span_ms = max(s.times) - min(s.times)
-        hours = n >= self.connections and span_ms >= self.min_span_s * 1000
-        hours = hours and flow.start_ms - s.judged_ms >= self.every_s * 1000
+        # the span last: it reads the whole series, and most flows of a busy pair were judged minutes ago
+        hours = n >= self.connections and flow.start_ms - s.judged_ms >= self.every_s * 1000
+        hours = hours and max(s.times) - min(s.times) >= self.min_span_s * 1000
         if not (poll or hours):
             return None
         if poll:

@@ -25,12 +25,14 @@ DAY_HOURS = 24
 
 
 class _Pair:
-    __slots__ = ("up", "down", "flows", "hour", "first_ms", "last_ms", "reported_tier")
+    __slots__ = ("up", "down", "flows", "hour", "first_ms", "last_ms", "reported_tier", "sent", "received")
 
     def __init__(self) -> None:
         self.up = [0] * DAY_HOURS  # bytes sent per hour of the sliding day (ring, indexed by hour % 24)
         self.down = [0] * DAY_HOURS
         self.flows = [0] * DAY_HOURS  # flows per hour: the alert's count is flows, not bytes
+        self.sent = self.received = 0
+        """Sums of `up` and `down`, kept as they change: every flow asks for them."""
         self.hour = -1  # the newest hour written
         self.first_ms = self.last_ms = 0
         self.reported_tier = 0
@@ -40,8 +42,19 @@ class _Pair:
             self.hour = hour
             return
         for h in range(self.hour + 1, min(hour, self.hour + DAY_HOURS) + 1):
-            self.up[h % DAY_HOURS] = self.down[h % DAY_HOURS] = self.flows[h % DAY_HOURS] = 0
+            k = h % DAY_HOURS
+            self.sent -= self.up[k]
+            self.received -= self.down[k]
+            self.up[k] = self.down[k] = self.flows[k] = 0
         self.hour = max(self.hour, hour)
+
+    def add(self, hour: int, up: int, down: int) -> None:
+        k = hour % DAY_HOURS
+        self.up[k] += up
+        self.down[k] += down
+        self.flows[k] += 1
+        self.sent += up
+        self.received += down
 
 
 class _Host:
@@ -87,17 +100,29 @@ class Exfiltration(Detector):
         sides = self._sides(flow)
         return sides[0] if sides else flow.src_ip
 
+    def findings(self, flow: FlowTraffic) -> list[Finding]:
+        sides = self._sides(flow)  # once for both steps: it is most of their cost
+        if sides is None:
+            return []
+        self._learn(flow, sides)
+        found = self._score(flow, sides)
+        return [found] if found is not None else []
+
     def learn_one(self, flow: FlowTraffic) -> None:
         sides = self._sides(flow)
-        if sides is None:
-            return
+        if sides is not None:
+            self._learn(flow, sides)
+
+    def score_one(self, flow: FlowTraffic) -> Finding | None:
+        sides = self._sides(flow)
+        return self._score(flow, sides) if sides is not None else None
+
+    def _learn(self, flow: FlowTraffic, sides: tuple[str, str, int, int]) -> None:
         host, remote, up, down = sides
         hour = flow.start_ms // HOUR_MS
         p = self.pairs_table.get((host, remote), _Pair)
         p.advance(hour)
-        p.up[hour % DAY_HOURS] += up
-        p.down[hour % DAY_HOURS] += down
-        p.flows[hour % DAY_HOURS] += 1
+        p.add(hour, up, down)
         p.first_ms = p.first_ms or flow.start_ms
         p.last_ms = max(p.last_ms, flow.end_ms)
         h = self.hosts_table.get(host, _Host)
@@ -106,18 +131,15 @@ class Exfiltration(Detector):
             if h.day >= 0:
                 h.days = (h.days + [h.day_max])[-self.history_days :]
             h.day, h.day_max = day, 0
-        h.day_max = max(h.day_max, sum(p.up))
+        h.day_max = max(h.day_max, p.sent)
 
-    def score_one(self, flow: FlowTraffic) -> Finding | None:
-        sides = self._sides(flow)
-        if sides is None:
-            return None
+    def _score(self, flow: FlowTraffic, sides: tuple[str, str, int, int]) -> Finding | None:
         host, remote, _, _ = sides
         p = self.pairs_table.rows.get((host, remote))
         h = self.hosts_table.rows.get(host)
         if p is None or h is None:
             return None
-        sent, received = sum(p.up), sum(p.down)
+        sent, received = p.sent, p.received
         if sent < self.floor_bytes or sent < self.ratio * received:
             return None
         known = len(h.days) >= self.min_history_days

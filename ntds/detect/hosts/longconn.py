@@ -51,9 +51,18 @@ class LongConnection(Detector):
         """The conversation (both ends, either way round): its flows chain into one long connection."""
         return self._key(flow)
 
-    def learn_one(self, flow: FlowTraffic) -> None:
+    def findings(self, flow: FlowTraffic) -> list[Finding]:
         if flow.protocol not in (TCP, UDP) or is_group(flow.dst_ip):
-            return
+            return []
+        c = self._learn(flow)  # the chain once for both steps
+        found = self._score(flow, c)
+        return [found] if found is not None else []
+
+    def learn_one(self, flow: FlowTraffic) -> None:
+        if flow.protocol in (TCP, UDP) and not is_group(flow.dst_ip):
+            self._learn(flow)
+
+    def _learn(self, flow: FlowTraffic) -> _Chain:
         c = self.chains.get(self._key(flow), _Chain)
         if c.last_ms and flow.start_ms - c.last_ms > self.gap_s * 1000:
             c.first_ms, c.bytes, c.flows, c.reported_tier, c.client = 0, 0, 0, 0, ""
@@ -64,13 +73,15 @@ class LongConnection(Detector):
         c.last_ms = max(c.last_ms, flow.end_ms)
         c.bytes += flow.bytes_fwd + flow.bytes_bwd
         c.flows += 1
+        return c
 
     def score_one(self, flow: FlowTraffic) -> Finding | None:
         if flow.protocol not in (TCP, UDP) or is_group(flow.dst_ip):
             return None
         c = self.chains.rows.get(self._key(flow))
-        if c is None:
-            return None
+        return self._score(flow, c) if c is not None else None
+
+    def _score(self, flow: FlowTraffic, c: _Chain) -> Finding | None:
         hours = (c.last_ms - c.first_ms) / 3_600_000
         tier = 1 + sum(1 for h in self.hours if hours >= h)
         if tier < 2:

@@ -22,6 +22,8 @@ Two more flavours:
 
 from __future__ import annotations
 
+from collections import Counter
+
 from ntds.detect.explain import duration
 from ntds.detect.hosts.base import (
     Detector,
@@ -76,7 +78,8 @@ class _Window:
     three quarters of it (the newest): both cost O(1) per item over time, where pruning at every item past a
     fixed size made a busy source's every flow cost a sort of the whole table."""
 
-    __slots__ = ("seen", "first_ms", "last_ms", "attempts", "failures", "reported_tier", "probed", "prune_at")
+    __slots__ = ("seen", "first_ms", "last_ms", "attempts", "failures", "reported_tier", "probed", "prune_at",
+                 "adds", "counted")  # fmt: skip
 
     def __init__(self) -> None:
         self.seen: dict = {}
@@ -86,6 +89,11 @@ class _Window:
         self.attempts = self.failures = 0
         self.reported_tier = 0
         self.prune_at = 64
+        self.adds = 0
+        """Items added or refreshed: each can raise any count by at most one."""
+        self.counted = (0, 0, 0, 0)
+        """(time, items within the longest window then, the most of them in one network, adds then) of the last
+        full count (host sweeps)."""
 
     def add(self, item, t_ms: int, window_ms: int, cap: int, probe: bool = False) -> None:
         if self.seen and t_ms - self.last_ms > window_ms:  # quiet for a whole window: a new episode
@@ -94,6 +102,7 @@ class _Window:
         if not self.seen:
             self.first_ms = t_ms
         self.seen[item] = t_ms
+        self.adds += 1
         if probe and len(self.probed) < cap:
             self.probed[item] = t_ms
         if t_ms > self.last_ms:
@@ -237,10 +246,21 @@ class HostSweep(_Scan):
         failed_share = w.failed_share()
         slow_ok = self.slow_window_s > self.window_s and failed_share >= self.slow_failed
         least = min(self.hosts, self.few_hosts) if slow_ok else self.hosts
-        if len(w.seen) < _next_level(least, self.TIERS, w.reported_tier) and probes < _next_level(
-            self.probes, self.TIERS, w.reported_tier
-        ):
-            return None
+        need = _next_level(least, self.TIERS, w.reported_tier)
+        if probes < _next_level(self.probes, self.TIERS, w.reported_tier):
+            if len(w.seen) < need:
+                return None
+            # A source failing on thousands of hosts (a P2P client) would be recounted at every flow: since the
+            # last count, later in time, each count can have grown by at most the items added since (the wide
+            # one only matters when nearly all attempts failed).
+            then, wide, concentrated, adds = w.counted
+            most = wide if failed_share >= self.wide_failed else concentrated
+            if flow.start_ms >= then and most + w.adds - adds < need:
+                return None
+            horizon = flow.start_ms - max(self.window_s, self.slow_window_s) * 1000
+            hosts = [h for h, t in w.seen.items() if t >= horizon]
+            by_net = Counter(map(prefix, hosts))
+            w.counted = (flow.start_ms, len(hosts), max(by_net.values(), default=0), w.adds)
         n, where, slow = self._count(w, flow.start_ms, self.window_s, failed_share)
         if n < self.hosts and slow_ok:
             n, where, slow = self._count(w, flow.start_ms, self.slow_window_s, failed_share)
