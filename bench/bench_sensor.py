@@ -17,7 +17,8 @@
    in every run.
 
     python bench/bench_sensor.py [--runs 3] [--skip-live] [--skip-replay] [--tools sensor,nfstream]
-        [--meters 1,2] [--rates ...] [--live-packets N] [--buffer-mb M]   (live: root, iproute2, tcpreplay)
+        [--meters 1,2] [--workers 0,1,2] [--rates ...] [--live-packets N] [--buffer-mb M]
+        (live: root, iproute2, tcpreplay)
 """
 
 from __future__ import annotations
@@ -277,10 +278,13 @@ def bench_live(args: argparse.Namespace) -> dict:
     for run in range(args.runs):
         for meters in map(int, args.meters.split(",")):
             for tool in args.tools.split(","):
-                for pps in map(int, args.rates.split(",")):
-                    row = live_rate(pps, args.live_packets, pcap, tool, meters, args.buffer_mb)
-                    print(f"  live run {run + 1} {row}", file=sys.stderr)
-                    losses.setdefault(f"{tool}, {meters} meters", {}).setdefault(pps, []).append(row["loss_pct"])
+                for workers in map(int, args.workers.split(",")) if tool == "sensor" else [None]:
+                    label = f"{tool}, {meters} meters" + (f", {workers} analysis workers" if args.workers else "")
+                    extra = f"analysis_workers: {workers}\n" if args.workers and workers is not None else ""
+                    for pps in map(int, args.rates.split(",")):
+                        row = live_rate(pps, args.live_packets, pcap, tool, meters, args.buffer_mb, extra)
+                        print(f"  live run {run + 1} {label} {row}", file=sys.stderr)
+                        losses.setdefault(label, {}).setdefault(pps, []).append(row["loss_pct"])
     return {
         "packets_per_burst": args.live_packets,
         "buffer_mb": args.buffer_mb,
@@ -299,6 +303,7 @@ def main() -> None:
     ap.add_argument("--live-packets", type=int, default=1_000_000, help="packets per live burst")
     ap.add_argument("--buffer-mb", type=int, default=64, help="kernel capture buffer, both tools (sensor default)")
     ap.add_argument("--meters", default="1,2", help="n_meters values to measure live (comma-separated)")
+    ap.add_argument("--workers", default="", help="live: analysis_workers values for the sensor (default: its own)")
     ap.add_argument("--skip-replay", action="store_true")
     ap.add_argument("--tools", default="sensor,nfstream", help="live: sensor, nfstream or both")
     ap.add_argument("--stats-cost", action="store_true", help="only: a replay with and without statistics")

@@ -43,6 +43,13 @@ def test_the_wrapped_functions_have_the_signatures_the_engine_assumes():
     assert params(engine._original_expire)[1:] == [
         "udps", "sync", "n_dissections", "statistics", "splt", "ffi", "lib", "dissector",
     ]  # fmt: skip
+    # the batching channel: the streamer makes its channel from its context, the meter loop calls meter_scan by
+    # its module name with the channel fourth, and the streamer only calls get() on it
+    assert params(engine._original_scan)[:4] == ["meter_tick", "cache", "idle_timeout", "channel"]
+    assert "meter_scan(" in inspect.getsource(engine._original_workflow)
+    assert nfstream.meter.meter_scan is engine._scan
+    iterate = inspect.getsource(nfstream.streamer.NFStreamer.__iter__)
+    assert "channel = self._mp_context.Queue(maxsize=" in iterate and "channel.get()" in iterate
     # NFlow.update is replaced whole (its stock body for a streamer without plugins is three lines): same arguments
     assert params(engine._flow_update)[1:] == params(engine._original_update)[1:]
     body = inspect.getsource(engine._original_update)
@@ -170,3 +177,31 @@ def test_a_meter_that_fails_is_one_line_not_a_hang():
     )
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert "error:" in p.stdout and "meter failed: MemoryError: simulated" in p.stdout, p.stdout + p.stderr
+
+
+def test_the_batching_channel_keeps_order_and_the_end_across_processes():
+    """Flows go in lists of CHANNEL_BATCH, the rest (an error, the end) after what is held; the reader gets
+    everything one at a time, in the order put, and the bound on what is in flight stays about NFStream's."""
+    import multiprocessing
+
+    from nfstream.flow import NFlow
+
+    ctx = engine._BatchingContext(multiprocessing.get_context("fork"))
+    channel = ctx.Queue(maxsize=32767)
+    assert channel.queue._maxsize == -(-32767 // engine.CHANNEL_BATCH)
+
+    def meter() -> None:
+        for k in range(engine.CHANNEL_BATCH * 2 + 5):
+            flow = NFlow.__new__(NFlow)
+            flow.id = k
+            channel.put(flow)
+            if k == 3:
+                channel.flush()  # an idle scan: the 4 held so far go out alone
+        channel.put("error")
+        channel.put(None)
+
+    p = ctx.Process(target=meter)
+    p.start()
+    got = [channel.get() for _ in range(engine.CHANNEL_BATCH * 2 + 7)]
+    p.join(10)
+    assert [f.id for f in got[:-2]] == list(range(engine.CHANNEL_BATCH * 2 + 5)) and got[-2:] == ["error", None]

@@ -403,13 +403,55 @@ def flow_ids(pcap: Path, tmp: Path) -> list[str]:
     return sorted(r["Flow.ID"] for r in csv.DictReader(out.open()))
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or TCPREPLAY is None or shutil.which("ip") is None,
-                    reason="needs root, iproute2 and tcpreplay (make test installs them)")  # fmt: skip
+LIVE = pytest.mark.skipif(os.geteuid() != 0 or TCPREPLAY is None or shutil.which("ip") is None,
+                          reason="needs root, iproute2 and tcpreplay (make test installs them)")  # fmt: skip
+
+
 def _nice(pid: int, tid: int) -> int:
     """A thread's nice value, from /proc (field 19 of stat)."""
     return int(Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[16])
 
 
+@LIVE
+def test_one_finished_flow_on_a_quiet_interface_is_judged_within_seconds(tmp_path):
+    """The meters send flows in batches (ntds.flows.engine._BatchChannel): a lone conversation on an otherwise
+    silent interface must still reach the aggregator as an alert within seconds, not wait for 63 more flows
+    or for the sensor to stop."""
+    from scapy.all import IP, TCP, Raw, wrpcap
+
+    from tests.frames import ether
+
+    c, s = ("10.1.0.5", 40001), ("10.1.0.9", 8080)
+    fwd = lambda flags, seq, ack, data=b"": ether() / IP(src=c[0], dst=s[0]) / TCP(  # noqa: E731
+        sport=c[1], dport=s[1], flags=flags, seq=seq, ack=ack) / Raw(data)  # fmt: skip
+    bwd = lambda flags, seq, ack, data=b"": ether() / IP(src=s[0], dst=c[0]) / TCP(  # noqa: E731
+        sport=s[1], dport=c[1], flags=flags, seq=seq, ack=ack) / Raw(data)  # fmt: skip
+    frames = [fwd("S", 0, 0), bwd("SA", 0, 1), fwd("A", 1, 1), fwd("PA", 1, 1, b"GET / HTTP/1.0\r\n\r\n"),
+              bwd("PA", 1, 19, b"HTTP/1.0 200 OK\r\n\r\nhello"), fwd("FA", 19, 27), bwd("FA", 27, 20),
+              fwd("A", 20, 28)]  # fmt: skip
+    for k, f in enumerate(frames):
+        f.time = 1_700_000_000 + k * 0.01
+    pcap = tmp_path / "one.pcap"
+    wrpcap(str(pcap), frames)
+    agent = Agent(tmp_path, bpf_filter="ip")
+    try:
+        with veth_namespaces() as (cap, snd):
+            agent.aggregator(netns=cap)
+            p = agent.sensor("run", "--interface", "vcap", netns=cap)
+            wait(lambda: "capturing from vcap" in agent.log() or p.poll() is not None, 30, "the sensor")
+            assert p.poll() is None, agent.log()
+            time.sleep(0.5)
+            sent = subprocess.run(["ip", "netns", "exec", snd, TCPREPLAY, "-i", "vsnd", "--pps", "100", str(pcap)],
+                                  capture_output=True, text=True, timeout=60)  # fmt: skip
+            assert sent.returncode == 0, sent.stderr
+            start = time.monotonic()
+            wait(lambda: any(a["dst_port"] == 8080 for a in agent.rows("alert")), 10, "the lone flow's alert")
+            assert time.monotonic() - start < 10 and p.poll() is None  # still capturing: no stop flushed it
+    finally:
+        agent.stop()
+
+
+@LIVE
 def test_live_capture_in_a_network_namespace(tmp_path, site_pcap):
     """The real sensor captures on a veth end inside a namespace while tcpreplay sends the site capture
     from the other end; flows, summaries and health reach a real aggregator (in the same namespace, on

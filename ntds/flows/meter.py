@@ -18,7 +18,7 @@ from nfstream import NFStreamer
 from ntds.errors import InputError
 from ntds.flows.captures import CaptureInfo, inspect_capture
 from ntds.flows.clock import engine_ms
-from ntds.flows.engine import CaptureControl, packet_layout
+from ntds.flows.engine import CaptureControl, batched, packet_layout
 from ntds.flows.features import CicFeatures, finalize
 from ntds.flows.labels import dataset_label
 from ntds.flows.profiles import FLOW_TIMEOUT_US, UNICAUCA, FeatureProfile, get_profile
@@ -130,23 +130,25 @@ class FlowMeter:
         yield from self._stream([interface], self.control or CaptureControl(live=True), slot)
 
     def _streamer(self, source: str | list[str]) -> NFStreamer:
-        return NFStreamer(
-            source=source,
-            decode_tunnels=False,
-            bpf_filter=self.bpf_filter,
-            promiscuous_mode=True,
-            snapshot_length=self.snapshot_length,
-            idle_timeout=FLOW_TIMEOUT_US // 1_000_000,
-            active_timeout=FLOW_TIMEOUT_US // 1_000_000,
-            accounting_mode=1,  # IP-layer bytes for the summaries; the 87 columns count their own
-            n_dissections=20,
-            statistical_analysis=False,
-            splt_analysis=0,
-            n_meters=self.n_meters,
-            max_nflows=0,
-            performance_report=0,
-            system_visibility_mode=0,
-            socket_buffer_size=self.capture_buffer_mb << 20,
+        return batched(
+            NFStreamer(
+                source=source,
+                decode_tunnels=False,
+                bpf_filter=self.bpf_filter,
+                promiscuous_mode=True,
+                snapshot_length=self.snapshot_length,
+                idle_timeout=FLOW_TIMEOUT_US // 1_000_000,
+                active_timeout=FLOW_TIMEOUT_US // 1_000_000,
+                accounting_mode=1,  # IP-layer bytes for the summaries; the 87 columns count their own
+                n_dissections=20,
+                statistical_analysis=False,
+                splt_analysis=0,
+                n_meters=self.n_meters,
+                max_nflows=0,
+                performance_report=0,
+                system_visibility_mode=0,
+                socket_buffer_size=self.capture_buffer_mb << 20,
+            )
         )
 
     def _stream(self, sources: list[str], control: CaptureControl, slot: int = 0) -> Iterator[FlowRecord]:
