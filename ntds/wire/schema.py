@@ -1334,12 +1334,17 @@ def wire_time(text: str) -> datetime:
     return t
 
 
+_TIME_MIN_MS, _TIME_MAX_MS = TIME_MIN.timestamp() * 1000, TIME_MAX.timestamp() * 1000
+
+
 def in_time_range(ms: int) -> bool:
     """Whether a millisecond epoch time is one the wire accepts."""
-    return TIME_MIN.timestamp() * 1000 <= ms <= TIME_MAX.timestamp() * 1000
+    return _TIME_MIN_MS <= ms <= _TIME_MAX_MS
 
 
-def _value(f: F, v, where: str) -> None:
+def _value(f: F, v, at: str, name: str = "") -> None:
+    """Check one value; `at` and `name` say where (joined only for an error: most values are fine, and the sensor
+    checks every field of every message it spools)."""
     ok = True
     if f.kind == "int":
         ok = _is_int(v) and f.low <= v <= f.top
@@ -1352,19 +1357,19 @@ def _value(f: F, v, where: str) -> None:
             wire_time(v)
         except (TypeError, ValueError):
             raise WireError(
-                f"{where}: not a time between {TIME_MIN:%Y-%m-%d} and {TIME_MAX:%Y-%m-%d}", "time"
+                f"{_at(at, name)}: not a time between {TIME_MIN:%Y-%m-%d} and {TIME_MAX:%Y-%m-%d}", "time"
             ) from None
     elif f.kind == "obj":
         ok = isinstance(v, dict)
         if ok and f.fields:
-            _check(f.fields, v, where)
+            _check(f.fields, v, _at(at, name))
     elif f.kind == "objs":
         ok = isinstance(v, list) and len(v) <= f.max_items
         if ok:
             for i, item in enumerate(v):
                 if not isinstance(item, dict):
-                    raise WireError(f"{where}[{i}]: not an object")
-                _check(f.fields, item, f"{where}[{i}]")
+                    raise WireError(f"{_at(at, name)}[{i}]: not an object")
+                _check(f.fields, item, f"{_at(at, name)}[{i}]")
     elif f.kind == "nums":
         ok = isinstance(v, dict) and len(v) <= f.max_items
         ok = ok and all(
@@ -1379,20 +1384,24 @@ def _value(f: F, v, where: str) -> None:
             try:
                 obj = unpack(v)
             except ValueError as e:
-                raise WireError(f"{where}: {e}") from None
-            _check(f.fields, obj, where)
+                raise WireError(f"{_at(at, name)}: {e}") from None
+            _check(f.fields, obj, _at(at, name))
     elif f.kind == "ints":
         ok = isinstance(v, list) and len(v) <= f.max_items and all(_is_int(x) and f.low <= x <= f.top for x in v)
         ok = ok and (f.length is None or len(v) == f.length)
     if not ok:
-        raise WireError(f"{where}: wrong type or value")
+        raise WireError(f"{_at(at, name)}: wrong type or value")
+
+
+def _at(at: str, name: str) -> str:
+    return f"{at}.{name}" if name else at
 
 
 def _check(fields: dict[str, F], obj: dict, where: str) -> None:
     for name, f in fields.items():
         if name not in obj:
             raise WireError(f"{where}: missing field {name!r}")
-        _value(f, obj[name], f"{where}.{name}")
+        _value(f, obj[name], where, name)
     unknown = set(obj) - set(fields)
     if unknown:
         raise WireError(f"{where}: unknown field {sorted(unknown)[0]!r:.40}")

@@ -112,7 +112,7 @@ def beacon_score(times_ms: list[int], sizes: list[int]) -> tuple[float, dict]:
 
 
 class _Series:
-    __slots__ = ("times", "sizes", "brief", "judged_ms", "reported_tier", "seen", "polled")
+    __slots__ = ("times", "sizes", "brief", "judged_ms", "reported_tier", "seen", "polled", "ever")
 
     def __init__(self) -> None:
         self.times: list[int] = []
@@ -125,6 +125,8 @@ class _Series:
         """Check-ins seen in all (the lists keep the latest `keep`)."""
         self.polled = 0
         """`seen` when the polling judgement last ran."""
+        self.ever = (2**63, -(2**63))
+        """Earliest and latest check-in ever: a bound on the span of the kept ones, known without reading them."""
 
 
 @register
@@ -179,6 +181,9 @@ class Beacon(Detector):
         if len(callers) <= self.max_clients:
             callers.add(flow.src_ip)
         s = self.series.get((flow.src_ip, flow.dst_ip, flow.dst_port, flow.protocol), _Series)
+        ever = s.ever
+        first, last = (min(flow.checkins), max(flow.checkins)) if flow.checkins else (flow.start_ms, flow.start_ms)
+        s.ever = (min(ever[0], first), max(ever[1], last))
         if flow.checkins:  # polls inside one long connection: each is a check-in (their sizes: the flow's share)
             share = flow.bytes_fwd // len(flow.checkins)
             s.times += flow.checkins
@@ -206,7 +211,8 @@ class Beacon(Detector):
         poll = n >= self.checkins and s.seen - s.polled >= max(1, n // 8)
         # the span last: it reads the whole series, and most flows of a busy pair were judged minutes ago
         hours = n >= self.connections and flow.start_ms - s.judged_ms >= self.every_s * 1000
-        hours = hours and max(s.times) - min(s.times) >= self.min_span_s * 1000
+        span = self.min_span_s * 1000
+        hours = hours and s.ever[1] - s.ever[0] >= span and max(s.times) - min(s.times) >= span
         if not (poll or hours):
             return None
         if poll:

@@ -41,6 +41,7 @@ class LongConnection(Detector):
         super().__init__(**options)
         self.chains = self.table(self.connections)
         self._long_lived = frozenset(a.upper() for a in self.long_lived_applications)
+        self._shortest = min(self.hours, default=0)
 
     @staticmethod
     def _key(flow: FlowTraffic) -> tuple:
@@ -83,6 +84,8 @@ class LongConnection(Detector):
 
     def _score(self, flow: FlowTraffic, c: _Chain) -> Finding | None:
         hours = (c.last_ms - c.first_ms) / 3_600_000
+        if hours < self._shortest:
+            return None  # tier 1 at most: most flows stop here
         tier = 1 + sum(1 for h in self.hours if hours >= h)
         if tier < 2:
             return None
