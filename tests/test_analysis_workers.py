@@ -176,3 +176,14 @@ def test_bad_worker_counts_are_one_line(tmp_path):
     p = subprocess.run([str(BIN / "ntds-sensor"), "check-config", str(config), "--insecure"], capture_output=True,
                        text=True)  # fmt: skip
     assert p.returncode != 0 and "analysis_workers" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_workers_end_by_themselves_when_the_sensor_is_done():
+    """Closing the pipes ends the workers (exit 0), not the 5 s join timeout and a kill: each worker closes its
+    copies of the sensor's ends, so it sees the end of its pipe."""
+    detection = Detection(Baseline.load(BASELINE), workers=2)
+    procs = list(detection.workers.procs)
+    detection.process([_Record(_flow(i, "203.0.113.7")) for i in range(100)])
+    start = time.monotonic()
+    detection.stop()
+    assert [p.exitcode for p in procs] == [0, 0] and time.monotonic() - start < 2

@@ -453,10 +453,7 @@ def test_live_capture_keeps_the_packets_behind_each_alert(tmp_path):
     agent = Agent(tmp_path, bpf_filter="ip", ring_file_mb=1)
     try:
         with veth_namespaces() as (cap, snd):
-            agent.aggregator(netns=cap)
-            p = agent.sensor("run", "--interface", "vcap", netns=cap)
-            wait(lambda: "capturing from vcap" in agent.log() or p.poll() is not None, 30, "the sensor")
-            assert p.poll() is None, agent.log()
+            p = agent.run_live(cap)
             sent = subprocess.run(["ip", "netns", "exec", snd, _which("tcpreplay"), "-i", "vsnd", "--pps", "2000",
                                    str(pcap)], capture_output=True, text=True, timeout=60)  # fmt: skip
             assert sent.returncode == 0, sent.stderr

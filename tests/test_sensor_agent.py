@@ -76,6 +76,14 @@ class Agent:
     def log(self) -> str:
         return (self.root / "sensor.log").read_text()
 
+    def run_live(self, netns: str) -> subprocess.Popen:
+        """The aggregator and `ntds-sensor run` on `vcap`, both in namespace `netns`, once the sensor captures."""
+        self.aggregator(netns=netns)
+        p = self.sensor("run", "--interface", "vcap", netns=netns)
+        wait(lambda: "capturing from vcap" in self.log() or p.poll() is not None, 30, "the sensor")
+        assert p.poll() is None, self.log()
+        return p
+
     def rows(self, kind: str) -> list[dict]:
         with sqlite3.connect(f"file:{self.store}?mode=ro", uri=True, timeout=10) as db:
             return [json.loads(b) for (b,) in db.execute("SELECT body FROM messages WHERE type = ?", (kind,))]
@@ -436,10 +444,7 @@ def test_one_finished_flow_on_a_quiet_interface_is_judged_within_seconds(tmp_pat
     agent = Agent(tmp_path, bpf_filter="ip")
     try:
         with veth_namespaces() as (cap, snd):
-            agent.aggregator(netns=cap)
-            p = agent.sensor("run", "--interface", "vcap", netns=cap)
-            wait(lambda: "capturing from vcap" in agent.log() or p.poll() is not None, 30, "the sensor")
-            assert p.poll() is None, agent.log()
+            p = agent.run_live(cap)
             time.sleep(0.5)
             sent = subprocess.run(["ip", "netns", "exec", snd, TCPREPLAY, "-i", "vsnd", "--pps", "100", str(pcap)],
                                   capture_output=True, text=True, timeout=60)  # fmt: skip
@@ -459,10 +464,7 @@ def test_live_capture_in_a_network_namespace(tmp_path, site_pcap):
     agent = Agent(tmp_path, bpf_filter="ip", summary_interval_s=5)
     try:
         with veth_namespaces() as (cap, snd):
-            agent.aggregator(netns=cap)
-            p = agent.sensor("run", "--interface", "vcap", netns=cap)
-            wait(lambda: "capturing from vcap" in agent.log() or p.poll() is not None, 30, "the sensor")
-            assert p.poll() is None, agent.log()
+            p = agent.run_live(cap)
             time.sleep(0.5)
             # capture first: the sensor's own threads run analysis_nice (5) below its meters
             tasks = {int(t): _nice(p.pid, int(t)) for t in os.listdir(f"/proc/{p.pid}/task")}

@@ -67,7 +67,8 @@ class Workers:
         self.conns, self.procs = [], []
         for k in range(n):
             ours, theirs = ctx.Pipe()
-            p = ctx.Process(target=_serve, args=(theirs, build, k, os.getpid(), list(self.conns)),
+            # the worker closes its copies of the sensor's ends (its own pipe's too), or it would never see EOF
+            p = ctx.Process(target=_serve, args=(theirs, build, k, os.getpid(), [*self.conns, ours]),
                             name=f"ntds-analysis-{k}", daemon=True)  # fmt: skip
             p.start()
             theirs.close()
