@@ -603,10 +603,10 @@ class _BatchChannel:
             batch, self.held = self.held, []
             self.queue.put(batch)
 
-    def get(self):
+    def get(self, timeout: float | None = None):
         if self.inbox:
             return self.inbox.popleft()
-        item = self.queue.get()
+        item = self.queue.get(timeout=timeout)
         if type(item) is list:
             self.inbox.extend(item)
             return self.inbox.popleft()
