@@ -20,6 +20,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aggregator import host_story, prevalence
@@ -100,60 +101,53 @@ def _set_mark(db: sqlite3.Connection, key: str, value: int) -> None:
     db.execute("INSERT INTO state VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
 
 
+def _past_mark(db: sqlite3.Connection, key: str, query: str, apply: Callable[[list], None]) -> int:
+    """Rows past the mark `key` (`query` takes the mark and a batch size, first column the id), a batch at a time,
+    each batch applied and the mark moved in one transaction; a batch another process took meanwhile is skipped.
+    Returns the rows applied."""
+    done = 0
+    while True:
+        mark = _mark(db, key)
+        rows = db.execute(query, (mark, BATCH)).fetchall()
+        if not rows:
+            return done
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if _mark(db, key) != mark:  # another process took them meanwhile
+                db.execute("ROLLBACK")
+                continue
+            apply(rows)
+            _set_mark(db, key, rows[-1][0])
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        done += len(rows)
+
+
 def catch_up(db: sqlite3.Connection, options: ContextOptions, now: float | None = None) -> tuple[int, int]:
     """Merge the context messages and judge the alerts stored since the last pass; (messages, alerts) done."""
     ensure(db)
-    messages = alerts = 0
-    while True:
-        mark = _mark(db, MARK)
-        rows = db.execute(
-            "SELECT id, sensor, body FROM messages WHERE type = 'context' AND id > ? ORDER BY id LIMIT ?", (mark, BATCH)
-        ).fetchall()
-        if not rows:
-            break
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            if _mark(db, MARK) != mark:  # another process merged them meanwhile
-                db.execute("ROLLBACK")
-                continue
-            for _, sensor, body in rows:
-                b = json.loads(body)
-                b |= unpack(b.pop("packed"))  # checked as the message was received
-                prevalence.ingest(db, sensor, b)
-                host_story.ingest(db, sensor, options.sites.site(sensor), b, options.notices)
-            _set_mark(db, MARK, rows[-1][0])
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        messages += len(rows)
+
+    def merge(rows: list) -> None:
+        for _, sensor, body in rows:
+            b = json.loads(body)
+            b |= unpack(b.pop("packed"))  # checked as the message was received
+            prevalence.ingest(db, sensor, b)
+            host_story.ingest(db, sensor, options.sites.site(sensor), b, options.notices)
+
+    def judge(rows: list) -> None:
+        for alert_id, tier, body in rows:
+            _judge(db, options, alert_id, tier, upgrade_body("alert", json.loads(body)), now)
+
+    messages = _past_mark(db, MARK, "SELECT id, sensor, body FROM messages WHERE type = 'context' AND id > ? "
+                          "ORDER BY id LIMIT ?", merge)  # fmt: skip
     if messages:
         db.execute("DELETE FROM messages WHERE type = 'context' AND id <= ? AND received < ?",
                    (_mark(db, MARK), (time.time() if now is None else now) - MERGED_KEEP_S))  # fmt: skip
-    while True:
-        mark = _mark(db, ALERT_MARK)
-        rows = db.execute(
-            "SELECT a.id, a.tier, m.body FROM alerts a JOIN messages m ON m.id = a.id WHERE a.id > ? ORDER BY a.id "
-            "LIMIT ?",
-            (mark, BATCH),
-        ).fetchall()
-        if not rows:
-            break
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            if _mark(db, ALERT_MARK) != mark:
-                db.execute("ROLLBACK")
-                continue
-            for alert_id, tier, body in rows:
-                _judge(db, options, alert_id, tier, upgrade_body("alert", json.loads(body)), now)
-            _set_mark(db, ALERT_MARK, rows[-1][0])
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        alerts += len(rows)
+    alerts = _past_mark(db, ALERT_MARK, "SELECT a.id, a.tier, m.body FROM alerts a JOIN messages m ON m.id = a.id "
+                        "WHERE a.id > ? ORDER BY a.id LIMIT ?", judge)  # fmt: skip
     return messages, alerts
 
 
