@@ -33,7 +33,6 @@ import json
 import os
 import platform
 import re
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -50,6 +49,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 BIN = Path(sys.executable).parent
+
+from loopback import free_port, wait_for_ui  # noqa: E402
 
 from aggregator.broadcast.outbox import BroadcastOptions, Outbox  # noqa: E402
 from aggregator.broadcast.routes import parse_receivers, parse_routes  # noqa: E402
@@ -149,12 +150,6 @@ def throughput(tmp: Path, n: int, hosts: int) -> dict:
     return {"alerts": n, "requests": len(bodies), "outbox_s": outbox_s, "bare_post_s": bare_s}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def login(base: str, name: str, password: str) -> urllib.request.OpenerDirector:
     jar = http.cookiejar.CookieJar()
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
@@ -180,15 +175,7 @@ def queue_page(tmp: Path, n: int, runs: int) -> dict:
     ui = subprocess.Popen([str(BIN / "ntds-aggregator"), "ui", "--config", str(cfg)], stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        end = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(base + "/login", timeout=1).read()
-                break
-            except OSError:
-                if time.monotonic() > end:
-                    raise SystemExit("bench: the UI did not start") from None
-                time.sleep(0.2)
+        wait_for_ui(base)
         opener = login(base, "bench", "a long bench password")
         pages = {"queue": "/", "queue, kind and tier filter": "/?kind=dns-tunnel&min_tier=4",
                  "api queue": "/api/queue"}  # fmt: skip

@@ -42,7 +42,6 @@ import csv
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -55,6 +54,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 BIN = Path(sys.executable).parent
+
+from loopback import free_port  # noqa: E402
 
 from aggregator.baseline_build import collect, local_networks  # noqa: E402
 from ntds.detect import baseline as bl  # noqa: E402
@@ -259,12 +260,6 @@ def per_kind(result: dict, captures: dict) -> dict:
             "us_per_flow": result["detector_us_per_flow"].get(kind),
         }
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def replay_time(capture: Path, baseline: Path, work: Path, detection_on: bool) -> float:

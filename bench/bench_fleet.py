@@ -39,6 +39,8 @@ import zmq
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from loopback import free_port  # noqa: E402
+
 from ntds.wire.keys import generate, load_pair, load_public  # noqa: E402
 from ntds.wire.schema import EXAMPLES  # noqa: E402
 from sensor.link import Link  # noqa: E402
@@ -47,14 +49,6 @@ from sensor.spool import Spool  # noqa: E402
 BIN = Path(sys.executable).parent
 T0 = datetime(2026, 11, 16, tzinfo=UTC)
 TICK = sys.getswitchinterval()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Aggregator:

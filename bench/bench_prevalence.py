@@ -35,6 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from loopback import free_port, wait_for_ui  # noqa: E402
+
 from ntds import prevalence as sk  # noqa: E402
 from ntds.flows.traffic import FlowTraffic  # noqa: E402
 from ntds.times import iso_ms  # noqa: E402
@@ -193,13 +195,6 @@ def host_page(args, tmp: Path) -> dict:
     m.add_user("bench", "viewer", "a long bench password")
     token = m.api_token("bench", 1)
     m.db.close()
-    import socket
-
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
     port = free_port()
     cfg = tmp / "agg.yaml"
     cfg.write_text(f"endpoint: tcp://127.0.0.1:{free_port()}\nstore: {tmp / 'store.db'}\narchive: {tmp / 'archive'}\n"
@@ -208,15 +203,7 @@ def host_page(args, tmp: Path) -> dict:
     base = f"http://127.0.0.1:{port}"
     out = {"context_messages": merged, "alerts": judged, "catch_up_s": catch_up_s}
     try:
-        end = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(base + "/login", timeout=1).read()
-                break
-            except OSError:
-                if time.monotonic() > end:
-                    raise SystemExit("bench: the UI did not start") from None
-                time.sleep(0.2)
+        wait_for_ui(base)
 
         def get(path: str) -> int:
             req = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {token}"})

@@ -31,7 +31,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -49,13 +48,8 @@ sys.path.insert(0, str(HERE))
 from bench_meter import generate  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "tests"))
+from loopback import free_port  # noqa: E402
 from netns import veth_namespaces  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def setup(root: Path, netns: str | None = None) -> tuple[Path, subprocess.Popen]:

@@ -20,7 +20,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -33,6 +32,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from loopback import free_port  # noqa: E402
+
 from ntds.wire.keys import generate, load_pair, load_public  # noqa: E402
 from ntds.wire.schema import EXAMPLES  # noqa: E402
 from sensor.link import Link  # noqa: E402
@@ -40,12 +41,6 @@ from sensor.spool import Spool  # noqa: E402
 
 BIN = Path(sys.executable).parent
 ALERT = EXAMPLES["alert"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Aggregator:
