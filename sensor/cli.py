@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from ntds import heap
 from ntds.errors import ArgumentParser, InputError, WorkerFailed, one_line
 from ntds.flows.profiles import PROFILES
 from ntds.progress import Progress
@@ -280,6 +281,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    heap.settle()
     try:
         return args.func(args)
     except InputError as e:

@@ -268,3 +268,119 @@ def test_context_sketches_are_checked():
         frame = json.dumps(good | {"body": EXAMPLES["context"] | {"packed": bad}}).encode()
         with pytest.raises(WireError, match=why):
             decode(frame)
+
+
+# -- the fast path: encode checks the object it is about to send, decode skips the per-number hooks when the
+# text cannot hold a number they refuse. Both must answer exactly as the slow path did. The references below
+# are that slow path, written out again: parse with the hooks, then the field-by-field check.
+
+
+def reference_decode(frame: bytes) -> Message:
+    obj = json.loads(frame.decode("utf-8"), parse_constant=wire._no_constants, parse_float=wire._finite,
+                     parse_int=wire._bounded_int)  # fmt: skip
+    wire._check(wire.ENVELOPE, obj, "envelope")
+    if obj["type"] not in wire.SCHEMA or not obj["sensor"]:
+        raise WireError("envelope")
+    wire._check(wire.SCHEMA[obj["type"]], obj["body"], obj["type"])
+    check = wire.MESSAGE_TYPES[obj["type"]].check
+    if check is not None:
+        try:
+            check(obj["body"])
+        except ValueError as e:
+            raise WireError(str(e)) from None
+    return Message(obj["type"], obj["sensor"], obj["seq"], obj["created"], obj["body"], obj["spool"])
+
+
+def reference_encode(m: Message) -> bytes:
+    obj = {"v": wire.VERSION, "type": m.type, "sensor": m.sensor, "spool": m.spool, "seq": m.seq,
+           "created": m.created, "body": m.body}  # fmt: skip
+    frame = json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    if len(frame) > wire.MAX_FRAME:
+        raise WireError("oversized")
+    reference_decode(frame)
+    return frame
+
+
+def outcome(f, *args):
+    try:
+        return "ok", f(*args)
+    except (WireError, ValueError, TypeError) as e:
+        return "refused", type(e) if not isinstance(e, WireError) else WireError
+
+
+def paths(obj, at=()):
+    """Every place in an object: its keys and list items, at any depth."""
+    yield at
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from paths(v, (*at, k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from paths(v, (*at, i))
+
+
+def replaced(obj, at, value):
+    if not at:
+        return value
+    copy = dict(obj) if isinstance(obj, dict) else list(obj)
+    copy[at[0]] = replaced(obj[at[0]], at[1:], value)
+    return copy
+
+
+class Odd(int):
+    pass
+
+
+class Loose(dict):
+    pass
+
+
+ODD_VALUES = [True, False, None, 0, -1, 7, 2**53, -(2**53), 2**64, 10**25, 1.5, -0.0, 1e300, float("inf"), "x",
+              "2026-11-16T08:00:00Z", "y" * 5000, [], [1, 2], (1, 2), (), {}, {"a": 1}, {1: 2}, Odd(3),
+              Loose(a=1)]  # fmt: skip
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.sampled_from(wire.TYPES), st.data())
+def test_the_fast_check_answers_as_the_field_by_field_check(kind, data):
+    body = EXAMPLES[kind]
+    at = data.draw(st.sampled_from(list(paths(body))))
+    mutated = replaced(body, at, data.draw(st.sampled_from(ODD_VALUES)))
+    if data.draw(st.booleans()) and isinstance(mutated, dict) and mutated:  # also: a field dropped or added
+        mutated = dict(mutated)
+        mutated.pop(data.draw(st.sampled_from(sorted(mutated))))
+    fits = wire._fits(wire.SCHEMA[kind])(mutated)
+    exact = outcome(wire._check, wire.SCHEMA[kind], mutated, kind)[0] == "ok"
+    assert exact or not fits  # a yes from the predicate is always right
+    m = Message(kind, "tap-01", 7, "2026-11-16T08:00:00Z", mutated, "0123456789abcdef")
+    assert outcome(encode, m) == outcome(reference_encode, m)
+
+
+numbers = st.integers(-(10**30), 10**30) | st.floats() | st.decimals(allow_nan=False, allow_infinity=False).map(str)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(numbers | st.text(alphabet="0123456789eE+-.", max_size=30), max_size=8))
+def test_decoding_without_the_number_hooks_refuses_the_same_numbers(items):
+    # Numbers of every size and notation, as numbers and inside strings (which must not be refused)
+    raw = "[" + ",".join(json.dumps(x) if not isinstance(x, str) or x[:1] == '"' else x for x in items) + "]"
+    raw_b = raw.replace("NaN", "1e999").replace("Infinity", "1e999").encode()
+
+    def hooked(b):
+        return json.loads(b.decode(), parse_constant=wire._no_constants, parse_float=wire._finite,
+                          parse_int=wire._bounded_int)  # fmt: skip
+
+    for b in (raw_b, json.dumps(items).encode()):
+        expected = outcome(hooked, b)
+        got = outcome(wire._loads, b)
+        assert got[0] == expected[0]
+        if got[0] == "ok":
+            assert json.dumps(got[1]) == json.dumps(expected[1])
+
+
+def test_every_type_round_trips_through_the_fast_path_as_through_the_slow_one():
+    for kind in wire.TYPES:
+        m = Message(kind, "tap-01", 7, wire.now_iso(), EXAMPLES[kind], "0123456789abcdef")
+        frame = encode(m)
+        assert frame == reference_encode(m)
+        assert decode(frame) == reference_decode(frame)
