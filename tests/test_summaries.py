@@ -7,10 +7,13 @@ summariser's rules.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections import Counter
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.all import IP, Raw, wrpcap
 
 from ntds.flows.meter import FlowMeter
@@ -19,7 +22,7 @@ from ntds.wire import schema as wire
 from pcaps.generate import Conversation
 from sensor.geo import GeoIP
 from sensor.summaries import GRACE_MS, MAX_PAIRS, Summariser
-from sensor.traffic_classes import TrafficClasses
+from sensor.traffic_classes import EXTERNAL, LOCAL_SERVICE, OTHER, PEER_TO_PEER, TrafficClasses
 
 LOCAL, SERVER = "10.0.0.0/8", "10.0.0.5"
 MIN = 60_000_000  # µs
@@ -232,6 +235,36 @@ def test_local_servers_and_group_addresses():
     assert c.classify("8.8.8.8", "1.1.1.1")[0] == "other"
     with pytest.raises(ValueError, match="local_servers"):
         TrafficClasses(["10.0.0.0/8"], ["not-an-address"])
+
+
+addresses = (
+    st.integers(0, 2**32 - 1).map(lambda n: str(ipaddress.IPv4Address(n)))
+    | st.integers(0, 2**128 - 1).map(lambda n: str(ipaddress.IPv6Address(n)))
+    | st.sampled_from(["224.0.0.251", "255.255.255.255", "0.0.0.0", "::", "ff02::fb", "fe80::1%eth0", "10.9.8.7",
+                       "192.0.2.10", "2001:db8:1::9", "::ffff:10.0.0.1", "not-an-ip", "", "10.0.0", "010.1.1.1"])
+)  # fmt: skip
+
+
+@settings(max_examples=2000, deadline=None)
+@given(addresses)
+def test_address_kinds_agree_with_the_ipaddress_module(ip):
+    # The classifier works on integers for speed; the reference asks ipaddress the same questions.
+    c = TrafficClasses(["10.0.0.0/8", "172.16.0.0/12", "fd00::/8", "2001:db8::/32"], ["192.0.2.10", "2001:db8:1::/48"])
+    try:
+        a = ipaddress.ip_address(ip)
+    except ValueError:
+        assert c.classify(ip, "8.8.8.8") == (OTHER, True)
+        return
+    group = a.is_multicast or a.is_unspecified or str(a) == "255.255.255.255"
+    server = any(a in n for n in c.local_servers if n.version == a.version)
+    local = server or any(a in n for n in c.local_networks if n.version == a.version)
+    assert c.is_local(ip) == (local and not group)
+    outside = "8.8.8.8" if a.version == 4 else "2606:4700::1111"
+    expected = (OTHER, True) if group else (EXTERNAL, True) if local else (OTHER, True)
+    assert c.classify(ip, outside) == expected
+    if local and not group:
+        peer = "10.1.1.1" if a.version == 4 else "fd00::1"
+        assert c.classify(ip, peer) == ((LOCAL_SERVICE, False) if server else (PEER_TO_PEER, True))
 
 
 def test_geoip_csv_database(tmp_path):
