@@ -1,5 +1,6 @@
 """Builds `ntds.flows._compiled`, the parts of the meter that run per packet in C (cffi, API mode): the
-feature step (accumulator.c), the flow table key (flow_key.c), the capture bookkeeping (capture_next.c),
+feature step (accumulator.c), the numeric feature columns of a finished flow (columns_c.c), the flow table
+key (flow_key.c), the capture bookkeeping (capture_next.c),
 the stand-in for pcap_next_ex that fixes frames up before NFStream parses them (packet_tap.c)
 and the check of a pcap file's records (pcap_walk.c).
 
@@ -12,7 +13,7 @@ from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
 SOURCES = "ntds/flows"  # as setuptools wants it: relative to the project root, where it runs
-PARTS = ("accumulator", "flow_key", "capture_next", "pcap_walk", "packet_tap", "packet_ring")
+PARTS = ("accumulator", "columns_c", "flow_key", "capture_next", "pcap_walk", "packet_tap", "packet_ring")
 
 ffibuilder = FFI()
 for part in PARTS:

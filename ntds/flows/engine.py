@@ -562,10 +562,15 @@ def _flow_reduce_ex(self, protocol):
     return _flow_from, (_sent_values(self),)
 
 
-def _flow_from(values: tuple) -> NFlow:
-    flow = NFlow.__new__(NFlow)
-    for name, value in zip(_SENT, values):
-        setattr(flow, name, value)
+class SentFlow:
+    """A finished flow in the sensor's process: the fields of `_SENT`, read as NFStream's flow's attributes
+    (`records` and NFStream's streamer, which sets its id, read nothing else). Filled by one dict, where an
+    NFlow's slots took a setattr each."""
+
+
+def _flow_from(values: tuple) -> SentFlow:
+    flow = SentFlow.__new__(SentFlow)
+    flow.__dict__.update(zip(_SENT, values))
     return flow
 
 

@@ -20,8 +20,11 @@ values.
 from __future__ import annotations
 
 import math
+import struct
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections import namedtuple
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, tzinfo
 from functools import lru_cache
 from ipaddress import ip_address
@@ -219,24 +222,22 @@ def _std(n: int, total: int, sq: int) -> float:
     return math.sqrt(_sample_var(n, total, sq))
 
 
-def _stats4(acc: list) -> tuple[float, float, float, float]:
-    """Mean, std, max, min of an accumulator [count, sum, sumsq low 64 bits, min, max, sumsq high 64 bits]; zeros
+def _stats4(n: int, total: int, sq_lo: int, lo: int, hi: int, sq_hi: int) -> tuple[float, float, float, float]:
+    """Mean, std, max, min of an accumulator (count, sum, sumsq low 64 bits, min, max, sumsq high 64 bits); zeros
     if empty. The squares are 128-bit: in a capture whose clock goes backwards a flow can be idle for hours."""
-    n, total, sq_lo, lo, hi, sq_hi = acc
-    sq = (sq_hi % 2**64) << 64 | (sq_lo % 2**64)
     if not n:
         return 0.0, 0.0, 0.0, 0.0
+    sq = (sq_hi % 2**64) << 64 | (sq_lo % 2**64)
     return total / n, _std(n, total, sq), float(hi), float(lo)
 
 
-def _iat(d) -> tuple[float, float, float, float, float]:
+def _iat(n: int, first_t: int, last_t: int, sq_lo: int, sq_hi: int, top: int, least: int) -> tuple[float, ...]:
     """Total, mean, std, max, min of the gaps between packets of one direction (a `struct ntds_direction`)."""
-    gaps = d.n - 1
+    gaps = n - 1
     if gaps < 1:
         return 0.0, 0.0, 0.0, 0.0, 0.0
-    total = d.last_t - d.first_t
-    sq = d.iat_sq_hi << 64 | d.iat_sq_lo
-    return float(total), total / gaps, _std(gaps, total, sq), float(d.iat_max), float(d.iat_min)
+    total = last_t - first_t
+    return float(total), total / gaps, _std(gaps, total, sq_hi << 64 | sq_lo), float(top), float(least)
 
 
 def _rate(count: int, duration_us: int) -> float:
@@ -277,22 +278,105 @@ def _format_second(second: int, tz: tzinfo) -> str:
         return f"{tm.tm_mday:02d}/{tm.tm_mon:02d}/{tm.tm_year}{hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d}"
 
 
+_FORMATS = {"int64_t": "q", "uint64_t": "Q", "int32_t": "i", "uint32_t": "I", "int8_t": "b", "uint8_t": "B"}
+
+
+def _flat(ctype, prefix: str = "", base: int = 0) -> Iterator[tuple[str, int, str]]:
+    """(name, byte offset, struct format) of every number in a cffi struct type: nested structs as
+    `f_n`, arrays as `active_0` ..."""
+    for name, field in ctype.fields:
+        t, at = field.type, base + field.offset
+        if t.kind == "struct":
+            yield from _flat(t, f"{prefix}{name}_", at)
+        elif t.kind == "array":
+            for i in range(t.length):
+                yield f"{prefix}{name}_{i}", at + i * _ffi.sizeof(t.item), _FORMATS[t.item.cname]
+        else:
+            yield prefix + name, at, _FORMATS[t.cname]
+
+
+def _layout(ctype) -> tuple[struct.Struct, type]:
+    """One struct.Struct that unpacks a whole `struct ntds_flow`, and the named tuple its numbers fill: one C
+    call and attribute reads on a tuple, where cffi made an object for each nested struct and each field read
+    (`finalize` read about a hundred; it took 8 µs a flow)."""
+    fmt, names, at = "=", [], 0
+    for name, offset, code in _flat(ctype):
+        fmt += "x" * (offset - at) + code
+        names.append(name)
+        at = offset + struct.calcsize("=" + code)
+    fmt += "x" * (_ffi.sizeof(ctype) - at)
+    return struct.Struct(fmt), namedtuple("FlowNumbers", names)
+
+
+_STATE, _Numbers = _layout(_ffi.typeof("struct ntds_flow"))
+
+
+def _run(name: str, length: int) -> slice:
+    """Where an array of the struct lies among the named tuple's numbers."""
+    first = _Numbers._fields.index(f"{name}_0")
+    assert _Numbers._fields[first + length - 1] == f"{name}_{length - 1}"
+    return slice(first, first + length)
+
+
+_FLAGS, _FIRST_FLAGS, _ACTIVE, _IDLE = _run("flags", 8), _run("first_flags", 8), _run("active", 6), _run("idle", 6)
+
+
+_KINDS = _ffi.string(_lib.ntds_column_kinds).decode()
+_ROW = struct.Struct("=" + _KINDS.replace("i", "q").replace("f", "d"))
+"""The C code's row of numeric columns: eight bytes each, an int64 or a double as `_KINDS` says."""
+_buffers = threading.local()
+_profiles: dict[int, tuple[FeatureProfile, object]] = {}
+"""Each profile seen, with its switches for the C code."""
+
+
 def finalize(state: bytes, flow, p: FeatureProfile, tz: tzinfo) -> tuple:
     """The 85 feature columns (Flow.ID .. Label) of a finished flow: its state as `finish` shipped it, and the
-    NFStream flow it came with (addresses, ports, protocol)."""
+    NFStream flow it came with (addresses, ports, protocol).
+
+    The numbers come from C (columns_c.c; the row in 3 µs a flow where Python took 8), which declines any flow whose
+    arithmetic it cannot do exactly as Python does; `finalize_exact` does those, and is the reference the
+    tests hold the C code to."""
+    bufs = getattr(_buffers, "bufs", None)
+    if bufs is None:  # per thread: the C call releases the GIL, and each interface has a capture thread
+        row = _ffi.new("union ntds_value[]", len(_KINDS))
+        bufs = _buffers.bufs = (row, _ffi.buffer(row))
+    known = _profiles.get(id(p))
+    if known is None:  # by id (hashing a frozen dataclass hashes all its fields), the profile kept alive beside
+        known = _profiles[id(p)] = p, _ffi.new("struct ntds_columns_profile *", {
+            "duplicate_first_length": p.duplicate_first_length, "first_packet_flags_only": p.first_packet_flags_only,
+            "permuted_flag_columns": p.permuted_flag_columns, "bulk_and_subflows": p.bulk_and_subflows,
+            "last_backward_window": p.last_backward_window,
+        })  # fmt: skip
+    switches = known[1]
     s = _ffi.from_buffer("struct ntds_flow *", state)
-    f, b = s.f, s.b
+    row, raw = bufs
+    if _lib.ntds_columns(s, switches, row):
+        return finalize_exact(state, flow, p, tz)
+    return (*_head(s.fwd_code, s.first_ms, flow, p, tz), *_ROW.unpack(raw), "BENIGN")
+
+
+def _head(fwd_code: int, first_ms: int, flow, p: FeatureProfile, tz: tzinfo) -> tuple:
+    """Flow.ID, the two ends, the protocol and the timestamp: the columns before the numbers."""
     protocol = flow.protocol
     if p.other_protocols_as_zero and protocol not in (TCP, UDP):
         protocol = 0
-    if s.fwd_code == 1:  # the flow keeps the orientation of the flow it continues (after a timeout)
+    if fwd_code == 1:  # the flow keeps the orientation of the flow it continues (after a timeout)
         src_ip, src_port, dst_ip, dst_port = flow.dst_ip, flow.dst_port, flow.src_ip, flow.src_port
     else:
         src_ip, src_port, dst_ip, dst_port = flow.src_ip, flow.src_port, flow.dst_ip, flow.dst_port
+    return (flow_id(src_ip, src_port, dst_ip, dst_port, protocol), src_ip, src_port, dst_ip, dst_port, protocol,
+            format_timestamp(first_ms * 1000, tz))  # fmt: skip
+
+
+def finalize_exact(state: bytes, flow, p: FeatureProfile, tz: tzinfo) -> tuple:
+    """`finalize` in Python, on exact integers: the definition of every column (as CICFlowMeter computes it),
+    for the flows the C code declines."""
+    s = _Numbers._make(_STATE.unpack(state))
     n = s.n
+    f_n, f_bytes, b_n, b_bytes = s.f_n, s.f_bytes, s.b_n, s.b_bytes
     duration = s.last_t  # times are from the first packet's
-    total_bytes = f.bytes + b.bytes
-    total_sq = f.sq + b.sq
+    total_bytes = f_bytes + b_bytes
+    total_sq = s.f_sq + s.b_sq
     if p.duplicate_first_length:
         n_len = n + 1
         len_sum = total_bytes + s.first_len
@@ -301,8 +385,8 @@ def finalize(state: bytes, flow, p: FeatureProfile, tz: tzinfo) -> tuple:
     else:
         n_len, len_sum, len_sq = n, total_bytes, total_sq
         avg_size = total_bytes / n
-    len_min = min(f.min, b.min)
-    len_max = max(f.max, b.max)
+    len_min = min(s.f_min, s.b_min)
+    len_max = max(s.f_max, s.b_max)
     len_var = _sample_var(n_len, len_sum, len_sq)
 
     gaps = n - 1
@@ -310,94 +394,88 @@ def finalize(state: bytes, flow, p: FeatureProfile, tz: tzinfo) -> tuple:
     flow_iat = (iat_total / gaps, _std(gaps, iat_total, s.iat_sq_hi << 64 | s.iat_sq_lo), float(s.iat_max), s.iat_min)
 
     if p.first_packet_flags_only:
-        fin, syn, rst, psh, ack, urg, cwr, ece = list(s.first_flags) if s.tcp else (0,) * 8
+        fin, syn, rst, psh, ack, urg, cwr, ece = s[_FIRST_FLAGS] if s.tcp else (0,) * 8
     else:
-        fin, syn, rst, psh, ack, urg, cwr, ece = s.flags
+        fin, syn, rst, psh, ack, urg, cwr, ece = s[_FLAGS]
     if p.permuted_flag_columns:
         flag_cols = (rst, psh, ece, syn, ack, fin, urg, cwr)
     else:
         flag_cols = (fin, syn, rst, psh, ack, urg, cwr, ece)
 
     if p.bulk_and_subflows:
-        bulk = (*_bulk_cols(f), *_bulk_cols(b))
+        bulk = (*_bulk_cols(s.f_bulk_n, s.f_bulk_pkts, s.f_bulk_bytes, s.f_bulk_dur),
+                *_bulk_cols(s.b_bulk_n, s.b_bulk_pkts, s.b_bulk_bytes, s.b_bulk_dur))  # fmt: skip
         k = s.subflows
-        subflow = (f.n // k, f.bytes // k, b.n // k, b.bytes // k)
+        subflow = (f_n // k, f_bytes // k, b_n // k, b_bytes // k)
     else:
         bulk = (0, 0, 0, 0, 0, 0)
-        subflow = (f.n, f.bytes, b.n, b.bytes)
+        subflow = (f_n, f_bytes, b_n, b_bytes)
 
     if s.tcp:
-        win_f = f.win_first
-        win_b = b.win_last if p.last_backward_window else b.win_first
+        win_f = s.f_win_first
+        win_b = s.b_win_last if p.last_backward_window else s.b_win_first
     else:
         win_f = win_b = -1
 
-    ts = format_timestamp(s.first_ms * 1000, tz)
     return (
-        flow_id(src_ip, src_port, dst_ip, dst_port, protocol),
-        src_ip,
-        src_port,
-        dst_ip,
-        dst_port,
-        protocol,
-        ts,
+        *_head(s.fwd_code, s.first_ms, flow, p, tz),
         duration,
-        f.n,
-        b.n,
-        f.bytes,
-        float(b.bytes),
-        f.max if f.n else 0,
-        f.min if f.n else 0,
-        _mean(f.bytes, f.n),
-        _std(f.n, f.bytes, f.sq),
-        b.max if b.n else 0,
-        b.min if b.n else 0,
-        _mean(b.bytes, b.n),
-        _std(b.n, b.bytes, b.sq),
+        f_n,
+        b_n,
+        f_bytes,
+        float(b_bytes),
+        s.f_max if f_n else 0,
+        s.f_min if f_n else 0,
+        _mean(f_bytes, f_n),
+        _std(f_n, f_bytes, s.f_sq),
+        s.b_max if b_n else 0,
+        s.b_min if b_n else 0,
+        _mean(b_bytes, b_n),
+        _std(b_n, b_bytes, s.b_sq),
         _rate(total_bytes, duration),
         _rate(n, duration),
         *flow_iat,
-        *_iat(f),
-        *_iat(b),
-        f.psh,
-        b.psh,
-        f.urg,
-        b.urg,
-        f.hdr,
-        b.hdr,
-        f.n / (duration / 1e6) if duration else 0.0,
-        b.n / (duration / 1e6) if duration else 0.0,
+        *_iat(f_n, s.f_first_t, s.f_last_t, s.f_iat_sq_lo, s.f_iat_sq_hi, s.f_iat_max, s.f_iat_min),
+        *_iat(b_n, s.b_first_t, s.b_last_t, s.b_iat_sq_lo, s.b_iat_sq_hi, s.b_iat_max, s.b_iat_min),
+        s.f_psh,
+        s.b_psh,
+        s.f_urg,
+        s.b_urg,
+        s.f_hdr,
+        s.b_hdr,
+        f_n / (duration / 1e6) if duration else 0.0,
+        b_n / (duration / 1e6) if duration else 0.0,
         len_min,
         len_max,
         len_sum / n_len,
         math.sqrt(len_var),
         len_var,
         *flag_cols,
-        b.n // f.n if f.n else 0,
+        b_n // f_n if f_n else 0,
         avg_size,
-        _mean(f.bytes, f.n),
-        _mean(b.bytes, b.n),
-        f.hdr,
+        _mean(f_bytes, f_n),
+        _mean(b_bytes, b_n),
+        s.f_hdr,
         *bulk,
         *subflow,
         win_f,
         win_b,
-        f.data_pkts,
-        f.min_hdr if f.n else 0,
-        *_stats4(s.active),
-        *_stats4(s.idle),
+        s.f_data_pkts,
+        s.f_min_hdr if f_n else 0,
+        *_stats4(*s[_ACTIVE]),
+        *_stats4(*s[_IDLE]),
         "BENIGN",
     )
 
 
-def _bulk_cols(d) -> tuple[int, int, int]:
-    if not d.bulk_n:
+def _bulk_cols(n: int, pkts: int, size: int, duration: int) -> tuple[int, int, int]:
+    if not n:
         return 0, 0, 0
-    rate = int(d.bulk_bytes / (d.bulk_dur / 1e6)) if d.bulk_dur else 0
-    return d.bulk_bytes // d.bulk_n, d.bulk_pkts // d.bulk_n, rate
+    rate = int(size / (duration / 1e6)) if duration else 0
+    return size // n, pkts // n, rate
 
 
 __all__ = [
-    "CicFeatures", "FlowResult", "FlowState", "failed", "finalize", "flow_id", "format_timestamp", "is_state",
-    "TIME_PRECISION_US",
+    "CicFeatures", "FlowResult", "FlowState", "failed", "finalize", "finalize_exact", "flow_id", "format_timestamp",
+    "is_state", "TIME_PRECISION_US",
 ]  # fmt: skip
