@@ -71,6 +71,10 @@ MERGE_ROWS = 250_000
 SHUTDOWN_EXPORT_S = 15.0
 """Longest final export at shutdown, seconds: with the rest of the stop, within systemd's 30 s (TimeoutStopSec)."""
 STATE_KEY = "archived_id"
+CONSUMER_MARKS = ("routed_id", "context_mark", "context_alert_mark")
+"""State keys of the store's other readers that take messages after a mark (the outbox's routing, the context
+merge, the alerts' context): the hot window deletes nothing they have not passed. Named here, not imported:
+the archive knows the store, not the programs around it (tests/test_archive.py checks the names)."""
 ARCHIVE_ID_KEY = "archive_id"
 
 _T = pa.timestamp("ms", tz="UTC")
@@ -289,12 +293,14 @@ class Archive:
         return self._locked(shared=True)
 
     def export(self, store: Store, retention_days: int | None = None, today: date | None = None,
-               stop: Callable[[], bool] | None = None) -> int:  # fmt: skip
-        """Move everything stored but not yet archived into Parquet; returns messages exported.
+               stop: Callable[[], bool] | None = None, store_days: int | None = None) -> int:  # fmt: skip
+        """Move everything stored but not yet archived into Parquet; returns messages exported. Then expire
+        what is past `retention_days`, delete from the store what is archived and past `store_days` (its hot
+        window: `Store.forget_cold`), and merge small files.
 
         `stop` is asked between batches: once it says so, the export ends after the batch it wrote (each batch
-        moves the high-water mark on its own) and leaves expiry and merges to the next one: a shutdown waits
-        for one batch, not for a backlog."""
+        moves the high-water mark on its own) and leaves expiry, the hot window and merges to the next one: a
+        shutdown waits for one batch, not for a backlog."""
         done = 0
         with self._locked():
             self._check_identity(store)
@@ -311,8 +317,23 @@ class Archive:
                 done += len(batch)
             if retention_days:  # before merging: a merge must not give rows past retention a newer file
                 self._expire(store, retention_days, last)
-            self._merge(today)
+            if store_days:
+                self._cool(store, store_days, last, stop)
+            self._merge(today, stop)
         return done
+
+    @staticmethod
+    def _cool(store: Store, store_days: int, exported_up_to: int, stop: Callable[[], bool] | None) -> None:
+        """The store's hot window: what arrived over store_days ago leaves the store once the archive has it
+        (its files are fsynced before the high-water mark moves) and every reader of the store has passed it."""
+        up_to = exported_up_to
+        for mark in CONSUMER_MARKS:
+            seen = store.state(mark, None)
+            if seen is not None:
+                up_to = min(up_to, seen)
+        gone = store.forget_cold(up_to, time.time() - store_days * 86400, stop=stop)
+        if gone:
+            log.info("hot window: %d archived messages that arrived over %d days ago left the store", gone, store_days)
 
     def _check_identity(self, store: Store) -> None:
         """Notice an archive folder that was deleted or replaced: export again everything the store holds."""
@@ -388,13 +409,15 @@ class Archive:
                     if _hour(folder) is not None:
                         yield table, day, folder
 
-    def _merge(self, today: date | None = None) -> None:
+    def _merge(self, today: date | None = None, stop: Callable[[], bool] | None = None) -> None:
         """Size-tiered merges: MERGE_AT files of one size tier (rows within a factor of MERGE_AT) become one
         file of the next tier, so a row is rewritten a few times over its hour, never once per export. A
         finished hour's (an older archive's finished day's) small files are merged as far as MERGE_ROWS allows.
         `today` (tests) makes every hour of that day unfinished; by default the clock's hour decides."""
         now = datetime.now(UTC)
         for table, day, folder in self._folders():
+            if stop is not None and stop():
+                return  # merges only compact: the next export goes on with them
             live, leftovers = _live(folder)
             for f in leftovers:
                 f.unlink(missing_ok=True)
@@ -545,7 +568,7 @@ class Archiver(threading.Thread):
             log.error("archive export failed, will retry: %s", e)
             return 0
         try:
-            n = self.archive.export(store, self.cfg.retention_days, stop=stop)
+            n = self.archive.export(store, self.cfg.retention_days, stop=stop, store_days=self.cfg.store_days)
             if n:
                 log.info("archived %d messages", n)
             return n

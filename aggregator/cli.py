@@ -483,7 +483,7 @@ def _archive(args) -> int:
 
     cfg, store = _open_store(args.config)
     try:
-        n = Archive(cfg.archive).export(store, cfg.retention_days)
+        n = Archive(cfg.archive).export(store, cfg.retention_days, store_days=cfg.store_days)
     except OSError as e:
         raise InputError(f"{cfg.archive}: cannot write the archive: {e.strerror or e}") from None
     finally:
@@ -504,7 +504,7 @@ def _report_weekly(args) -> int:
     cfg, store = _open_store(args.config)
     archive = Archive(cfg.archive)
     try:
-        archive.export(store, cfg.retention_days)
+        archive.export(store, cfg.retention_days, store_days=cfg.store_days)
         dated = store.count_dated(week.start_s, week.end_s)
     except OSError as e:
         raise InputError(f"{cfg.archive}: cannot write the archive: {e.strerror or e}") from None

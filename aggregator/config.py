@@ -89,6 +89,11 @@ class AggregatorConfig(Settings):
     archive: Path = setting("path", "/var/lib/ntds-aggregator/archive", "the Parquet archive reports read")
     retention_days: int = setting("int", 400, "days of data kept, counted from arrival (0: everything)", low=0,
                                   high=36500)  # fmt: skip
+    store_days: int = setting(
+        "int", 30, "days of archived messages the store keeps for the alert manager, the outbox and the UI's "
+        "recent views (alerts not closed are kept whatever their age; reports and learning read the archive); 0: as "
+        "long as retention_days", low=0, high=36500,
+    )  # fmt: skip
     archive_interval_s: int = setting("int", 30, "seconds between archive exports while serving", low=1, high=86400)
     store_check_at_start_mb: int = setting(
         "int", 256, "a store up to this size is checked whole before serve starts; a larger one in the background",

@@ -31,6 +31,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,8 @@ from ntds.wire.schema import Message, upgrade_body, wire_time
 log = logging.getLogger("ntds.aggregator.store")
 
 ALERTS_INDEXED_KEY = "alerts_indexed"
+COLD_MARK = "cold_mark"
+"""The highest message id `forget_cold` has looked at: below it, only what it keeps."""
 """State key: every stored alert has its row in the alerts table (the upgrade from before it ran)."""
 DATA_TIME = {"summary": "interval_start", "stats": "interval_start", "context": "interval_start", "alert": "first_seen"}
 """The body field holding a message's data time; other types are dated by their creation."""
@@ -364,6 +367,43 @@ class Store:
         """Delete exported messages that arrived before the retention cutoff; returns how many."""
         cur = self.db.execute("DELETE FROM messages WHERE id <= ? AND received < ?", (up_to_id, received_before))
         return cur.rowcount
+
+    def forget_cold(self, up_to_id: int, received_before: float, batch: int = 5000,
+                    stop: Callable[[], bool] | None = None) -> int:  # fmt: skip
+        """Delete messages past the hot window: stored (id <= up_to_id: archived, and seen by every consumer
+        that reads the store after a mark) and arrived before `received_before`; returns how many.
+
+        Kept whatever their age: alerts not closed (the alert manager's queue shows them: new, acknowledged),
+        alerts a notification still waits for, and the newest message of each spool (the aggregator numbers the
+        messages of its own spools, notices and retro-hunt alerts, after the newest stored). Walks ids upward
+        from where the last call stopped (arrival follows id), a transaction per batch, so receiving never waits
+        long behind it."""
+        kept = {i for (i,) in self.db.execute("SELECT id FROM alerts WHERE status != 'closed'")}
+        if self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'notify_pending'").fetchone():
+            kept |= {i for (i,) in self.db.execute("SELECT alert_id FROM notify_pending")}
+        kept |= {i for (i,) in self.db.execute("SELECT MAX(id) FROM messages GROUP BY sensor, spool")}
+        mark, gone = self.state(COLD_MARK), 0
+        while not (stop and stop()):
+            rows = self.db.execute("SELECT id, received FROM messages WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
+                                   (mark, up_to_id, batch)).fetchall()  # fmt: skip
+            warm = next((k for k, (_, received) in enumerate(rows) if received >= received_before), len(rows))
+            if not warm:
+                break
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                gone += self.db.executemany(
+                    "DELETE FROM messages WHERE id = ?", [(i,) for i, _ in rows[:warm] if i not in kept]
+                ).rowcount
+                mark = rows[warm - 1][0]
+                self.set_state(COLD_MARK, mark)
+                self.db.execute("COMMIT")
+            except BaseException:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
+            if warm < len(rows):
+                break
+        return gone
 
     def alerts(self, sensor: str | None = None, since: float | None = None, min_tier: int = 0,
                limit: int = 0) -> list[tuple[int, str, int, dict]]:  # fmt: skip
