@@ -150,7 +150,7 @@ class Pipeline:
             min_flow_tier=cfg.min_flow_tier,
             detectors=cfg.detectors,
             grouping=cfg.grouping,
-            local=lambda ip: self.summariser.classes.is_local(ip),
+            local=self.summariser.classes.is_local,  # a reload hands detection the new one (set_local)
             intel=intel,
             workers=self._workers(cfg, len(self.interfaces)),
         )

@@ -71,7 +71,8 @@ class TrafficClasses:
         return _REMOTE
 
     def is_local(self, ip: str) -> bool:
-        return bool(self.kind(ip) & _LOCAL)
+        k = self._cache.get(ip)  # the cache first, inline: the detectors ask this of every flow's ends
+        return bool((self.kind(ip) if k is None else k) & _LOCAL)
 
     def classify(self, src: str, dst: str) -> tuple[str, bool]:
         """(traffic class, whether src is the client end)."""
