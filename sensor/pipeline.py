@@ -22,7 +22,6 @@ import contextlib
 import logging
 import multiprocessing
 import os
-import queue
 import signal
 import socket
 import sqlite3
@@ -53,6 +52,7 @@ from sensor.evidence.jobs import Evidence, EvidenceWorker
 from sensor.evidence.ring import prune as prune_ring
 from sensor.flow_records import FlowRecords
 from sensor.geo import GeoIP
+from sensor.handoff import Handoff
 from sensor.intel_hunt import RetroHunt
 from sensor.intel_updates import IntelUpdates
 from sensor.intel_updates import Refused as IntelRefused
@@ -120,11 +120,11 @@ class Pipeline:
         self.notify = Notifier()
         self.counters = Counters()
         self.control = CaptureControl(pace, max_flows=cfg.max_flows, live=self.live)
-        self.queue: queue.Queue = queue.Queue(QUEUE)
+        self.queue = Handoff(QUEUE)
         self._stop_requested = False
         self._reload_requested = False
         self._pending: list[FlowRecord] = []
-        self._early: FlowRecord | _Done | None = None
+        self._early: list = []
         self._last_flush = time.monotonic()
         self._data_clock_ms = 0
         self._rate_mark = (time.monotonic(), 0)
@@ -292,14 +292,11 @@ class Pipeline:
                 time.sleep(0.01)
         # Capture open errors (permissions, a bad BPF filter) arrive within moments: fail before READY.
         time.sleep(0.3)
-        try:
-            item = self.queue.get_nowait()
-        except queue.Empty:
-            item = None
-        if isinstance(item, _Done) and item.error is not None:
+        items = self.queue.get_nowait()
+        if items and isinstance(items[0], _Done) and items[0].error is not None:
             self.control.stop()
-            raise item.error
-        self._early = item  # the loop takes it first: putting it back would move the first flow to the end
+            raise items[0].error
+        self._early = items  # the loop takes them first: putting them back would move them to the end
         return threads
 
     def _yield_to_meters(self) -> None:
@@ -334,13 +331,8 @@ class Pipeline:
         next_tick = next_health = next_ring = time.monotonic()
         last_wake = 0.0
         while done < sources:
-            item, self._early = self._early, None
-            if item is None:
-                try:
-                    item = self.queue.get(timeout=0.25)
-                except queue.Empty:
-                    item = None
-            while item is not None:
+            items, self._early = self._early or self.queue.get(timeout=0.25), []
+            for item in items:
                 if isinstance(item, _Done):
                     done += 1
                     if item.error is not None:
@@ -350,10 +342,6 @@ class Pipeline:
                     self._pending.append(item)
                     if len(self._pending) >= BATCH:
                         self._flush()
-                try:
-                    item = self.queue.get_nowait() if len(self._pending) < BATCH else None
-                except queue.Empty:
-                    item = None
             now = time.monotonic()
             if self._pending and now - self._last_flush >= FLUSH_S:
                 self._flush()
