@@ -58,6 +58,7 @@ import pyarrow.parquet as pq
 
 from aggregator.store import Store
 from ntds.atomic import atomic_path
+from ntds.errors import one_line
 from ntds.wire.schema import MESSAGE_TYPES, TIERS, Message, upgrade_body
 
 log = logging.getLogger("ntds.aggregator.archive")
@@ -240,16 +241,18 @@ def _span(name: str) -> tuple[int, int] | None:
 def _live(folder: Path) -> tuple[list[Path], list[Path]]:
     """(live files, leftovers) of one folder: a part whose span lies inside a merged file's is a leftover
     (only a crash on a file system without atomic folder swaps can leave one; it is deleted, never read)."""
-    spans = {}
-    for f in folder.iterdir():
-        s = _span(f.name)
-        if s:
-            spans[f] = s
-    merged = [(s, f) for f, s in spans.items() if f.name.startswith("c-")]
+    live, shadowed = live_names([f.name for f in folder.iterdir()])
+    return [folder / n for n in live], [folder / n for n in shadowed]
+
+
+def live_names(names: Iterable[str]) -> tuple[list[str], list[str]]:
+    """`_live` on file names alone (a folder in an object store, aggregator.mirror): (live, shadowed)."""
+    spans = {n: s for n in names if (s := _span(n))}
+    merged = [(s, n) for n, s in spans.items() if n.startswith("c-")]
     live, shadowed = [], []
-    for f, (a, b) in spans.items():
-        covered = any(g != f and lo <= a and b <= hi for (lo, hi), g in merged)
-        (shadowed if covered else live).append(f)
+    for n, (a, b) in spans.items():
+        covered = any(g != n and lo <= a and b <= hi for (lo, hi), g in merged)
+        (shadowed if covered else live).append(n)
     return sorted(live), shadowed
 
 
@@ -499,6 +502,18 @@ class Archive:
 
     # -- readers ------------------------------------------------------------------------
 
+    filesystem = None
+    """What readers hand pyarrow with a listed file: None, the local disk (aggregator.mirror.RemoteArchive
+    has its object store's)."""
+
+    def days(self, table: str) -> list[date]:
+        """The days of `table` with a folder."""
+        out = []
+        for d in (self.root / table).glob("day=*"):
+            with contextlib.suppress(ValueError):
+                out.append(date.fromisoformat(d.name[4:]))
+        return sorted(out)
+
     def files(self, table: str, first: date, last: date, sensors: Iterable[str] | None = None) -> list[str]:
         """The live files of one table for days first..last (inclusive) that may hold rows of `sensors` (all
         by default). Hour folders hold every sensor's rows: a reader of some sensors filters on the `sensor`
@@ -517,6 +532,12 @@ class Archive:
                         out += [str(f) for f in _live(folder)[0]]
             day += timedelta(days=1)
         return out
+
+    def live_files(self) -> Iterable[tuple[str, Path]]:
+        """Every live file, as (path relative to the root, path): what a mirror copies."""
+        for table, _, folder in self._folders():
+            for f in _live(folder)[0]:
+                yield f"{table}/{folder.parent.name}/{folder.name}/{f.name}", f
 
     def sensors(self) -> list[str]:
         """Every sensor with rows in the archive (noted at export; an older archive's folder names too)."""
@@ -551,6 +572,8 @@ class Archiver(threading.Thread):
         self._deadline = float("inf")
         """Monotonic time after which an export stops between batches (set at shutdown)."""
         self.failure: str | None = None
+        self.mirror = None
+        """aggregator.mirror.Mirror, made at the first export when archive_mirror is set."""
 
     def run(self) -> None:
         try:
@@ -571,12 +594,30 @@ class Archiver(threading.Thread):
             n = self.archive.export(store, self.cfg.retention_days, stop=stop, store_days=self.cfg.store_days)
             if n:
                 log.info("archived %d messages", n)
-            return n
         except (OSError, pa.ArrowException, sqlite3.OperationalError) as e:
             log.error("archive export failed, will retry: %s", e)
             return 0
         finally:
             store.close()
+        self._mirror()
+        return n
+
+    def _mirror(self) -> None:
+        """Copy the archive to `archive_mirror`; a failure (the object store unreachable) is logged and the next
+        round copies what this one did not."""
+        if not self.cfg.archive_mirror:
+            return
+        try:
+            if self.mirror is None:
+                from aggregator.mirror import Mirror
+
+                self.mirror = Mirror(self.cfg.archive_mirror, self.cfg.archive_mirror_name,
+                                     self.cfg.archive_mirror_options)  # fmt: skip
+            copied, removed = self.mirror.push(self.archive)
+            if copied or removed:
+                log.info("archive mirror: %d files copied, %d removed", copied, removed)
+        except Exception as e:  # noqa: BLE001 - any backend's error: the local archive is whole, retry later
+            log.error("archive mirror failed, will retry: %s", one_line(e))
 
     def stop(self, final_export: bool = True, within_s: float = SHUTDOWN_EXPORT_S) -> None:
         """Stop exporting: the export under way ends after its current batch; then, at most `within_s` more of

@@ -50,7 +50,6 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -148,9 +147,10 @@ class Groups:
         return self.subset(np.isin(self.sensors, list(names)))
 
 
-def _read(files: list[str], columns: list[str], sensors: list[str] | None = None) -> pa.Table | None:
+def _read(files: list[str], columns: list[str], sensors: list[str] | None = None,
+          filesystem=None) -> pa.Table | None:  # fmt: skip
     """The rows of `sensors` (all when None) in those archive files, or None when there are none."""
-    tables = [only(pq.read_table(f, columns=columns), sensors) for f in files]
+    tables = [only(pq.read_table(f, columns=columns, filesystem=filesystem), sensors) for f in files]
     tables = [t for t in tables if len(t)]
     return pa.concat_tables(tables) if tables else None
 
@@ -393,12 +393,10 @@ class Span:
 
 
 def newest_day(archive, sensors: list[str] | None) -> date | None:
-    root = Path(archive.root) / "population_samples"
-    days = sorted(p.name[4:] for p in root.glob("day=*")) if root.is_dir() else []
-    for d in reversed(days):
-        files = archive.files("population_samples", date.fromisoformat(d), date.fromisoformat(d), sensors)
-        if any(len(only(pq.read_table(f, columns=["sensor"]), sensors)) for f in files):
-            return date.fromisoformat(d)
+    for d in reversed(archive.days("population_samples")):
+        files = archive.files("population_samples", d, d, sensors)
+        if any(len(only(pq.read_table(f, columns=["sensor"], filesystem=archive.filesystem), sensors)) for f in files):
+            return d
     return None
 
 
@@ -412,8 +410,10 @@ def span(last: date, weeks: int) -> Span:
 def read_groups(archive, first: date, last: date, sensors: list[str] | None) -> tuple[Groups, list[str]]:
     """The statistics of days first..last (inclusive) and the sensors they came from."""
     with archive.reading():
-        hist = _read(archive.files("population_histograms", first, last, sensors), HIST_COLUMNS, sensors)
-        samples = _read(archive.files("population_samples", first, last, sensors), SAMPLE_COLUMNS, sensors)
+        hist = _read(archive.files("population_histograms", first, last, sensors), HIST_COLUMNS, sensors,
+                     archive.filesystem)  # fmt: skip
+        samples = _read(archive.files("population_samples", first, last, sensors), SAMPLE_COLUMNS, sensors,
+                        archive.filesystem)  # fmt: skip
     names = sorted(set(samples["sensor"].to_pylist())) if samples is not None else []
     return group_stats(hist, samples), names
 

@@ -20,6 +20,12 @@ from ntds.flows.profiles import PROFILES
 PROG = "ntds-aggregator"
 
 
+ARCHIVE_HELP = (
+    "read this archive instead of the configured one: a folder, or the URL an aggregator mirrors to "
+    "(archive_mirror: s3://bucket/prefix), read with archive_mirror_options"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog=PROG, description="ntds aggregator")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -116,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     le.add_argument("--promote", action="store_true", help="promote the candidate if every check passes")
     le.add_argument("--note", default="", help="why: kept with the version if it is promoted")
     le.add_argument("--json", action="store_true", help="what was learned and checked, as one JSON object")
+    le.add_argument("--archive", metavar="FOLDER|URL", help=ARCHIVE_HELP)
     le.set_defaults(func=_baseline_learn)
     vs = bsub.add_parser("versions", help="every promoted version, newest first; * marks the active one")
     vs.add_argument("--json", action="store_true", help="JSON lines")
@@ -144,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
         "weekly",
         help="one ISO week (UTC): report.html, report.json and CSV tables",
         description="Build the weekly report with Dask: in-process by default, on a Dask distributed cluster with "
-        "--scheduler (its workers must see the archive at the same path). New messages are archived first.",
+        "--scheduler (its workers must see the archive at the same path, or read it from an object store: "
+        "--archive URL). New messages are archived first.",
     )
     w.add_argument("--config", required=True, help="aggregator.yaml")
     w.add_argument("--week", help="ISO week such as 2026-W47 (default: the last complete week)")
@@ -153,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="Dask distributed scheduler address")
     w.add_argument("--scheduler-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="how long to try to reach the scheduler (default 10)")  # fmt: skip
+    w.add_argument("--archive", metavar="FOLDER|URL", help=ARCHIVE_HELP + " (nothing is exported first)")
     w.set_defaults(func=_report_weekly)
 
     al = sub.add_parser("alerts", help="list stored alerts")
@@ -373,6 +382,7 @@ def _baseline_learn(args) -> int:
     from aggregator.archive import Archive
     from aggregator.baseline_learn import learn, words
     from aggregator.config import load
+    from aggregator.mirror import open_archive
     from aggregator.store import open_store
     from ntds.detect.baseline import save
 
@@ -383,9 +393,15 @@ def _baseline_learn(args) -> int:
         current = baselines.active(db)
         active = baselines.check(current.content, f"active version {current.version}") if current else None
         profile = args.profile or (active.profile if active else "unicauca")
-        doc, checks, sp = learn(Archive(cfg.archive), weeks=args.weeks, until=args.until, sensors=args.sensor,
-                                min_count=args.min_count, feature_profile=profile, active=active,
-                                fleet=args.combine_sensors)  # fmt: skip
+        archive = open_archive(args.archive, cfg.archive_mirror_options) if args.archive else Archive(cfg.archive)
+        try:
+            doc, checks, sp = learn(archive, weeks=args.weeks, until=args.until, sensors=args.sensor,
+                                    min_count=args.min_count, feature_profile=profile, active=active,
+                                    fleet=args.combine_sensors)  # fmt: skip
+        except ValueError as e:  # statistics no scorer can be fitted on (empty histograms): the archive's fault
+            raise InputError(f"{archive.root}: cannot learn from these statistics: {e}") from None
+        except OSError as e:
+            raise InputError(f"{archive.root}: cannot read the archive: {e.strerror or e}") from None
         out = Path(args.output)
         try:
             save(doc, out)
@@ -497,23 +513,32 @@ def _report_weekly(args) -> int:
     import time
 
     from aggregator.archive import Archive
+    from aggregator.mirror import open_archive
     from aggregator.report.page import write
     from aggregator.report.weekly import Week, compute
 
     week = Week.parse(args.week) if args.week else Week.previous_complete()
     cfg, store = _open_store(args.config)
-    archive = Archive(cfg.archive)
     try:
-        archive.export(store, cfg.retention_days, store_days=cfg.store_days)
-        dated = store.count_dated(week.start_s, week.end_s)
+        if args.archive:  # a mirror, or another aggregator's archive: read as it is
+            archive = open_archive(args.archive, cfg.archive_mirror_options)
+            dated = 0
+        else:
+            archive = Archive(cfg.archive)
+            archive.export(store, cfg.retention_days, store_days=cfg.store_days)
+            dated = store.count_dated(week.start_s, week.end_s)
     except OSError as e:
-        raise InputError(f"{cfg.archive}: cannot write the archive: {e.strerror or e}") from None
+        where = args.archive or cfg.archive
+        raise InputError(f"{where}: cannot read or write the archive: {e.strerror or e}") from None
     finally:
         store.close()
     if args.sensor:
-        unknown = sorted(set(args.sensor) - set(archive.sensors()))
+        try:
+            unknown = sorted(set(args.sensor) - set(archive.sensors()))
+        except OSError as e:
+            raise InputError(f"{archive.root}: cannot read the archive: {e.strerror or e}") from None
         if unknown:
-            raise InputError(f"--sensor {', '.join(unknown)}: no data from such a sensor in {cfg.archive}")
+            raise InputError(f"--sensor {', '.join(unknown)}: no data from such a sensor in {archive.root}")
     client = contextlib.nullcontext()
     if args.scheduler:
         from distributed import Client

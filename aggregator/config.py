@@ -94,6 +94,20 @@ class AggregatorConfig(Settings):
         "recent views (alerts not closed are kept whatever their age; reports and learning read the archive); 0: as "
         "long as retention_days", low=0, high=36500,
     )  # fmt: skip
+    archive_mirror: str = setting(
+        "str", "", "an fsspec URL (s3://bucket/prefix) serve copies the archive to after every export, under "
+        "source=<archive_mirror_name>/, for Dask workers elsewhere and for several aggregators' one archive; "
+        "empty: none (README: A fleet past one aggregator)",
+    )  # fmt: skip
+    archive_mirror_name: str = setting(
+        "str", "aggregator", "this aggregator's folder in the mirror (unique among the aggregators that mirror to "
+        "one place)",
+    )  # fmt: skip
+    archive_mirror_options: dict = setting(
+        "mapping", {}, "fsspec storage options of archive_mirror and of --archive URLs, e.g. {endpoint_url: "
+        "https://minio.example:9000}; credentials from the environment (AWS_ACCESS_KEY_ID ...): check-config "
+        "prints these options",
+    )  # fmt: skip
     archive_interval_s: int = setting("int", 30, "seconds between archive exports while serving", low=1, high=86400)
     store_check_at_start_mb: int = setting(
         "int", 256, "a store up to this size is checked whole before serve starts; a larger one in the background",

@@ -31,10 +31,10 @@ from aggregator.quotas import Quotas
 from aggregator.store import Store
 from aggregator.zap import ZapHandler
 from ntds.logs import printable
+from ntds.wire.liveness import watch_peer
 from ntds.wire.schema import MAX_FRAME, MESSAGE_TYPES, Message, WireError, ack, decode, encode
 
 log = logging.getLogger("ntds.aggregator.receiver")
-HEARTBEAT_MS = 5000
 HANDSHAKE_EVENTS = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
@@ -65,8 +65,7 @@ class Receiver:
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.linger = 0
         self.socket.setsockopt(zmq.MAXMSGSIZE, 4 * MAX_FRAME)  # bigger frames cost a disconnect, not memory
-        self.socket.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_MS)
-        self.socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * HEARTBEAT_MS)
+        watch_peer(self.socket)  # not ZMTP heartbeats: ntds/wire/liveness.py says why
         self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted sensor takes over its old identity
         # A connection that has not completed its CURVE handshake within this time is dropped: a flood of
         # idle TCP connections cannot hold file descriptors for long.

@@ -19,10 +19,10 @@ import time
 
 import zmq
 
+from ntds.wire.liveness import watch_peer
 from ntds.wire.schema import WireError, decode
 from sensor.spool import Spool
 
-HEARTBEAT_MS = 5000
 MAX_RESEND_S = 60.0
 """Longest wait for an acknowledgement before a message is sent again (the resend back-off's ceiling)."""
 JITTER = 0.2
@@ -48,8 +48,7 @@ class Link:
         self.context = zmq.Context() if context is None else context
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.linger = 0
-        self.socket.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_MS)
-        self.socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * HEARTBEAT_MS)
+        watch_peer(self.socket)  # not ZMTP heartbeats: ntds/wire/liveness.py says why
         self.socket.setsockopt(zmq.RECONNECT_IVL, 100)
         self.socket.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
         self.socket.setsockopt(zmq.SNDHWM, 2 * window)

@@ -5,7 +5,6 @@ Nothing leaves the store before the archive and every reader of the store after 
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import sqlite3
 from datetime import date
@@ -21,8 +20,7 @@ from aggregator.broadcast import outbox
 from aggregator.manager import Manager, QueueFilter
 from aggregator.report.weekly import Week, compute
 from aggregator.store import Store
-from ntds.wire import schema as wire
-from tests.week_scenario import WEEK, build_archive
+from tests.week_scenario import WEEK, add_stats, build_archive
 
 DAY = 86400
 TODAY = date(2026, 11, 24)
@@ -46,16 +44,6 @@ def site(built, tmp_path):
     return copy
 
 
-def stats(store: Store, n: int) -> None:
-    """Population statistics (what `baseline learn` reads) from one more sensor, in the week."""
-    messages = []
-    for i in range(n):
-        body = json.loads(json.dumps(wire.EXAMPLES["stats"]))
-        body["interval_start"] = f"2026-11-{17 + i % 5:02d}T{i % 24:02d}:00:00Z"
-        messages.append(wire.decode(wire.encode(wire.Message("stats", "tap-stats", i + 1, wire.now_iso(), body))))
-    store.store(messages)
-
-
 def learned(archive: Archive) -> list:
     """What `baseline learn` reads of the week: every field of its groups, as plain lists."""
     groups, sensors = read_groups(archive, date(2026, 11, 16), date(2026, 11, 22), None)
@@ -69,7 +57,7 @@ def ids(store: Store, where: str = "1") -> set[int]:
 
 def test_a_store_past_its_hot_window_serves_the_same_reports_learning_and_open_alerts(site, tmp_path):
     store, archive = site(tmp_path)
-    stats(store, 12)
+    add_stats(store, 12)
     archive.export(store, today=TODAY)
     alerts = sorted(ids(store, "type = 'alert'"))
     assert len(alerts) >= 6

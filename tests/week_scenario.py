@@ -15,6 +15,7 @@ days, so the week boundary, an empty day and two sensors are all in play.
 
 from __future__ import annotations
 
+import json
 import random
 from collections import defaultdict
 from dataclasses import dataclass
@@ -206,6 +207,16 @@ def build_archive(folder: Path, min_alert_tier: int = 3) -> tuple[Store, Archive
     archive = Archive(folder / "archive")
     archive.export(store, today=date(2026, 11, 24))
     return store, archive, truth
+
+
+def add_stats(store: Store, n: int) -> None:
+    """Population statistics (what `baseline learn` reads) from one more sensor, tap-stats, in the week."""
+    messages = []
+    for i in range(n):
+        body = json.loads(json.dumps(wire.EXAMPLES["stats"]))
+        body["interval_start"] = f"2026-11-{17 + i % 5:02d}T{i % 24:02d}:00:00Z"
+        messages.append(wire.decode(wire.encode(wire.Message("stats", "tap-stats", i + 1, wire.now_iso(), body))))
+    store.store(messages)
 
 
 def expected(truth: list[Truth], sensors: list[str] | None = None) -> dict:

@@ -64,7 +64,7 @@ def assemble(q: Query, r: dict) -> dict:
         "flows_per_tier_per_day": per_day,
         "alerts_per_tier": [int(alert_count.get(k, 0)) for k in range(TIERS)],
         "alerts_per_kind": {str(k): int(n) for k, n in sorted(week.groupby("kind").size().items())},
-        "rarest": _rarest(week.nlargest(RAREST, ["tier", "score"])),
+        "rarest": _rarest(week),
         "tiers_per_application": per_app,
         "hosts": _hosts(week),
         "scanners": _scanners(week),
@@ -72,8 +72,13 @@ def assemble(q: Query, r: dict) -> dict:
     }
 
 
-def _rarest(rarest: pd.DataFrame) -> list[dict]:
-    top = rarest.sort_values(["tier", "score", "time", "sensor", "seq"], ascending=[False, False, True, True, True])
+RANKING = (["tier", "score", "time", "sensor", "seq"], [False, False, True, True, True])
+"""Rarest first; ties by time, then sensor and sequence: never by file order, which differs between an
+archive and its mirror from several aggregators."""
+
+
+def _rarest(week: pd.DataFrame) -> list[dict]:
+    top = week.sort_values(RANKING[0], ascending=RANKING[1])
     listed = []
     for a in top.head(RAREST).itertuples(index=False):
         listed.append(
@@ -140,7 +145,7 @@ def _beacons(week: pd.DataFrame) -> list[dict]:
     beacons = week[week["kind"] == "beacon"]
     rows = []
     for (src, dst, port), mine in beacons.groupby(["src_ip", "dst_ip", "dst_port"]):
-        best = mine.sort_values(["tier", "score"], ascending=False).iloc[0]
+        best = mine.sort_values(RANKING[0], ascending=RANKING[1]).iloc[0]
         facts = {e["axis"]: e for e in json.loads(best["explanation"])}
         rows.append({
             "src_ip": src, "dst_ip": dst, "dst_port": int(port), "application": best["application"],

@@ -24,8 +24,8 @@ HISTORY_WEEKS = 12
 TIER_COLUMNS = [f"tier{k}" for k in range(TIERS)]
 
 
-def _read(path: str, table: str, sensors: list[str] | None = None) -> pd.DataFrame:
-    return only(pq.read_table(path, schema=TABLES[table]), sensors).to_pandas()
+def _read(path: str, table: str, sensors: list[str] | None = None, filesystem=None) -> pd.DataFrame:
+    return only(pq.read_table(path, schema=TABLES[table], filesystem=filesystem), sensors).to_pandas()
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class Query:
         files = self.archive.files(table, first or self.first, self.last, self.sensors)
         if not files:
             return dd.from_pandas(TABLES[table].empty_table().to_pandas(), npartitions=1)
-        return dd.from_map(_read, files, table=table, sensors=self.sensors,
+        return dd.from_map(_read, files, table=table, sensors=self.sensors, filesystem=self.archive.filesystem,
                            meta=TABLES[table].empty_table().to_pandas())  # fmt: skip
 
 
