@@ -24,12 +24,18 @@ def liveness(s: zmq.Socket, mode: str) -> None:
         watch_peer(s)
 
 
-def server(mode: str, port: int) -> None:
-    s = zmq.Context().socket(zmq.ROUTER)
+def socket(kind: int, mode: str) -> zmq.Socket:
+    """Each end holds everything it is sent but reads only 10 messages ahead."""
+    s = zmq.Context().socket(kind)
     s.linger = 0
     liveness(s, mode)
     s.setsockopt(zmq.RCVHWM, 10)
     s.setsockopt(zmq.SNDHWM, 100_000)
+    return s
+
+
+def server(mode: str, port: int) -> None:
+    s = socket(zmq.ROUTER, mode)
     s.bind(f"tcp://127.0.0.1:{port}")
     peer = s.recv_multipart()[0]
     for _ in range(MESSAGES):
@@ -43,11 +49,7 @@ def server(mode: str, port: int) -> None:
 
 
 def client(mode: str, port: int) -> None:
-    d = zmq.Context().socket(zmq.DEALER)
-    d.linger = 0
-    liveness(d, mode)
-    d.setsockopt(zmq.SNDHWM, 100_000)
-    d.setsockopt(zmq.RCVHWM, 10)
+    d = socket(zmq.DEALER, mode)
     d.connect(f"tcp://127.0.0.1:{port}")
     for _ in range(MESSAGES):
         d.send(b"x" * 1000)
