@@ -86,7 +86,7 @@ class AggregatorConfig(Settings):
         "(README: Baselines that learn); no: only with --promote or by hand", choices=("no", "yes"),
     )  # fmt: skip
     store: Path = setting("path", "/var/lib/ntds-aggregator/store.db", "the durable message store (SQLite)")
-    archive: Path = setting("path", "/var/lib/ntds-aggregator/archive", "the Parquet archive reports read")
+    archive: Path = setting("path", "", "the Parquet archive reports read (default: archive/ beside the store)")
     retention_days: int = setting("int", 400, "days of data kept, counted from arrival (0: everything)", low=0,
                                   high=36500)  # fmt: skip
     store_days: int = setting(
@@ -183,6 +183,8 @@ class AggregatorConfig(Settings):
             parse_routes(values["routes"], receivers)
         except ValueError as e:
             raise InputError(f"{path}: {e}") from None
+        if not values["archive"]:  # beside the store, not in a system folder another aggregator may use
+            values["archive"] = Path(values["store"]).parent / "archive"
         return values
 
     @property
