@@ -114,6 +114,11 @@ class Aggregator:
         return time.monotonic() - t
 
 
+STEADY_AFTER_S = 10.0
+"""p99_after_start leaves out messages appended in the run's first seconds: every sensor's CURVE handshake (and the
+aggregator's ZAP check of its key) happens then, and a message waits for its connection."""
+
+
 class TimedSpool(Spool):
     """A spool that remembers when each message was appended and how long its acknowledgement took."""
 
@@ -121,6 +126,8 @@ class TimedSpool(Spool):
         super().__init__(*args, **kwargs)
         self.appended: dict[int, float] = {}
         self.latencies: list[float] = []
+        self.appended_at: list[float] = []
+        """When each acknowledged message was appended (beside `latencies`)."""
         self.count = 0
 
     def append(self, items):
@@ -137,6 +144,7 @@ class TimedSpool(Spool):
             t = self.appended.pop(s, None)
             if t is not None:
                 self.latencies.append(now - t)
+                self.appended_at.append(t)
         return super().ack(seqs)
 
 
@@ -259,6 +267,8 @@ def run(n: int, minutes: float, speed: float, kill_at: float | None) -> dict:
     cpu = agg.cpu()
     resends = sum(link.sent for _, link in fleet.sensors) - sum(spool.count for spool, _ in fleet.sensors)
     latencies = sorted(x for spool, _ in fleet.sensors for x in spool.latencies)
+    steady = sorted(x for spool, _ in fleet.sensors for x, t in zip(spool.latencies, spool.appended_at)
+                    if t >= start + STEADY_AFTER_S)  # fmt: skip
     appended = {spool.sensor_id: spool.count for spool, _ in fleet.sensors}
     unacked = fleet.pending()
     fleet.close()
@@ -284,6 +294,7 @@ def run(n: int, minutes: float, speed: float, kill_at: float | None) -> dict:
         "ack_latency_s": {
             "p50": round(statistics.median(latencies), 3) if latencies else None,
             "p99": round(latencies[int(0.99 * (len(latencies) - 1))], 3) if latencies else None,
+            "p99_after_start": round(steady[int(0.99 * (len(steady) - 1))], 3) if steady else None,
         },
         "aggregator_cpu_s": round(cpu, 1),
         "aggregator_cpu_ms_per_message": round(cpu / max(acked, 1) * 1000, 3),
