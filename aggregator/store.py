@@ -378,17 +378,15 @@ class Store:
         messages of its own spools, notices and retro-hunt alerts, after the newest stored). Walks ids upward
         from where the last call stopped (arrival follows id), a transaction per batch, so receiving never waits
         long behind it."""
-        kept = {i for (i,) in self.db.execute("SELECT id FROM alerts WHERE status != 'closed'")}
-        if self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'notify_pending'").fetchone():
-            kept |= {i for (i,) in self.db.execute("SELECT alert_id FROM notify_pending")}
-        kept |= {i for (i,) in self.db.execute("SELECT MAX(id) FROM messages GROUP BY sensor, spool")}
-        mark, gone = self.state(COLD_MARK), 0
+        mark, gone, kept = self.state(COLD_MARK), 0, None
         while not (stop and stop()):
             rows = self.db.execute("SELECT id, received FROM messages WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
                                    (mark, up_to_id, batch)).fetchall()  # fmt: skip
             warm = next((k for k, (_, received) in enumerate(rows) if received >= received_before), len(rows))
             if not warm:
                 break
+            if kept is None:  # only once something is cold: most exports find nothing, and this reads every spool
+                kept = self._kept_cold()
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 gone += self.db.executemany(
@@ -404,6 +402,13 @@ class Store:
             if warm < len(rows):
                 break
         return gone
+
+    def _kept_cold(self) -> set[int]:
+        """Ids `forget_cold` keeps whatever their age."""
+        kept = {i for (i,) in self.db.execute("SELECT id FROM alerts WHERE status != 'closed'")}
+        if self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'notify_pending'").fetchone():
+            kept |= {i for (i,) in self.db.execute("SELECT alert_id FROM notify_pending")}
+        return kept | {i for (i,) in self.db.execute("SELECT MAX(id) FROM messages GROUP BY sensor, spool")}
 
     def alerts(self, sensor: str | None = None, since: float | None = None, min_tier: int = 0,
                limit: int = 0) -> list[tuple[int, str, int, dict]]:  # fmt: skip

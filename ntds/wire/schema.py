@@ -1515,19 +1515,15 @@ def encode(message: Message, version: int = VERSION) -> bytes:
     # A sensor must never send what the aggregator would refuse. For a plain object that passes the compiled
     # check, checking the object itself answers as decoding the frame would: every value is schema'd, every
     # integer field is bounded far below the 20 digits the decoder refuses unparsed, and dumps has refused
-    # non-finite floats.
-    # Anything short of a plain valid object (a tuple for a list, a dict subclass, a mistake) goes through
-    # decoding the frame, which answers exactly as the aggregator will.
+    # non-finite floats. Anything else (a tuple for a list, a dict subclass, a mistake) goes through decoding
+    # the frame, which answers exactly as the aggregator will.
     kind = obj["type"]
     fast = (version == VERSION and len(frame) <= MAX_FRAME and _fits(ENVELOPE)(obj) and kind in SCHEMA
             and obj["sensor"] and _fits(SCHEMA[kind])(obj["body"]))  # fmt: skip
-    if not fast:
+    if fast:
+        _type_check(kind, obj["body"])
+    else:
         decode(frame)
-    elif MESSAGE_TYPES[kind].check is not None:
-        try:
-            MESSAGE_TYPES[kind].check(obj["body"])
-        except ValueError as e:
-            raise WireError(str(e)) from None
     return frame
 
 
@@ -1574,10 +1570,15 @@ def _validate(obj: dict) -> None:
     if not obj["sensor"]:
         raise WireError("envelope: sensor must be non-empty")
     _check_fast(SCHEMA[kind], obj["body"], kind)
+    _type_check(kind, obj["body"])
+
+
+def _type_check(kind: str, body: dict) -> None:
+    """The message type's own check beyond its fields (statistics' histograms, context's sketches), if any."""
     check = MESSAGE_TYPES[kind].check
     if check is not None:
         try:
-            check(obj["body"])
+            check(body)
         except ValueError as e:
             raise WireError(str(e)) from None
 
