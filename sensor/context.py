@@ -121,8 +121,9 @@ class ContextCounter:
         self.max_hosts = max_hosts
         self._intervals: dict[int, _Interval] = {}
 
-    def add(self, t: FlowTraffic, fingerprint: str = "") -> None:
-        cls, src_is_client = self.classes.classify(t.src_ip, t.dst_ip)
+    def add(self, t: FlowTraffic, fingerprint: str = "", classified: tuple[str, bool] | None = None) -> None:
+        """Count one flow (`classified` as in Summariser.add)."""
+        cls, src_is_client = classified or self.classes.classify(t.src_ip, t.dst_ip)
         if cls == OTHER:
             return  # multicast, broadcast, or no local end: nobody of the site reached anything
         start = t.start_ms - t.start_ms % self.interval_ms

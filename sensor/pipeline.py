@@ -450,15 +450,23 @@ class Pipeline:
         self._spool_alerts(judged.alerts)
         if self.populations is not None and judged.scored is not None:
             self.populations.add(judged.scored)
+        summariser, context, counters = self.summariser, self.context, self.counters
+        classify, tiers = summariser.classes.classify, counters.tiers
+        packets, latest = 0, self._data_clock_ms
         for r, tier in zip(pending, judged.tiers):
-            self.summariser.add(r.traffic, tier)
-            if self.context is not None:
-                self.context.add(r.traffic, (r.extra[5] or "") if r.extra else "")
-            self.counters.packets += r.traffic.packets_fwd + r.traffic.packets_bwd
+            t = r.traffic
+            classified = classify(t.src_ip, t.dst_ip)
+            summariser.add(t, tier, classified)
+            if context is not None:
+                context.add(t, (r.extra[5] or "") if r.extra else "", classified)
+            packets += t.packets_fwd + t.packets_bwd
             if tier is not None:
-                self.counters.tiers[tier] += 1
-            self._data_clock_ms = max(self._data_clock_ms, r.traffic.start_ms)
-        self.counters.flows += len(pending)
+                tiers[tier] += 1
+            if t.start_ms > latest:
+                latest = t.start_ms
+        counters.packets += packets
+        self._data_clock_ms = latest
+        counters.flows += len(pending)
         self.notify.watchdog()
 
     def _record(self, pending: list[FlowRecord]) -> None:

@@ -73,7 +73,9 @@ class Summariser:
         self._reported = [0, 0]
         self.skipped = 0  # flows whose clock cannot be a date (fuzzed captures)
 
-    def add(self, t: FlowTraffic, tier: int | None = None) -> None:
+    def add(self, t: FlowTraffic, tier: int | None = None, classified: tuple[str, bool] | None = None) -> None:
+        """Count one flow; `classified` is its (traffic class, src is the client) when the caller already has it
+        (the sensor classifies each flow once for the summaries and the context counts)."""
         start = t.start_ms - t.start_ms % self.interval_ms
         b = self._buckets.get(start)
         if b is None:
@@ -87,7 +89,7 @@ class Summariser:
         b.flows += 1
         b.packets += pf + pb
         b.bytes += bf + bb
-        cls, src_is_client = self.classes.classify(t.src_ip, t.dst_ip)
+        cls, src_is_client = classified or self.classes.classify(t.src_ip, t.dst_ip)
         up, down = (bf, bb) if src_is_client else (bb, bf)
         row = b.traffic[cls]
         row[0] += 1

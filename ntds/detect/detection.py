@@ -189,6 +189,10 @@ class Detection:
 
         behind = self.behind
         detectors = self.detectors
+        # Detector.findings is learn_one then score_one: called directly (no list a flow) unless a detector
+        # overrides it to share work between the two steps.
+        steps = [(d, None, d.findings) if type(d).findings is not Detector.findings else (d, d.learn_one, d.score_one)
+                 for d in detectors]  # fmt: skip
         found = self.workers.receive() if self.workers is not None else None
 
         def host(f: Finding, d: Detector) -> None:
@@ -205,9 +209,15 @@ class Detection:
                 sent(grouper.advance(now))
             behind.add(t, tiers[i])
             if found is None:
-                for d in detectors:
-                    for f in d.findings(t):
-                        host(f, d)
+                for d, learn, judge in steps:
+                    if learn is None:
+                        for f in judge(t):
+                            host(f, d)
+                    else:
+                        learn(t)
+                        f = judge(t)
+                        if f is not None:
+                            host(f, d)
             else:
                 for d_i, f in found.get(i, ()):
                     host(f, detectors[d_i])
