@@ -6,6 +6,13 @@ claims another sensor's id (counted, per reason), store the rest in one
 transaction, then acknowledge every message of the batch to its sender,
 including duplicates of messages stored before (a lost ack means a resend).
 
+Overload: each connection queues at most RECEIVE_QUEUE frames in memory (libzmq stops reading that
+connection's TCP beyond it, and the sensor's own queue and spool hold the rest), so memory is bounded by the
+number of sensors, not by how far behind the aggregator is. A receiver whose batches have all stopped at their
+limit for BUSY_AFTER_S is behind: its acknowledgements say busy (`busy_s`), and its sensors hold their resends,
+which would only queue twice what is already queued; once a batch ends short of its limit, every connection
+told so is told it has caught up.
+
 Quotas (`aggregator.quotas`): a message over its sensor's rate or its bytes of
 the day is neither decoded nor stored nor acknowledged: it stays in the sensor's
 spool and comes again. With CURVE the sensor is known from the connection's key
@@ -42,6 +49,15 @@ HANDSHAKE_MS = 5000
 BATCH = 2000
 BATCH_BYTES = 8 * 2**20
 """Frames read per batch stop here too: one transaction stays short whatever the frames' size."""
+RECEIVE_QUEUE = 100
+"""Frames one connection may have waiting in the aggregator's memory (the ROUTER's receive high-water mark, per
+connection): 1,000 sensors at most 100,000 frames of at most 64 kB, and typically 1-2 kB."""
+BUSY_AFTER_S = 2.0
+"""Batches stopped at their limit for this long (more was waiting each time) make the receiver busy."""
+BUSY_HOLD_S = 30
+"""What a busy receiver asks of its sensors: resend nothing for this long (renewed with every acknowledgement)."""
+MAX_TOLD = 100_000
+"""Connections remembered as told busy (past it, one is released by its hold running out)."""
 REFUSALS_EVERY_S = 1.0
 """Quota refusals are written with the next batch, or on their own at most this often."""
 
@@ -65,6 +81,7 @@ class Receiver:
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.linger = 0
         self.socket.setsockopt(zmq.MAXMSGSIZE, 4 * MAX_FRAME)  # bigger frames cost a disconnect, not memory
+        self.socket.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE)
         watch_peer(self.socket)  # not ZMTP heartbeats: ntds/wire/liveness.py says why
         self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted sensor takes over its old identity
         # A connection that has not completed its CURVE handshake within this time is dropped: a flood of
@@ -106,6 +123,14 @@ class Receiver:
         self._refused_written = time.monotonic()
         self.refused: Counter[str] = Counter()
         """Messages refused over a quota since start, per sensor."""
+        self.batch = BATCH
+        self.busy_after_s = BUSY_AFTER_S
+        self.busy = False
+        self.busy_batches = 0
+        """Batches acknowledged as busy since start."""
+        self._behind_since: float | None = None
+        self._told_busy: dict[tuple[bytes, str, str], None] = {}
+        """Connections (and the sensor and spool on them) told busy since the receiver fell behind."""
 
     def close(self) -> None:
         if self.zap:
@@ -123,12 +148,13 @@ class Receiver:
         corrupt file): serving on would acknowledge nothing while looking alive."""
         self._jobs()
         if not self.socket.poll(timeout_ms):
+            self._pace(False)
             return self._store_refusals()
         batch: list[tuple[bytes, Message]] = []
         rejections: Counter[str] = Counter()
         size = read = 0
         self.quotas.start_batch()
-        while read < BATCH and size < BATCH_BYTES:  # every frame counts: a flood of refused ones ends a batch too
+        while read < self.batch and size < BATCH_BYTES:  # every frame counts: a flood of refused ones ends one too
             try:
                 frames = self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
@@ -161,6 +187,7 @@ class Receiver:
             elif not self._admit(msg.sensor, n):  # plain text (tests): the id is known once parsed
                 continue
             batch.append((identity, msg))
+        self._pace(read >= self.batch or size >= BATCH_BYTES)
         if self.zap is not None:
             rejections.update(self.zap.take_refusals())
         rejections.update(self._handshake_failures())
@@ -189,12 +216,16 @@ class Receiver:
         acks: dict[tuple[bytes, str, str, int], list[int]] = defaultdict(list)
         for identity, m in batch:
             acks[(identity, m.sensor, m.spool, m.version)].append(m.seq)
+        busy_s = BUSY_HOLD_S if self.busy else 0
+        self.busy_batches += self.busy
         for (identity, sensor, spool, version), seqs in acks.items():
-            # Older sensors are answered in their own version. A peer gone since resends, and the duplicate is
-            # acknowledged then.
-            frame = encode(ack(sensor, spool, seqs), version=version)
+            # Older sensors are answered in their own version (before 8 without busy). A peer gone since
+            # resends, and the duplicate is acknowledged then.
+            frame = encode(ack(sensor, spool, seqs, busy_s), version=version)
             with contextlib.suppress(zmq.ZMQError):
                 self.socket.send_multipart([identity, frame], flags=zmq.NOBLOCK)
+            if busy_s and version >= 8 and len(self._told_busy) < MAX_TOLD:
+                self._told_busy[(identity, sensor, spool)] = None
         for identity, m in batch:
             self.identities[m.sensor] = identity
         if any(m.type == "evidence" for _, m in batch):
@@ -207,6 +238,27 @@ class Receiver:
                     with contextlib.suppress(zmq.ZMQError):  # a peer gone since is offered it again when back
                         self.socket.send_multipart([identity, encode(part)], flags=zmq.NOBLOCK)
         return len(batch)
+
+    def _pace(self, full: bool) -> None:
+        """Busy once every batch has stopped at its limit for busy_after_s; caught up at the first that does not,
+        and then every connection told busy hears so (an empty acknowledgement that is not busy)."""
+        now = time.monotonic()
+        if full:
+            if self._behind_since is None:
+                self._behind_since = now
+            if not self.busy and now - self._behind_since >= self.busy_after_s:
+                self.busy = True
+                log.warning("behind: every batch fills up, acknowledgements ask sensors to hold their resends")
+            return
+        self._behind_since = None
+        if not self.busy:
+            return
+        self.busy = False
+        told, self._told_busy = self._told_busy, {}
+        for identity, sensor, spool in told:
+            with contextlib.suppress(zmq.ZMQError):
+                self.socket.send_multipart([identity, encode(ack(sensor, spool, []))], flags=zmq.NOBLOCK)
+        log.warning("caught up: told %d connections to resend what is overdue", len(told))
 
     def _jobs(self) -> None:
         """Once a second: send open pcap jobs to their connected sensors, assemble the answers complete."""

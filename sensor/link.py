@@ -8,12 +8,16 @@ twice as long, up to `MAX_RESEND_S`, with +-20% random jitter: an overloaded
 aggregator is not answered by the whole fleet resending its whole window every
 few seconds, in step. Progress resets it: once acknowledgements come again (the
 aggregator is back or has caught up), messages waiting on a long back-off are
-sent again within `resend_after`. ZeroMQ reconnects by itself and heartbeats
-detect a dead peer.
+sent again within `resend_after`. An aggregator that is behind says so in its
+acknowledgements (`busy_s`): nothing is resent until that time has passed (what
+was sent waits in its queue), and once it says it has caught up, what is overdue
+goes out within `resend_after`. ZeroMQ reconnects by itself; TCP keepalive finds a
+dead peer (ntds/wire/liveness.py).
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 
@@ -23,6 +27,7 @@ from ntds.wire.liveness import watch_peer
 from ntds.wire.schema import WireError, decode
 from sensor.spool import Spool
 
+log = logging.getLogger("ntds.sensor.link")
 MAX_RESEND_S = 60.0
 """Longest wait for an acknowledgement before a message is sent again (the resend back-off's ceiling)."""
 JITTER = 0.2
@@ -65,6 +70,10 @@ class Link:
         self.resent = 0
         self.backed_off = False
         """Some message in flight waits on a back-off longer than resend_after."""
+        self.hold_until = 0.0
+        """While the aggregator says it is busy: nothing is resent before this (monotonic seconds; 0: no hold)."""
+        self.holds = 0
+        """Busy acknowledgements received."""
         self.sent = 0
         self.acked = 0
         self.bad_acks = 0
@@ -113,12 +122,19 @@ class Link:
                     self.bad_acks += 1  # not an ack, or one for a spool this sensor no longer has
                     continue
                 seqs = msg.body["seqs"]
-                self.spool.ack(seqs)
+                if seqs:
+                    self.spool.ack(seqs)
                 for s in seqs:
                     self.tries.pop(s, None)
                     if self.in_flight.pop(s, None) is not None:
                         self.acked += 1
-                if self.backed_off:
+                if msg.body["busy_s"]:
+                    self._hold(time.monotonic(), msg.body["busy_s"])
+                elif self.hold_until:
+                    self.hold_until = 0.0
+                    log.info("the aggregator has caught up: resending what is overdue")
+                    self._progress(time.monotonic())
+                elif self.backed_off:
                     self._progress(time.monotonic())
 
     def _send(self, seq: int, frame: bytes, now: float) -> None:
@@ -130,11 +146,23 @@ class Link:
         self.tries[seq] = tries + 1
         self.resent += tries > 0
         self.backed_off = self.backed_off or tries > 0
-        self.in_flight[seq] = now + self.resend_wait(tries)
+        self.in_flight[seq] = max(now + self.resend_wait(tries), self.hold_until)
         self.sent += 1
 
+    def _hold(self, now: float, busy_s: int) -> None:
+        """The aggregator is behind: no resend before busy_s (and up to 20% more, so that a fleet does not come
+        back in step) from now."""
+        if not self.hold_until:
+            log.info("the aggregator is busy: holding resends for %d s", busy_s)
+        self.holds += 1
+        self.hold_until = max(self.hold_until, now + busy_s * random.uniform(1, 1 + JITTER))
+        for s, due in self.in_flight.items():
+            if due < self.hold_until:
+                self.in_flight[s] = self.hold_until
+
     def _progress(self, now: float) -> None:
-        """Acknowledgements arrive again: what waits on a long back-off goes out within resend_after."""
+        """Acknowledgements arrive again (and not busy): what waits on a long back-off goes out within
+        resend_after."""
         soon = now + self.resend_after * (1 + JITTER)
         for s, due in self.in_flight.items():
             if due > soon:

@@ -68,3 +68,46 @@ def test_the_back_off_is_capped_and_jittered():
     assert min(link.resend_wait(10) for _ in range(50)) >= MAX_RESEND_S * 0.8 - 1e-9
     firsts = {round(link.resend_wait(0), 3) for _ in range(50)}
     assert len(firsts) > 10 and all(4.0 <= w <= 6.0 for w in firsts)  # spread: sensors do not resend in step
+
+
+def test_a_busy_aggregator_holds_resends_until_it_says_it_has_caught_up(tmp_path):
+    """An acknowledgement that says busy stops every resend for that long; "caught up" (an empty acknowledgement,
+    not busy) brings what is overdue back within resend_after, long before the hold would have ended."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    spool = Spool(tmp_path / "spool.db", "tap-01")
+    spool.append([("alert", EXAMPLES["alert"])] * 5)
+    link = Link(spool, f"tcp://127.0.0.1:{port}", resend_after=0.2)
+    seen: dict[int, list[float]] = defaultdict(list)
+    peer: list = []
+
+    def serve(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            link.pump(timeout_ms=5)
+            while router.poll(0):
+                who, frame = router.recv_multipart()
+                m = decode(frame)
+                seen[m.seq].append(time.monotonic())
+                if m.seq == 1 and not peer:  # only the first is stored, and the answer says busy
+                    peer.append((who, m.sensor, m.spool))
+                    router.send_multipart([who, encode(ack(m.sensor, m.spool, [1], busy_s=3))])
+
+    try:
+        serve(1.0)
+        # Without the hold each unanswered message would have come 3 times by now (0, 0.2, 0.6 s).
+        assert sorted(seen) == [1, 2, 3, 4, 5] and all(len(seen[s]) == 1 for s in (2, 3, 4, 5)), seen
+        assert link.holds == 1 and link.hold_until > time.monotonic() + 1.5
+        who, sensor, spool_id = peer[0]
+        router.send_multipart([who, encode(ack(sensor, spool_id, []))])
+        released = time.monotonic()
+        serve(0.6)
+        assert link.hold_until == 0
+        for s in (2, 3, 4, 5):
+            assert len(seen[s]) >= 2 and 0 < seen[s][1] - released < 0.5, seen[s]
+    finally:
+        link.close()
+        spool.close()
+        router.close(0)
+        ctx.term()

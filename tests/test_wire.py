@@ -236,21 +236,34 @@ def test_version_5_frames_are_upgraded_to_version_6():
             decode(frame.replace(b'"v": 5', f'"v": {wire.VERSION}'.encode()))
 
 
-def test_version_6_frames_are_upgraded_to_version_7():
+def test_version_6_frames_are_upgraded():
     """A version 6 sensor (before context messages) is still heard: its health counts no context messages dropped
-    at its spool's limit; a version 7 health must count them."""
+    at its spool's limit; a current health must count them."""
     body = EXAMPLES["health"] | {"spool_dropped": {k: 0 for k in wire.DROP_ORDER if k != "context"}}
     frame = json.dumps({"v": 6, "type": "health", "sensor": "tap-01", "spool": "0123456789abcdef", "seq": 1,
                         "created": "2026-11-23T08:00:00Z", "body": body}).encode()  # fmt: skip
     m = decode(frame)
     assert m.version == 6 and m.body["spool_dropped"]["context"] == 0
     with pytest.raises(WireError, match="context"):
-        decode(frame.replace(b'"v": 6', b'"v": 7'))
+        decode(frame.replace(b'"v": 6', f'"v": {wire.VERSION}'.encode()))
+
+
+def test_version_7_sensors_are_acknowledged_without_busy():
+    """Acknowledgements say busy from version 8 on: a version 7 sensor gets exactly the ack it knows (its decoder
+    refuses unknown fields), and a version 8 decoder reads a version 7 ack as never busy."""
+    frame = encode(wire.ack("tap-01", "0123456789abcdef", [4, 5], busy_s=30), version=7)
+    obj = json.loads(frame)
+    assert obj["v"] == 7 and obj["body"] == {"seqs": [4, 5]}
+    assert decode(frame).body == {"seqs": [4, 5], "busy_s": 0}
+    now = decode(encode(wire.ack("tap-01", "0123456789abcdef", [4, 5], busy_s=30)))
+    assert now.version == wire.VERSION == 8 and now.body["busy_s"] == 30
+    with pytest.raises(WireError, match="busy_s"):  # a version 8 ack must say it
+        decode(frame.replace(b'"v":7', b'"v":8'))
 
 
 def test_context_sketches_are_checked():
     """A context message's sketches are DataSketches bytes: anything else is refused as malformed."""
-    good = {"v": 7, "type": "context", "sensor": "tap-01", "spool": "0123456789abcdef", "seq": 1,
+    good = {"v": wire.VERSION, "type": "context", "sensor": "tap-01", "spool": "0123456789abcdef", "seq": 1,
             "created": "2026-11-23T08:00:00Z", "body": EXAMPLES["context"]}  # fmt: skip
     assert wire.unpack(decode(json.dumps(good).encode()).body["packed"])["destinations"][0]["kind"] == "address"
     for bad in ("AAAAAAAAAAAAAAAA", "not base64!", ""):

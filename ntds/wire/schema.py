@@ -15,10 +15,11 @@ sequence numbers it has stored.
 
 Older sensors are still accepted: version 1 (no spool id, no health state),
 version 2 (alerts for single flows only), version 3 (no statistics) and
-version 4 (no flows behind alerts, no evidence), version 5 (no threat intelligence) and version 6
-(no context messages) frames are upgraded to version 7 on decoding (`upgrade`): a version 2 alert becomes a
-`flow` alert with a count of 1, first and last seen at the flow's start. Each sensor is acknowledged in
-its own version, so a sensor can be upgraded after the aggregator without
+version 4 (no flows behind alerts, no evidence), version 5 (no threat intelligence), version 6
+(no context messages) and version 7 (acknowledgements never say busy) frames are upgraded to version 8 on
+decoding (`upgrade`): a version 2 alert becomes a `flow` alert with a count of 1, first and last seen at the
+flow's start. Each sensor is acknowledged in its own version (`downgrade_body` leaves out what it does not
+know), so a sensor can be upgraded after the aggregator without
 losing what its spool holds. Bodies stored by an older aggregator are
 upgraded the same way when read (`upgrade_body`).
 
@@ -45,8 +46,8 @@ from datetime import UTC, datetime
 
 from ntds.times import now_iso, parse_time
 
-VERSION = 7
-ACCEPTED_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
+VERSION = 8
+ACCEPTED_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)
 MAX_FRAME = 65536
 """Largest accepted frame in bytes; an alert is about 1 KB, a busy summary about 30 KB."""
 INT_MAX = 2**53 - 1
@@ -152,7 +153,7 @@ INTERVAL_START = F("time", "interval start, ISO-8601 UTC; a flow belongs to the 
 FLOWS_BYTES = {"flows": F("int", "flows of this kind"), "bytes": F("int", "their IP bytes, both directions")}
 
 ENVELOPE: dict[str, F] = {
-    "v": F("int", "schema version (7; version 1 to 6 frames are upgraded on decoding)"),
+    "v": F("int", "schema version (8; version 1 to 7 frames are upgraded on decoding)"),
     "type": F(
         "str",
         "hello, alert, summary, stats, context, health, evidence (from sensors); ack, baseline, intel, pcap_job (from "
@@ -385,8 +386,16 @@ ALERT = MessageType(
 )
 
 
+def downgrade_body(kind: str, body: dict, version: int) -> dict:
+    """A version 8 body as a sensor of `version` reads it: only acknowledgements go to older sensors, and before
+    version 8 they never said busy."""
+    if kind == "ack" and version < 8:
+        return {k: v for k, v in body.items() if k != "busy_s"}
+    return body
+
+
 def upgrade_body(kind: str, body: dict) -> dict:
-    """A body of an older schema version as version 7 (idempotent: a version 7 body is returned as is).
+    """A body of an older schema version as version 8 (idempotent: a version 8 body is returned as is).
 
     Version 2 alerts were single rare flows: first and last seen at the flow's start, a count of 1, the
     explanation's text made from its numbers."""
@@ -398,6 +407,8 @@ def upgrade_body(kind: str, body: dict) -> dict:
         if isinstance(body.get("spool_dropped"), dict):  # version 3 and older spools had no stats to drop
             body["spool_dropped"] = dict.fromkeys(DROP_ORDER, 0) | body["spool_dropped"]
         return body
+    if kind == "ack" and isinstance(body, dict):  # version 7 and older aggregators never said busy
+        return {"busy_s": 0} | body
     if kind == "baseline" and isinstance(body, dict):  # version 4 aggregators signed the bare file: no grant
         return {"grant": ""} | body
     if kind == "hello" and isinstance(body, dict):  # version 5 and older sensors match no indicators
@@ -996,8 +1007,17 @@ HEALTH = MessageType(
 ACK = MessageType(
     "ack",
     "the aggregator's answer: these sequence numbers are durably stored (its own seq is 0)",
-    {"seqs": F("ints", "sequence numbers of the sensor's messages now durably stored", top=INT_MAX)},
-    {"seqs": [1, 2, 3]},
+    {
+        "seqs": F("ints", "sequence numbers of the sensor's messages now durably stored", top=INT_MAX),
+        "busy_s": F(
+            "int",
+            "0, or the aggregator is behind (what it has received fills whole batches): resend nothing for this "
+            "many seconds, what was sent is queued and will be acknowledged (version 8; an empty seqs with 0: "
+            "caught up, resend what is overdue)",
+            top=3600,
+        ),
+    },
+    {"seqs": [1, 2, 3], "busy_s": 0},
     drop_rank=None,
     not_archived="acknowledgements travel back to the sensor and are never stored",
 )
@@ -1310,9 +1330,10 @@ def packed_intel_parts(
     ]
 
 
-def ack(sensor: str, spool: str, seqs: list[int]) -> Message:
-    """The aggregator's acknowledgement of stored messages of one spool (its own seq is 0: acks are not stored)."""
-    return Message("ack", sensor, 0, now_iso(), {"seqs": list(seqs)}, spool)
+def ack(sensor: str, spool: str, seqs: list[int], busy_s: int = 0) -> Message:
+    """The aggregator's acknowledgement of stored messages of one spool (its own seq is 0: acks are not stored);
+    `busy_s`: it is behind, and the sensor should hold its resends that long."""
+    return Message("ack", sensor, 0, now_iso(), {"seqs": list(seqs), "busy_s": busy_s}, spool)
 
 
 # -- validation -------------------------------------------------------------------------
@@ -1510,7 +1531,8 @@ def encode(message: Message, version: int = VERSION) -> bytes:
     obj = {"v": version, "type": message.type, "sensor": message.sensor}
     if version >= 2:
         obj["spool"] = message.spool
-    obj |= {"seq": message.seq, "created": message.created, "body": message.body}
+    body = message.body if version == VERSION else downgrade_body(message.type, message.body, version)
+    obj |= {"seq": message.seq, "created": message.created, "body": body}
     frame = json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
     # A sensor must never send what the aggregator would refuse. For a plain object that passes the compiled
     # check, checking the object itself answers as decoding the frame would: every value is schema'd, every
