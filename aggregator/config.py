@@ -117,6 +117,11 @@ class AggregatorConfig(Settings):
         "int", 15, "longest final archive export when `serve` stops (the rest goes out at the next start)", low=0,
         high=3600,
     )  # fmt: skip
+    receive_queue: int = setting(
+        "int", 100, "frames one sensor's connection may have waiting in serve's memory; past it the sensor's own "
+        "queue and spool hold the rest (memory bounded by sensors x this x frame size; README: Overload)", low=1,
+        high=100_000,
+    )  # fmt: skip
     evidence_days: int = setting(
         "int", 30, "days the packets fetched from sensors (pcap jobs, evidence/ beside the store) are kept", low=1,
         high=36500,

@@ -6,7 +6,7 @@ claims another sensor's id (counted, per reason), store the rest in one
 transaction, then acknowledge every message of the batch to its sender,
 including duplicates of messages stored before (a lost ack means a resend).
 
-Overload: each connection queues at most RECEIVE_QUEUE frames in memory (libzmq stops reading that
+Overload: each connection queues at most `receive_queue` frames in memory (libzmq stops reading that
 connection's TCP beyond it, and the sensor's own queue and spool hold the rest), so memory is bounded by the
 number of sensors, not by how far behind the aggregator is. A receiver whose batches have all stopped at their
 limit for BUSY_AFTER_S is behind: its acknowledgements say busy (`busy_s`), and its sensors hold their resends,
@@ -50,8 +50,8 @@ BATCH = 2000
 BATCH_BYTES = 8 * 2**20
 """Frames read per batch stop here too: one transaction stays short whatever the frames' size."""
 RECEIVE_QUEUE = 100
-"""Frames one connection may have waiting in the aggregator's memory (the ROUTER's receive high-water mark, per
-connection): 1,000 sensors at most 100,000 frames of at most 64 kB, and typically 1-2 kB."""
+"""Frames one connection may have waiting in the aggregator's memory by default (the ROUTER's receive high-water
+mark, per connection; aggregator.yaml receive_queue): 1,000 sensors at most 100,000 frames, typically 1-2 kB."""
 BUSY_AFTER_S = 2.0
 """Batches stopped at their limit for this long (more was waiting each time) make the receiver busy."""
 BUSY_HOLD_S = 30
@@ -71,6 +71,7 @@ class Receiver:
         server_secret: tuple[bytes, bytes] | None = None,
         allow_folder: str | Path | None = None,
         quotas: Quotas | None = None,
+        receive_queue: int = RECEIVE_QUEUE,
     ) -> None:
         self.context = zmq.Context()
         self.secure = server_secret is not None
@@ -81,7 +82,7 @@ class Receiver:
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.linger = 0
         self.socket.setsockopt(zmq.MAXMSGSIZE, 4 * MAX_FRAME)  # bigger frames cost a disconnect, not memory
-        self.socket.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE)
+        self.socket.setsockopt(zmq.RCVHWM, receive_queue)
         watch_peer(self.socket)  # not ZMTP heartbeats: ntds/wire/liveness.py says why
         self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted sensor takes over its old identity
         # A connection that has not completed its CURVE handshake within this time is dropped: a flood of

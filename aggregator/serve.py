@@ -65,7 +65,7 @@ class Server:
         try:
             self.receiver = Receiver(
                 cfg.endpoint, self.store, server_secret=secret, allow_folder=None if insecure else cfg.allow_list,
-                quotas=Quotas.of(self.store, cfg),
+                quotas=Quotas.of(self.store, cfg), receive_queue=cfg.receive_queue,
             )  # fmt: skip
         except Exception as e:  # zmq errors on bind name the endpoint problem
             self.store.close()

@@ -10,7 +10,8 @@ probability 2% a minute), bodies from the wire schema's documented examples with
 Measured: messages offered and acknowledged per second; acknowledgement latency (spool append to ack, p50/p99);
 the aggregator's CPU seconds and peak RSS (from /proc); the archive's lag (the oldest message not yet exported,
 sampled every 2 s: largest and last); Parquet files written and per simulated day; store bytes per sensor-day;
-messages lost (appended, never stored) and stored twice; the sensors' resends. With --kill-at F the aggregator
+messages lost (appended, never stored) and stored twice; the sensors' resends; the acknowledgements that said busy
+(and how often the aggregator fell behind). With --kill-at F the aggregator
 is killed with SIGKILL at that share of the run and started again a second later.
 
     python bench/bench_fleet.py [--sensors 10,100,1000] [--minutes 60] [--speed 60] [--kill-at 0.5] [--json out]
@@ -266,6 +267,7 @@ def run(n: int, minutes: float, speed: float, kill_at: float | None) -> dict:
     agg.sample()
     cpu = agg.cpu()
     resends = sum(link.sent for _, link in fleet.sensors) - sum(spool.count for spool, _ in fleet.sensors)
+    holds = sum(link.holds for _, link in fleet.sensors)
     latencies = sorted(x for spool, _ in fleet.sensors for x in spool.latencies)
     steady = sorted(x for spool, _ in fleet.sensors for x, t in zip(spool.latencies, spool.appended_at)
                     if t >= start + STEADY_AFTER_S)  # fmt: skip
@@ -307,6 +309,8 @@ def run(n: int, minutes: float, speed: float, kill_at: float | None) -> dict:
         "stored_twice": twice,
         "seq_backwards_counted": backwards,
         "resends": resends,
+        "busy_acknowledgements": holds,
+        "aggregator_busy_episodes": (root / "aggregator.log").read_text().count("behind: every batch fills up"),
         "killed_at": kill_at,
         "shutdown_s": round(stop_s, 1),
     }
