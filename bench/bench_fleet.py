@@ -10,9 +10,9 @@ probability 2% a minute), bodies from the wire schema's documented examples with
 Measured: messages offered and acknowledged per second; acknowledgement latency (spool append to ack, p50/p99);
 the aggregator's CPU seconds and peak RSS (from /proc); the archive's lag (the oldest message not yet exported,
 sampled every 2 s: largest and last); Parquet files written and per simulated day; store bytes per sensor-day;
-messages lost (appended, never stored) and stored twice; the sensors' resends; the acknowledgements that said busy
-(and how often the aggregator fell behind). With --kill-at F the aggregator
-is killed with SIGKILL at that share of the run and started again a second later.
+messages lost (appended, never stored) and stored twice; the sensors' resends and reconnections; the
+acknowledgements that said busy (and how often the aggregator fell behind). With --kill-at F the aggregator is
+killed with SIGKILL at that share of the run and started again a second later (the outage: kill to listening).
 
     python bench/bench_fleet.py [--sensors 10,100,1000] [--minutes 60] [--speed 60] [--kill-at 0.5] [--json out]
 """
@@ -120,6 +120,11 @@ STEADY_AFTER_S = 10.0
 aggregator's ZAP check of its key) happens then, and a message waits for its connection."""
 
 
+OUTAGE_MARGIN_S = 1.0
+"""p99_outside_outage leaves out messages appended from this long before the kill until the aggregator listens
+again: they were in flight in the killed process, or had nowhere to go."""
+
+
 class TimedSpool(Spool):
     """A spool that remembers when each message was appended and how long its acknowledgement took."""
 
@@ -174,6 +179,7 @@ class Fleet:
     def __init__(self, n: int, root: Path, shm: Path, agg: Aggregator, seed: int = 1) -> None:
         self.rng = random.Random(seed)
         self.context = zmq.Context(io_threads=1)
+        self.context.max_sockets = 3 * n + 64  # each Link: its socket and the two ends of its monitor
         server = load_public(root / "agg" / "server.key")
         self.sensors: list[tuple[TimedSpool, Link]] = []
         for name in names(n):
@@ -239,7 +245,7 @@ def run(n: int, minutes: float, speed: float, kill_at: float | None) -> dict:
     fleet = Fleet(n, root, shm, agg)
     real_s = minutes * 60 / speed
     start = time.monotonic()
-    offered, lags, killed, last_sample, sim_before = 0, [], False, 0.0, 0.0
+    offered, lags, killed, last_sample, sim_before, outage = 0, [], False, 0.0, 0.0, []
     print(f"{n} sensors: {minutes:g} simulated minutes in {real_s:.0f} s", file=sys.stderr)
     while True:
         elapsed = time.monotonic() - start
@@ -250,9 +256,11 @@ def run(n: int, minutes: float, speed: float, kill_at: float | None) -> dict:
         sim_before = sim_now
         fleet.pump()
         if kill_at is not None and not killed and elapsed >= kill_at * real_s:
+            outage = [time.monotonic()]
             agg.kill()
             time.sleep(1.0)
             agg.start()
+            outage.append(time.monotonic())
             killed = True
         if elapsed - last_sample >= 2.0:
             agg.sample()
@@ -269,6 +277,8 @@ def run(n: int, minutes: float, speed: float, kill_at: float | None) -> dict:
     resends = sum(link.sent for _, link in fleet.sensors) - sum(spool.count for spool, _ in fleet.sensors)
     holds = sum(link.holds for _, link in fleet.sensors)
     latencies = sorted(x for spool, _ in fleet.sensors for x in spool.latencies)
+    around = sorted(x for spool, _ in fleet.sensors for x, t in zip(spool.latencies, spool.appended_at)
+                    if not outage or not outage[0] - OUTAGE_MARGIN_S <= t <= outage[1])  # fmt: skip
     steady = sorted(x for spool, _ in fleet.sensors for x, t in zip(spool.latencies, spool.appended_at)
                     if t >= start + STEADY_AFTER_S)  # fmt: skip
     appended = {spool.sensor_id: spool.count for spool, _ in fleet.sensors}
@@ -297,6 +307,7 @@ def run(n: int, minutes: float, speed: float, kill_at: float | None) -> dict:
             "p50": round(statistics.median(latencies), 3) if latencies else None,
             "p99": round(latencies[int(0.99 * (len(latencies) - 1))], 3) if latencies else None,
             "p99_after_start": round(steady[int(0.99 * (len(steady) - 1))], 3) if steady else None,
+            "p99_outside_outage": round(around[int(0.99 * (len(around) - 1))], 3) if around and outage else None,
         },
         "aggregator_cpu_s": round(cpu, 1),
         "aggregator_cpu_ms_per_message": round(cpu / max(acked, 1) * 1000, 3),
@@ -309,9 +320,11 @@ def run(n: int, minutes: float, speed: float, kill_at: float | None) -> dict:
         "stored_twice": twice,
         "seq_backwards_counted": backwards,
         "resends": resends,
+        "reconnects": sum(link.reconnects for _, link in fleet.sensors),
         "busy_acknowledgements": holds,
         "aggregator_busy_episodes": (root / "aggregator.log").read_text().count("behind: every batch fills up"),
         "killed_at": kill_at,
+        "outage_s": round(outage[1] - outage[0], 2) if outage else None,
         "shutdown_s": round(stop_s, 1),
     }
     shutil.rmtree(shm, ignore_errors=True)

@@ -12,7 +12,10 @@ sent again within `resend_after`. An aggregator that is behind says so in its
 acknowledgements (`busy_s`): nothing is resent until that time has passed (what
 was sent waits in its queue), and once it says it has caught up, what is overdue
 goes out within `resend_after`. ZeroMQ reconnects by itself; TCP keepalive finds a
-dead peer (ntds/wire/liveness.py).
+dead peer (ntds/wire/liveness.py). When a connection is cut and made again (an
+aggregator restarted, or killed), whatever was in flight on the old one may have
+died with it: it goes out again as soon as the new connection's handshake is done,
+not a resend timer later.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import random
 import time
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from ntds.wire.liveness import watch_peer
 from ntds.wire.schema import WireError, decode
@@ -62,6 +66,10 @@ class Link:
             self.socket.curve_publickey = public
             self.socket.curve_secretkey = secret
             self.socket.curve_serverkey = server_public
+        self._monitor = self.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self._cut = False
+        """The connection was lost since the last handshake: what is in flight may be lost with it."""
+        self.reconnects = 0
         self.socket.connect(endpoint)
         self.in_flight: dict[int, float] = {}
         """Sequence number -> when it is sent again if not acknowledged (monotonic seconds)."""
@@ -82,6 +90,8 @@ class Link:
 
     def close(self) -> None:
         # Everything unacknowledged is still in the spool: nothing to linger for.
+        self.socket.disable_monitor()
+        self._monitor.close(linger=0)
         if self._own_context:
             self.context.destroy(linger=0)
         else:
@@ -90,6 +100,7 @@ class Link:
     def pump(self, timeout_ms: int = 100) -> None:
         """Send what the window allows, resend what is overdue, take in acknowledgements."""
         now = time.monotonic()
+        self._watch(now)
         overdue = [s for s, due in self.in_flight.items() if now > due]
         if overdue:
             frames = dict(self.spool.pending(limit=len(overdue) + self.window, after=min(overdue) - 1))
@@ -148,6 +159,23 @@ class Link:
         self.backed_off = self.backed_off or tries > 0
         self.in_flight[seq] = max(now + self.resend_wait(tries), self.hold_until)
         self.sent += 1
+
+    def _watch(self, now: float) -> None:
+        """A new connection after a lost one: everything in flight is due now (a restarted aggregator is not
+        busy until it says so). The first connection changes nothing."""
+        while True:
+            try:
+                event = parse_monitor_message(self._monitor.recv_multipart(flags=zmq.NOBLOCK))["event"]
+            except zmq.Again:
+                return
+            if event == zmq.EVENT_DISCONNECTED:
+                self._cut = True
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and self._cut:
+                self._cut = False
+                self.reconnects += 1
+                self.hold_until = 0.0
+                for s in self.in_flight:
+                    self.in_flight[s] = now
 
     def _hold(self, now: float, busy_s: int) -> None:
         """The aggregator is behind: no resend before busy_s (and up to 20% more, so that a fleet does not come

@@ -111,3 +111,51 @@ def test_a_busy_aggregator_holds_resends_until_it_says_it_has_caught_up(tmp_path
         spool.close()
         router.close(0)
         ctx.term()
+
+
+def test_what_was_in_flight_goes_out_again_as_soon_as_a_lost_connection_is_made_again(tmp_path):
+    """An aggregator killed with messages received but not stored: once the sensor is connected to its successor,
+    the unacknowledged messages come again at once, not after the resend timer (30 s here)."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    spool = Spool(tmp_path / "spool.db", "tap-01")
+    spool.append([("alert", EXAMPLES["alert"])] * 3)
+    link = Link(spool, f"tcp://127.0.0.1:{port}", resend_after=30)
+    try:
+        got: list[int] = []
+        end = time.monotonic() + 5
+        while len(got) < 3 and time.monotonic() < end:
+            link.pump(timeout_ms=5)
+            while router.poll(0):
+                got.append(decode(router.recv_multipart()[1]).seq)
+        assert sorted(got) == [1, 2, 3]  # received, never acknowledged: the aggregator dies here
+        router.close(0)
+        router = ctx.socket(zmq.ROUTER)
+        cut = time.monotonic()
+        while True:  # the old socket's port is let go by libzmq's own thread, a moment after close
+            try:
+                router.bind(f"tcp://127.0.0.1:{port}")
+                break
+            except zmq.ZMQError:
+                assert time.monotonic() - cut < 5
+                time.sleep(0.05)
+        again: dict[int, float] = {}
+        while len(again) < 3 and time.monotonic() - cut < 10:
+            link.pump(timeout_ms=5)
+            while router.poll(0):
+                who, frame = router.recv_multipart()
+                m = decode(frame)
+                again.setdefault(m.seq, time.monotonic() - cut)
+                router.send_multipart([who, encode(ack(m.sensor, m.spool, [m.seq]))])
+        assert sorted(again) == [1, 2, 3] and max(again.values()) < 5, again
+        assert link.reconnects == 1
+        end = time.monotonic() + 2
+        while not spool.empty() and time.monotonic() < end:
+            link.pump(timeout_ms=5)
+        assert spool.empty()
+    finally:
+        link.close()
+        spool.close()
+        router.close(0)
+        ctx.term()
