@@ -67,8 +67,9 @@ class Link:
             self.socket.curve_secretkey = secret
             self.socket.curve_serverkey = server_public
         self._monitor = self.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
-        self._cut = False
-        """The connection was lost since the last handshake: what is in flight may be lost with it."""
+        self._cut: set[int] | None = None
+        """What was in flight when the connection was lost (None while connected): it may be lost with it. What
+        is sent after waits in the socket's queue for the next connection."""
         self.reconnects = 0
         self.socket.connect(endpoint)
         self.in_flight: dict[int, float] = {}
@@ -161,21 +162,23 @@ class Link:
         self.sent += 1
 
     def _watch(self, now: float) -> None:
-        """A new connection after a lost one: everything in flight is due now (a restarted aggregator is not
-        busy until it says so). The first connection changes nothing."""
+        """A new connection after a lost one: what was in flight on the lost one is due now (a restarted
+        aggregator is not busy until it says so). The first connection changes nothing."""
         while True:
             try:
                 event = parse_monitor_message(self._monitor.recv_multipart(flags=zmq.NOBLOCK))["event"]
             except zmq.Again:
                 return
             if event == zmq.EVENT_DISCONNECTED:
-                self._cut = True
-            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and self._cut:
-                self._cut = False
+                if self._cut is None:
+                    self._cut = set(self.in_flight)
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and self._cut is not None:
                 self.reconnects += 1
                 self.hold_until = 0.0
-                for s in self.in_flight:
-                    self.in_flight[s] = now
+                for s in self._cut:
+                    if s in self.in_flight:
+                        self.in_flight[s] = now
+                self._cut = None
 
     def _hold(self, now: float, busy_s: int) -> None:
         """The aggregator is behind: no resend before busy_s (and up to 20% more, so that a fleet does not come
