@@ -214,6 +214,7 @@ class Store:
         day = utc_day(now)
         out = Stored()
         added: dict[str, int] = {}
+        seen: dict[str, list] = {}
         self.db.execute("BEGIN IMMEDIATE")
         try:
             for m in messages:
@@ -221,7 +222,7 @@ class Store:
                     new = store_part(self.db, m)
                     out.new += new
                     added[m.sensor] = added.get(m.sensor, 0) + new * len(m.body["data"])
-                    self._seen(m, now, False, out.events)
+                    self._seen(m, now, False, out.events, seen)
                     continue
                 body = json.dumps(m.body, separators=(",", ":"))
                 cur = self.db.execute(
@@ -232,7 +233,13 @@ class Store:
                 new = cur.rowcount == 1
                 out.new += new
                 added[m.sensor] = added.get(m.sensor, 0) + new * len(body)
-                self._seen(m, now, new, out.events)
+                self._seen(m, now, new, out.events, seen)
+            self.db.executemany(
+                "UPDATE sensors SET spool = ?, max_seq = ?, spool_restarts = spool_restarts + ?, "
+                "seq_backwards = seq_backwards + ?, last_seen = ? WHERE sensor = ?",
+                [(spool, max_seq, restarts, backwards, now, sensor)
+                 for sensor, (spool, max_seq, restarts, backwards) in seen.items()],
+            )  # fmt: skip
             usage = {s: (day, self.today(s, day) + n) for s, n in added.items()}
             for s, (d, n) in usage.items():
                 self.db.execute("UPDATE sensors SET day = ?, day_bytes = ? WHERE sensor = ?", (d, n, s))
@@ -262,35 +269,42 @@ class Store:
         d, n = self.usage.get(sensor, ("", 0))
         return n if d == day else 0
 
-    def _seen(self, m: Message, now: float, new: bool, events: list[str]) -> None:
-        row = self.db.execute("SELECT spool, max_seq FROM sensors WHERE sensor = ?", (m.sensor,)).fetchone()
-        if row is None:
-            self.db.execute(
-                "INSERT INTO sensors (sensor, last_seen, spool, max_seq) VALUES (?, ?, ?, ?)",
-                (m.sensor, now, m.spool, m.seq),
+    def _seen(self, m: Message, now: float, new: bool, events: list[str], seen: dict[str, list]) -> None:
+        """A message's sensor: its spool and highest sequence number, kept in `seen` for the batch ([spool,
+        max_seq, spool restarts, backwards sequences] added by the batch), which `store` writes once per sensor:
+        one statement a sensor and batch instead of three a message."""
+        s = seen.get(m.sensor)
+        if s is None:
+            row = self.db.execute("SELECT spool, max_seq FROM sensors WHERE sensor = ?", (m.sensor,)).fetchone()
+            if row is None:
+                self.db.execute(
+                    "INSERT INTO sensors (sensor, last_seen, spool, max_seq) VALUES (?, ?, ?, ?)",
+                    (m.sensor, now, m.spool, m.seq),
+                )
+            s = seen[m.sensor] = [m.spool, m.seq, 0, 0] if row is None else [row[0], row[1], 0, 0]
+            if row is None:
+                self._body_of(m, new)
+                return
+        spool, max_seq = s[0], s[1]
+        if new and m.spool != spool and m.seq < max_seq:
+            # A spool that was lost or replaced: numbering restarts under a new id.
+            s[0], s[1] = m.spool, m.seq
+            s[2] += 1
+            events.append(
+                f"sensor {m.sensor!r}: new spool {m.spool or '(v1)'!r} restarts its sequence at {m.seq} "
+                f"(was {max_seq} in spool {spool or '(v1)'!r}); both are kept"
             )
-        else:
-            spool, max_seq = row
-            if new and m.spool != spool and m.seq < max_seq:
-                # A spool that was lost or replaced: numbering restarts under a new id.
-                self.db.execute(
-                    "UPDATE sensors SET spool = ?, max_seq = ?, spool_restarts = spool_restarts + 1 WHERE sensor = ?",
-                    (m.spool, m.seq, m.sensor),
-                )
-                events.append(
-                    f"sensor {m.sensor!r}: new spool {m.spool or '(v1)'!r} restarts its sequence at {m.seq} "
-                    f"(was {max_seq} in spool {spool or '(v1)'!r}); both are kept"
-                )
-            elif new and m.spool == spool and m.seq <= max_seq and self._reused(m):
-                # A number already used with another creation time: a spool restored from a backup. (A new
-                # message below the highest number is otherwise a gap filled late: a resend after a restart.)
-                self.db.execute("UPDATE sensors SET seq_backwards = seq_backwards + 1 WHERE sensor = ?", (m.sensor,))
-                events.append(f"sensor {m.sensor!r}: sequence went backwards to {m.seq} (was {max_seq}); stored as new")
-            elif m.seq > max_seq or m.spool != spool:
-                self.db.execute(
-                    "UPDATE sensors SET spool = ?, max_seq = ? WHERE sensor = ?", (m.spool, m.seq, m.sensor)
-                )
-            self.db.execute("UPDATE sensors SET last_seen = ? WHERE sensor = ?", (now, m.sensor))
+        elif new and m.spool == spool and m.seq <= max_seq and self._reused(m):
+            # A number already used with another creation time: a spool restored from a backup. (A new
+            # message below the highest number is otherwise a gap filled late: a resend after a restart.)
+            s[3] += 1
+            events.append(f"sensor {m.sensor!r}: sequence went backwards to {m.seq} (was {max_seq}); stored as new")
+        elif m.seq > max_seq or m.spool != spool:
+            s[0], s[1] = m.spool, m.seq
+        self._body_of(m, new)
+
+    def _body_of(self, m: Message, new: bool) -> None:
+        """A sensor's newest hello and health, kept on its row for `sensors`."""
         if new and m.type in ("hello", "health"):
             self.db.execute(f"UPDATE sensors SET {m.type} = ? WHERE sensor = ?", (json.dumps(m.body), m.sensor))
 
