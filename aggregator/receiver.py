@@ -54,6 +54,10 @@ RECEIVE_QUEUE = 100
 mark, per connection; aggregator.yaml receive_queue): 1,000 sensors at most 100,000 frames, typically 1-2 kB."""
 BUSY_AFTER_S = 2.0
 """Batches stopped at their limit for this long (more was waiting each time) make the receiver busy."""
+BUSY_SINCE_KEY = "receiver_busy_since"
+"""The store's state: when the receiver fell behind (seconds since the epoch; 0 while it keeps up), for the
+metrics a monitoring system alerts on."""
+BUSY_EPISODES_KEY = "receiver_busy_episodes"
 BUSY_HOLD_S = 30
 """What a busy receiver asks of its sensors: resend nothing for this long (renewed with every acknowledgement)."""
 MAX_TOLD = 100_000
@@ -132,6 +136,7 @@ class Receiver:
         self._behind_since: float | None = None
         self._told_busy: dict[tuple[bytes, str, str], None] = {}
         """Connections (and the sensor and spool on them) told busy since the receiver fell behind."""
+        self._note_busy(False)  # a receiver that died busy left its mark: this one starts keeping up
 
     def close(self) -> None:
         if self.zap:
@@ -249,17 +254,31 @@ class Receiver:
                 self._behind_since = now
             if not self.busy and now - self._behind_since >= self.busy_after_s:
                 self.busy = True
+                self._note_busy(True)
                 log.warning("behind: every batch fills up, acknowledgements ask sensors to hold their resends")
             return
         self._behind_since = None
         if not self.busy:
             return
         self.busy = False
+        self._note_busy(False)
         told, self._told_busy = self._told_busy, {}
         for identity, sensor, spool in told:
             with contextlib.suppress(zmq.ZMQError):
                 self.socket.send_multipart([identity, encode(ack(sensor, spool, []))], flags=zmq.NOBLOCK)
         log.warning("caught up: told %d connections to resend what is overdue", len(told))
+
+    def _note_busy(self, busy: bool) -> None:
+        """Write the change to the store's state (the metrics read it); a store that cannot be written now (a full
+        disk) only loses the note."""
+        try:
+            if busy:
+                self.store.set_state(BUSY_SINCE_KEY, time.time())
+                self.store.set_state(BUSY_EPISODES_KEY, int(self.store.state(BUSY_EPISODES_KEY)) + 1)
+            elif self.store.state(BUSY_SINCE_KEY):
+                self.store.set_state(BUSY_SINCE_KEY, 0)
+        except sqlite3.OperationalError as e:
+            log.error("cannot note that the receiver is %s: %s", "busy" if busy else "keeping up", e)
 
     def _jobs(self) -> None:
         """Once a second: send open pcap jobs to their connected sensors, assemble the answers complete."""

@@ -6,13 +6,16 @@ smaller batch than it ships with, so that a few hundred messages are a backlog o
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 
 import zmq
 
+from aggregator.manager import Manager, connect
 from aggregator.receiver import RECEIVE_QUEUE, Receiver
 from aggregator.store import Store
+from aggregator.ui.metrics import exposition
 from ntds.wire.schema import EXAMPLES
 from sensor.link import Link
 from sensor.spool import Spool
@@ -22,6 +25,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def metric(store: Store, name: str) -> float:
+    """One unlabelled metric as the UI's /metrics serves it."""
+    db = connect(store.path)
+    try:
+        text = exposition(store, Manager(db)).decode()
+    finally:
+        db.close()
+    return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
 
 
 def test_a_backlog_makes_acknowledgements_say_busy_and_the_sensors_hold_until_it_is_gone(tmp_path):
@@ -54,6 +67,8 @@ def test_a_backlog_makes_acknowledgements_say_busy_and_the_sensors_hold_until_it
         # The next poll finds the queue empty: "caught up" to every connection told busy, and every hold is
         # released (no resend waits on it).
         assert receiver.busy
+        assert metric(store, "ntds_receiver_busy_seconds") > 0  # what a monitoring system alerts on
+        assert metric(store, "ntds_receiver_busy_episodes_total") == 1
         end = time.monotonic() + 10
         while time.monotonic() < end and (receiver.busy or any(link.hold_until for link in links)):
             receiver.serve_once(timeout_ms=10)
@@ -61,6 +76,8 @@ def test_a_backlog_makes_acknowledgements_say_busy_and_the_sensors_hold_until_it
                 link.pump(timeout_ms=1)
         assert not receiver.busy
         assert all(link.hold_until == 0 for link in links)
+        assert metric(store, "ntds_receiver_busy_seconds") == 0
+        assert metric(store, "ntds_receiver_busy_episodes_total") == 1
         assert sum(link.holds for link in links) > 0
         n = store.db.execute("SELECT count(*), count(DISTINCT sensor || ':' || seq) FROM messages").fetchone()
         assert n == (360, 360)

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from aggregator.manager import Manager
+from aggregator.receiver import BUSY_EPISODES_KEY, BUSY_SINCE_KEY
 from aggregator.sensors import describe
 from aggregator.store import Store
 
@@ -60,6 +61,14 @@ class StoreCollector:
             for receiver, status, n in db.execute("SELECT receiver, status, COUNT(*) FROM outbox GROUP BY 1, 2"):
                 outbox.add_metric([receiver, status], n)
         yield outbox
+        since = float(self.store.state(BUSY_SINCE_KEY) or 0)
+        busy = GaugeMetricFamily("ntds_receiver_busy_seconds", "how long the receiver has been behind (every batch "
+                                 "full; sensors hold their resends), 0 while it keeps up")  # fmt: skip
+        busy.add_metric([], max(0.0, now - since) if since else 0.0)
+        yield busy
+        episodes = CounterMetricFamily("ntds_receiver_busy_episodes", "times the receiver fell behind")
+        episodes.add_metric([], int(self.store.state(BUSY_EPISODES_KEY) or 0))
+        yield episodes
         silences = GaugeMetricFamily("ntds_silences_active", "silences in force")
         silences.add_metric([], len(self.manager.silences(active_only=True)))
         yield silences
