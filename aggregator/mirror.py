@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import posixpath
 import time
 from collections.abc import Iterable
@@ -27,8 +26,6 @@ from pathlib import Path
 
 from aggregator.archive import HOUR, PARTITION, SENSORS_FILE, TABLES, Archive, live_names
 from ntds.errors import InputError
-
-log = logging.getLogger("ntds-aggregator")
 
 SOURCE = "source="
 LISTING_S = 60.0

@@ -42,9 +42,9 @@ from ntds.wire.schema import Message, upgrade_body, wire_time
 log = logging.getLogger("ntds.aggregator.store")
 
 ALERTS_INDEXED_KEY = "alerts_indexed"
+"""State key: every stored alert has its row in the alerts table (the upgrade from before it ran)."""
 COLD_MARK = "cold_mark"
 """The highest message id `forget_cold` has looked at: below it, only what it keeps."""
-"""State key: every stored alert has its row in the alerts table (the upgrade from before it ran)."""
 DATA_TIME = {"summary": "interval_start", "stats": "interval_start", "context": "interval_start", "alert": "first_seen"}
 """The body field holding a message's data time; other types are dated by their creation."""
 
@@ -276,15 +276,15 @@ class Store:
         s = seen.get(m.sensor)
         if s is None:
             row = self.db.execute("SELECT spool, max_seq FROM sensors WHERE sensor = ?", (m.sensor,)).fetchone()
-            if row is None:
+            if row is None:  # a sensor's first message: nothing to compare it with
                 self.db.execute(
                     "INSERT INTO sensors (sensor, last_seen, spool, max_seq) VALUES (?, ?, ?, ?)",
                     (m.sensor, now, m.spool, m.seq),
                 )
-            s = seen[m.sensor] = [m.spool, m.seq, 0, 0] if row is None else [row[0], row[1], 0, 0]
-            if row is None:
+                seen[m.sensor] = [m.spool, m.seq, 0, 0]
                 self._body_of(m, new)
                 return
+            s = seen[m.sensor] = [row[0], row[1], 0, 0]
         spool, max_seq = s[0], s[1]
         if new and m.spool != spool and m.seq < max_seq:
             # A spool that was lost or replaced: numbering restarts under a new id.
