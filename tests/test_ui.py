@@ -107,13 +107,25 @@ def login(browser, site: Site, name: str) -> None:
 def follow(browser, element) -> None:
     """Click what submits a form or follows a link, and wait until the next page has replaced this one (a click
     returns before a POST and its redirect have finished loading)."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
     page = browser.find_element(By.TAG_NAME, "html")
+
+    def replaced(_) -> bool:
+        try:
+            page.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as e:  # asked while the old page is torn down, chromedriver says it this way
+            if "does not belong to the document" in str(e):
+                return True
+            raise
+        return False
+
     element.click()
-    WebDriverWait(browser, 15).until(expected_conditions.staleness_of(page))
+    WebDriverWait(browser, 15).until(replaced)
 
 
 def rows(browser) -> list[str]:
